@@ -1,0 +1,1 @@
+"""Code every component shares: errors, atomic file writes, hashing, structured logs."""

@@ -1,0 +1,124 @@
+"""File helpers: atomic writes, content hashes and reading tabular sources.
+
+Every file a component produces is written to a temporary path in the same folder and
+renamed into place, so a crash never leaves a half-written output behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from components.common.errors import DataError
+
+_HASH_CHUNK = 1 << 20
+
+
+@contextlib.contextmanager
+def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
+    """Yield a temporary path beside ``target`` and rename it onto ``target`` on success.
+
+    Works for files and folders. On error the temporary path is removed and ``target``
+    keeps its previous content.
+
+    Args:
+        target: Final path of the file or folder.
+
+    Yields:
+        A path that does not exist yet, in the same folder as ``target``.
+    """
+    target = Path(target)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent)) / target.name
+    try:
+        yield tmp
+        if target.is_dir() and not target.is_symlink():
+            # Swap folders: move the old one aside first, because rename cannot replace a non-empty folder.
+            old = tmp.parent / f"{target.name}.old"
+            os.replace(target, old)
+            os.replace(tmp, target)
+        else:
+            os.replace(tmp, target)
+    finally:
+        shutil.rmtree(tmp.parent, ignore_errors=True)
+
+
+def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
+    """Write ``payload`` as indented JSON, atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+    return Path(path)
+
+
+def write_text(path: str | os.PathLike[str], text: str) -> Path:
+    """Write text atomically."""
+    with atomic_path(path) as tmp:
+        tmp.write_text(text)
+    return Path(path)
+
+
+def write_parquet(path: str | os.PathLike[str], frame: pd.DataFrame) -> Path:
+    """Write a DataFrame as one Parquet file, atomically and without the index."""
+    with atomic_path(path) as tmp:
+        frame.to_parquet(tmp, index=False)
+    return Path(path)
+
+
+def file_sha256(path: str | os.PathLike[str]) -> str:
+    """Hex SHA-256 of a file's bytes, or of every file below a folder in path order."""
+    path = Path(path)
+    digest = hashlib.sha256()
+    files = sorted(p for p in path.rglob("*") if p.is_file()) if path.is_dir() else [path]
+    for file in files:
+        if path.is_dir():
+            digest.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as handle:
+            while chunk := handle.read(_HASH_CHUNK):
+                digest.update(chunk)
+    return digest.hexdigest()
+
+
+def frame_sha256(frame: pd.DataFrame) -> str:
+    """Content hash of a DataFrame: column names, dtypes and values, independent of the index."""
+    digest = hashlib.sha256()
+    digest.update(json.dumps([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
+    digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
+    return digest.hexdigest()
+
+
+def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
+    """Read a CSV or Parquet file (or a folder of Parquet files) with errors that name the file.
+
+    Args:
+        path: The file or folder.
+
+    Returns:
+        The table.
+
+    Raises:
+        DataError: The path does not exist, is empty, or is not a readable table.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise DataError(f"{path}: no such file or folder")
+    if path.is_file() and path.stat().st_size == 0:
+        raise DataError(f"{path}: file is empty (0 bytes); expected a CSV or Parquet table")
+    suffix = path.suffix.lower()
+    try:
+        if path.is_dir() or suffix in {".parquet", ".pq"}:
+            return pd.read_parquet(path)
+        if suffix in {".csv", ".txt", ".tsv"}:
+            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
+    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DataError(f"{path}: not a readable {suffix.lstrip('.') or 'parquet'} table: {first_line}") from exc
+    raise DataError(f"{path}: unsupported file type {suffix!r}; expected .csv, .tsv or .parquet")

@@ -1,0 +1,65 @@
+"""Shared fixtures: small generated data, a dataset spec that describes it, and a sqlite MLflow."""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from components.specs import DatasetSpec
+from pipelines.demo_data import (
+    CATEGORICAL_FEATURES,
+    ENTITY,
+    LABEL,
+    NUMERIC_FEATURES,
+    TIMESTAMP,
+    DriftSpec,
+    Window,
+    generate,
+)
+
+# Spark workers and kfp.local subprocesses must use this interpreter, not whatever is on PATH.
+os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+os.environ.setdefault("PYSPARK_DRIVER_PYTHON", sys.executable)
+os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
+os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+os.environ.setdefault("DO_NOT_TRACK", "1")
+
+SMALL_ROWS = 600
+
+
+@pytest.fixture(scope="session")
+def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Window]]:
+    """Three small windows, with covariate and concept drift from window 2 on. Read-only."""
+    path = tmp_path_factory.mktemp("data") / "churn.parquet"
+    windows = generate(path, windows=3, rows_per_window=SMALL_ROWS, seed=3, drift=DriftSpec(start_window=2))
+    return path, windows
+
+
+@pytest.fixture(scope="session")
+def demo_frame(demo_data: tuple[Path, list[Window]]) -> pd.DataFrame:
+    """The generated data as a DataFrame (copy it before changing it)."""
+    return pd.read_parquet(demo_data[0])
+
+
+@pytest.fixture
+def dataset_spec(demo_data: tuple[Path, list[Window]]) -> DatasetSpec:
+    """A dataset spec describing ``demo_data``."""
+    return DatasetSpec(
+        source=str(demo_data[0]),
+        entity_column=ENTITY,
+        timestamp_column=TIMESTAMP,
+        label_column=LABEL,
+        numeric_features=list(NUMERIC_FEATURES),
+        categorical_features=list(CATEGORICAL_FEATURES),
+        task="binary_classification",
+    )
+
+
+@pytest.fixture
+def tracking_uri(tmp_path: Path) -> str:
+    """A fresh sqlite-backed MLflow for one test."""
+    return f"sqlite:///{tmp_path / 'mlflow.db'}"
