@@ -57,9 +57,7 @@ class DatasetSpec(StrictModel):
     timestamp_column: str = Field(description="Event timestamp column, used for windows and point-in-time joins.")
     label_column: str = Field(description="Column to predict.")
     numeric_features: list[str] = Field(default_factory=list, description="Numeric feature columns.")
-    categorical_features: list[str] = Field(
-        default_factory=list, description="Categorical (string) feature columns."
-    )
+    categorical_features: list[str] = Field(default_factory=list, description="Categorical (string) feature columns.")
     task: TaskType = Field(default="binary_classification", description="Kind of prediction task.")
 
     @model_validator(mode="after")
@@ -206,7 +204,9 @@ class MonitoringSpec(StrictModel):
     psi_warn: float = Field(default=0.1, gt=0, description="PSI above which a feature is flagged.")
     psi_retrain: float = Field(default=0.25, gt=0, description="PSI above which a feature asks for retraining.")
     prediction_psi_retrain: float = Field(default=0.2, gt=0, description="PSI of predictions asking for retraining.")
-    ks_pvalue: float = Field(default=0.01, gt=0, lt=1, description="KS / chi-square p-value below which drift is significant.")
+    ks_pvalue: float = Field(
+        default=0.01, gt=0, lt=1, description="KS / chi-square p-value below which drift is significant."
+    )
     bins: int = Field(default=10, ge=2, le=100, description="Quantile bins for PSI of numeric features.")
     min_rows: int = Field(default=100, ge=1, description="Fewer current rows than this gives 'warn', never 'retrain'.")
 

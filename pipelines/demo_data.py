@@ -68,9 +68,7 @@ class Window:
     rows: int
 
 
-def _window_frame(
-    rng: np.random.Generator, window: int, rows: int, window_days: int, drift: DriftSpec
-) -> pd.DataFrame:
+def _window_frame(rng: np.random.Generator, window: int, rows: int, window_days: int, drift: DriftSpec) -> pd.DataFrame:
     drifting = drift.start_window is not None and window >= drift.start_window
     shift = drift.covariate_shift if drifting else {}
     start = START + timedelta(days=window_days * (window - 1))
@@ -96,12 +94,24 @@ def _window_frame(
 
     def z(name: str) -> np.ndarray:
         # Standardise with fixed constants so drifted inputs really move the label.
-        means = {"tenure_months": 24, "monthly_charges": 52, "support_calls": 1.5,
-                 "days_since_last_login": 6, "sessions_per_week": 4.5, "payment_delays": 0.4,
-                 "satisfaction_score": 7.0}
-        stds = {"tenure_months": 17, "monthly_charges": 22, "support_calls": 1.2,
-                "days_since_last_login": 6, "sessions_per_week": 2.6, "payment_delays": 0.65,
-                "satisfaction_score": 1.5}
+        means = {
+            "tenure_months": 24,
+            "monthly_charges": 52,
+            "support_calls": 1.5,
+            "days_since_last_login": 6,
+            "sessions_per_week": 4.5,
+            "payment_delays": 0.4,
+            "satisfaction_score": 7.0,
+        }
+        stds = {
+            "tenure_months": 17,
+            "monthly_charges": 22,
+            "support_calls": 1.2,
+            "days_since_last_login": 6,
+            "sessions_per_week": 2.6,
+            "payment_delays": 0.65,
+            "satisfaction_score": 1.5,
+        }
         return (numeric[name] - means[name]) / stds[name]
 
     price_effect = 0.5 * (drift.concept_shift if drifting else 1.0)

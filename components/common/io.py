@@ -114,7 +114,8 @@ def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
         raise DataError(f"{path}: file is empty (0 bytes); expected a CSV or Parquet table")
     suffix = path.suffix.lower()
     try:
-        if path.is_dir() or suffix in {".parquet", ".pq"}:
+        # KFP artifact paths have no suffix; ctpipe writes those as Parquet.
+        if path.is_dir() or suffix in {".parquet", ".pq", ""}:
             return pd.read_parquet(path)
         if suffix in {".csv", ".txt", ".tsv"}:
             return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")

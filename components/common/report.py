@@ -55,9 +55,7 @@ def page(title: str, sections: Iterable[tuple[str, str]], summary: str = "") -> 
         body.append(f"<h2>{html.escape(heading)}</h2>\n{content}")
     return (
         "<!doctype html><html><head><meta charset='utf-8'>"
-        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>"
-        + "\n".join(body)
-        + "</body></html>"
+        f"<title>{html.escape(title)}</title><style>{_STYLE}</style></head><body>" + "\n".join(body) + "</body></html>"
     )
 
 

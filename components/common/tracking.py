@@ -58,7 +58,10 @@ def ensure_experiment(name: str, tracking_uri: str) -> str:
             experiment_id = mlflow.create_experiment(name, artifact_location=default_artifact_root(tracking_uri))
         except mlflow.exceptions.MlflowException:
             # Another task created it between our lookup and create.
-            experiment_id = mlflow.get_experiment_by_name(name).experiment_id
+            existing = mlflow.get_experiment_by_name(name)
+            if existing is None:
+                raise
+            experiment_id = existing.experiment_id
     else:
         experiment_id = experiment.experiment_id
     mlflow.set_experiment(experiment_id=experiment_id)

@@ -1,0 +1,54 @@
+# ctpipe: `make demo` runs the whole continuous-training loop, `make test` runs the tests.
+# Both create .venv and install the project on first use; nothing else needs installing by hand
+# except a Java 17+ runtime for Spark, which `make` checks for and explains how to install.
+
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.ctpipe-installed
+
+# Spark workers must run the venv's interpreter, not whatever python is first on PATH.
+export PYSPARK_PYTHON := $(abspath $(BIN)/python)
+export PYSPARK_DRIVER_PYTHON := $(abspath $(BIN)/python)
+export GX_ANALYTICS_ENABLED := False
+export MLFLOW_ENABLE_TELEMETRY := false
+export FEAST_USAGE := False
+
+.PHONY: demo test lint typecheck unit bench compile clean java help
+
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(STAMP): pyproject.toml
+	@test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip setuptools wheel
+	$(BIN)/python -m pip install --quiet -e ".[test]"
+	@touch $(STAMP)
+
+java:  ## Check that Java 17+ (needed by Spark) is installed.
+	@v=$$(java -version 2>&1 | sed -n 's/.*version "\([0-9]*\).*/\1/p' | head -1); \
+	if [ -z "$$v" ] || [ "$$v" -lt 17 ]; then \
+	  echo "Spark needs Java 17 or newer (found: $${v:-none})."; \
+	  echo "Install it with:  sudo apt-get install -y openjdk-17-jre-headless   (Debian/Ubuntu)"; \
+	  echo "             or:  brew install openjdk@17                            (macOS)"; \
+	  exit 1; fi
+
+demo: $(STAMP) java  ## Run the whole CT loop on the embedded default.
+	$(BIN)/ctpipe demo
+
+lint: $(STAMP)  ## ruff (style, Google docstrings) and mypy.
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+	$(BIN)/mypy
+
+test: $(STAMP) java lint  ## Lint, type-check and run every test.
+	$(BIN)/pytest
+
+bench: $(STAMP) java  ## Run the benchmarks; results are written as JSON under out/bench/.
+	$(BIN)/pytest tests/benchmarks -m bench -p no:randomly -q
+
+compile: $(STAMP)  ## Compile the pipelines to KFP IR YAML in out/.
+	$(BIN)/ctpipe compile --out out
+
+clean:  ## Remove the local workspace and build outputs (keeps .venv).
+	rm -rf .workspace out

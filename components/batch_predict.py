@@ -1,0 +1,490 @@
+"""Batch scoring with Spark: one pinned model version over a snapshot, written atomically.
+
+The model is resolved once on the driver (an alias becomes a fixed version), downloaded
+to a local folder and shipped to the executors with ``SparkContext.addFile``, so the
+same code runs in ``local[*]`` and on a cluster without a shared file system. Each
+Python worker process loads the model once (a module-level cache keyed by path) and
+scores Arrow batches with ``mapInPandas``.
+
+Rows the model cannot take (missing entity or timestamp, null / NaN / infinite /
+non-numeric numeric features, null categorical features) are never scored silently:
+they are counted and written with a ``reject_reason`` to ``<output_path>/_rejected``
+(readers of the predictions skip folders that start with ``_``).
+
+The output is written to a temporary folder beside ``output_path`` and swapped into
+place, so a failed job leaves the previous output untouched and a re-run of the same
+window replaces it instead of appending duplicates.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import os
+import shutil
+import sys
+import tempfile
+from collections.abc import Iterator
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel
+
+from components.common.errors import ConfigError, DataError, ModelNotFound
+from components.common.io import atomic_path
+from components.common.logs import get_logger
+from components.specs import DatasetSpec
+
+if TYPE_CHECKING:
+    from pyspark.sql import Column, DataFrame, SparkSession
+    from pyspark.sql.types import DataType
+
+APP_NAME = "ctpipe-batch-predict"
+# Scoring is a narrow map; shuffles only happen for the rebalance, so few partitions suffice.
+SHUFFLE_PARTITIONS = 8
+# Rows per Arrow batch handed to the model: large enough to amortise per-call overhead.
+ARROW_BATCH_ROWS = 20_000
+REJECTED_DIR = "_rejected"
+REJECT_REASON = "reject_reason"
+PARTITION_COLUMN = "date"
+
+# Session settings batch_predict relies on; set for the job and restored afterwards.
+_SESSION_CONF = {
+    "spark.sql.session.timeZone": "UTC",
+    # pandas / pyarrow write nanosecond timestamps, which Spark cannot read as timestamps.
+    "spark.sql.legacy.parquet.nanosAsLong": "true",
+    "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
+    "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+}
+
+# Models loaded in this Python process, keyed by their local path (one load per executor worker).
+_MODELS: dict[str, Any] = {}
+
+log = get_logger("batch_predict")
+
+
+class BatchPredictResult(BaseModel):
+    """What a batch scoring job wrote."""
+
+    rows: int
+    bad_rows: int
+    output_path: str
+    model_uri: str
+    model_version: str | None
+    partitions: list[str]
+
+
+def batch_predict(
+    input_path: str,
+    spec: DatasetSpec,
+    model_uri: str,
+    tracking_uri: str,
+    output_path: str,
+    spark_master: str = "local[*]",
+    model_version: str | None = None,
+    *,
+    spark: SparkSession | None = None,
+) -> BatchPredictResult:
+    """Score every row of ``input_path`` with one model version and write Parquet by date.
+
+    Output columns: the entity and timestamp columns (named as in ``spec``), ``prediction``
+    (class label for classifiers, value for regression), ``score`` (positive-class
+    probability for classifiers, null for regression), ``model_name``, ``model_version``,
+    ``scored_at`` (one UTC timestamp for the whole job) and the ``date`` partition column
+    (UTC date of the event timestamp).
+
+    Args:
+        input_path: CSV or Parquet file, or a folder of Parquet files.
+        spec: Dataset spec naming the entity, timestamp and feature columns.
+        model_uri: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/model`` or a path.
+        tracking_uri: MLflow tracking (and registry) URI.
+        output_path: Folder to write; replaced atomically if it exists.
+        spark_master: Spark master URL for a new session.
+        model_version: Registered version to pin; with an ``@ALIAS`` URI it wins over the alias,
+            so a pipeline scores with the version it resolved earlier. Empty string means None.
+        spark: An existing session to reuse (it is not stopped); by default a session is
+            created and stopped, unless one is already active in this process.
+
+    Returns:
+        Row counts, the resolved model version and the date partitions written.
+
+    Raises:
+        DataError: The input is missing or lacks a column the spec or the model needs.
+        ConfigError: The model does not fit the spec (task, features) or the version conflicts.
+        ModelNotFound: The registered model, version or alias does not exist.
+    """
+    model_version = model_version or None
+    columns, nanos_columns = _input_schema(input_path)
+    needed = [spec.entity_column, spec.timestamp_column, *spec.feature_columns]
+    missing = [c for c in needed if c not in columns]
+    if missing:
+        raise DataError(
+            f"{input_path}: missing column(s) {missing} needed to score (entity, timestamp and "
+            f"features of the dataset spec); found {columns}"
+        )
+
+    download_uri, model_name, model_version = _resolve_model(model_uri, tracking_uri, model_version)
+    scored_at = datetime.now(UTC).replace(microsecond=0)
+    workdir = Path(tempfile.mkdtemp(prefix="ctpipe-model-"))
+    try:
+        import mlflow.sklearn
+
+        model_dir = _download_model(download_uri, tracking_uri, workdir)
+        # Loaded on the driver only to check it against the spec; executors load their own copy.
+        model = mlflow.sklearn.load_model(str(model_dir))
+        features = _model_features(model, spec, model_uri)
+        prediction_type = _prediction_type(model, spec, model_uri)
+
+        with _session(spark, spark_master) as session:
+            session.sparkContext.addFile(str(model_dir), recursive=True)
+            raw = _read(session, input_path, nanos_columns)
+            reason = _reject_reason(raw, spec)
+            rejected = raw.filter(reason != "").select(*raw.columns, reason.alias(REJECT_REASON))
+            good = raw.filter(reason == "").select(
+                raw[spec.entity_column],
+                _timestamp(raw[spec.timestamp_column]).alias(spec.timestamp_column),
+                *[_feature(raw, c, spec).alias(c) for c in features],
+            )
+            if good.rdd.getNumPartitions() < session.sparkContext.defaultParallelism:
+                # A small file is one partition; spread it so every core scores.
+                good = good.repartition(session.sparkContext.defaultParallelism)
+            scored = _score(good, spec, features, model_dir.name, prediction_type, model_name, model_version, scored_at)
+
+            with atomic_path(output_path) as tmp:
+                scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
+                bad_rows = rejected.count()
+                if bad_rows:
+                    rejected.write.parquet(str(tmp / REJECTED_DIR))
+                rows, partitions = _summarise(tmp)
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+    result = BatchPredictResult(
+        rows=rows,
+        bad_rows=bad_rows,
+        output_path=str(output_path),
+        model_uri=model_uri,
+        model_version=model_version,
+        partitions=partitions,
+    )
+    log.info("batch predictions written", extra=result.model_dump())
+    if bad_rows:
+        log.warning(
+            "rows rejected",
+            extra={"bad_rows": bad_rows, "rejected_path": str(Path(output_path) / REJECTED_DIR)},
+        )
+    return result
+
+
+# --- executor side -----------------------------------------------------------------------
+
+
+def _load_cached(path: str) -> Any:
+    """Load an MLflow scikit-learn model folder once per process."""
+    model = _MODELS.get(path)
+    if model is None:
+        import mlflow.sklearn
+
+        model = mlflow.sklearn.load_model(path)
+        # Keep one model per process: a long-lived worker may serve many jobs.
+        _MODELS.clear()
+        _MODELS[path] = model
+    return model
+
+
+def _score_batches(
+    batches: Iterator[pd.DataFrame],
+    *,
+    model_file: str,
+    entity: str,
+    timestamp: str,
+    features: list[str],
+    classifier: bool,
+    string_labels: bool,
+) -> Iterator[pd.DataFrame]:
+    """``mapInPandas`` body: score each Arrow batch with the process-wide cached model.
+
+    Spark already runs one task per core, so native thread pools (OpenMP in gradient boosting,
+    BLAS) are limited to ``spark.task.cpus`` threads to avoid oversubscribing the executor.
+    """
+    from pyspark import SparkFiles, TaskContext
+    from threadpoolctl import threadpool_limits
+
+    model = _load_cached(SparkFiles.get(model_file))
+    context = TaskContext.get()
+    threads = int(context.cpus()) if context is not None else 1
+    with threadpool_limits(limits=max(threads, 1)):
+        for batch in batches:
+            frame = batch[features]
+            prediction = model.predict(frame)
+            score = model.predict_proba(frame)[:, 1] if classifier else np.full(len(batch), np.nan)
+            if string_labels:
+                prediction = prediction.astype(str)
+            yield pd.DataFrame(
+                {entity: batch[entity], timestamp: batch[timestamp], "prediction": prediction, "score": score}
+            )
+
+
+# --- driver side -------------------------------------------------------------------------
+
+
+def _input_schema(path: str) -> tuple[list[str], list[str]]:
+    """Column names of the input and the ones stored as nanosecond timestamps, without Spark."""
+    source = Path(path)
+    if not source.exists():
+        raise DataError(f"{path}: no such file or folder")
+    suffix = source.suffix.lower()
+    if source.is_file() and suffix in {".csv", ".tsv", ".txt"}:
+        try:
+            header = pd.read_csv(source, nrows=0, sep="\t" if suffix == ".tsv" else ",")
+        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DataError(f"{path}: not a readable CSV file: {exc}") from exc
+        return [str(c) for c in header.columns], []
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    try:
+        schema = ds.dataset(str(source), format="parquet", partitioning="hive").schema
+    except (pa.ArrowInvalid, OSError) as exc:
+        raise DataError(f"{path}: not a readable Parquet file or folder: {exc}") from exc
+    nanos = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"]
+    return list(schema.names), nanos
+
+
+def _resolve_model(model_uri: str, tracking_uri: str, model_version: str | None) -> tuple[str, str, str | None]:
+    """Pin ``model_uri`` to a fixed version: returns (uri to download, model name, version)."""
+    if not model_uri.startswith("models:/"):
+        return model_uri, model_uri, model_version
+    from mlflow import MlflowClient
+    from mlflow.exceptions import MlflowException
+
+    rest = model_uri.removeprefix("models:/")
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    if "@" in rest:
+        name, alias = rest.split("@", 1)
+        if model_version is None:
+            try:
+                model_version = str(client.get_model_version_by_alias(name, alias).version)
+            except MlflowException as exc:
+                raise ModelNotFound(f"{model_uri}: alias {alias!r} of model {name!r} not found: {exc}") from exc
+        return f"models:/{name}/{model_version}", name, model_version
+    if "/" in rest:
+        name, version = rest.split("/", 1)
+        if version.isdigit():
+            if model_version is not None and model_version != version:
+                raise ConfigError(f"model_uri {model_uri} names version {version} but model_version is {model_version}")
+            return model_uri, name, version
+        return model_uri, name, model_version
+    # models:/m-<id>: an MLflow 3 logged model, not a registered one.
+    return model_uri, model_uri, model_version
+
+
+def _download_model(model_uri: str, tracking_uri: str, dst: Path) -> Path:
+    """Download the model folder and return the folder that holds its ``MLmodel`` file."""
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=model_uri, dst_path=str(dst), tracking_uri=tracking_uri, registry_uri=tracking_uri
+            )
+        )
+    except MlflowException as exc:
+        raise ModelNotFound(f"{model_uri}: cannot download the model: {exc}") from exc
+    found = sorted(local.rglob("MLmodel"), key=lambda p: len(p.parts))
+    if not found:
+        raise ModelNotFound(f"{model_uri}: downloaded to {local} but found no MLmodel file")
+    model_dir = found[0].parent
+    if model_dir != dst:
+        # SparkFiles finds a shipped folder by its base name, which must be unique per job.
+        unique = dst / dst.name
+        os.replace(model_dir, unique)
+        model_dir = unique
+    return model_dir
+
+
+def _model_features(model: Any, spec: DatasetSpec, model_uri: str) -> list[str]:
+    """Feature columns in the order the model was fitted with; must match the spec as a set."""
+    fitted = getattr(model, "feature_names_in_", None)
+    if fitted is None:
+        return spec.feature_columns
+    fitted = [str(c) for c in fitted]
+    if set(fitted) != set(spec.feature_columns):
+        raise ConfigError(
+            f"model {model_uri} was fitted on features {sorted(fitted)} but the dataset spec lists "
+            f"{sorted(spec.feature_columns)}: missing from spec {sorted(set(fitted) - set(spec.feature_columns))}, "
+            f"unknown to model {sorted(set(spec.feature_columns) - set(fitted))}"
+        )
+    return fitted
+
+
+def _prediction_type(model: Any, spec: DatasetSpec, model_uri: str) -> DataType:
+    """Spark type of the ``prediction`` column, checking the model fits the task."""
+    from pyspark.sql import types as T
+
+    if spec.task == "regression":
+        return T.DoubleType()
+    classes = getattr(model, "classes_", None)
+    if not hasattr(model, "predict_proba") or classes is None:
+        raise ConfigError(
+            f"model {model_uri} has no predict_proba/classes_; task binary_classification needs a classifier"
+        )
+    if len(classes) != 2:
+        raise ConfigError(
+            f"model {model_uri} has {len(classes)} classes {list(classes)}; expected 2 for binary_classification"
+        )
+    dtype = np.asarray(classes).dtype
+    if np.issubdtype(dtype, np.bool_):
+        return T.BooleanType()
+    if np.issubdtype(dtype, np.integer):
+        return T.LongType()
+    if np.issubdtype(dtype, np.floating):
+        return T.DoubleType()
+    return T.StringType()
+
+
+@contextlib.contextmanager
+def _session(spark: SparkSession | None, master: str) -> Iterator[SparkSession]:
+    """Yield a session with the settings scoring needs; stop it afterwards only if created here."""
+    from pyspark.sql import SparkSession
+
+    owned = False
+    if spark is None:
+        spark = SparkSession.getActiveSession()
+        if spark is not None:
+            log.info("reusing the active Spark session", extra={"requested_master": master})
+    if spark is None:
+        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
+        builder = (
+            SparkSession.builder.appName(APP_NAME)
+            .master(master)
+            .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
+            .config("spark.ui.enabled", "false")
+            .config("spark.ui.showConsoleProgress", "false")
+        )
+        for key, value in _SESSION_CONF.items():
+            builder = builder.config(key, value)
+        spark = builder.getOrCreate()
+        owned = True
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in _SESSION_CONF}
+    for key, value in _SESSION_CONF.items():
+        spark.conf.set(key, value)
+    try:
+        yield spark
+    finally:
+        if owned:
+            spark.stop()
+        else:
+            for key, old in previous.items():
+                if old is None:
+                    spark.conf.unset(key)
+                else:
+                    spark.conf.set(key, old)
+
+
+def _read(spark: SparkSession, path: str, nanos_columns: list[str]) -> DataFrame:
+    """Read the input with Spark; nanosecond timestamps arrive as longs and become timestamps."""
+    from pyspark.sql import functions as F
+
+    source = Path(path)
+    suffix = source.suffix.lower()
+    if source.is_file() and suffix in {".csv", ".tsv", ".txt"}:
+        return spark.read.csv(path, header=True, sep="\t" if suffix == ".tsv" else ",")
+    frame = spark.read.parquet(path)
+    for column in nanos_columns:
+        quoted = "`" + column.replace("`", "``") + "`"
+        # Integer division: a double cannot hold 19-digit nanoseconds exactly.
+        frame = frame.withColumn(column, F.expr(f"timestamp_micros(div({quoted}, 1000))"))
+    return frame
+
+
+def _timestamp(column: Column) -> Column:
+    return column.try_cast("timestamp")
+
+
+def _feature(frame: DataFrame, name: str, spec: DatasetSpec) -> Column:
+    return frame[name].try_cast("double" if name in spec.numeric_features else "string")
+
+
+def _reject_reason(frame: DataFrame, spec: DatasetSpec) -> Column:
+    """Why a row cannot be scored, e.g. 'plan is null; monthly_charges is NaN' ('' if it can)."""
+    from pyspark.sql import functions as F
+
+    reasons = []
+    for name in (spec.entity_column, spec.timestamp_column):
+        reasons.append(F.when(frame[name].isNull(), F.lit(f"{name} is null")))
+    timestamp = _timestamp(frame[spec.timestamp_column])
+    reasons.append(
+        F.when(
+            frame[spec.timestamp_column].isNotNull() & timestamp.isNull(),
+            F.lit(f"{spec.timestamp_column} is not a timestamp"),
+        )
+    )
+    for name in spec.numeric_features:
+        raw, value = frame[name], _feature(frame, name, spec)
+        reasons.append(
+            F.when(raw.isNull(), F.lit(f"{name} is null"))
+            .when(value.isNull(), F.lit(f"{name} is not numeric"))
+            .when(F.isnan(value), F.lit(f"{name} is NaN"))
+            .when(F.abs(value) == F.lit(float("inf")), F.lit(f"{name} is infinite"))
+        )
+    for name in spec.categorical_features:
+        reasons.append(F.when(frame[name].isNull(), F.lit(f"{name} is null")))
+    return F.concat_ws("; ", *reasons)
+
+
+def _score(
+    good: DataFrame,
+    spec: DatasetSpec,
+    features: list[str],
+    model_file: str,
+    prediction_type: DataType,
+    model_name: str,
+    model_version: str | None,
+    scored_at: datetime,
+) -> DataFrame:
+    """Scored rows with the constant model columns and the date partition column."""
+    from pyspark.sql import functions as F
+    from pyspark.sql import types as T
+
+    schema = T.StructType(
+        [
+            good.schema[spec.entity_column],
+            T.StructField(spec.timestamp_column, T.TimestampType()),
+            T.StructField("prediction", prediction_type),
+            T.StructField("score", T.DoubleType()),
+        ]
+    )
+    body = functools.partial(
+        _score_batches,
+        model_file=model_file,
+        entity=spec.entity_column,
+        timestamp=spec.timestamp_column,
+        features=features,
+        classifier=spec.task == "binary_classification",
+        string_labels=isinstance(prediction_type, T.StringType),
+    )
+    return good.mapInPandas(body, schema).select(
+        "*",
+        F.lit(model_name).alias("model_name"),
+        F.lit(model_version).cast("string").alias("model_version"),
+        F.lit(scored_at).cast("timestamp").alias("scored_at"),
+        F.to_date(F.col(spec.timestamp_column)).alias(PARTITION_COLUMN),
+    )
+
+
+def _summarise(folder: Path) -> tuple[int, list[str]]:
+    """Rows written (from Parquet footers) and the date partitions, read back from the folder."""
+    import pyarrow.dataset as ds
+
+    partitions = sorted(
+        p.name.split("=", 1)[1] for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{PARTITION_COLUMN}=")
+    )
+    if not partitions:
+        return 0, []
+    rows = ds.dataset(str(folder), format="parquet", partitioning="hive").count_rows()
+    return int(rows), partitions

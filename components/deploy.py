@@ -1,0 +1,351 @@
+"""Deploy: give a registered challenger a share of live traffic, locally or on KServe.
+
+The registry decides what is served. ``register`` points the alias ``challenger`` at a blessed
+version; the model server (``serving.server``) loads it in the background but sends it no
+traffic until deploy sets the canary percent for that exact version (registered-model tags
+``ctpipe.canary_percent`` and ``ctpipe.canary_version``). ``promote`` later moves ``champion``.
+
+- ``embedded`` profile: make sure the local server runs (start it detached, or reuse it),
+  open the canary and wait until the server reports the new challenger. If the challenger
+  cannot be loaded or the wait times out, the canary goes back to 0 so the champion keeps all
+  traffic, and :class:`~components.common.errors.DeployError` says why.
+- ``cluster`` profile: render the InferenceService (``serving.manifests``), write it to
+  ``<workspace>/manifests/<name>.yaml`` and apply it through ``serving.cluster.KServeSeam``;
+  ``dry_run`` writes the manifest and records the call without touching a cluster.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from pathlib import Path
+from typing import Any, Literal
+from urllib.parse import urlsplit
+
+import requests
+import yaml
+from pydantic import BaseModel
+
+from components.common.errors import DeployError, ModelNotFound
+from components.common.io import write_text
+from components.common.logs import get_logger
+from components.specs import ServingSpec
+from serving import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, STATUS_ROUTE, redact_uri
+
+logger = get_logger("deploy")
+
+
+class DeployResult(BaseModel):
+    """What serves traffic after a deployment."""
+
+    mode: Literal["local", "cluster"]
+    endpoint: str
+    model_name: str
+    champion_version: str | None
+    challenger_version: str | None
+    canary_percent: int
+    manifest_path: str | None = None
+    dry_run: bool = False
+    message: str = ""
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    from components.common import tracking
+
+    tracking.configure(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _registered_model(client: Any, model_name: str, tracking_uri: str) -> Any:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
+            raise ModelNotFound(
+                f"registered model {model_name!r} does not exist in {redact_uri(tracking_uri)}"
+            ) from None
+        raise DeployError(
+            f"cannot read registered model {model_name!r} from {redact_uri(tracking_uri)}: {exc}"
+        ) from exc
+
+
+def _aliases(registered: Any) -> dict[str, str]:
+    return {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+
+
+def set_traffic(model_name: str, tracking_uri: str, canary_percent: int) -> None:
+    """Set the share of requests the current challenger gets (0 gives the champion everything).
+
+    The percent is bound to the version behind ``challenger`` now, so a later challenger does
+    not inherit it; the model server applies the change within one poll interval.
+
+    Args:
+        model_name: Registered model name.
+        tracking_uri: MLflow tracking/registry URI.
+        canary_percent: 0-100.
+
+    Raises:
+        DeployError: The percent is outside 0-100.
+        ModelNotFound: The registered model does not exist.
+    """
+    if isinstance(canary_percent, bool) or not isinstance(canary_percent, int) or not 0 <= canary_percent <= 100:
+        raise DeployError(f"canary_percent must be an integer between 0 and 100, got {canary_percent!r}")
+    client = _client(tracking_uri)
+    registered = _registered_model(client, model_name, tracking_uri)
+    challenger = _aliases(registered).get(CHALLENGER_ALIAS)
+
+    def bind_version() -> None:
+        if challenger is not None:
+            client.set_registered_model_tag(model_name, CANARY_VERSION_TAG, challenger)
+        elif CANARY_VERSION_TAG in (registered.tags or {}):
+            client.delete_registered_model_tag(model_name, CANARY_VERSION_TAG)
+
+    # The server reads both tags at once: lower the percent before rebinding, raise it after.
+    if canary_percent == 0:
+        client.set_registered_model_tag(model_name, CANARY_TAG, "0")
+        bind_version()
+    else:
+        bind_version()
+        client.set_registered_model_tag(model_name, CANARY_TAG, str(canary_percent))
+    logger.info("traffic set", extra={"model": model_name, "challenger": challenger, "canary_percent": canary_percent})
+
+
+def wait_for_serving(
+    endpoint: str,
+    model_name: str,
+    champion: str | None,
+    challenger: str | None,
+    timeout: float,
+    canary_percent: int | None = None,
+) -> dict[str, Any]:
+    """Wait until the server at ``endpoint`` serves exactly these versions.
+
+    Args:
+        endpoint: Base URL of the model server, e.g. ``http://127.0.0.1:8080``.
+        model_name: The model the server must serve.
+        champion: Expected champion version (None: no champion).
+        challenger: Expected challenger version (None: no challenger).
+        timeout: Seconds to wait.
+        canary_percent: Also wait for this effective canary percent, when given.
+
+    Returns:
+        The server's last ``/ctpipe/status``.
+
+    Raises:
+        DeployError: The server reports that an expected version failed to load, serves another
+            model, or does not switch within ``timeout``.
+    """
+    url = endpoint.rstrip("/") + STATUS_ROUTE
+    deadline = time.monotonic() + timeout
+    status: dict[str, Any] | None = None
+    problem = "no answer"
+    while True:
+        try:
+            response = requests.get(url, timeout=2)
+            if response.status_code == 200:
+                status = response.json()
+            else:
+                problem = f"HTTP {response.status_code} from {url}"
+        except (requests.RequestException, ValueError) as exc:
+            problem = f"{type(exc).__name__}: {exc}"
+        if status is not None:
+            if status.get("model_name") != model_name:
+                raise DeployError(
+                    f"the server at {endpoint} serves model {status.get('model_name')!r}, not {model_name!r}"
+                )
+            failed = status.get("failed_versions") or {}
+            for alias, version in ((CHAMPION_ALIAS, champion), (CHALLENGER_ALIAS, challenger)):
+                if version is not None and version in failed:
+                    raise DeployError(f"the server cannot load {alias} version {version}: {failed[version]}")
+            serving_now = (status.get("champion_version"), status.get("challenger_version"))
+            if serving_now == (champion, challenger) and (
+                canary_percent is None or status.get("canary_percent") == canary_percent
+            ):
+                return status
+            problem = (
+                f"it serves champion {serving_now[0]}, challenger {serving_now[1]} at {status.get('canary_percent')}%"
+            )
+        if time.monotonic() > deadline:
+            raise DeployError(
+                f"the server at {endpoint} did not switch to champion {champion}, challenger {challenger} "
+                f"within {timeout:g}s: {problem}"
+            )
+        time.sleep(0.1)
+
+
+def _deploy_local(
+    version: str, serving: ServingSpec, tracking_uri: str, workspace: str, timeout: float, dry_run: bool
+) -> DeployResult:
+    from serving.server import endpoint_url, start_local_server
+
+    name = serving.model_name
+    registered = _registered_model(_client(tracking_uri), name, tracking_uri)
+    aliases = _aliases(registered)
+    champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
+    if challenger != version:
+        raise DeployError(
+            f"version {version} of {name!r} is not the challenger (alias {CHALLENGER_ALIAS!r} points to "
+            f"{challenger if challenger is not None else 'no version'}); register it as the challenger first"
+        )
+    effective = 100 if champion is None else serving.canary_percent
+    if champion is None:
+        message = f"no champion yet: challenger version {version} serves 100% of requests"
+    else:
+        message = f"challenger version {version} gets {effective}% of requests, champion version {champion} the rest"
+
+    endpoint = endpoint_url(serving.host, serving.port)
+    if dry_run:  # checked the registry; change nothing
+        return DeployResult(
+            mode="local",
+            endpoint=endpoint,
+            model_name=name,
+            champion_version=champion,
+            challenger_version=version,
+            canary_percent=effective,
+            dry_run=True,
+            message=f"dry run: would set {CANARY_TAG}={serving.canary_percent}, start or reuse the server; {message}",
+        )
+    deadline = time.monotonic() + timeout
+    set_traffic(name, tracking_uri, serving.canary_percent)
+    try:
+        server = start_local_server(serving, tracking_uri, workspace, timeout=timeout)
+        remaining = max(deadline - time.monotonic(), 1.0)
+        wait_for_serving(server.endpoint, name, champion, version, remaining, canary_percent=effective)
+    except Exception as exc:
+        with contextlib.suppress(Exception):
+            set_traffic(name, tracking_uri, 0)
+        logger.error("deploy failed; canary reset to 0", extra={"model": name, "version": version, "error": str(exc)})
+        if isinstance(exc, DeployError):
+            raise
+        raise DeployError(f"deploying version {version} of {name!r} failed: {type(exc).__name__}: {exc}") from exc
+    result = DeployResult(
+        mode="local",
+        endpoint=endpoint,
+        model_name=name,
+        champion_version=champion,
+        challenger_version=version,
+        canary_percent=effective,
+        message=message + (" (server reused)" if server.reused else f" (server started, pid {server.pid})"),
+    )
+    logger.info("deployed", extra={"result": result.model_dump()})
+    return result
+
+
+def _is_local_uri(uri: str) -> bool:
+    scheme = urlsplit(uri).scheme
+    return scheme in ("", "file", "sqlite") or len(scheme) == 1  # one letter: a Windows drive
+
+
+def _deploy_cluster(
+    version: str, serving: ServingSpec, tracking_uri: str, workspace: str, image: str, dry_run: bool
+) -> DeployResult:
+    from serving.cluster import KServeSeam
+    from serving.manifests import isvc_name, render_inference_service
+
+    name = isvc_name(serving.model_name)
+    notes: list[str] = []
+    try:
+        client = _client(tracking_uri)
+        registered = _registered_model(client, serving.model_name, tracking_uri)
+        aliases = _aliases(registered)
+        try:
+            client.get_model_version(serving.model_name, version)
+        except Exception as exc:
+            raise ModelNotFound(f"version {version} of {serving.model_name!r} does not exist: {exc}") from None
+    except DeployError as exc:
+        if not dry_run:
+            raise
+        aliases = {}
+        notes.append(f"registry not read ({exc}); versions assumed")
+    if _is_local_uri(tracking_uri):
+        if not dry_run:
+            raise DeployError(
+                f"tracking URI {tracking_uri!r} is local to this machine; pods cannot read it. "
+                "Use an MLflow server URL (infra.tracking_uri) for the cluster profile"
+            )
+        notes.append("tracking URI is local: pods could not read it")
+
+    champion = aliases.get(CHAMPION_ALIAS)
+    if champion == version:
+        champion_version, challenger_version, percent, canary = version, None, 0, None
+    elif champion is None:
+        champion_version, challenger_version, percent, canary = None, version, 100, None
+    else:
+        champion_version, challenger_version = champion, version
+        percent = canary = serving.canary_percent
+
+    manifest = render_inference_service(serving, image, version, tracking_uri, canary)
+    manifest_path = Path(workspace) / "manifests" / f"{name}.yaml"
+    write_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
+
+    seam = KServeSeam(namespace=serving.namespace, dry_run=dry_run)
+    seam.apply(manifest)
+    if serving.deployment_mode == "Standard" and not dry_run and aliases.get(CHALLENGER_ALIAS) == version:
+        set_traffic(serving.model_name, tracking_uri, serving.canary_percent)  # split happens in the pods
+    endpoint = f"http://{name}-predictor.{serving.namespace}.svc.cluster.local"
+    if not dry_run:
+        applied = seam.get(name) or {}
+        endpoint = (applied.get("status") or {}).get("url") or endpoint
+    mode_note = (
+        "Knative revisions split traffic (canaryTrafficPercent)"
+        if serving.deployment_mode == "Serverless"
+        else "the pods split traffic by the ctpipe.canary_percent tag"
+    )
+    message = "; ".join([f"{'dry run: ' if dry_run else ''}{mode_note}", *notes])
+    result = DeployResult(
+        mode="cluster",
+        endpoint=endpoint,
+        model_name=serving.model_name,
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        canary_percent=percent,
+        manifest_path=str(manifest_path),
+        dry_run=dry_run,
+        message=message,
+    )
+    logger.info("deployed", extra={"result": result.model_dump()})
+    return result
+
+
+def deploy(
+    version: str,
+    serving: ServingSpec,
+    tracking_uri: str,
+    workspace: str,
+    profile: Literal["embedded", "cluster"] = "embedded",
+    image: str = "ctpipe/serving:0.1.0",
+    dry_run: bool = False,
+    timeout: float = 60.0,
+) -> DeployResult:
+    """Send a share of live traffic to a registered model version.
+
+    Args:
+        version: Registry version to deploy; in the embedded profile it must be the current
+            ``challenger``.
+        serving: Model name, canary percent, local host/port, cluster mode and namespace.
+        tracking_uri: MLflow tracking/registry URI.
+        workspace: Folder for the local server's log and pid, and for rendered manifests.
+        profile: ``embedded`` (local model server) or ``cluster`` (KServe InferenceService).
+        image: Serving image for the cluster profile.
+        dry_run: Change nothing: the cluster profile writes the manifest and records the call
+            without touching a cluster or registry tags; the embedded profile only checks the registry.
+        timeout: Seconds to wait for the local server to serve the new version.
+
+    Returns:
+        Where the model is served and which versions get which share.
+
+    Raises:
+        DeployError: The version is not the challenger, cannot be loaded, or the server does not
+            switch in time (the champion keeps all traffic); or the cluster refused the manifest.
+        ModelNotFound: The registered model or version does not exist.
+    """
+    version = str(version)
+    if profile == "embedded":
+        return _deploy_local(version, serving, tracking_uri, workspace, timeout, dry_run)
+    if profile == "cluster":
+        return _deploy_cluster(version, serving, tracking_uri, workspace, image, dry_run)
+    raise DeployError(f"unknown profile {profile!r}; expected 'embedded' or 'cluster'")

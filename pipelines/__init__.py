@@ -1,0 +1,1 @@
+"""ctpipe pipelines: KFP wrappers, pipeline definitions, config, local runner and CLI."""

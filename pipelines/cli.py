@@ -1,0 +1,269 @@
+"""The ``ctpipe`` command line.
+
+Every command reads ``ctpipe.yaml`` (or ``--config``). Errors are one line plus a hint;
+``--verbose`` adds the traceback. Commands CI calls take ``--json``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import click
+
+from components.common.errors import CtpipeError
+from pipelines.config import DEFAULT_CONFIG, CtpipeConfig, load_config
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+
+def _friendly_errors(func: F) -> F:
+    """Turn known errors into one line plus a hint and exit code 1."""
+
+    @functools.wraps(func)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        verbose = click.get_current_context().find_root().params.get("verbose", False)
+        try:
+            return func(*args, **kwargs)
+        except (CtpipeError, FileNotFoundError) as exc:
+            if verbose:
+                traceback.print_exc()
+            click.secho(f"error: {exc}", fg="red", err=True)
+            hint = getattr(exc, "hint", "")
+            if hint:
+                click.echo(f"hint: {hint}", err=True)
+            if not verbose:
+                click.echo("(run with --verbose for the traceback)", err=True)
+            sys.exit(1)
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _config(ctx: click.Context) -> CtpipeConfig:
+    config: CtpipeConfig = ctx.obj["config_loader"]()
+    return config
+
+
+def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
+    params: dict[str, Any] = {}
+    for pair in pairs:
+        key, sep, raw = pair.partition("=")
+        if not sep or not key:
+            raise click.BadParameter(f"{pair!r} is not KEY=VALUE", param_hint="--param")
+        try:
+            params[key] = json.loads(raw)
+        except json.JSONDecodeError:
+            params[key] = raw
+    return params
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.option(
+    "--config",
+    "config_path",
+    default=DEFAULT_CONFIG,
+    show_default=True,
+    type=click.Path(dir_okay=False),
+    help="Configuration file.",
+)
+@click.option("--verbose", is_flag=True, help="Show tracebacks and task logs.")
+@click.pass_context
+def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
+    r"""ctpipe: continuous training on Kubeflow, runnable on one machine.
+
+    \b
+    Examples:
+      ctpipe demo                          # the whole CT loop on the embedded default
+      ctpipe data generate --windows 4     # synthetic data with drift from window 2
+      ctpipe run training --window 1       # one pipeline on kfp.local, cached
+      ctpipe compile --out out/            # KFP IR YAML for the Kubeflow UI or kfp.Client
+      ctpipe promote                       # challenger becomes champion
+    """
+    ctx.ensure_object(dict)
+    ctx.obj["config_loader"] = functools.cache(lambda: load_config(config_path))
+    ctx.obj["verbose"] = verbose
+
+
+@main.group()
+def data() -> None:
+    """Generate demo data."""
+
+
+@data.command("generate")
+@click.option("--out", type=click.Path(dir_okay=False), help="Parquet file to write [default: dataset.source].")
+@click.option("--windows", default=4, show_default=True, help="Number of weekly time windows.")
+@click.option("--rows", default=5000, show_default=True, help="Rows per window.")
+@click.option("--drift-from", default=2, show_default=True, help="First window with drift; 0 for none.")
+@click.option("--seed", default=7, show_default=True, help="Random seed (same seed, same bytes).")
+@click.pass_context
+@_friendly_errors
+def data_generate(ctx: click.Context, out: str | None, windows: int, rows: int, drift_from: int, seed: int) -> None:
+    r"""Write a deterministic synthetic churn dataset with optional drift.
+
+    \b
+    Example:
+      ctpipe data generate --windows 4 --rows 5000 --drift-from 2
+    """
+    from pipelines.demo_data import DriftSpec, generate, manifest_path
+
+    target = out or _config(ctx).dataset.source
+    drift = DriftSpec(start_window=drift_from or None)
+    written = generate(target, windows=windows, rows_per_window=rows, seed=seed, drift=drift)
+    click.echo(f"wrote {sum(w.rows for w in written)} rows in {len(written)} windows to {target}")
+    click.echo(f"window bounds: {manifest_path(target)}")
+
+
+@main.command("compile")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
+@click.option("--pipeline", "names", multiple=True, help="Only this pipeline (repeatable).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_json: bool) -> None:
+    r"""Compile the pipelines to KFP IR YAML (one file per pipeline).
+
+    \b
+    Example:
+      ctpipe compile --out out/ && kfp pipeline create -p ctpipe-training out/training.yaml
+    """
+    from pipelines.runner import compile_pipelines
+
+    paths = compile_pipelines(_config(ctx), out, list(names) or None)
+    if as_json:
+        click.echo(json.dumps({"compiled": [str(p) for p in paths]}))
+    else:
+        for path in paths:
+            click.echo(f"compiled {path}")
+
+
+@main.command("run")
+@click.argument("pipeline", type=click.Choice(["training", "batch_scoring", "monitoring"]))
+@click.option("--window", type=int, help="Use the bounds of this generated window (1-based).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
+@click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def run_command(
+    ctx: click.Context, pipeline: str, window: int | None, params: tuple[str, ...], no_cache: bool, as_json: bool
+) -> None:
+    r"""Run a pipeline locally with kfp.local (SubprocessRunner, caching on).
+
+    \b
+    Examples:
+      ctpipe run training --window 1
+      ctpipe run monitoring --window 2 --json
+      ctpipe run training --param window_start=2026-01-05T00:00:00+00:00 --no-cache
+    """
+    from pipelines.runner import run_pipeline, window_params
+    from pipelines.summary import print_run
+
+    config = _config(ctx)
+    overrides = window_params(config, window) if window else {}
+    overrides.update(_parse_params(params))
+    report = run_pipeline(
+        pipeline, config, overrides, enable_cache=not no_cache, progress=None if as_json else sys.stderr
+    )
+    if as_json:
+        click.echo(json.dumps(report.to_json(), indent=2, default=str))
+    else:
+        print_run(report)
+    if not report.succeeded:
+        sys.exit(1)
+
+
+def _alias_command(action: str) -> Callable[..., None]:
+    def command(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
+        from components import register
+
+        config = _config(ctx)
+        func = register.promote if action == "promote" else register.rollback
+        change = func(config.serving.model_name, config.tracking_uri, **kwargs)
+        if as_json:
+            click.echo(change.model_dump_json())
+        else:
+            click.echo(f"{change.name}@{change.alias}: version {change.previous or '-'} → {change.current or '-'}")
+
+    return command
+
+
+@main.command("promote")
+@click.option("--version", help="Version to promote [default: the challenger].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> None:
+    """Make the challenger (or --version) the champion; it then serves 100% of traffic."""
+    _alias_command("promote")(ctx, as_json, version=version)
+
+
+@main.command("rollback")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def rollback_command(ctx: click.Context, as_json: bool) -> None:
+    """Return the champion alias (and all traffic) to the previous champion."""
+    _alias_command("rollback")(ctx, as_json)
+
+
+@main.command("serve")
+@click.option("--detach", is_flag=True, help="Start in the background and return once ready.")
+@click.option("--stop", is_flag=True, help="Stop the background server this workspace started.")
+@click.pass_context
+@_friendly_errors
+def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
+    r"""Serve the champion (and a canary challenger) with the KServe model server on serving.host:port.
+
+    \b
+    Examples:
+      ctpipe serve --detach
+      curl -s localhost:8080/v1/models/churn:predict -d '{"instances": [...]}'
+      ctpipe serve --stop
+    """
+    from serving import server
+
+    config = _config(ctx)
+    if stop:
+        stopped = server.stop_local_server(str(config.workspace))
+        click.echo("stopped the local model server" if stopped else "no local model server was running")
+    elif detach:
+        local = server.start_local_server(config.serving, config.tracking_uri, str(config.workspace))
+        click.echo(f"serving {config.serving.model_name} at {local.endpoint}")
+    else:
+        server.serve(config.serving.model_name, config.tracking_uri, config.serving.host, config.serving.port)
+
+
+@main.command("demo")
+@click.option("--rows", default=5000, show_default=True, help="Rows per generated window.")
+@click.option("--keep-serving/--stop-serving", default=True, show_default=True, help="Leave the server running.")
+@click.pass_context
+@_friendly_errors
+def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
+    """Run the whole continuous-training loop on the embedded default.
+
+    Generates data, trains and serves a first champion, scores and monitors a drifted
+    window, retrains, evaluates against the champion, rolls out a canary and promotes it.
+    Running it again reuses the kfp.local cache for every unchanged step.
+    """
+    from pipelines.demo import run_demo
+
+    run_demo(_config(ctx), rows_per_window=rows, keep_serving=keep_serving)
+
+
+@main.command("config")
+@click.pass_context
+@_friendly_errors
+def config_command(ctx: click.Context) -> None:
+    """Validate the configuration file and print it with defaults filled in."""
+    import yaml
+
+    click.echo(yaml.safe_dump(_config(ctx).model_dump(mode="json"), sort_keys=False))
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main(prog_name=Path(sys.argv[0]).name)

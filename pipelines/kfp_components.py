@@ -1,0 +1,346 @@
+"""Thin KFP v2 components around the plain functions in ``components/``.
+
+Each wrapper converts KFP inputs (parameters, typed artifacts) into the core function's
+arguments, calls it, and fills typed outputs so the KFP UI shows datasets, models,
+metrics, HTML reports and markdown. The wrappers import the core function inside their
+body: KFP ships only the wrapper's source into the task, where the ctpipe package is
+installed (the components image, or the local virtualenv).
+
+The image is a setting (``infra.images.components``), so components are built by
+``build_components(image)`` rather than decorated at import time. Config sections
+arrive as ``dict`` parameters: each task's cache key then covers exactly the settings it
+uses, so changing a monitoring threshold does not retrain the model.
+"""
+
+# No `from __future__ import annotations`: KFP reads the annotations at runtime.
+from dataclasses import dataclass
+from typing import NamedTuple
+
+from kfp import dsl
+from kfp.dsl import (
+    HTML,
+    Artifact,
+    ClassificationMetrics,
+    Dataset,
+    Input,
+    Markdown,
+    Metrics,
+    Model,
+    Output,
+)
+from kfp.dsl.python_component import PythonComponent
+
+# Side effects that must happen on every run (moving aliases, changing traffic) are never cached.
+UNCACHED = ("current_champion", "register", "deploy")
+
+
+def current_champion(model_name: str, tracking_uri: str) -> NamedTuple(  # type: ignore[valid-type]
+    "Champion", [("found", bool), ("version", str), ("model_uri", str), ("run_id", str)]
+):
+    """Resolve the registry alias ``champion`` to a fixed version, so later steps cache on it."""
+    from collections import namedtuple
+
+    from components.register import resolve_alias
+
+    ref = resolve_alias(model_name, "champion", tracking_uri)
+    Champion = namedtuple("Champion", ["found", "version", "model_uri", "run_id"])
+    return Champion(ref.found, ref.version or "", ref.model_uri or "", ref.run_id or "")
+
+
+def ingest(
+    source: str,
+    source_fingerprint: str,
+    dataset: dict,
+    window_start: str,
+    window_end: str,
+    snapshot: Output[Dataset],
+) -> str:
+    """Snapshot one time window of the source; returns the snapshot's content hash.
+
+    ``source_fingerprint`` (size, mtime and hash of the source, computed by the caller) is
+    part of the cache key, so a changed source file is never served from cache.
+    """
+    from components.ingest import ingest as run_ingest
+    from components.specs import DatasetSpec
+    from pipelines.artifacts import attach
+
+    result = run_ingest(source, DatasetSpec(**dataset), snapshot.path, window_start or None, window_end or None)
+    attach(snapshot, result)
+    snapshot.metadata["source_fingerprint"] = source_fingerprint
+    return result.content_hash
+
+
+def validate(
+    snapshot: Input[Dataset],
+    dataset: dict,
+    champion_run_id: str,
+    tracking_uri: str,
+    suite: Output[Artifact],
+    result: Output[Artifact],
+    report: Output[HTML],
+    quarantine: Output[Dataset],
+) -> str:
+    """Validate a snapshot against the champion's suite (or one inferred from it); returns the suite hash.
+
+    Raises on blocking failures, which stops the pipeline before training.
+    """
+    import tempfile
+
+    import pandas as pd
+
+    from components.common import tracking
+    from components.specs import DatasetSpec
+    from components.validate import infer_suite, load_suite, save_suite
+    from components.validate import validate as run_validate
+    from pipelines.artifacts import attach, ensure_file
+
+    spec = DatasetSpec(**dataset)
+    if champion_run_id:
+        tracking.configure(tracking_uri)
+        local = tracking.download_run_artifact(champion_run_id, tracking.SUITE_ARTIFACT, tempfile.mkdtemp())
+        suite_dict = load_suite(str(local))
+    else:
+        suite_dict = infer_suite(pd.read_parquet(snapshot.path), spec)
+    suite_hash = save_suite(suite_dict, suite.path)
+    suite.metadata["suite_hash"] = suite_hash
+    outcome = run_validate(snapshot.path, spec, suite_dict, result.path, report.path, quarantine.path)
+    attach(result, {"success": outcome.success, "warnings": len(outcome.warnings), "rows": outcome.rows})
+    ensure_file(quarantine)
+    return suite_hash
+
+
+def fetch_features(
+    snapshot: Input[Dataset], dataset: dict, feast: dict, workspace: str, training_set: Output[Dataset]
+) -> int:
+    """Point-in-time training set from Feast; materializes the online store. Returns missing entities."""
+    from components.fetch_features import build_training_set
+    from components.specs import DatasetSpec, FeastSpec
+    from pipelines.artifacts import attach
+
+    result = build_training_set(snapshot.path, DatasetSpec(**dataset), FeastSpec(**feast), workspace, training_set.path)
+    attach(training_set, result)
+    return result.missing_entities
+
+
+def train(
+    training_set: Input[Dataset],
+    suite: Input[Artifact],
+    dataset: dict,
+    model: dict,
+    tracking_uri: str,
+    experiment: str,
+    lineage: dict,
+    snapshot_hash: str,
+    suite_hash: str,
+    trained_model: Output[Model],
+    eval_set: Output[Dataset],
+    metrics: Output[Metrics],
+) -> str:
+    """Train the scikit-learn pipeline and log it to MLflow with lineage tags; returns the model URI."""
+    from components.common.io import write_json
+    from components.specs import DatasetSpec, ModelSpec
+    from components.train import train as run_train
+    from pipelines.artifacts import attach, write_metrics
+
+    tags = {
+        **{key: str(value) for key, value in lineage.items()},
+        "data_snapshot": snapshot_hash,
+        "suite_hash": suite_hash,
+    }
+    result = run_train(
+        training_set.path,
+        DatasetSpec(**dataset),
+        ModelSpec(**model),
+        tracking_uri,
+        experiment,
+        eval_set.path,
+        suite.path,
+        tags,
+    )
+    write_json(trained_model.path, result.model_dump(mode="json"))
+    attach(trained_model, result)
+    write_metrics(metrics, result.metrics)
+    return result.model_uri
+
+
+def evaluate(
+    trained_model: Input[Model],
+    eval_set: Input[Dataset],
+    dataset: dict,
+    evaluation: dict,
+    tracking_uri: str,
+    champion_uri: str,
+    blessing: Output[Artifact],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+    curves: Output[ClassificationMetrics],
+) -> bool:
+    """Score candidate and champion on the same held-out data; returns whether the candidate is blessed."""
+    from components.evaluate import evaluate as run_evaluate
+    from components.specs import DatasetSpec, EvaluationSpec
+    from pipelines.artifacts import attach, write_classification_metrics, write_metrics
+
+    result = run_evaluate(
+        trained_model.metadata["model_uri"],
+        eval_set.path,
+        DatasetSpec(**dataset),
+        EvaluationSpec(**evaluation),
+        tracking_uri,
+        champion_uri or None,
+        blessing.path,
+        report.path,
+    )
+    attach(blessing, {"blessed": result.blessed, "failed_checks": [c.reason for c in result.checks if not c.passed]})
+    values = {f"candidate_{k}": v for k, v in result.candidate.items()}
+    values.update({f"champion_{k}": v for k, v in (result.champion or {}).items()})
+    write_metrics(metrics, values)
+    write_classification_metrics(curves, result.curves)
+    return result.blessed
+
+
+def register(
+    trained_model: Input[Model],
+    blessed: bool,
+    model_name: str,
+    tracking_uri: str,
+    lineage: dict,
+    snapshot_hash: str,
+    suite_hash: str,
+    pipeline_run: str,
+    summary: Output[Markdown],
+) -> NamedTuple("Registered", [("version", str), ("blessed", bool)]):  # type: ignore[valid-type]
+    """Register the candidate with lineage tags; a blessed one gets the ``challenger`` alias."""
+    from collections import namedtuple
+
+    from components.common.io import write_text
+    from components.register import register as run_register
+    from pipelines.artifacts import markdown_table
+
+    tags = {key: str(value) for key, value in lineage.items()}
+    tags.update(data_snapshot=snapshot_hash, suite_hash=suite_hash, pipeline_run=pipeline_run)
+    result = run_register(
+        trained_model.metadata["model_uri"], trained_model.metadata["run_id"], model_name, blessed, tracking_uri, tags
+    )
+    write_text(summary.path, markdown_table(result.model_dump(mode="json"), f"Registered {model_name}"))
+    Registered = namedtuple("Registered", ["version", "blessed"])
+    return Registered(result.version, result.blessed)
+
+
+def deploy(
+    version: str,
+    serving: dict,
+    tracking_uri: str,
+    workspace: str,
+    profile: str,
+    image: str,
+    dry_run: bool,
+    summary: Output[Markdown],
+) -> str:
+    """Roll the challenger out as a canary (local server or InferenceService); returns the endpoint."""
+    from components.common.io import write_text
+    from components.deploy import deploy as run_deploy
+    from components.specs import ServingSpec
+    from pipelines.artifacts import markdown_table
+
+    result = run_deploy(version, ServingSpec(**serving), tracking_uri, workspace, profile, image, dry_run)  # type: ignore[arg-type]
+    write_text(summary.path, markdown_table(result.model_dump(mode="json"), "Deployment"))
+    return result.endpoint
+
+
+def batch_predict(
+    snapshot: Input[Dataset],
+    dataset: dict,
+    model_uri: str,
+    model_version: str,
+    tracking_uri: str,
+    spark_master: str,
+    predictions: Output[Dataset],
+) -> int:
+    """Score a snapshot with Spark using a fixed model version; returns the rows scored."""
+    from components.batch_predict import batch_predict as run_batch_predict
+    from components.specs import DatasetSpec
+    from pipelines.artifacts import attach
+
+    result = run_batch_predict(
+        snapshot.path, DatasetSpec(**dataset), model_uri, tracking_uri, predictions.path, spark_master, model_version
+    )
+    attach(predictions, result)
+    return result.rows
+
+
+def monitor(
+    current: Input[Dataset],
+    dataset: dict,
+    monitoring: dict,
+    evaluation: dict,
+    champion_run_id: str,
+    champion_uri: str,
+    tracking_uri: str,
+    result: Output[Artifact],
+    report: Output[HTML],
+    metrics: Output[Metrics],
+) -> str:
+    """Drift of the current window against the champion's training reference; returns ok, warn or retrain."""
+    import tempfile
+
+    from components.common import tracking
+    from components.monitor import monitor as run_monitor
+    from components.specs import DatasetSpec, EvaluationSpec, MonitoringSpec
+    from pipelines.artifacts import attach, write_metrics
+
+    tracking.configure(tracking_uri)
+    reference = tracking.download_run_artifact(champion_run_id, tracking.REFERENCE_ARTIFACT, tempfile.mkdtemp())
+    outcome = run_monitor(
+        str(reference),
+        current.path,
+        DatasetSpec(**dataset),
+        MonitoringSpec(**monitoring),
+        result.path,
+        report.path,
+        champion_uri,
+        tracking_uri,
+        EvaluationSpec(**evaluation).metrics,
+    )
+    attach(result, {"decision": outcome.decision, "reasons": outcome.reasons})
+    values = {f"psi_{f.feature}": f.psi for f in outcome.features}
+    if outcome.prediction_psi is not None:
+        values["prediction_psi"] = outcome.prediction_psi
+    values.update({f"live_{k}": v for k, v in (outcome.performance or {}).items()})
+    write_metrics(metrics, values)
+    return outcome.decision
+
+
+@dataclass(frozen=True)
+class Components:
+    """The KFP components, built for one image."""
+
+    current_champion: PythonComponent
+    ingest: PythonComponent
+    validate: PythonComponent
+    fetch_features: PythonComponent
+    train: PythonComponent
+    evaluate: PythonComponent
+    register: PythonComponent
+    deploy: PythonComponent
+    batch_predict: PythonComponent
+    monitor: PythonComponent
+
+
+def build_components(image: str) -> Components:
+    """Build every component to run in ``image`` (which already has ctpipe and kfp installed)."""
+
+    def make(func: object) -> PythonComponent:
+        return dsl.component(func, base_image=image, install_kfp_package=False)
+
+    return Components(
+        current_champion=make(current_champion),
+        ingest=make(ingest),
+        validate=make(validate),
+        fetch_features=make(fetch_features),
+        train=make(train),
+        evaluate=make(evaluate),
+        register=make(register),
+        deploy=make(deploy),
+        batch_predict=make(batch_predict),
+        monitor=make(monitor),
+    )

@@ -1,0 +1,54 @@
+"""The monitoring pipeline: drift and live performance of a window against the champion's training data."""
+
+# No `from __future__ import annotations`: KFP reads the annotations at runtime.
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact
+
+from pipelines.config import CtpipeConfig
+from pipelines.kfp_components import Components
+
+
+def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
+    """Return the monitoring pipeline with every parameter defaulting to ``config``."""
+    dumps = config.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
+
+    @dsl.pipeline(
+        name="ctpipe-monitoring",
+        description="Measure per-feature and prediction drift (and live performance when labels "
+        "arrived) of a window against the champion's training reference; decide ok, warn or retrain.",
+    )
+    def monitoring(
+        source: str = config.dataset.source,
+        source_fingerprint: str = "",
+        window_start: str = "",
+        window_end: str = "",
+        dataset: dict = dumps["dataset"],
+        monitoring: dict = dumps["monitoring"],
+        evaluation: dict = dumps["evaluation"],
+        tracking_uri: str = config.tracking_uri,
+    ) -> NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)]):  # type: ignore[valid-type]
+        champion = ops.current_champion(model_name=config.serving.model_name, tracking_uri=tracking_uri)
+        champion.set_display_name("current champion").set_caching_options(False)
+        current = ops.ingest(
+            source=source,
+            source_fingerprint=source_fingerprint,
+            dataset=dataset,
+            window_start=window_start,
+            window_end=window_end,
+        )
+        checked = ops.monitor(
+            current=current.outputs["snapshot"],
+            dataset=dataset,
+            monitoring=monitoring,
+            evaluation=evaluation,
+            champion_run_id=champion.outputs["run_id"],
+            champion_uri=champion.outputs["model_uri"],
+            tracking_uri=tracking_uri,
+        )
+        MonitoringOutputs = NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)])
+        return MonitoringOutputs(checked.outputs["Output"], checked.outputs["result"], checked.outputs["report"])
+
+    return monitoring

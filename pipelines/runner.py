@@ -1,0 +1,283 @@
+"""Compile pipelines to KFP IR YAML, and run them on one machine with ``kfp.local``.
+
+``ctpipe run`` executes the very functions that ``ctpipe compile`` compiles: the same
+components, the same DAG, with kfp.local's SubprocessRunner and its cache. Task output
+goes to a log file per run; the console gets one progress line per task and a summary.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from datetime import datetime
+from pathlib import Path
+from typing import Any, TextIO
+
+from components.common import errors
+from components.common.errors import ConfigError, CtpipeError
+from components.common.io import file_sha256
+from pipelines import batch_scoring, monitoring, training
+from pipelines.config import CtpipeConfig
+from pipelines.demo_data import load_windows
+from pipelines.kfp_components import build_components
+
+PIPELINES: dict[str, Callable[..., Callable[..., Any]]] = {
+    "training": training.build,
+    "batch_scoring": batch_scoring.build,
+    "monitoring": monitoring.build,
+}
+
+_CTPIPE_ERRORS = {name for name, obj in vars(errors).items() if isinstance(obj, type)}
+_ANSI = re.compile(r"\x1b\[[0-9;]*m")
+_EVENTS = [
+    ("start", re.compile(r"Executing task '?([\w-]+)'?")),
+    ("done", re.compile(r"Task '?([\w-]+)'? finished with status (\w+)")),
+    ("cached", re.compile(r"Task '?([\w-]+)'? cache hit")),
+    ("skipped", re.compile(r"Skipping conditional task '?([\w-]+)'?")),
+]
+
+
+def git_commit(cwd: str | Path = ".") -> str:
+    """The current git commit, or 'unknown' outside a checkout; recorded as code lineage."""
+    try:
+        out = subprocess.run(
+            ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return "unknown"
+    return out.stdout.strip() if out.returncode == 0 else "unknown"
+
+
+def build_pipeline(name: str, config: CtpipeConfig, code_version: str | None = None) -> Callable[..., Any]:
+    """Build one pipeline function for ``config``.
+
+    Raises:
+        ConfigError: If ``name`` is not a known pipeline.
+    """
+    if name not in PIPELINES:
+        raise ConfigError(f"unknown pipeline {name!r}; expected one of {', '.join(PIPELINES)}")
+    ops = build_components(config.infra.images.components)
+    return PIPELINES[name](config, ops, code_version or git_commit())
+
+
+def compile_pipelines(config: CtpipeConfig, out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
+    """Write one KFP IR YAML per pipeline into ``out_dir`` and return their paths."""
+    from kfp import compiler
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    written = []
+    for name in names or list(PIPELINES):
+        path = out / f"{name}.yaml"
+        compiler.Compiler().compile(build_pipeline(name, config), str(path))
+        written.append(path)
+    return written
+
+
+def source_fingerprint(source: str) -> str:
+    """Content hash of the source, so ingest's cache key changes whenever the data does."""
+    path = Path(source)
+    if not path.exists():
+        raise CtpipeError(f"{source}: source data not found", hint="Run 'ctpipe data generate' or fix dataset.source.")
+    return f"sha256:{file_sha256(path)}"
+
+
+def window_params(config: CtpipeConfig, window: int) -> dict[str, str]:
+    """Bounds of window ``window`` (1-based) from the manifest written beside the generated source."""
+    windows = load_windows(config.dataset.source)
+    for item in windows:
+        if item.window == window:
+            return {"window_start": item.start, "window_end": item.end}
+    raise ConfigError(f"window {window} not in {config.dataset.source} (it has windows 1..{len(windows)})")
+
+
+@dataclass
+class TaskRecord:
+    """What happened to one task in a local run."""
+
+    name: str
+    status: str = "running"  # ran, cached, skipped, failed
+    seconds: float = 0.0
+    _started: float = field(default=0.0, repr=False)
+
+
+@dataclass
+class RunReport:
+    """Summary of one local pipeline run."""
+
+    pipeline: str
+    succeeded: bool
+    seconds: float
+    tasks: list[TaskRecord]
+    outputs: dict[str, Any]
+    pipeline_root: str
+    log_path: str
+    error: str = ""
+
+    @property
+    def cache_hits(self) -> list[str]:
+        """Names of the tasks served from the cache."""
+        return [t.name for t in self.tasks if t.status == "cached"]
+
+    def to_json(self) -> dict[str, Any]:
+        """JSON-able summary for ``--json``."""
+        return {
+            "pipeline": self.pipeline,
+            "succeeded": self.succeeded,
+            "seconds": round(self.seconds, 2),
+            "tasks": [{"name": t.name, "status": t.status, "seconds": round(t.seconds, 2)} for t in self.tasks],
+            "outputs": self.outputs,
+            "pipeline_root": self.pipeline_root,
+            "log": self.log_path,
+            "error": self.error,
+        }
+
+
+class _TaskLog(io.TextIOBase):
+    """Stdout replacement during a run: writes everything to the log, turns task events into records."""
+
+    def __init__(self, log: TextIO, on_event: Callable[[TaskRecord], None]) -> None:
+        self._log, self._on_event, self._pending = log, on_event, ""
+        self.records: dict[str, TaskRecord] = {}
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        self._log.write(text)
+        self._pending += text
+        *lines, self._pending = self._pending.split("\n")
+        for line in lines:
+            self._parse(_ANSI.sub("", line))
+        return len(text)
+
+    def _parse(self, line: str) -> None:
+        for kind, pattern in _EVENTS:
+            match = pattern.search(line)
+            if not match:
+                continue
+            name = match.group(1)
+            record = self.records.setdefault(name, TaskRecord(name))
+            if kind == "start":
+                record._started = time.monotonic()
+            elif kind == "done":
+                record.seconds = time.monotonic() - record._started
+                record.status = "ran" if match.group(2) == "SUCCESS" else "failed"
+            else:
+                record.status = kind
+            if kind != "start":
+                self._on_event(record)
+            return
+
+
+@contextlib.contextmanager
+def _captured(log_path: Path, on_event: Callable[[TaskRecord], None]) -> Iterator[_TaskLog]:
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as log:
+        tee = _TaskLog(log, on_event)
+        handler = logging.StreamHandler(tee)
+        root = logging.getLogger()
+        old_level = root.level
+        root.addHandler(handler)
+        root.setLevel(logging.INFO)
+        try:
+            with contextlib.redirect_stdout(tee):
+                yield tee
+        finally:
+            root.removeHandler(handler)
+            root.setLevel(old_level)
+
+
+def _plain(value: Any) -> Any:
+    """Pipeline outputs as JSON-able values (artifacts become their path and metadata)."""
+    if hasattr(value, "uri") and hasattr(value, "metadata"):
+        return {"path": getattr(value, "path", value.uri), "metadata": dict(value.metadata)}
+    return value
+
+
+def run_pipeline(
+    name: str,
+    config: CtpipeConfig,
+    params: dict[str, Any] | None = None,
+    enable_cache: bool = True,
+    progress: TextIO | None = sys.stderr,
+) -> RunReport:
+    """Run a pipeline locally with kfp.local (SubprocessRunner, caching on by default).
+
+    Args:
+        name: 'training', 'batch_scoring' or 'monitoring'.
+        config: The configuration; pipeline parameters default to it.
+        params: Overrides of pipeline parameters (e.g. window bounds).
+        enable_cache: Whether unchanged tasks are served from the cache.
+        progress: Where to print one line per finished task; None for silence.
+
+    Returns:
+        The run report; ``succeeded`` is False (with ``error``) when a task failed.
+    """
+    from kfp import local
+
+    pipeline = build_pipeline(name, config)
+    params = dict(params or {})
+    source = params.get("source", config.dataset.source)
+    params.setdefault("source_fingerprint", source_fingerprint(source))
+    kfp_root = config.workspace / "kfp"
+    local.init(
+        runner=local.SubprocessRunner(use_venv=False),
+        pipeline_root=str(kfp_root / "runs"),
+        cache_root=str(kfp_root / "cache"),
+        enable_caching=enable_cache,
+        raise_on_error=True,
+    )
+    stamp = datetime.now().strftime("%Y%m%d-%H%M%S-%f")
+    log_path = config.workspace / "logs" / f"{name}-{stamp}.log"
+
+    def report_event(record: TaskRecord) -> None:
+        if progress is None:
+            return
+        detail = f"{record.seconds:5.1f}s" if record.status == "ran" else ""
+        print(f"  {record.status:>7}  {record.name:<28} {detail}", file=progress, flush=True)
+
+    if progress is not None:
+        print(f"▶ {name}: running locally (task logs: {log_path})", file=progress, flush=True)
+    started = time.monotonic()
+    outputs: dict[str, Any] = {}
+    error = ""
+    with _captured(log_path, report_event) as tee:
+        try:
+            result = pipeline(**params)
+            raw = result.outputs if hasattr(result, "outputs") else {"Output": result}
+            outputs = {key: _plain(value) for key, value in (raw or {}).items()}
+        except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
+            error = _failure_message(exc, log_path)
+    for record in tee.records.values():
+        if record.status == "running":
+            record.status = "failed"
+    return RunReport(
+        pipeline=name,
+        succeeded=not error,
+        seconds=time.monotonic() - started,
+        tasks=list(tee.records.values()),
+        outputs=outputs,
+        pipeline_root=str(kfp_root / "runs"),
+        log_path=str(log_path),
+        error=error,
+    )
+
+
+_EXCEPTION_LINE = re.compile(r"^\s*(?:[\w]+\.)*(\w+(?:Error|Failed|NotFound|Exception)): (.+)$")
+
+
+def _failure_message(exc: Exception, log_path: Path) -> str:
+    """The most useful line of a failed run: the component's own exception, if the log has one."""
+    lines = log_path.read_text(errors="replace").splitlines() if log_path.exists() else []
+    found = [m for m in (_EXCEPTION_LINE.match(_ANSI.sub("", line)) for line in lines) if m]
+    ours = [m for m in found if m.group(1) in _CTPIPE_ERRORS]
+    best = ours or found
+    return f"{best[-1].group(1)}: {best[-1].group(2)}" if best else str(exc)

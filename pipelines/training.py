@@ -1,0 +1,134 @@
+"""The training pipeline: ingest → validate → features → train → evaluate → register → canary.
+
+A candidate reaches traffic only if it passed validation, was blessed against the
+champion on the same held-out data, and was registered with its lineage.
+"""
+
+# No `from __future__ import annotations`: KFP reads the annotations at runtime.
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import HTML, Artifact
+
+from pipelines.config import CtpipeConfig
+from pipelines.kfp_components import Components
+
+
+def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
+    """Return the training pipeline with every parameter defaulting to ``config``."""
+    dumps = config.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
+    lineage_defaults = {"config_hash": config.section_hash(), "code_version": code_version}
+
+    @dsl.pipeline(
+        name="ctpipe-training",
+        description="Ingest a window, validate it, build point-in-time features, train, evaluate "
+        "against the champion, register, and roll a blessed candidate out as a canary.",
+    )
+    def training(
+        source: str = config.dataset.source,
+        source_fingerprint: str = "",
+        window_start: str = "",
+        window_end: str = "",
+        dataset: dict = dumps["dataset"],
+        model: dict = dumps["model"],
+        evaluation: dict = dumps["evaluation"],
+        serving: dict = dumps["serving"],
+        feast: dict = dumps["feast"],
+        tracking_uri: str = config.tracking_uri,
+        workspace: str = str(config.workspace),
+        profile: str = config.infra.profile,
+        serving_image: str = config.infra.images.serving,
+        dry_run: bool = False,
+        lineage: dict = lineage_defaults,
+    ) -> NamedTuple(  # type: ignore[valid-type]
+        "TrainingOutputs",
+        [
+            ("version", str),
+            ("blessed", bool),
+            ("blessing", Artifact),
+            ("validation_report", HTML),
+            ("evaluation_report", HTML),
+        ],
+    ):
+        model_name = config.serving.model_name
+        champion = ops.current_champion(model_name=model_name, tracking_uri=tracking_uri)
+        champion.set_display_name("current champion")
+        snapshot = ops.ingest(
+            source=source,
+            source_fingerprint=source_fingerprint,
+            dataset=dataset,
+            window_start=window_start,
+            window_end=window_end,
+        )
+        checked = ops.validate(
+            snapshot=snapshot.outputs["snapshot"],
+            dataset=dataset,
+            champion_run_id=champion.outputs["run_id"],
+            tracking_uri=tracking_uri,
+        )
+        features = ops.fetch_features(
+            snapshot=snapshot.outputs["snapshot"], dataset=dataset, feast=feast, workspace=workspace
+        )
+        features.after(checked)  # never materialize features from data that failed validation
+        trained = ops.train(
+            training_set=features.outputs["training_set"],
+            suite=checked.outputs["suite"],
+            dataset=dataset,
+            model=model,
+            tracking_uri=tracking_uri,
+            experiment=model_name,
+            lineage=lineage,
+            snapshot_hash=snapshot.outputs["Output"],
+            suite_hash=checked.outputs["Output"],
+        )
+        evaluated = ops.evaluate(
+            trained_model=trained.outputs["trained_model"],
+            eval_set=trained.outputs["eval_set"],
+            dataset=dataset,
+            evaluation=evaluation,
+            tracking_uri=tracking_uri,
+            champion_uri=champion.outputs["model_uri"],
+        )
+        registered = ops.register(
+            trained_model=trained.outputs["trained_model"],
+            blessed=evaluated.outputs["Output"],
+            model_name=model_name,
+            tracking_uri=tracking_uri,
+            lineage=lineage,
+            snapshot_hash=snapshot.outputs["Output"],
+            suite_hash=checked.outputs["Output"],
+            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        )
+        with dsl.If(evaluated.outputs["Output"] == True, name="candidate-blessed"):  # noqa: E712
+            canary = ops.deploy(
+                version=registered.outputs["version"],
+                serving=serving,
+                tracking_uri=tracking_uri,
+                workspace=workspace,
+                profile=profile,
+                image=serving_image,
+                dry_run=dry_run,
+            )
+            canary.set_display_name("deploy canary")
+        for task in (champion, registered, canary):
+            task.set_caching_options(False)
+        TrainingOutputs = NamedTuple(
+            "TrainingOutputs",
+            [
+                ("version", str),
+                ("blessed", bool),
+                ("blessing", Artifact),
+                ("validation_report", HTML),
+                ("evaluation_report", HTML),
+            ],
+        )
+        return TrainingOutputs(
+            registered.outputs["version"],
+            registered.outputs["blessed"],
+            evaluated.outputs["blessing"],
+            checked.outputs["report"],
+            evaluated.outputs["report"],
+        )
+
+    return training

@@ -1,0 +1,200 @@
+"""KServe ``InferenceService`` manifests for the cluster profile.
+
+The predictor is a custom container: the ctpipe serving image running ``python -m
+serving.server`` (the same kserve app as the embedded profile) on port 8080. How a new model
+version reaches traffic depends on ``serving.deployment_mode``:
+
+``Serverless`` (KServe's ``Knative`` mode; ``Serverless`` is its deprecated name)
+    The container is pinned to one version (``--model-version``), so each deployed version is
+    a new Knative revision. ``spec.predictor.canaryTrafficPercent`` sends that share to the new
+    revision and the rest to the last ready one (the previous champion). Promoting means
+    rendering again without a canary percent, which sends all traffic to the latest revision.
+    A revision whose model cannot load never turns ready, so it never gets traffic.
+
+``Standard`` (KServe's raw Kubernetes ``Deployment``; ``RawDeployment`` is the old name)
+    KServe has no revision-based traffic split in this mode, so ``canaryTrafficPercent`` is not
+    rendered. The container follows the registry aliases instead, exactly like the local
+    server: it serves ``champion`` and ``challenger`` and splits requests in-process by the
+    registered-model tag ``ctpipe.canary_percent`` (set by ``components.deploy``). The intended
+    percent and version are recorded as ``ctpipe.io/*`` annotations for people reading the
+    object.
+
+Both modes set ``serving.kserve.io/deploymentMode`` explicitly, because the cluster default
+(``defaultDeploymentMode`` in the ``inferenceservice-config`` ConfigMap) varies by install.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Any
+from urllib.parse import urlsplit
+
+from components.common.errors import DeployError
+from components.specs import ServingSpec
+
+API_VERSION = "serving.kserve.io/v1beta1"
+DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"
+# ServingSpec.deployment_mode -> the annotation value KServe >= 0.15 expects.
+KSERVE_MODE = {"Serverless": "Knative", "Standard": "Standard"}
+CONTAINER_NAME = "kserve-container"
+CONTAINER_PORT = 8080
+POLL_SECONDS_IN_CLUSTER = 5.0
+_DNS_1035 = re.compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$")
+
+DEFAULT_RESOURCES: dict[str, dict[str, str]] = {
+    "requests": {"cpu": "250m", "memory": "512Mi"},
+    "limits": {"cpu": "1", "memory": "1Gi"},
+}
+
+
+def isvc_name(model_name: str) -> str:
+    """The InferenceService name for a registered model; it must be a DNS-1035 label.
+
+    Raises:
+        DeployError: The model name is not a valid Kubernetes object name.
+    """
+    if len(model_name) > 63 or not _DNS_1035.match(model_name):
+        raise DeployError(
+            f"serving.model_name {model_name!r} cannot name an InferenceService: use at most 63 lowercase "
+            "letters, digits and '-', starting with a letter and ending with a letter or digit"
+        )
+    return model_name
+
+
+def _check_tracking_uri(tracking_uri: str) -> None:
+    parts = urlsplit(tracking_uri)
+    if parts.password is not None:
+        raise DeployError(
+            "the tracking URI contains a password, which would be written into the manifest; pass the URI "
+            "without credentials and put MLFLOW_TRACKING_USERNAME / MLFLOW_TRACKING_PASSWORD in a Secret "
+            "(credentials_secret)"
+        )
+
+
+def render_inference_service(
+    serving: ServingSpec,
+    image: str,
+    model_version: str,
+    tracking_uri: str,
+    canary_percent: int | None,
+    credentials_secret: str | None = None,
+    resources: dict[str, dict[str, str]] | None = None,
+) -> dict[str, Any]:
+    """Render a KServe v1beta1 InferenceService for one registered model version.
+
+    Args:
+        serving: Model name, namespace and deployment mode.
+        image: The ctpipe serving image (pin by digest in production).
+        model_version: The registry version being deployed.
+        tracking_uri: MLflow URI the pods read the registry and artifacts from.
+        canary_percent: Share of traffic for the new version; None sends all traffic to it
+            (first deployment or promotion). In Standard mode it is only recorded as an annotation.
+        credentials_secret: Name of a Secret whose keys become environment variables
+            (e.g. ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``, S3 keys).
+        resources: Container requests and limits; defaults to :data:`DEFAULT_RESOURCES`.
+
+    Returns:
+        The manifest as a plain dict (YAML/JSON serialisable).
+
+    Raises:
+        DeployError: The name, version, percent or tracking URI cannot be used.
+    """
+    name = isvc_name(serving.model_name)
+    if not str(model_version).isdigit():
+        raise DeployError(f"model_version must be a registry version number, got {model_version!r}")
+    if canary_percent is not None and not 0 <= canary_percent <= 100:
+        raise DeployError(f"canary_percent must be between 0 and 100, got {canary_percent}")
+    _check_tracking_uri(tracking_uri)
+    mode = KSERVE_MODE[serving.deployment_mode]
+    knative = mode == "Knative"
+
+    args = [
+        "--model-name",
+        serving.model_name,
+        "--host",
+        "0.0.0.0",  # inside the pod: kubelet probes and the Knative queue-proxy connect to the pod IP
+        "--port",
+        str(CONTAINER_PORT),
+        "--poll-seconds",
+        str(POLL_SECONDS_IN_CLUSTER),
+    ]
+    if knative:
+        args += ["--model-version", str(model_version)]
+    ready_path = f"/v2/models/{serving.model_name}/ready"
+    readiness: dict[str, Any] = {
+        "httpGet": {"path": ready_path},
+        "periodSeconds": 5,
+        "failureThreshold": 3,
+    }
+    liveness: dict[str, Any] = {
+        "httpGet": {"path": "/v2/health/live"},
+        "initialDelaySeconds": 30,
+        "periodSeconds": 15,
+        "failureThreshold": 4,
+    }
+    if not knative:  # a plain Deployment needs the port; Knative fills in the container port itself
+        readiness["httpGet"]["port"] = CONTAINER_PORT
+        liveness["httpGet"]["port"] = CONTAINER_PORT
+
+    container: dict[str, Any] = {
+        "name": CONTAINER_NAME,
+        "image": image,
+        "command": ["python", "-m", "serving.server"],
+        "args": args,
+        "env": [
+            {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
+            {"name": "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "value": "false"},
+            {"name": "CTPIPE_MODEL_NAME", "value": serving.model_name},
+            {"name": "CTPIPE_MODEL_VERSION", "value": str(model_version)},
+            {"name": "HOME", "value": "/tmp"},
+        ],
+        "ports": [{"containerPort": CONTAINER_PORT, "name": "http1", "protocol": "TCP"}],
+        "readinessProbe": readiness,
+        "livenessProbe": liveness,
+        "resources": resources or DEFAULT_RESOURCES,
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": 1000,
+            "runAsGroup": 1000,
+            "allowPrivilegeEscalation": False,
+            "readOnlyRootFilesystem": True,
+            "capabilities": {"drop": ["ALL"]},
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+        "volumeMounts": [{"name": "tmp", "mountPath": "/tmp"}],
+    }
+    if credentials_secret:
+        container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
+
+    predictor: dict[str, Any] = {
+        "minReplicas": 1,
+        "maxReplicas": 3,
+        "containers": [container],
+        "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
+        "securityContext": {"runAsNonRoot": True, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
+    }
+    annotations = {
+        DEPLOYMENT_MODE_ANNOTATION: mode,
+        "ctpipe.io/model-name": serving.model_name,
+        "ctpipe.io/model-version": str(model_version),
+    }
+    if knative:
+        if canary_percent is not None:
+            predictor["canaryTrafficPercent"] = int(canary_percent)
+        annotations["ctpipe.io/traffic"] = "knative-revisions"
+    else:
+        annotations["ctpipe.io/traffic"] = "in-process: registered-model tag ctpipe.canary_percent"
+        if canary_percent is not None:
+            annotations["ctpipe.io/canary-percent"] = str(int(canary_percent))
+
+    return {
+        "apiVersion": API_VERSION,
+        "kind": "InferenceService",
+        "metadata": {
+            "name": name,
+            "namespace": serving.namespace,
+            "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "ctpipe"},
+            "annotations": annotations,
+        },
+        "spec": {"predictor": predictor},
+    }

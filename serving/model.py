@@ -1,0 +1,719 @@
+"""``CtpipeModel``: a ``kserve.Model`` that serves the MLflow champion and challenger.
+
+The model follows the registry instead of a fixed artifact. It serves the version behind the
+alias ``champion`` and, when present, the one behind ``challenger``; each request goes to the
+challenger with probability ``canary_percent / 100`` (tag ``ctpipe.canary_percent`` on the
+registered model, 0 when absent) and otherwise to the champion. With a challenger and no
+champion the challenger serves every request.
+
+A watcher thread polls the aliases and the canary tag every ``poll_seconds``. A new version is
+downloaded and loaded completely (and scored on its logged input example) before one reference
+assignment switches traffic to it, so requests never see a half-loaded model. When a version
+cannot be loaded the previous one keeps serving; the failure is logged and reported by
+:meth:`CtpipeModel.status`, and that version is retried only after ``retry_seconds``.
+
+Request formats (``NAME`` is the registered model name):
+
+- V1 ``POST /v1/models/NAME:predict`` with ``{"instances": [{feature: value, ...}, ...]}`` or
+  ``{"instances": [[v1, v2, ...], ...]}`` (values in the model's feature order). The answer is
+  ``{"predictions": [...], "model_version": "3", "model_alias": "champion"}``.
+- V2 ``POST /v2/models/NAME/infer`` (Open Inference Protocol): either one input per feature,
+  named like the feature, shape ``[n]`` (or ``[n, 1]``), or a single 2-D input of any other
+  name (e.g. ``input-0``) with shape ``[n, n_features]`` and rows in feature order. The answer
+  has one output (``score`` for classifiers: probability of the positive class; ``prediction``
+  otherwise), ``model_version`` and ``parameters.model_alias``.
+
+Every value is checked against the feature list and types of the version that answers (taken
+from the MLflow model signature, or ``feature_names_in_`` when no signature was logged).
+Missing or unknown features, wrong types, null or NaN values and empty batches are answered
+with HTTP 400 and a message that names the problem.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import random
+import shutil
+import tempfile
+import threading
+import time
+import uuid
+from collections import Counter
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from kserve import Model
+from kserve.errors import InferenceError, InvalidInput
+from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+
+from components.common import tracking
+from components.common.logs import get_logger
+from serving import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, redact_uri
+
+logger = get_logger("serving.model")
+
+FeatureKind = Literal["number", "integer", "string", "boolean", "any"]
+MAX_BATCH_ROWS = 10_000
+
+# MLflow signature types -> what a request value must be.
+_KIND_BY_MLFLOW_TYPE: dict[str, FeatureKind] = {
+    "double": "number",
+    "float": "number",
+    "long": "integer",
+    "integer": "integer",
+    "string": "string",
+    "boolean": "boolean",
+}
+# Open Inference Protocol datatype advertised in the model metadata for each kind.
+_OIP_DATATYPE: dict[FeatureKind, str] = {
+    "number": "FP64",
+    "integer": "INT64",
+    "string": "BYTES",
+    "boolean": "BOOL",
+    "any": "BYTES",
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column the model expects."""
+
+    name: str
+    kind: FeatureKind
+
+
+@dataclass(frozen=True)
+class LoadedVersion:
+    """A registered model version loaded into memory, ready to score."""
+
+    version: str
+    model: Any = field(repr=False, compare=False)
+    features: tuple[Feature, ...]
+    output: Literal["score", "prediction"]
+    run_id: str | None = None
+    loaded_at: float = 0.0
+
+    @property
+    def feature_names(self) -> list[str]:
+        """Feature names in the order the model expects them."""
+        return [f.name for f in self.features]
+
+    def score(self, frame: pd.DataFrame) -> np.ndarray:
+        """Positive-class probability for binary classifiers, ``predict`` otherwise."""
+        if self.output == "score":
+            proba = np.asarray(self.model.predict_proba(frame))
+            return proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba
+        return np.asarray(self.model.predict(frame))
+
+
+@dataclass(frozen=True)
+class RoutingState:
+    """What is served right now; replaced as a whole, never mutated."""
+
+    champion: LoadedVersion | None = None
+    challenger: LoadedVersion | None = None
+    canary_percent: int = 0
+
+    @property
+    def ready(self) -> bool:
+        """Whether at least one version can answer."""
+        return self.champion is not None or self.challenger is not None
+
+    def key(self) -> tuple[str | None, str | None, int]:
+        """Versions and percent, to tell whether a refresh changed anything."""
+        return (
+            self.champion.version if self.champion else None,
+            self.challenger.version if self.challenger else None,
+            self.canary_percent,
+        )
+
+    def pick(self, rng: random.Random) -> tuple[str, LoadedVersion]:
+        """Choose the alias and version that answers one request.
+
+        Raises:
+            InferenceError: No version is loaded.
+        """
+        if self.champion is None:
+            if self.challenger is None:
+                raise InferenceError("no model version is loaded yet", status="503")
+            return CHALLENGER_ALIAS, self.challenger
+        if self.challenger is not None and rng.random() * 100 < self.canary_percent:
+            return CHALLENGER_ALIAS, self.challenger
+        return CHAMPION_ALIAS, self.champion
+
+
+@dataclass(frozen=True)
+class _Wanted:
+    champion: str | None
+    challenger: str | None
+    canary_percent: int
+    canary_version: str | None
+
+
+# ---------------------------------------------------------------------------------------------
+# Request decoding and validation
+
+
+def _describe(value: Any) -> str:
+    text = repr(value)
+    return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def _check_value(value: Any, feature: Feature, where: str) -> Any:
+    """Return ``value`` converted for its column, or raise InvalidInput naming the problem."""
+    if isinstance(value, np.generic):
+        value = value.item()
+    if isinstance(value, bytes):
+        try:
+            value = value.decode("utf-8")
+        except UnicodeDecodeError:
+            raise InvalidInput(f"{where}: feature {feature.name!r} is not valid UTF-8 text") from None
+    if value is None:
+        raise InvalidInput(f"{where}: feature {feature.name!r} is null; missing values are not accepted")
+    if isinstance(value, float) and not math.isfinite(value):
+        raise InvalidInput(f"{where}: feature {feature.name!r} is {value}; only finite numbers are accepted")
+    kind = feature.kind
+    is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if kind == "number":
+        if not is_number:
+            raise InvalidInput(f"{where}: feature {feature.name!r} must be a number, got {_describe(value)}")
+        return float(value)
+    if kind == "integer":
+        if is_number and float(value).is_integer():
+            return int(value)
+        raise InvalidInput(f"{where}: feature {feature.name!r} must be an integer, got {_describe(value)}")
+    if kind == "string":
+        if not isinstance(value, str):
+            raise InvalidInput(f"{where}: feature {feature.name!r} must be a string, got {_describe(value)}")
+        return value
+    if kind == "boolean":
+        if not isinstance(value, bool):
+            raise InvalidInput(f"{where}: feature {feature.name!r} must be true or false, got {_describe(value)}")
+        return value
+    if not (is_number or isinstance(value, str | bool)):
+        raise InvalidInput(
+            f"{where}: feature {feature.name!r} must be a number, string or boolean, got {_describe(value)}"
+        )
+    return value
+
+
+def _frame(columns: dict[str, list[Any]], features: Sequence[Feature]) -> pd.DataFrame:
+    """Build the model input with the column order and dtypes the model was trained with."""
+    data: dict[str, Any] = {}
+    for feature in features:
+        values = columns[feature.name]
+        if feature.kind == "number":
+            data[feature.name] = np.asarray(values, dtype="float64")
+        elif feature.kind == "integer":
+            data[feature.name] = np.asarray(values, dtype="int64")
+        elif feature.kind == "boolean":
+            data[feature.name] = np.asarray(values, dtype=bool)
+        elif feature.kind == "string":
+            data[feature.name] = pd.Series(values, dtype=object)
+        else:
+            data[feature.name] = pd.Series(values)
+    return pd.DataFrame(data, columns=[f.name for f in features])
+
+
+def _check_batch_size(rows: int, what: str) -> None:
+    if rows == 0:
+        raise InvalidInput(f"{what} is empty; send at least one instance")
+    if rows > MAX_BATCH_ROWS:
+        raise InvalidInput(f"{what} has {rows} rows; at most {MAX_BATCH_ROWS} are accepted per request")
+
+
+def _names(names: Sequence[str]) -> str:
+    return ", ".join(repr(n) for n in names)
+
+
+def frame_from_v1(payload: Any, features: Sequence[Feature]) -> pd.DataFrame:
+    """Validate a V1 ``{"instances": [...]}`` body and turn it into the model input.
+
+    Raises:
+        InvalidInput: The body, an instance or a value does not fit the model's features.
+    """
+    if isinstance(payload, bytes | str):
+        # kserve passes the raw body on when the content-type is not JSON (e.g. curl's default).
+        try:
+            payload = json.loads(payload)
+        except ValueError as exc:
+            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+    if not isinstance(payload, dict):
+        raise InvalidInput(
+            f'request body must be a JSON object like {{"instances": [...]}}, got {type(payload).__name__}'
+        )
+    if "instances" not in payload:
+        raise InvalidInput(f"request body has no 'instances' key (keys: {_names(list(payload))})")
+    instances = payload["instances"]
+    if not isinstance(instances, list):
+        raise InvalidInput(f"'instances' must be a list, got {type(instances).__name__}")
+    _check_batch_size(len(instances), "'instances'")
+    names = [f.name for f in features]
+    known = set(names)
+    columns: dict[str, list[Any]] = {name: [] for name in names}
+    for index, instance in enumerate(instances):
+        where = f"instance {index}"
+        if isinstance(instance, dict):
+            missing = [name for name in names if name not in instance]
+            extra = [key for key in instance if key not in known]
+            problems = []
+            if missing:
+                problems.append(f"missing feature(s) {_names(missing)}")
+            if extra:
+                problems.append(f"unknown feature(s) {_names(extra)}")
+            if problems:
+                raise InvalidInput(f"{where}: {'; '.join(problems)}; the model expects {_names(names)}")
+            for feature in features:
+                columns[feature.name].append(_check_value(instance[feature.name], feature, where))
+        elif isinstance(instance, list):
+            if len(instance) != len(features):
+                raise InvalidInput(
+                    f"{where} has {len(instance)} values, expected {len(features)} in feature order: {_names(names)}"
+                )
+            for feature, value in zip(features, instance, strict=True):
+                columns[feature.name].append(_check_value(value, feature, where))
+        else:
+            raise InvalidInput(
+                f"{where} must be an object {{feature: value}} or a list of {len(features)} values, "
+                f"got {_describe(instance)}"
+            )
+    return _frame(columns, features)
+
+
+def _flatten(data: Any) -> list[Any]:
+    if isinstance(data, np.ndarray):
+        return list(data.reshape(-1).tolist())
+    if not isinstance(data, list | tuple):
+        return [data]
+    flat: list[Any] = []
+    for item in data:
+        flat.extend(_flatten(item) if isinstance(item, list | tuple | np.ndarray) else [item])
+    return flat
+
+
+def _input_values(infer_input: Any) -> list[Any]:
+    data = infer_input.data
+    if data is None:  # binary tensor extension: the values are in the raw buffer
+        try:
+            data = infer_input.as_numpy()
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"input {infer_input.name!r}: cannot decode binary data: {exc}") from None
+    values = _flatten(data)
+    shape = list(infer_input.shape or [])
+    expected = math.prod(shape) if shape else len(values)
+    if any(not isinstance(d, int) or d < 0 for d in shape) or expected != len(values):
+        raise InvalidInput(f"input {infer_input.name!r} has {len(values)} values but shape {shape}")
+    return values
+
+
+def frame_from_v2(request: InferRequest, features: Sequence[Feature]) -> pd.DataFrame:
+    """Validate an Open Inference Protocol request and turn it into the model input.
+
+    Raises:
+        InvalidInput: The inputs, their shapes or a value do not fit the model's features.
+    """
+    inputs = list(request.inputs or [])
+    names = [f.name for f in features]
+    known = set(names)
+    if not inputs:
+        raise InvalidInput(f"request has no inputs; send one input per feature ({_names(names)})")
+    if len(inputs) == 1 and inputs[0].name not in known:
+        matrix = inputs[0]
+        shape = list(matrix.shape or [])
+        if len(shape) != 2 or shape[1] != len(features):
+            raise InvalidInput(
+                f"input {matrix.name!r} is not a feature name, so it must be a 2-D tensor of shape "
+                f"[rows, {len(features)}] with columns {_names(names)}; got shape {shape}"
+            )
+        values = _input_values(matrix)
+        n_rows = shape[0]
+        _check_batch_size(n_rows, f"input {matrix.name!r}")
+        columns: dict[str, list[Any]] = {name: [] for name in names}
+        for row in range(n_rows):
+            for col, feature in enumerate(features):
+                value = values[row * len(features) + col]
+                columns[feature.name].append(_check_value(value, feature, f"row {row}"))
+        return _frame(columns, features)
+
+    given = [i.name for i in inputs]
+    duplicates = sorted({n for n in given if given.count(n) > 1})
+    missing = [n for n in names if n not in given]
+    extra = [n for n in given if n not in known]
+    problems = []
+    if duplicates:
+        problems.append(f"input(s) {_names(duplicates)} given more than once")
+    if missing:
+        problems.append(f"missing feature(s) {_names(missing)}")
+    if extra:
+        problems.append(f"unknown feature(s) {_names(extra)}")
+    if problems:
+        raise InvalidInput(f"{'; '.join(problems)}; the model expects one input per feature: {_names(names)}")
+    by_name = {i.name: i for i in inputs}
+    columns = {}
+    rows: int | None = None
+    for feature in features:
+        infer_input = by_name[feature.name]
+        shape = list(infer_input.shape or [])
+        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
+            raise InvalidInput(f"input {feature.name!r} must have shape [rows] or [rows, 1], got {shape}")
+        values = _input_values(infer_input)
+        if rows is None:
+            rows = len(values)
+            _check_batch_size(rows, f"input {feature.name!r}")
+        elif len(values) != rows:
+            raise InvalidInput(
+                f"inputs have different lengths: {feature.name!r} has {len(values)} values, "
+                f"{features[0].name!r} has {rows}"
+            )
+        columns[feature.name] = [
+            _check_value(value, feature, f"input {feature.name!r} element {i}") for i, value in enumerate(values)
+        ]
+    return _frame(columns, features)
+
+
+# ---------------------------------------------------------------------------------------------
+# Loading versions
+
+
+def features_of(mlflow_model: Any, sk_model: Any) -> tuple[Feature, ...]:
+    """Feature names and kinds from the MLflow signature, else from ``feature_names_in_``.
+
+    Raises:
+        ValueError: Neither tells the feature names.
+    """
+    signature = getattr(mlflow_model, "signature", None)
+    inputs = getattr(signature, "inputs", None)
+    if inputs is not None and not inputs.is_tensor_spec() and inputs.has_input_names():
+        features = []
+        for name, dtype in zip(inputs.input_names(), inputs.input_types(), strict=True):
+            kind = _KIND_BY_MLFLOW_TYPE.get(getattr(dtype, "name", str(dtype)), "any")
+            features.append(Feature(str(name), kind))
+        return tuple(features)
+    names = getattr(sk_model, "feature_names_in_", None)
+    if names is not None:
+        return tuple(Feature(str(name), "any") for name in names)
+    raise ValueError("the model has no signature and no feature_names_in_; cannot tell its input columns")
+
+
+class CtpipeModel(Model):
+    """Serves the registry's champion and challenger of one registered model.
+
+    Args:
+        name: Registered model name in MLflow; also the name in the inference routes.
+        tracking_uri: MLflow tracking (and registry) URI.
+        poll_seconds: How often the watcher reads the aliases and the canary tag.
+        pinned_version: Serve exactly this version and ignore the aliases (one KServe revision
+            per version, as the Serverless cluster mode renders it).
+        seed: Seed of the canary routing random numbers.
+        retry_seconds: Wait before loading a version that failed again; default
+            ``max(30, 10 * poll_seconds)``.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        tracking_uri: str,
+        poll_seconds: float = 2.0,
+        pinned_version: str | None = None,
+        seed: int | None = None,
+        retry_seconds: float | None = None,
+    ) -> None:
+        super().__init__(name)
+        if poll_seconds <= 0:
+            raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
+        self.tracking_uri = tracking_uri
+        self.poll_seconds = poll_seconds
+        self.pinned_version = pinned_version
+        self.retry_seconds = retry_seconds if retry_seconds is not None else max(30.0, 10 * poll_seconds)
+        self._state = RoutingState()
+        self._rng = random.Random(seed)
+        self._refresh_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._watcher: threading.Thread | None = None
+        self._client: Any = None
+        self._failed: dict[str, tuple[str, float]] = {}
+        self._last_error: dict[str, Any] | None = None
+        self._last_logged_at = 0.0
+        self._wanted = _Wanted(None, None, 0, None)
+        self._last_poll_at: float | None = None
+        self._last_poll_ok: bool | None = None
+        self._last_change_at: float | None = None
+        self._started_at = time.time()
+        self._loaded_once = False
+        self._served: Counter[str] = Counter()
+
+    # -- registry ---------------------------------------------------------------------------
+
+    @property
+    def client(self) -> Any:
+        """The MLflow client, created on first use."""
+        if self._client is None:
+            from mlflow import MlflowClient
+
+            tracking.configure(self.tracking_uri)
+            self._client = MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        return self._client
+
+    def _read_registry(self) -> _Wanted:
+        if self.pinned_version is not None:
+            return _Wanted(self.pinned_version, None, 0, None)
+        registered = self.client.get_registered_model(self.name)
+        aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+        tags = dict(registered.tags or {})
+        raw = tags.get(CANARY_TAG)
+        canary = 0
+        if raw is not None:
+            try:
+                canary = int(float(raw))
+            except ValueError:
+                self._record_error(None, None, f"tag {CANARY_TAG}={raw!r} is not a number; using 0")
+            if not 0 <= canary <= 100:
+                self._record_error(None, None, f"tag {CANARY_TAG}={raw!r} is outside 0-100; using 0")
+                canary = 0
+        return _Wanted(aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS), canary, tags.get(CANARY_VERSION_TAG))
+
+    def load_version(self, version: str) -> LoadedVersion:
+        """Download, load and smoke-test one registered version (no traffic change).
+
+        Raises:
+            Exception: Whatever MLflow, unpickling or the smoke test raises.
+        """
+        import mlflow.artifacts
+        from mlflow.models import Model as MlflowModel
+
+        self.client  # noqa: B018 - configures MLflow for this tracking URI
+        staging = tempfile.mkdtemp(prefix="ctpipe-serving-")
+        try:
+            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=staging)
+            sk_model = tracking.load_sklearn_model(local)
+            mlflow_model = MlflowModel.load(local)
+            features = features_of(mlflow_model, sk_model)
+            output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"
+            loaded = LoadedVersion(
+                version=version,
+                model=sk_model,
+                features=features,
+                output=output,
+                run_id=mlflow_model.run_id,
+                loaded_at=time.time(),
+            )
+            example = mlflow_model.load_input_example(local) if mlflow_model.saved_input_example_info else None
+            if isinstance(example, pd.DataFrame) and len(example):
+                loaded.score(example[loaded.feature_names])
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        return loaded
+
+    def _record_error(self, alias: str | None, version: str | None, message: str) -> None:
+        now = time.time()
+        previous = self._last_error
+        self._last_error = {"alias": alias, "version": version, "message": message, "at": now}
+        # A registry outage fails every poll; log a repeated message once a minute, not every poll.
+        if previous is None or previous["message"] != message or now - self._last_logged_at >= 60:
+            self._last_logged_at = now
+            logger.error(message, extra={"model": self.name, "alias": alias, "version": version})
+
+    def _resolve(
+        self, alias: str, wanted: str | None, current: LoadedVersion | None, keep: bool
+    ) -> LoadedVersion | None:
+        """The version to serve for one alias; on any failure the current one stays."""
+        if wanted is None:
+            return current if keep else None
+        for loaded in (current, self._state.champion, self._state.challenger):
+            if loaded is not None and loaded.version == wanted:
+                return loaded
+        failed = self._failed.get(wanted)
+        if failed is not None and time.time() - failed[1] < self.retry_seconds:
+            return current
+        started = time.perf_counter()
+        try:
+            loaded = self.load_version(wanted)
+        except Exception as exc:  # any failure must leave the served version in place
+            message = f"cannot load {self.name!r} version {wanted} ({alias}): {type(exc).__name__}: {exc}"
+            if current is not None:
+                message += f"; still serving version {current.version}"
+            self._failed[wanted] = (message, time.time())
+            self._record_error(alias, wanted, message)
+            return current
+        self._failed.pop(wanted, None)
+        logger.info(
+            "loaded version",
+            extra={"model": self.name, "alias": alias, "version": wanted, "seconds": time.perf_counter() - started},
+        )
+        return loaded
+
+    def refresh(self) -> bool:
+        """Read the registry once, load what changed and switch traffic atomically.
+
+        Returns:
+            Whether the served versions or the canary percent changed.
+        """
+        with self._refresh_lock:
+            self._last_poll_at = time.time()
+            try:
+                wanted = self._read_registry()
+            except Exception as exc:  # registry down or model missing: keep serving
+                self._last_poll_ok = False
+                self._record_error(
+                    None,
+                    None,
+                    f"cannot read registered model {self.name!r} from {redact_uri(self.tracking_uri)}: "
+                    f"{type(exc).__name__}: {exc}",
+                )
+                return False
+            self._last_poll_ok = True
+            self._wanted = wanted
+            current = self._state
+            champion = self._resolve(CHAMPION_ALIAS, wanted.champion, current.champion, keep=True)
+            challenger = self._resolve(CHALLENGER_ALIAS, wanted.challenger, current.challenger, keep=False)
+            if challenger is not None and champion is not None and challenger.version == champion.version:
+                challenger = None
+            canary = 0
+            if challenger is not None and wanted.canary_version in (None, challenger.version):
+                canary = wanted.canary_percent
+            new = RoutingState(champion, challenger, canary)
+            changed = new.key() != current.key()
+            if changed:
+                self._state = new  # the one atomic switch
+                self._last_change_at = time.time()
+                logger.info(
+                    "serving changed",
+                    extra={
+                        "model": self.name,
+                        "champion": new.key()[0],
+                        "challenger": new.key()[1],
+                        "canary_percent": new.canary_percent,
+                        "previous": list(current.key()),
+                    },
+                )
+            self.ready = new.ready
+            return changed
+
+    # -- kserve hooks -----------------------------------------------------------------------
+
+    def load(self) -> bool:
+        """First call reads the registry and loads the aliased versions; later calls are cheap.
+
+        Returns:
+            Whether a version is ready to serve. A server can start before any version exists;
+            it answers 503 until the watcher loads one.
+        """
+        if not self._loaded_once:
+            self._loaded_once = True
+            self.refresh()
+        self.ready = self._state.ready
+        return bool(self.ready)
+
+    def start_watcher(self) -> None:
+        """Start the background thread that follows the registry (idempotent)."""
+        if self._watcher is not None and self._watcher.is_alive():
+            return
+        self._stop.clear()
+        self._watcher = threading.Thread(target=self._watch, name=f"ctpipe-watch-{self.name}", daemon=True)
+        self._watcher.start()
+
+    def stop_watcher(self, timeout: float = 5.0) -> None:
+        """Stop the watcher thread and wait for it."""
+        self._stop.set()
+        if self._watcher is not None:
+            self._watcher.join(timeout)
+
+    def stop(self) -> None:
+        """Kserve stop hook: stop watching the registry."""
+        self.stop_watcher()
+        super().stop()
+
+    def _watch(self) -> None:
+        while not self._stop.wait(self.poll_seconds):
+            try:
+                self.refresh()
+            except Exception:  # never let the watcher die
+                logger.exception("watcher refresh failed", extra={"model": self.name})
+
+    def get_input_types(self) -> list[dict[str, Any]]:
+        """One input per feature, as the columnar V2 request expects."""
+        serving = self._state.champion or self._state.challenger
+        if serving is None:
+            return []
+        return [{"name": f.name, "datatype": _OIP_DATATYPE[f.kind], "shape": [-1]} for f in serving.features]
+
+    def get_output_types(self) -> list[dict[str, Any]]:
+        """The single output: ``score`` for classifiers, ``prediction`` otherwise."""
+        serving = self._state.champion or self._state.challenger
+        if serving is None:
+            return []
+        return [{"name": serving.output, "datatype": "FP64", "shape": [-1]}]
+
+    def predict(
+        self,
+        payload: dict[str, Any] | InferRequest,
+        headers: dict[str, str] | None = None,
+        response_headers: dict[str, str] | None = None,
+    ) -> dict[str, Any] | InferResponse:
+        """Route the request to the champion or the challenger and score it.
+
+        Raises:
+            InvalidInput: The request does not fit the model (HTTP 400).
+            InferenceError: No version is loaded, or the model failed on valid input.
+        """
+        state = self._state  # one read: the whole request uses the same version
+        alias, serving = state.pick(self._rng)
+        is_v2 = isinstance(payload, InferRequest)
+        frame = frame_from_v2(payload, serving.features) if is_v2 else frame_from_v1(payload, serving.features)
+        try:
+            scores = serving.score(frame)
+        except (ValueError, TypeError) as exc:
+            raise InvalidInput(f"model version {serving.version} rejected the input: {exc}") from None
+        except Exception as exc:
+            raise InferenceError(f"model version {serving.version} failed: {type(exc).__name__}: {exc}") from None
+        self._served[serving.version] += 1
+        if not is_v2:
+            return {"predictions": scores.tolist(), "model_version": serving.version, "model_alias": alias}
+        assert isinstance(payload, InferRequest)
+        values = np.asarray(scores, dtype="float64")
+        output = InferOutput(name=serving.output, shape=list(values.shape), datatype="FP64", data=values.tolist())
+        return InferResponse(
+            response_id=payload.id or str(uuid.uuid4()),
+            model_name=self.name,
+            infer_outputs=[output],
+            model_version=serving.version,
+            parameters={"model_alias": alias, "model_version": serving.version},
+        )
+
+    # -- status -----------------------------------------------------------------------------
+
+    def status(self) -> dict[str, Any]:
+        """What the server serves now, what the registry asks for, and the last failure."""
+        state = self._state
+        champion, challenger, canary = state.key()
+        primary = state.champion or state.challenger
+        return {
+            "model_name": self.name,
+            "ready": state.ready,
+            "champion_version": champion,
+            "challenger_version": challenger,
+            "canary_percent": 100 if champion is None and challenger is not None else canary,
+            "pinned_version": self.pinned_version,
+            "registry": {
+                "champion": self._wanted.champion,
+                "challenger": self._wanted.challenger,
+                "canary_percent": self._wanted.canary_percent,
+                "canary_version": self._wanted.canary_version,
+            },
+            "features": primary.feature_names if primary is not None else [],
+            "last_error": self._last_error,
+            "failed_versions": {version: message for version, (message, _) in list(self._failed.items())},
+            "served": dict(self._served),
+            "last_poll_at": self._last_poll_at,
+            "last_poll_ok": self._last_poll_ok,
+            "last_change_at": self._last_change_at,
+            "poll_seconds": self.poll_seconds,
+            "tracking_uri": redact_uri(self.tracking_uri),
+            "started_at": self._started_at,
+            "pid": os.getpid(),
+        }

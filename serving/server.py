@@ -1,0 +1,490 @@
+"""Run the ctpipe model server: kserve's REST app on a host we choose, one model per process.
+
+kserve's ``RESTServer`` hard-codes ``host="0.0.0.0"`` in the uvicorn config it builds, and
+``ModelServer`` always starts a gRPC server on all interfaces as well. ctpipe binds 127.0.0.1
+by default, so :func:`serve` uses kserve's own classes to build the application (``ModelServer``
+for the model repository, data plane and logging, ``RESTServer.create_application`` for the
+V1/V2 routes, middlewares and exception handlers) and runs that app with uvicorn on
+``host``/``port`` itself. gRPC is not started. One extra route, ``GET /ctpipe/status``,
+reports what is served.
+
+Command line::
+
+    python -m serving.server --model-name churn --tracking-uri sqlite:///ws/mlflow.db --port 8080
+
+For the embedded profile :func:`start_local_server` starts that command detached (new
+session, log in ``<workspace>/serving/server.log``, pid in ``<workspace>/serving/server.pid``)
+and :func:`stop_local_server` stops it again.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+import warnings
+from pathlib import Path
+from typing import Any
+from urllib.parse import quote
+
+import requests
+from pydantic import BaseModel
+
+from components.common.errors import DeployError
+from components.common.io import write_json, write_text
+from components.common.logs import get_logger
+from components.specs import ServingSpec
+from serving import STATUS_ROUTE, redact_uri
+
+logger = get_logger("serving.server")
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SERVER_MODULE = "serving.server"
+GRACEFUL_SHUTDOWN_SECONDS = 5
+_app_built = False
+# Popen handles of servers this process started, so they are reaped and never warned about.
+_children: dict[int, subprocess.Popen[bytes]] = {}
+
+
+def build_app(model: Any, port: int) -> Any:
+    """Build kserve's FastAPI app serving ``model`` plus the ``/ctpipe/status`` route.
+
+    kserve keeps one module-level app, so this can run once per process.
+
+    Args:
+        model: A loaded ``kserve.Model`` (``CtpipeModel``; its ``status()`` feeds the status route).
+        port: The HTTP port, recorded by kserve's server objects (binding happens in :func:`serve`).
+
+    Returns:
+        The FastAPI application.
+    """
+    global _app_built
+    if _app_built:
+        raise RuntimeError("the kserve app was already built in this process; run one server per process")
+    from kserve import ModelServer
+    from kserve.constants.constants import FASTAPI_APP_IMPORT_STRING
+    from kserve.protocol.rest.server import RESTServer
+
+    model_server = ModelServer(http_port=port, enable_grpc=False, workers=1)
+    model_server.register_model(model)
+    rest = RESTServer(
+        FASTAPI_APP_IMPORT_STRING,
+        model_server.dataplane,
+        model_server.model_repository_extension,
+        http_port=port,
+    )
+    rest.create_application()  # routes, middlewares and exception handlers on kserve's app
+    from kserve.model_server import app
+
+    async def ctpipe_status() -> dict[str, Any]:
+        return dict(model.status())
+
+    app.add_api_route(STATUS_ROUTE, ctpipe_status, methods=["GET"], tags=["ctpipe"])
+    _app_built = True
+    return app
+
+
+def serve(
+    model_name: str,
+    tracking_uri: str,
+    host: str = "127.0.0.1",
+    port: int = 8080,
+    poll_seconds: float = 2.0,
+    model_version: str | None = None,
+    trace_requests: bool = False,
+) -> None:
+    """Serve one registered model until SIGINT or SIGTERM (blocking).
+
+    Args:
+        model_name: Registered model name in MLflow; the inference routes use it too.
+        tracking_uri: MLflow tracking and registry URI.
+        host: Address to bind; 127.0.0.1 keeps the server local (use 0.0.0.0 only in a container).
+        port: HTTP port.
+        poll_seconds: How often the registry aliases and canary tag are read.
+        model_version: Serve exactly this version instead of following the aliases.
+        trace_requests: Keep kserve's per-request timing log lines.
+    """
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    # kserve's own response class triggers this on every request; nothing to act on here.
+    warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
+    import uvicorn
+
+    from serving.model import CtpipeModel
+
+    started = time.perf_counter()
+    model = CtpipeModel(model_name, tracking_uri, poll_seconds=poll_seconds, pinned_version=model_version)
+    model.load()
+    app = build_app(model, port)
+    if not trace_requests:  # kserve logs two timing lines per request at INFO
+        logging.getLogger("kserve.trace").setLevel(logging.WARNING)
+    config = uvicorn.Config(
+        app,
+        host=host,
+        port=port,
+        log_config=None,  # kserve's ModelServer configured logging already
+        timeout_graceful_shutdown=GRACEFUL_SHUTDOWN_SECONDS,
+        access_log=False,
+    )
+    server = uvicorn.Server(config)
+    model.start_watcher()
+    logger.info(
+        "model server starting",
+        extra={
+            "model": model_name,
+            "host": host,
+            "port": port,
+            "tracking_uri": redact_uri(tracking_uri),
+            "status": model.status(),
+            "load_seconds": round(time.perf_counter() - started, 3),
+        },
+    )
+    try:
+        server.run()
+    finally:
+        model.stop_watcher()
+        logger.info("model server stopped", extra={"model": model_name, "port": port})
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point of ``python -m serving.server``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m serving.server",
+        description="Serve an MLflow registered model with KServe's V1/V2 REST protocol. The server follows "
+        "the 'champion' and 'challenger' aliases and the ctpipe.canary_percent tag.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    parser.add_argument("--model-name", required=True, help="Registered model name (also the route name).")
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        help="MLflow tracking/registry URI (default: $MLFLOW_TRACKING_URI).",
+    )
+    parser.add_argument("--host", default="127.0.0.1", help="Address to bind; 0.0.0.0 only inside a container.")
+    parser.add_argument("--port", type=int, default=8080, help="HTTP port.")
+    parser.add_argument("--poll-seconds", type=float, default=2.0, help="Seconds between registry polls.")
+    parser.add_argument(
+        "--model-version",
+        default=None,
+        help="Serve only this version and ignore the aliases (one revision per version).",
+    )
+    parser.add_argument("--trace-requests", action="store_true", help="Log kserve's timing lines for every request.")
+    args = parser.parse_args(argv)
+    if not args.tracking_uri:
+        parser.error("--tracking-uri is required (or set MLFLOW_TRACKING_URI)")
+    if not 1 <= args.port <= 65535:
+        parser.error(f"--port must be 1-65535, got {args.port}")
+    if args.poll_seconds <= 0:
+        parser.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    # kserve parses sys.argv with its own parser when it is imported; these flags are ours.
+    sys.argv = sys.argv[:1]
+    serve(
+        args.model_name,
+        args.tracking_uri,
+        args.host,
+        args.port,
+        args.poll_seconds,
+        args.model_version,
+        args.trace_requests,
+    )
+    return 0
+
+
+# ---------------------------------------------------------------------------------------------
+# Detached local server for the embedded profile
+
+
+class LocalServer(BaseModel):
+    """A model server process on this machine."""
+
+    pid: int
+    host: str
+    port: int
+    model_name: str
+    endpoint: str
+    log_path: str
+    pid_path: str
+    reused: bool
+    start_seconds: float
+
+
+def _paths(workspace: str | os.PathLike[str]) -> tuple[Path, Path, Path]:
+    folder = Path(workspace) / "serving"
+    return folder / "server.pid", folder / "server.log", folder / "server.json"
+
+
+def endpoint_url(host: str, port: int) -> str:
+    """Base URL to reach a server bound to ``host``:``port`` from this machine."""
+    connect = {"0.0.0.0": "127.0.0.1", "::": "::1", "": "127.0.0.1"}.get(host, host)
+    if ":" in connect:
+        connect = f"[{connect}]"
+    return f"http://{connect}:{port}"
+
+
+def get_status(endpoint: str, timeout: float = 2.0) -> dict[str, Any] | None:
+    """The server's ``/ctpipe/status``, or None when nothing listens there.
+
+    Raises:
+        DeployError: Something listens there but it is not a ctpipe model server.
+    """
+    url = endpoint.rstrip("/") + STATUS_ROUTE
+    try:
+        response = requests.get(url, timeout=timeout)
+    except requests.ConnectionError:
+        return None
+    except requests.RequestException as exc:
+        raise DeployError(f"{url} did not answer: {exc}") from exc
+    if response.status_code != 200:
+        raise DeployError(
+            f"{endpoint} is in use by something that is not a ctpipe model server "
+            f"({url} -> HTTP {response.status_code})"
+        )
+    try:
+        status = response.json()
+    except ValueError:
+        raise DeployError(f"{endpoint} is in use by something that is not a ctpipe model server") from None
+    if not isinstance(status, dict) or "model_name" not in status:
+        raise DeployError(f"{endpoint} is in use by something that is not a ctpipe model server")
+    return status
+
+
+def _read_pid(path: Path) -> int | None:
+    try:
+        return int(path.read_text().strip())
+    except (OSError, ValueError):
+        return None
+
+
+def _cmdline(pid: int) -> str:
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+    except OSError:
+        pass
+    try:
+        result = subprocess.run(["ps", "-o", "command=", "-p", str(pid)], capture_output=True, text=True, check=False)
+    except OSError:
+        return ""
+    return result.stdout.strip()
+
+
+def _alive(pid: int) -> bool:
+    child = _children.get(pid)
+    if child is not None:
+        if child.poll() is not None:
+            _children.pop(pid, None)
+            return False
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return True
+    return state != "Z"
+
+
+def _is_our_server(pid: int) -> bool:
+    return _alive(pid) and SERVER_MODULE in _cmdline(pid)
+
+
+def _log_tail(path: Path, lines: int = 15) -> str:
+    try:
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
+    except OSError:
+        return ""
+
+
+def _terminate(pid: int, timeout: float) -> None:
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if _alive(pid):
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while _alive(pid) and time.monotonic() < deadline:
+            time.sleep(0.05)
+    child = _children.pop(pid, None)
+    if child is not None:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            child.wait(timeout=1)
+
+
+def _same_model(status: dict[str, Any], serving: ServingSpec, tracking_uri: str) -> bool:
+    return bool(
+        status.get("model_name") == serving.model_name and status.get("tracking_uri") == redact_uri(tracking_uri)
+    )
+
+
+def _wait_ready(
+    endpoint: str, model_name: str, deadline: float, proc: subprocess.Popen[bytes] | None, log_path: Path
+) -> None:
+    url = f"{endpoint}/v2/models/{quote(model_name, safe='')}/ready"
+    while True:
+        if proc is not None and proc.poll() is not None:
+            raise DeployError(
+                f"model server exited with code {proc.returncode} while starting; last lines of {log_path}:\n"
+                f"{_log_tail(log_path)}"
+            )
+        with contextlib.suppress(requests.RequestException):
+            if requests.get(url, timeout=1).status_code == 200:
+                return
+        if time.monotonic() > deadline:
+            detail = ""
+            with contextlib.suppress(DeployError):
+                status = get_status(endpoint)
+                if status and status.get("last_error"):
+                    detail = f": {status['last_error']['message']}"
+            raise DeployError(f"model server at {endpoint} did not become ready in time{detail}; see {log_path}")
+        time.sleep(0.1)
+
+
+def start_local_server(
+    serving: ServingSpec,
+    tracking_uri: str,
+    workspace: str,
+    timeout: float = 60,
+    poll_seconds: float = 2.0,
+) -> LocalServer:
+    """Start the model server detached, or reuse the one already serving this model.
+
+    Args:
+        serving: Model name, host and port.
+        tracking_uri: MLflow tracking URI the server reads (passed in the environment, not argv).
+        workspace: Folder for ``serving/server.log``, ``serving/server.pid`` and ``serving/server.json``.
+        timeout: Seconds to wait for the model to be ready.
+        poll_seconds: Registry poll interval of a newly started server.
+
+    Returns:
+        The running server; ``reused`` says whether it was already running.
+
+    Raises:
+        DeployError: The port is taken by another server, or the server does not become ready
+            (a server this call started is stopped again).
+    """
+    started = time.perf_counter()
+    pid_path, log_path, info_path = _paths(workspace)
+    endpoint = endpoint_url(serving.host, serving.port)
+
+    def result(pid: int, reused: bool) -> LocalServer:
+        return LocalServer(
+            pid=pid,
+            host=serving.host,
+            port=serving.port,
+            model_name=serving.model_name,
+            endpoint=endpoint,
+            log_path=str(log_path),
+            pid_path=str(pid_path),
+            reused=reused,
+            start_seconds=round(time.perf_counter() - started, 3),
+        )
+
+    status = get_status(endpoint)
+    if status is not None:
+        if not _same_model(status, serving, tracking_uri):
+            raise DeployError(
+                f"port {serving.port} on {serving.host} is used by a ctpipe server for model "
+                f"{status.get('model_name')!r} from {status.get('tracking_uri')} (wanted {serving.model_name!r} "
+                f"from {redact_uri(tracking_uri)}); set serving.port to a free port or stop that server"
+            )
+        _wait_ready(endpoint, serving.model_name, time.monotonic() + timeout, None, log_path)
+        return result(int(status.get("pid", 0)), reused=True)
+
+    old_pid = _read_pid(pid_path)
+    if old_pid is not None and _is_our_server(old_pid):
+        raise DeployError(
+            f"this workspace already runs a model server (pid {old_pid}, see {info_path}) that does not answer "
+            f"on {endpoint}; stop it with stop_local_server({str(workspace)!r}) first"
+        )
+
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        "--model-name",
+        serving.model_name,
+        "--host",
+        serving.host,
+        "--port",
+        str(serving.port),
+        "--poll-seconds",
+        str(poll_seconds),
+    ]
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri  # not on the command line, where ps would show secrets
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    _children[proc.pid] = proc
+    write_text(pid_path, f"{proc.pid}\n")
+
+    write_json(
+        info_path,
+        {
+            "pid": proc.pid,
+            "host": serving.host,
+            "port": serving.port,
+            "endpoint": endpoint,
+            "model_name": serving.model_name,
+            "tracking_uri": redact_uri(tracking_uri),
+            "log": str(log_path),
+            "started_at": time.time(),
+        },
+    )
+    try:
+        _wait_ready(endpoint, serving.model_name, time.monotonic() + timeout, proc, log_path)
+    except DeployError:
+        _terminate(proc.pid, GRACEFUL_SHUTDOWN_SECONDS + 2)
+        for path in (pid_path, info_path):
+            path.unlink(missing_ok=True)
+        raise
+    server = result(proc.pid, reused=False)
+    logger.info("local model server ready", extra={"server": server.model_dump()})
+    return server
+
+
+def stop_local_server(workspace: str, timeout: float = 15.0) -> bool:
+    """Stop the server this workspace started (the pid in ``<workspace>/serving/server.pid``).
+
+    The pid is only signalled when it is alive and its command line runs ``serving.server``,
+    so a stale pid file never kills an unrelated process.
+
+    Returns:
+        Whether a running server was stopped.
+    """
+    pid_path, _, info_path = _paths(workspace)
+    pid = _read_pid(pid_path)
+    stopped = False
+    if pid is not None and _is_our_server(pid):
+        _terminate(pid, timeout)
+        stopped = True
+        logger.info("local model server stopped", extra={"pid": pid, "workspace": str(workspace)})
+    elif pid is not None:
+        logger.info("stale pid file removed", extra={"pid": pid, "pid_path": str(pid_path)})
+    for path in (pid_path, info_path):
+        path.unlink(missing_ok=True)
+    return stopped
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,56 @@
+import json
+
+import pytest
+import yaml
+from click.testing import CliRunner
+
+from pipelines.cli import main
+from tests.integration.conftest import ROOT
+
+COMMANDS = [[], ["data", "generate"], ["compile"], ["run"], ["promote"], ["rollback"], ["serve"], ["demo"], ["config"]]
+
+
+@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ctpipe")
+def test_every_command_has_help(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "Usage:" in result.output
+
+
+def test_compile_json(tmp_path):
+    result = CliRunner().invoke(
+        main, ["--config", str(ROOT / "ctpipe.yaml"), "compile", "--out", str(tmp_path), "--json"]
+    )
+    assert result.exit_code == 0, result.output
+    assert len(json.loads(result.output)["compiled"]) == 3
+
+
+def test_bad_config_is_one_line_and_a_hint(tmp_path):
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw["model"]["estimatr"] = "x"
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump(raw))
+    result = CliRunner().invoke(main, ["--config", str(bad), "config"])
+    assert result.exit_code == 1
+    assert "model.estimatr: unknown key" in result.output
+    assert "hint:" in result.output
+    assert "Traceback" not in result.output
+
+
+def test_data_generate(tmp_path):
+    out = tmp_path / "d.parquet"
+    args = [
+        "--config",
+        str(ROOT / "ctpipe.yaml"),
+        "data",
+        "generate",
+        "--out",
+        str(out),
+        "--windows",
+        "2",
+        "--rows",
+        "50",
+    ]
+    result = CliRunner().invoke(main, args)
+    assert result.exit_code == 0, result.output
+    assert "wrote 100 rows in 2 windows" in result.output

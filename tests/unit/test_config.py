@@ -1,0 +1,97 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from components.common.errors import ConfigError
+from pipelines.config import load_config, parse_config
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _raw() -> dict:
+    return yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+
+
+def test_default_config_loads_with_absolute_paths():
+    config = load_config(ROOT / "ctpipe.yaml")
+    assert Path(config.dataset.source).is_absolute()
+    assert config.tracking_uri == f"sqlite:///{ROOT / '.workspace' / 'mlflow.db'}"
+    assert config.serving.host == "127.0.0.1"
+    assert len(config.dataset.feature_columns) == 12
+
+
+def test_misspelled_key_is_named(tmp_path):
+    raw = _raw()
+    raw["serving"]["canary_precent"] = 10
+    path = tmp_path / "bad.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    with pytest.raises(ConfigError) as err:
+        load_config(path)
+    assert "serving.canary_precent: unknown key" in str(err.value)
+    assert str(path) in str(err.value)
+
+
+@pytest.mark.parametrize(
+    ("section", "key", "value", "expected"),
+    [
+        ("serving", "canary_percent", 150, "serving.canary_percent"),
+        ("serving", "port", "eighty", "serving.port"),
+        ("dataset", "task", "clustering", "dataset.task"),
+        ("model", "estimator", "sklearn.nope.Model", "cannot import module 'sklearn.nope'"),
+        ("model", "eval_fraction", 1.5, "model.eval_fraction"),
+        ("monitoring", "psi_warn", 0.5, "psi_warn (0.5) must be below psi_retrain"),
+    ],
+)
+def test_wrong_value_names_key_and_expectation(section, key, value, expected):
+    raw = _raw()
+    raw[section][key] = value
+    with pytest.raises(ConfigError) as err:
+        parse_config(raw, ROOT)
+    assert expected in str(err.value)
+
+
+def test_unknown_metric_is_rejected():
+    raw = _raw()
+    raw["evaluation"]["metrics"] = [{"name": "roc_auc_scor"}]
+    with pytest.raises(ConfigError, match="has no attribute 'roc_auc_scor'"):
+        parse_config(raw, ROOT)
+
+
+def test_missing_required_section_is_named():
+    raw = _raw()
+    del raw["dataset"]["label_column"]
+    with pytest.raises(ConfigError, match=r"dataset.label_column: required key is missing"):
+        parse_config(raw, ROOT)
+
+
+def test_duplicate_column_is_rejected():
+    raw = _raw()
+    raw["dataset"]["categorical_features"].append("tenure_months")
+    with pytest.raises(ConfigError, match="'tenure_months' is named more than once"):
+        parse_config(raw, ROOT)
+
+
+def test_not_yaml_and_missing_file(tmp_path):
+    bad = tmp_path / "x.yaml"
+    bad.write_text("dataset: [unclosed")
+    with pytest.raises(ConfigError, match="not valid YAML"):
+        load_config(bad)
+    with pytest.raises(ConfigError, match="configuration file not found"):
+        load_config(tmp_path / "absent.yaml")
+
+
+def test_metric_direction_and_inputs():
+    config = load_config(ROOT / "ctpipe.yaml")
+    by_name = {m.short_name: m for m in config.evaluation.metrics}
+    assert by_name["roc_auc_score"].higher_is_better and by_name["roc_auc_score"].uses_scores
+    assert not by_name["log_loss"].higher_is_better and by_name["log_loss"].uses_scores
+    assert by_name["accuracy_score"].higher_is_better and not by_name["accuracy_score"].uses_scores
+
+
+def test_config_hash_changes_with_content():
+    a = parse_config(_raw(), ROOT)
+    raw = _raw()
+    raw["model"]["params"]["max_iter"] = 10
+    assert a.section_hash() != parse_config(raw, ROOT).section_hash()
+    assert a.section_hash() == parse_config(_raw(), ROOT).section_hash()

@@ -1,0 +1,304 @@
+"""Drift monitoring on the generated churn data, with a champion model registered in a sqlite MLflow."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.common import tracking
+from components.common.errors import DataError
+from components.monitor import (
+    IMPORTANCE_FLOOR,
+    MonitorResult,
+    categorical_psi,
+    monitor,
+    population_stability_index,
+)
+from components.specs import DatasetSpec, MetricSpec, MonitoringSpec, ValueThreshold
+from pipelines.demo_data import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, START, TIMESTAMP, generate
+
+FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+METRICS = [MetricSpec(name="roc_auc_score"), MetricSpec(name="log_loss"), MetricSpec(name="accuracy_score")]
+
+
+# --- PSI by hand ---------------------------------------------------------------------------
+
+
+def test_psi_is_zero_for_identical_data() -> None:
+    values = np.random.default_rng(0).normal(size=1000)
+    assert population_stability_index(values, values.copy(), bins=10) == pytest.approx(0.0, abs=1e-12)
+    series = pd.Series(["a", "b", "b", "c"] * 25)
+    assert categorical_psi(series, series.sample(frac=1, random_state=0)) == pytest.approx(0.0, abs=1e-12)
+
+
+def test_psi_with_quartile_bins_matches_hand_computation() -> None:
+    reference = np.arange(100, dtype=float)  # quartile edges 24.75, 49.5, 74.25: 25 values per bin
+    # Current shares per reference quartile: 0.4, 0.3, 0.2, 0.1.
+    current = np.concatenate([np.full(40, 10.0), np.full(30, 30.0), np.full(20, 60.0), np.full(10, 90.0)])
+    expected = sum((c - 0.25) * math.log(c / 0.25) for c in (0.4, 0.3, 0.2, 0.1))  # = 0.2282
+    assert population_stability_index(reference, current, bins=4) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(0.2282, abs=1e-4)
+
+
+def test_psi_empty_bins_use_epsilon() -> None:
+    reference = np.arange(100, dtype=float)
+    current = np.arange(50, dtype=float)  # shares 0.5, 0.5, 0, 0 -> the empty bins get 1e-4
+    expected = 2 * (0.5 - 0.25) * math.log(0.5 / 0.25) + 2 * (1e-4 - 0.25) * math.log(1e-4 / 0.25)
+    assert population_stability_index(reference, current, bins=4) == pytest.approx(expected, rel=1e-12)
+    assert expected == pytest.approx(4.2571, abs=1e-4)
+
+
+def test_psi_ties_values_on_edges_and_missing_values() -> None:
+    reference = np.array([0.0] * 50 + [1.0] * 50)  # discrete: edges collapse, 0 and 1 keep their own bins
+    assert population_stability_index(reference, np.array([0.0] * 75 + [1.0] * 25), bins=10) == pytest.approx(
+        0.25 * math.log(1.5) - 0.25 * math.log(0.5), rel=1e-12
+    )
+    # Half the current values missing: a missing-value bin with shares 0 (-> 1e-4) and 0.5.
+    current = np.array([0.0] * 25 + [1.0] * 25 + [np.nan] * 50)
+    expected = 2 * (0.25 - 0.5) * math.log(0.25 / 0.5) + (0.5 - 1e-4) * math.log(0.5 / 1e-4)
+    assert population_stability_index(reference, current, bins=10) == pytest.approx(expected, rel=1e-12)
+
+
+def test_categorical_psi_matches_hand_computation_including_unseen_categories() -> None:
+    reference = pd.Series(["a"] * 50 + ["b"] * 50)
+    shifted = pd.Series(["a"] * 75 + ["b"] * 25)
+    assert categorical_psi(reference, shifted) == pytest.approx(0.25 * math.log(1.5) - 0.25 * math.log(0.5))
+    unseen = pd.Series(["a"] * 50 + ["b"] * 25 + ["c"] * 25)
+    expected = -0.25 * math.log(0.5) + (0.25 - 1e-4) * math.log(0.25 / 1e-4)
+    assert categorical_psi(reference, unseen) == pytest.approx(expected, rel=1e-12)
+
+
+# --- monitor on the demo data -------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """A model trained on independent stationary data (like a champion from past windows), in MLflow."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow import MlflowClient
+    from sklearn.compose import make_column_transformer
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder
+
+    folder = tmp_path_factory.mktemp("champion")
+    generate(folder / "history.parquet", windows=1, rows_per_window=3000, seed=11)
+    history = pd.read_parquet(folder / "history.parquet")
+    encoder = make_column_transformer(
+        (OneHotEncoder(handle_unknown="ignore"), CATEGORICAL_FEATURES), remainder="passthrough"
+    )
+    # The estimator settings of ctpipe.yaml.
+    estimator = HistGradientBoostingClassifier(max_iter=150, learning_rate=0.08, max_leaf_nodes=15, random_state=0)
+    model = make_pipeline(encoder, estimator).fit(history[FEATURES], history[LABEL])
+
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    tracking.ensure_experiment("monitor-tests", uri)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model, name="model", serialization_format="cloudpickle", pip_requirements=tracking.pip_requirements()
+        )
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
+    client.create_registered_model("churn")
+    version = client.create_model_version("churn", info.model_uri, run.info.run_id, model_id=info.model_id)
+    client.set_registered_model_alias("churn", "champion", version.version)
+    return {"uri": uri, "model_uri": "models:/churn@champion"}
+
+
+@pytest.fixture(scope="module")
+def windows(demo_frame: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    week = (demo_frame[TIMESTAMP] - START).dt.days // 7 + 1
+    return {int(w): demo_frame[week == w].reset_index(drop=True) for w in sorted(week.unique())}
+
+
+def _run(
+    tmp_path: Path,
+    reference: pd.DataFrame,
+    current: pd.DataFrame,
+    spec: DatasetSpec,
+    champion: dict[str, str] | None,
+    metrics: list[MetricSpec] | None = None,
+    monitoring: MonitoringSpec | None = None,
+) -> MonitorResult:
+    reference.to_parquet(tmp_path / "reference.parquet")
+    current.to_parquet(tmp_path / "current.parquet")
+    return monitor(
+        str(tmp_path / "reference.parquet"),
+        str(tmp_path / "current.parquet"),
+        spec,
+        monitoring or MonitoringSpec(),
+        str(tmp_path / "result.json"),
+        str(tmp_path / "report.html"),
+        model_uri=champion["model_uri"] if champion else None,
+        tracking_uri=champion["uri"] if champion else None,
+        metrics=metrics,
+    )
+
+
+def _halves(frame: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame]:
+    shuffled = frame.sample(frac=1.0, random_state=1).reset_index(drop=True)
+    return shuffled.iloc[: len(frame) // 2], shuffled.iloc[len(frame) // 2 :].reset_index(drop=True)
+
+
+def test_same_distribution_is_ok_and_reports_performance(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = _halves(windows[1])
+    result = _run(tmp_path, reference, current, dataset_spec, champion, METRICS)
+
+    assert result.decision == "ok", result.reasons
+    assert result.reasons[0].startswith("No significant drift")
+    assert {f.severity for f in result.features} == {"ok"}
+    assert (result.rows_reference, result.rows_current) == (300, 300)
+    assert result.prediction_psi is not None and result.prediction_psi < 0.1
+    importances = [f.importance for f in result.features]
+    assert all(i is not None and i >= 0 for i in importances)
+    assert sum(i for i in importances if i is not None) == pytest.approx(1.0)
+
+    assert result.performance is not None
+    assert set(result.performance) == {
+        *(m.short_name for m in METRICS),
+        *(f"reference_{m.short_name}" for m in METRICS),
+    }
+    scored = current.assign(score=0.0)
+    from sklearn.metrics import roc_auc_score
+
+    model = tracking.load_sklearn_model(champion["model_uri"], champion["uri"])
+    scored["score"] = model.predict_proba(current[FEATURES])[:, 1]
+    assert result.performance["roc_auc_score"] == pytest.approx(roc_auc_score(scored[LABEL], scored["score"]))
+    assert 0.6 < result.performance["roc_auc_score"] <= 1.0
+    assert result.performance["accuracy_score"] == pytest.approx(
+        float((model.predict(current[FEATURES]) == current[LABEL]).mean())
+    )
+
+
+def test_drifted_window_asks_for_retraining_and_names_the_feature(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    result = _run(tmp_path, windows[1], windows[2], dataset_spec, champion, METRICS)
+
+    assert result.decision == "retrain"
+    by_name = {f.feature: f for f in result.features}
+    for name in ("support_calls", "satisfaction_score"):  # the covariate shift of DriftSpec
+        drift = by_name[name]
+        assert drift.severity == "retrain"
+        assert drift.psi >= 0.25 and drift.p_value < 0.01
+        assert drift.importance is not None and drift.importance >= IMPORTANCE_FLOOR
+        assert any(f"'{name}'" in r and "retrain" in r for r in result.reasons)
+    assert by_name["marketing_score"].severity == "ok"
+    assert result.prediction_psi is not None and result.prediction_psi >= 0.2
+    assert any("Predictions drifted" in r for r in result.reasons)
+    # Concept and covariate drift make the old model's probabilities worse on the new window.
+    assert result.performance is not None
+    assert result.performance["log_loss"] > result.performance["reference_log_loss"]
+
+    saved = MonitorResult.model_validate(json.loads((tmp_path / "result.json").read_text()))
+    assert saved == result
+    page = (tmp_path / "report.html").read_text()
+    assert "RETRAIN" in page and "support_calls" in page and "Performance" in page
+    assert page.count("<img") == 1 + len(FEATURES)  # predictions plus every feature (12 <= MAX_PLOTS)
+    assert page.count("data:image/png;base64,") == page.count("<img")
+
+
+def test_drift_in_a_feature_the_model_ignores_only_warns(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = _halves(windows[1])
+    current = current.copy()
+    current["marketing_score"] += 3 * current["marketing_score"].std()  # marketing_score has no effect on churn
+
+    result = _run(tmp_path, reference, current, dataset_spec, champion, METRICS)
+
+    marketing = next(f for f in result.features if f.feature == "marketing_score")
+    assert marketing.psi >= 0.25 and marketing.p_value < 1e-10
+    assert marketing.importance is not None and marketing.importance < IMPORTANCE_FLOOR
+    assert marketing.severity == "warn"
+    assert result.decision == "warn", result.reasons
+    assert any("'marketing_score'" in r and "barely uses it" in r for r in result.reasons)
+    # Live metrics on 300 labelled rows are too noisy to ask for retraining on their own.
+    assert not any("-> retrain" in r for r in result.reasons)
+
+    # The same data without a model cannot tell the feature is unused: it asks for retraining.
+    unweighted = _run(tmp_path, reference, current, dataset_spec, None)
+    assert unweighted.decision == "retrain"
+    assert unweighted.prediction_psi is None and unweighted.performance is None
+
+
+def test_same_drift_in_an_important_feature_asks_for_retraining(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = _halves(windows[1])
+    current = current.copy()
+    current["support_calls"] += 3 * current["support_calls"].std()
+
+    result = _run(tmp_path, reference, current.drop(columns=[LABEL]), dataset_spec, champion, METRICS)
+
+    assert result.decision == "retrain"
+    assert next(f for f in result.features if f.feature == "support_calls").severity == "retrain"
+    assert result.performance is None  # no labels in the current window
+
+
+def test_few_current_rows_cap_the_decision_at_warn(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec
+) -> None:
+    result = _run(tmp_path, windows[1], windows[2].head(80), dataset_spec, None)
+
+    assert any(f.severity == "retrain" for f in result.features)
+    assert result.decision == "warn"
+    assert any("Only 80 current rows" in r for r in result.reasons)
+
+
+@pytest.fixture(scope="module")
+def stationary(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Two labelled windows of 1200 rows from the champion's distribution (enough labels to act on)."""
+    path = tmp_path_factory.mktemp("stationary") / "churn.parquet"
+    generate(path, windows=2, rows_per_window=1200, seed=12)
+    frame = pd.read_parquet(path)
+    first = frame[TIMESTAMP] < START + pd.Timedelta(days=7)
+    return frame[first].reset_index(drop=True), frame[~first].reset_index(drop=True)
+
+
+def test_live_metric_below_its_threshold_asks_for_retraining(
+    tmp_path: Path, stationary: tuple[pd.DataFrame, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = stationary
+    strict = [MetricSpec(name="roc_auc_score", threshold=ValueThreshold(lower_bound=0.99))]
+    result = _run(tmp_path, reference, current, dataset_spec, champion, strict)
+
+    assert {f.severity for f in result.features} == {"ok"}
+    assert result.decision == "retrain"
+    assert any("roc_auc_score" in r and "outside its threshold [0.99, None] -> retrain" in r for r in result.reasons)
+
+
+def test_live_metric_drop_asks_for_retraining(
+    tmp_path: Path, stationary: tuple[pd.DataFrame, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = stationary
+    result = _run(tmp_path, reference, current, dataset_spec, champion, METRICS)
+    assert result.decision == "ok", result.reasons
+
+    # The same inputs with a quarter of the labels flipped: the world changed, the features did not.
+    flipped = current.copy()
+    rows = flipped.sample(frac=0.25, random_state=0).index
+    flipped.loc[rows, LABEL] = 1 - flipped.loc[rows, LABEL]
+    result = _run(tmp_path, reference, flipped, dataset_spec, champion, METRICS)
+
+    assert result.performance is not None
+    drop = result.performance["reference_roc_auc_score"] - result.performance["roc_auc_score"]
+    assert drop > 0.05
+    assert {f.severity for f in result.features} == {"ok"} and result.decision == "retrain"
+    assert any(r.startswith("Live roc_auc_score") and "-> retrain" in r for r in result.reasons)
+    assert any(r.startswith("Live log_loss") and "no retraining signal" in r for r in result.reasons)
+
+
+def test_missing_feature_column_is_named(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec
+) -> None:
+    with pytest.raises(DataError, match=r"current\.parquet: missing feature column\(s\) \['region'\]"):
+        _run(tmp_path, windows[1], windows[2].drop(columns=["region"]), dataset_spec, None)
+    assert not (tmp_path / "result.json").exists()
