@@ -322,7 +322,7 @@ def monitor(
         The decision, human-readable reasons and the per-feature measurements.
 
     Raises:
-        DataError: A table is missing, unreadable or lacks a feature column.
+        DataError: A table is missing, unreadable, empty or lacks a feature column.
     """
     reference = read_table(reference_path)
     current = read_table(current_path)
@@ -333,8 +333,9 @@ def monitor(
                 f"{path}: missing feature column(s) {missing}; expected {spec.feature_columns}, "
                 f"found {list(frame.columns)}"
             )
-    if reference.empty:
-        raise DataError(f"{reference_path}: reference table has no rows")
+    for path, frame in ((reference_path, reference), (current_path, current)):
+        if frame.empty:
+            raise DataError(f"{path}: table has no rows; expected at least one row to compare")
 
     model = None
     importances: dict[str, float] | None = None

@@ -144,3 +144,57 @@ def load_config(path: str | os.PathLike[str] | None = None) -> CtpipeConfig:
     if not isinstance(raw, dict):
         raise ConfigError(f"{config_path}: expected a mapping at the top level, found {type(raw).__name__}")
     return parse_config(raw, config_path.parent, str(config_path))
+
+
+def _type_name(annotation: Any) -> str:
+    generic = getattr(annotation, "__args__", None)
+    text = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
+    for noise in ("typing.", "components.specs.", "pipelines.config."):
+        text = text.replace(noise, "")
+    return text.replace("NoneType", "None")
+
+
+def reference_markdown() -> str:
+    """The configuration reference as markdown, generated from the models so it cannot disagree."""
+    from pydantic import BaseModel
+
+    lines = [
+        "# Configuration reference",
+        "",
+        "Generated from `pipelines/config.py` and `components/specs.py` "
+        "(`python -m pipelines.config > docs/configuration.md`); do not edit by hand.",
+        "Unknown keys are errors. Relative paths are resolved against the configuration file's folder.",
+        "",
+    ]
+
+    def section(model: type[BaseModel], prefix: str) -> None:
+        rows, nested = [], []
+        for name, field in model.model_fields.items():
+            key = f"{prefix}{name}"
+            annotation = field.annotation
+            inner = getattr(annotation, "__args__", (annotation,))
+            # A nested model, alone, optional or in a list, gets its own section below.
+            sub = next((t for t in inner if isinstance(t, type) and issubclass(t, BaseModel)), None)
+            if field.is_required():
+                default = "**required**"
+            elif field.default_factory is not None:
+                default = "see below" if sub else f"`{field.default_factory()!r}`"  # type: ignore[call-arg]
+            else:
+                default = f"`{field.default!r}`"
+            description = (field.description or (sub or model).__doc__ or "").strip().splitlines()[0]
+            rows.append(f"| `{key}` | `{_type_name(annotation)}` | {default} | {description} |")
+            if sub:
+                nested.append((sub, f"{key}."))
+        lines.extend(
+            [f"## `{prefix.rstrip('.') or 'top level'}`", "", (model.__doc__ or "").strip().splitlines()[0], ""]
+        )
+        lines.extend(["| key | type | default | meaning |", "|---|---|---|---|", *rows, ""])
+        for sub_model, sub_prefix in nested:
+            section(sub_model, sub_prefix)
+
+    section(CtpipeConfig, "")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":  # pragma: no cover
+    print(reference_markdown(), end="")

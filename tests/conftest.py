@@ -63,3 +63,14 @@ def dataset_spec(demo_data: tuple[Path, list[Window]]) -> DatasetSpec:
 def tracking_uri(tmp_path: Path) -> str:
     """A fresh sqlite-backed MLflow for one test."""
     return f"sqlite:///{tmp_path / 'mlflow.db'}"
+
+
+@pytest.fixture
+def stop_server():
+    """Register a workspace; its local model server (if a test started one) is stopped afterwards."""
+    workspaces: list[Path] = []
+    yield workspaces.append
+    from serving.server import stop_local_server
+
+    for workspace in workspaces:
+        stop_local_server(str(workspace))

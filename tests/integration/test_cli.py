@@ -5,7 +5,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import main
-from tests.integration.conftest import ROOT
+from tests.helpers import ROOT
 
 COMMANDS = [[], ["data", "generate"], ["compile"], ["run"], ["promote"], ["rollback"], ["serve"], ["demo"], ["config"]]
 

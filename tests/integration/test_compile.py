@@ -3,7 +3,7 @@ from kfp.components import load_component_from_file
 
 from pipelines.config import load_config
 from pipelines.runner import compile_pipelines
-from tests.integration.conftest import ROOT
+from tests.helpers import ROOT
 
 
 def test_compile_writes_one_loadable_yaml_per_pipeline(tmp_path):

@@ -6,7 +6,7 @@ from mlflow import MlflowClient
 
 from components.common import tracking
 from pipelines.demo import run_demo
-from tests.integration.conftest import small_config
+from tests.helpers import small_config
 
 pytestmark = pytest.mark.slow
 

@@ -281,7 +281,6 @@ def test_model_is_loaded_once_per_process_not_per_batch(
 
     assert result.rows == 1800
     pids = loads.read_text().split()
-    print("LOADS", pids)
     assert len(pids) == len(set(pids))  # no process loaded the model twice
     assert str(os.getpid()) in pids  # the driver checks the model once
     assert 1 <= len(pids) - 1 <= 2  # and each local[2] worker process loads it once, for 18+ batches

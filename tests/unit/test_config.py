@@ -95,3 +95,29 @@ def test_config_hash_changes_with_content():
     raw["model"]["params"]["max_iter"] = 10
     assert a.section_hash() != parse_config(raw, ROOT).section_hash()
     assert a.section_hash() == parse_config(_raw(), ROOT).section_hash()
+
+
+def test_configuration_reference_is_generated_and_complete():
+    from pydantic import BaseModel
+
+    from pipelines.config import CtpipeConfig, reference_markdown
+
+    generated = reference_markdown()
+    assert (ROOT / "docs" / "configuration.md").read_text() == generated, (
+        "docs/configuration.md is stale: run `python -m pipelines.config > docs/configuration.md`"
+    )
+
+    def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
+        found = []
+        for name, field in model.model_fields.items():
+            found.append(f"{prefix}{name}")
+            for arg in (field.annotation, *getattr(field.annotation, "__args__", ())):
+                inner = getattr(arg, "__args__", (arg,))[0] if getattr(arg, "__args__", None) else arg
+                if isinstance(inner, type) and issubclass(inner, BaseModel):
+                    marker = "[]." if arg is not field.annotation and getattr(arg, "__args__", None) else "."
+                    found += keys(inner, f"{prefix}{name}{marker}")
+                    break
+        return found
+
+    for key in keys(CtpipeConfig):
+        assert f"`{key}`" in generated, key

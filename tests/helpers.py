@@ -1,20 +1,20 @@
-"""A small, isolated ctpipe setup: its own workspace, data, MLflow and model-server port."""
+"""Helpers for tests that need a whole ctpipe setup: a private workspace, small data, a free port."""
 
 from __future__ import annotations
 
 import socket
 from pathlib import Path
 
-import pytest
 import yaml
 
 from pipelines.config import CtpipeConfig, parse_config
 from pipelines.demo_data import DriftSpec, generate
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return int(sock.getsockname()[1])
@@ -30,14 +30,3 @@ def small_config(workspace: Path, rows: int = 800) -> CtpipeConfig:
     config = parse_config(raw, ROOT)
     generate(config.dataset.source, windows=3, rows_per_window=rows, seed=11, drift=DriftSpec(start_window=2))
     return config
-
-
-@pytest.fixture
-def stop_server():
-    """Stops the local model server of every workspace a test registers here."""
-    workspaces: list[Path] = []
-    yield workspaces.append
-    from serving.server import stop_local_server
-
-    for workspace in workspaces:
-        stop_local_server(str(workspace))
