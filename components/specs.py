@@ -226,3 +226,4 @@ class FeastSpec(StrictModel):
     redis_connection_string: str = Field(default="127.0.0.1:6379", description="Used when online_store is redis.")
     offline_store: Literal["file", "spark"] = "file"
     ttl_days: int = Field(default=3650, ge=1, description="How far back a feature value stays valid.")
+    entity_type: Literal["int64", "string"] = Field(default="int64", description="Type of the entity id column.")
