@@ -13,7 +13,6 @@ from pipelines.kfp_components import Components
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the batch scoring pipeline with every parameter defaulting to ``config``."""
-    dumps = config.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
 
     @dsl.pipeline(
         name="ctpipe-batch-scoring",
@@ -24,7 +23,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
-        dataset: dict = dumps["dataset"],
+        dataset: str = config.dataset.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
         spark_master: str = config.infra.spark_master,
     ) -> Dataset:

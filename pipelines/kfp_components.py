@@ -7,9 +7,11 @@ body: KFP ships only the wrapper's source into the task, where the ctpipe packag
 installed (the components image, or the local virtualenv).
 
 The image is a setting (``infra.images.components``), so components are built by
-``build_components(image)`` rather than decorated at import time. Config sections
-arrive as ``dict`` parameters: each task's cache key then covers exactly the settings it
-uses, so changing a monitoring threshold does not retrain the model.
+``build_components(image)`` rather than decorated at import time. Each task gets only
+the config sections it uses, so its cache key covers exactly its settings: changing a
+monitoring threshold does not retrain the model. Sections travel as JSON strings, not
+``dict`` parameters: KFP stores dicts as protobuf Structs, which turn every number into a
+float (``max_iter: 60`` would arrive as ``60.0``).
 """
 
 # No `from __future__ import annotations`: KFP reads the annotations at runtime.
@@ -50,7 +52,7 @@ def current_champion(model_name: str, tracking_uri: str) -> NamedTuple(  # type:
 def ingest(
     source: str,
     source_fingerprint: str,
-    dataset: dict,
+    dataset: str,
     window_start: str,
     window_end: str,
     snapshot: Output[Dataset],
@@ -64,7 +66,9 @@ def ingest(
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
 
-    result = run_ingest(source, DatasetSpec(**dataset), snapshot.path, window_start or None, window_end or None)
+    result = run_ingest(
+        source, DatasetSpec.model_validate_json(dataset), snapshot.path, window_start or None, window_end or None
+    )
     attach(snapshot, result)
     snapshot.metadata["source_fingerprint"] = source_fingerprint
     return result.content_hash
@@ -72,7 +76,7 @@ def ingest(
 
 def validate(
     snapshot: Input[Dataset],
-    dataset: dict,
+    dataset: str,
     champion_run_id: str,
     tracking_uri: str,
     suite: Output[Artifact],
@@ -94,7 +98,7 @@ def validate(
     from components.validate import validate as run_validate
     from pipelines.artifacts import attach, ensure_file
 
-    spec = DatasetSpec(**dataset)
+    spec = DatasetSpec.model_validate_json(dataset)
     if champion_run_id:
         tracking.configure(tracking_uri)
         local = tracking.download_run_artifact(champion_run_id, tracking.SUITE_ARTIFACT, tempfile.mkdtemp())
@@ -110,14 +114,20 @@ def validate(
 
 
 def fetch_features(
-    snapshot: Input[Dataset], dataset: dict, feast: dict, workspace: str, training_set: Output[Dataset]
+    snapshot: Input[Dataset], dataset: str, feast: str, workspace: str, training_set: Output[Dataset]
 ) -> int:
     """Point-in-time training set from Feast; materializes the online store. Returns missing entities."""
     from components.fetch_features import build_training_set
     from components.specs import DatasetSpec, FeastSpec
     from pipelines.artifacts import attach
 
-    result = build_training_set(snapshot.path, DatasetSpec(**dataset), FeastSpec(**feast), workspace, training_set.path)
+    result = build_training_set(
+        snapshot.path,
+        DatasetSpec.model_validate_json(dataset),
+        FeastSpec.model_validate_json(feast),
+        workspace,
+        training_set.path,
+    )
     attach(training_set, result)
     return result.missing_entities
 
@@ -125,8 +135,8 @@ def fetch_features(
 def train(
     training_set: Input[Dataset],
     suite: Input[Artifact],
-    dataset: dict,
-    model: dict,
+    dataset: str,
+    model: str,
     tracking_uri: str,
     experiment: str,
     lineage: dict,
@@ -149,8 +159,8 @@ def train(
     }
     result = run_train(
         training_set.path,
-        DatasetSpec(**dataset),
-        ModelSpec(**model),
+        DatasetSpec.model_validate_json(dataset),
+        ModelSpec.model_validate_json(model),
         tracking_uri,
         experiment,
         eval_set.path,
@@ -166,8 +176,8 @@ def train(
 def evaluate(
     trained_model: Input[Model],
     eval_set: Input[Dataset],
-    dataset: dict,
-    evaluation: dict,
+    dataset: str,
+    evaluation: str,
     tracking_uri: str,
     champion_uri: str,
     blessing: Output[Artifact],
@@ -183,8 +193,8 @@ def evaluate(
     result = run_evaluate(
         trained_model.metadata["model_uri"],
         eval_set.path,
-        DatasetSpec(**dataset),
-        EvaluationSpec(**evaluation),
+        DatasetSpec.model_validate_json(dataset),
+        EvaluationSpec.model_validate_json(evaluation),
         tracking_uri,
         champion_uri or None,
         blessing.path,
@@ -228,7 +238,7 @@ def register(
 
 def deploy(
     version: str,
-    serving: dict,
+    serving: str,
     tracking_uri: str,
     workspace: str,
     profile: str,
@@ -242,14 +252,15 @@ def deploy(
     from components.specs import ServingSpec
     from pipelines.artifacts import markdown_table
 
-    result = run_deploy(version, ServingSpec(**serving), tracking_uri, workspace, profile, image, dry_run)  # type: ignore[arg-type]
+    spec = ServingSpec.model_validate_json(serving)
+    result = run_deploy(version, spec, tracking_uri, workspace, profile, image, dry_run)  # type: ignore[arg-type]
     write_text(summary.path, markdown_table(result.model_dump(mode="json"), "Deployment"))
     return result.endpoint
 
 
 def batch_predict(
     snapshot: Input[Dataset],
-    dataset: dict,
+    dataset: str,
     model_uri: str,
     model_version: str,
     tracking_uri: str,
@@ -262,7 +273,13 @@ def batch_predict(
     from pipelines.artifacts import attach
 
     result = run_batch_predict(
-        snapshot.path, DatasetSpec(**dataset), model_uri, tracking_uri, predictions.path, spark_master, model_version
+        snapshot.path,
+        DatasetSpec.model_validate_json(dataset),
+        model_uri,
+        tracking_uri,
+        predictions.path,
+        spark_master,
+        model_version,
     )
     attach(predictions, result)
     return result.rows
@@ -270,9 +287,9 @@ def batch_predict(
 
 def monitor(
     current: Input[Dataset],
-    dataset: dict,
-    monitoring: dict,
-    evaluation: dict,
+    dataset: str,
+    monitoring: str,
+    evaluation: str,
     champion_run_id: str,
     champion_uri: str,
     tracking_uri: str,
@@ -293,13 +310,13 @@ def monitor(
     outcome = run_monitor(
         str(reference),
         current.path,
-        DatasetSpec(**dataset),
-        MonitoringSpec(**monitoring),
+        DatasetSpec.model_validate_json(dataset),
+        MonitoringSpec.model_validate_json(monitoring),
         result.path,
         report.path,
         champion_uri,
         tracking_uri,
-        EvaluationSpec(**evaluation).metrics,
+        EvaluationSpec.model_validate_json(evaluation).metrics,
     )
     attach(result, {"decision": outcome.decision, "reasons": outcome.reasons})
     values = {f"psi_{f.feature}": f.psi for f in outcome.features}

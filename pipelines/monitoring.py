@@ -13,7 +13,6 @@ from pipelines.kfp_components import Components
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the monitoring pipeline with every parameter defaulting to ``config``."""
-    dumps = config.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
 
     @dsl.pipeline(
         name="ctpipe-monitoring",
@@ -25,9 +24,9 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
-        dataset: dict = dumps["dataset"],
-        monitoring: dict = dumps["monitoring"],
-        evaluation: dict = dumps["evaluation"],
+        dataset: str = config.dataset.model_dump_json(),
+        monitoring: str = config.monitoring.model_dump_json(),
+        evaluation: str = config.evaluation.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
     ) -> NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)]):  # type: ignore[valid-type]
         champion = ops.current_champion(model_name=config.serving.model_name, tracking_uri=tracking_uri)

@@ -14,6 +14,7 @@ import re
 import subprocess
 import sys
 import time
+import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -248,14 +249,20 @@ def run_pipeline(
         print(f"▶ {name}: running locally (task logs: {log_path})", file=progress, flush=True)
     started = time.monotonic()
     outputs: dict[str, Any] = {}
-    error = ""
-    with _captured(log_path, report_event) as tee:
+    failure: Exception | None = None
+    with _captured(log_path, report_event) as tee, warnings.catch_warnings():
+        # kfp.local warns that display names are ignored locally and that a custom image name is
+        # not used by the SubprocessRunner; both are expected here (the venv is the image).
+        warnings.filterwarnings("ignore", message=".*have no effect in the current local runner.*")
+        warnings.filterwarnings("ignore", message=".*custom or non-Python base image.*")
         try:
             result = pipeline(**params)
             raw = result.outputs if hasattr(result, "outputs") else {"Output": result}
             outputs = {key: _plain(value) for key, value in (raw or {}).items()}
         except Exception as exc:  # kfp.local raises RuntimeError naming the failed task
-            error = _failure_message(exc, log_path)
+            failure = exc
+    # Read the task log only once it is closed (flushed).
+    error = _failure_message(failure, log_path) if failure else ""
     for record in tee.records.values():
         if record.status == "running":
             record.status = "failed"

@@ -17,7 +17,6 @@ from pipelines.kfp_components import Components
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the training pipeline with every parameter defaulting to ``config``."""
-    dumps = config.model_dump(mode="json", exclude_none=True)  # KFP parameters cannot hold null
     lineage_defaults = {"config_hash": config.section_hash(), "code_version": code_version}
 
     @dsl.pipeline(
@@ -30,11 +29,11 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
-        dataset: dict = dumps["dataset"],
-        model: dict = dumps["model"],
-        evaluation: dict = dumps["evaluation"],
-        serving: dict = dumps["serving"],
-        feast: dict = dumps["feast"],
+        dataset: str = config.dataset.model_dump_json(),
+        model: str = config.model.model_dump_json(),
+        evaluation: str = config.evaluation.model_dump_json(),
+        serving: str = config.serving.model_dump_json(),
+        feast: str = config.feast.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
         workspace: str = str(config.workspace),
         profile: str = config.infra.profile,
