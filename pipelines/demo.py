@@ -150,7 +150,8 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
     _step(4, "Score window 2 with Spark (batch predictions with the champion)")
     scored = _require(run_pipeline("batch_scoring", config, window_params(config, 2), progress=progress))
     predictions = _output_path(scored, "Output")
-    _say(f"{scored.outputs['Output']['metadata'].get('rows')} rows scored by version {first_version} → {predictions}")
+    scored_rows = int(scored.outputs["Output"]["metadata"].get("rows", 0))  # KFP metadata numbers are floats
+    _say(f"{scored_rows} rows scored by version {first_version} → {predictions}")
 
     _step(5, "Monitor window 2 against the champion's training data")
     monitored = _require(run_pipeline("monitoring", config, window_params(config, 2), progress=progress))

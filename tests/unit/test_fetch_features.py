@@ -1,43 +1,38 @@
+"""fetch_features against a real embedded Feast: file offline store, sqlite online store, local registry."""
+
 import pandas as pd
 import pytest
+from feast import FeatureStore
 
 from components.common.errors import DataError
-from components.fetch_features import build_training_set, offline_folder, online_features
+from components.fetch_features import (
+    build_training_set,
+    feast_root,
+    feature_view_name,
+    offline_folder,
+    online_features,
+)
 from components.specs import DatasetSpec, FeastSpec
 
 FEAST = FeastSpec()
 
 
+def _window(demo_frame, demo_data, number: int) -> pd.DataFrame:
+    window = demo_data[1][number - 1]
+    stamps = demo_frame.event_timestamp
+    in_window = (stamps >= pd.Timestamp(window.start)) & (stamps < pd.Timestamp(window.end))
+    return demo_frame[in_window].reset_index(drop=True)
+
+
 @pytest.fixture
 def window1(demo_frame, demo_data, tmp_path):
-    frame = demo_frame[demo_frame.event_timestamp < demo_data[1][0].end].reset_index(drop=True)
+    frame = _window(demo_frame, demo_data, 1)
     path = tmp_path / "window1.parquet"
     frame.to_parquet(path)
     return path, frame
 
 
-def test_training_set_equals_the_snapshot_features(window1, dataset_spec, tmp_path):
-    path, frame = window1
-    result = build_training_set(str(path), dataset_spec, FEAST, str(tmp_path / "ws"), str(tmp_path / "ts"))
-    training = pd.read_parquet(tmp_path / "ts")
-    assert result.rows == len(frame) and result.missing_entities == 0
-    expected_columns = [*dataset_spec.key_columns, *dataset_spec.feature_columns, dataset_spec.label_column]
-    assert training.columns.tolist() == expected_columns
-    columns = [*dataset_spec.feature_columns, "churned"]
-    expected = frame.sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True)[columns]
-    pd.testing.assert_frame_equal(training[columns], expected.astype(training[columns].dtypes))
-
-
-def test_rerun_is_idempotent(window1, dataset_spec, tmp_path):
-    path, _ = window1
-    workspace = str(tmp_path / "ws")
-    build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "a"))
-    build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "b"))
-    assert len(list(offline_folder(dataset_spec, workspace).glob("*.parquet"))) == 1
-    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a"), pd.read_parquet(tmp_path / "b"))
-
-
-def _leak_spec(tmp_path) -> DatasetSpec:
+def _tiny_spec(tmp_path) -> DatasetSpec:
     return DatasetSpec(
         source=str(tmp_path / "unused.parquet"),
         entity_column="user",
@@ -47,59 +42,146 @@ def _leak_spec(tmp_path) -> DatasetSpec:
     )
 
 
-def test_point_in_time_join_does_not_leak_later_values(tmp_path):
-    """A later feature row holds the label itself; a training row at an earlier time must not see it."""
-    spec = _leak_spec(tmp_path)
-    workspace = str(tmp_path / "ws")
-    t = pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03"], utc=True)
-    # Day 1: the feature value is 0.5. Day 3: the feature equals the label observed on day 2 (a leak).
-    history = pd.DataFrame({"user": [1, 1], "ts": [t[0], t[2]], "signal": [0.5, 1.0], "label": [0, 1]})
-    history_path = tmp_path / "history.parquet"
-    history.to_parquet(history_path)
-    build_training_set(str(history_path), spec, FEAST, workspace, str(tmp_path / "h"))
-
-    # Ask for user 1 as of day 2: only the day-1 value (0.5) may be used.
-    question = pd.DataFrame({"user": [1], "ts": [t[1]], "signal": [0.5], "label": [1]})
-    question_path = tmp_path / "question.parquet"
-    question.to_parquet(question_path)
-    build_training_set(str(question_path), spec, FEAST, workspace, str(tmp_path / "q"))
-    as_of_day2 = pd.read_parquet(tmp_path / "q")
-    assert as_of_day2.loc[0, "signal"] == 0.5  # a plain latest-value join would give 1.0, the label
+def _write(tmp_path, name: str, rows: list[tuple]) -> str:
+    frame = pd.DataFrame(rows, columns=["user", "ts", "signal", "label"])
+    frame["ts"] = pd.to_datetime(frame["ts"], utc=True)
+    frame["signal"] = frame["signal"].astype("float64")
+    path = tmp_path / f"{name}.parquet"
+    frame.to_parquet(path)
+    return str(path)
 
 
-def test_entities_outside_the_ttl_are_counted(tmp_path):
-    spec = _leak_spec(tmp_path)
-    feast = FeastSpec(ttl_days=1)
-    workspace = str(tmp_path / "ws")
-    old = pd.DataFrame({"user": [7], "ts": pd.to_datetime(["2026-01-01"], utc=True), "signal": [3.0], "label": [0]})
-    old.to_parquet(tmp_path / "old.parquet")
-    build_training_set(str(tmp_path / "old.parquet"), spec, feast, workspace, str(tmp_path / "o"))
-    # A row for a new entity 8 ten days later, plus entity 7 whose only value is now outside the TTL.
-    later = pd.DataFrame({"user": [8], "ts": pd.to_datetime(["2026-01-11"], utc=True), "signal": [1.0], "label": [1]})
-    stale = pd.concat(
-        [
-            later,
-            pd.DataFrame({"user": [7], "ts": pd.to_datetime(["2026-01-11"], utc=True), "signal": [None], "label": [0]}),
-        ]
-    )
-    stale.to_parquet(tmp_path / "stale.parquet")
-    result = build_training_set(str(tmp_path / "stale.parquet"), spec, feast, workspace, str(tmp_path / "s"))
-    assert result.missing_entities == 1
-    assert pd.read_parquet(tmp_path / "s")["user"].tolist() == [8]
-
-
-def test_online_lookup_returns_latest_values_and_names_unknown_ids(window1, dataset_spec, tmp_path):
+def test_training_set_equals_the_snapshot_features(window1, dataset_spec, tmp_path):
     path, frame = window1
+    result = build_training_set(str(path), dataset_spec, FEAST, str(tmp_path / "ws"), str(tmp_path / "ts"))
+    training = pd.read_parquet(tmp_path / "ts")
+
+    assert result.rows == len(frame) == len(training)
+    assert result.missing_entities == 0
+    assert result.feature_view == feature_view_name(dataset_spec) == "customer_id_features"
+    assert result.materialized_until == frame.event_timestamp.max().isoformat()
+    columns = [*dataset_spec.key_columns, *dataset_spec.feature_columns, dataset_spec.label_column]
+    assert training.columns.tolist() == columns
+    expected = frame.sort_values(["event_timestamp", "customer_id"]).reset_index(drop=True)[columns]
+    pd.testing.assert_frame_equal(training, expected.astype(training.dtypes))
+
+
+def test_point_in_time_join_does_not_leak_later_values(tmp_path):
+    """User 1 has feature rows on day 1 (0.5) and day 3 (1.0 = the label); asked as of day 2 it must get 0.5.
+
+    The day-2 row has no feature observation of its own (empty), so its value can only come from
+    the join. A latest-value join would give 1.0 there; a first-value join would give 0.5 on day 4.
+    User 2 only has a feature row after the time it is asked about, so it has no value at all.
+    """
+    spec = _tiny_spec(tmp_path)
+    snapshot = _write(
+        tmp_path,
+        "snapshot",
+        [
+            (1, "2026-01-01", 0.5, 0),
+            (1, "2026-01-02", None, 1),  # asked as of day 2; the label is 1
+            (1, "2026-01-03", 1.0, 1),  # a later feature value equal to the label: a leak if used on day 2
+            (1, "2026-01-04", None, 1),
+            (2, "2026-01-02", None, 0),
+            (2, "2026-01-05", 7.0, 0),
+        ],
+    )
+    result = build_training_set(snapshot, spec, FEAST, str(tmp_path / "ws"), str(tmp_path / "out"))
+    training = pd.read_parquet(tmp_path / "out")
+
+    expected = pd.DataFrame(
+        {
+            "user": [1, 1, 1, 1, 2],
+            "ts": pd.to_datetime(["2026-01-01", "2026-01-02", "2026-01-03", "2026-01-04", "2026-01-05"], utc=True),
+            "signal": [0.5, 0.5, 1.0, 1.0, 7.0],
+            "label": [0, 1, 1, 1, 0],
+        }
+    )
+    pd.testing.assert_frame_equal(training, expected, check_dtype=False)
+    assert result.missing_entities == 1  # user 2 as of day 2: its only value is from day 5
+
+
+def test_point_in_time_across_snapshots(tmp_path):
+    """The same guarantee when the later value arrived with an earlier snapshot."""
+    spec = _tiny_spec(tmp_path)
     workspace = str(tmp_path / "ws")
-    build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "ts"))
-    ids = frame.customer_id.head(3).tolist()
-    found = online_features([*ids, 10_000_000], dataset_spec, FEAST, workspace)
-    assert found.missing == [10_000_000]
+    history = _write(tmp_path, "history", [(1, "2026-01-01", 0.5, 0), (1, "2026-01-03", 1.0, 1)])
+    build_training_set(history, spec, FEAST, workspace, str(tmp_path / "h"))
+    question = _write(tmp_path, "question", [(1, "2026-01-02", None, 1)])
+    build_training_set(question, spec, FEAST, workspace, str(tmp_path / "q"))
+    assert pd.read_parquet(tmp_path / "q")["signal"].tolist() == [0.5]
+
+
+def test_rerun_is_idempotent(window1, dataset_spec, tmp_path):
+    path, _ = window1
+    workspace = str(tmp_path / "ws")
+    first = build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "a"))
+    second = build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "b"))
+
+    files = list(offline_folder(dataset_spec, workspace).iterdir())
+    assert len(files) == 1 and files[0].name.startswith("snapshot=") and files[0].suffix == ".parquet"
+    assert list((feast_root(workspace) / "staging").iterdir()) == []
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a"), pd.read_parquet(tmp_path / "b"))
+    assert first.model_dump(exclude={"path"}) == second.model_dump(exclude={"path"})
+
+
+def test_entities_without_a_value_inside_the_ttl_are_counted_and_left_out(tmp_path):
+    spec = _tiny_spec(tmp_path)
+    rows = [
+        (7, "2026-01-01", 3.0, 0),
+        (7, "2026-01-11", None, 0),  # the only feature value of user 7 is 10 days old
+        (8, "2026-01-11", 1.0, 1),
+        (9, "2026-01-11", None, 1),  # user 9 never had a feature value
+    ]
+    snapshot = _write(tmp_path, "snapshot", rows)
+
+    short = build_training_set(snapshot, spec, FeastSpec(ttl_days=1), str(tmp_path / "ws1"), str(tmp_path / "a"))
+    kept = pd.read_parquet(tmp_path / "a")
+    assert short.missing_entities == 2 and short.rows == 2
+    assert list(zip(kept.user, kept.ts.dt.day, kept.signal, strict=True)) == [(7, 1, 3.0), (8, 11, 1.0)]
+
+    # With a 30-day TTL the 10-day-old value is still valid, so user 7 keeps its day-1 value.
+    long = build_training_set(snapshot, spec, FeastSpec(ttl_days=30), str(tmp_path / "ws30"), str(tmp_path / "b"))
+    kept = pd.read_parquet(tmp_path / "b")
+    assert long.missing_entities == 1 and long.rows == 3
+    assert list(zip(kept.user, kept.ts.dt.day, kept.signal, strict=True)) == [(7, 1, 3.0), (7, 11, 3.0), (8, 11, 1.0)]
+
+
+def test_online_lookup_returns_latest_values_in_one_call(demo_frame, demo_data, dataset_spec, tmp_path, monkeypatch):
+    workspace = str(tmp_path / "ws")
+    windows = [_window(demo_frame, demo_data, n) for n in (1, 2)]
+    for number, frame in enumerate(windows, start=1):
+        frame.to_parquet(tmp_path / f"w{number}.parquet")
+    build_training_set(str(tmp_path / "w1.parquet"), dataset_spec, FEAST, workspace, str(tmp_path / "t1"))
+    build_training_set(str(tmp_path / "w2.parquet"), dataset_spec, FEAST, workspace, str(tmp_path / "t2"))
+    # Re-running the older window must not roll the online store back.
+    again = build_training_set(str(tmp_path / "w1.parquet"), dataset_spec, FEAST, workspace, str(tmp_path / "t3"))
+    assert again.materialized_until == windows[1].event_timestamp.max().isoformat()
+
+    calls = []
+    original = FeatureStore.get_online_features
+    monkeypatch.setattr(
+        FeatureStore, "get_online_features", lambda self, **kw: calls.append(kw) or original(self, **kw)
+    )
+    ids = windows[1].customer_id.head(5).tolist()
+    found = online_features([*ids, 10_000_000, -1], dataset_spec, FEAST, workspace)
+
+    assert len(calls) == 1
+    assert found.missing == [10_000_000, -1]
     assert [row["customer_id"] for row in found.rows] == ids
-    latest = frame.sort_values("event_timestamp").groupby("customer_id").tail(1).set_index("customer_id")
+    assert list(found.rows[0]) == ["customer_id", *dataset_spec.feature_columns]
+    latest = windows[1].set_index("customer_id")
+    first = windows[0].set_index("customer_id")
     for row in found.rows:
-        assert row["tenure_months"] == pytest.approx(latest.loc[row["customer_id"], "tenure_months"])
-        assert row["plan"] == latest.loc[row["customer_id"], "plan"]
+        entity = row["customer_id"]
+        assert row["tenure_months"] == pytest.approx(latest.loc[entity, "tenure_months"])
+        assert row["tenure_months"] != pytest.approx(first.loc[entity, "tenure_months"])
+        assert row["plan"] == latest.loc[entity, "plan"]
+
+
+def test_online_lookup_before_training_names_the_registry(dataset_spec, tmp_path):
+    with pytest.raises(DataError, match=r"customer_id_features.*registry\.db"):
+        online_features([1], dataset_spec, FEAST, str(tmp_path / "ws"))
 
 
 def test_snapshot_missing_a_column_is_named(window1, dataset_spec, tmp_path):
@@ -107,3 +189,11 @@ def test_snapshot_missing_a_column_is_named(window1, dataset_spec, tmp_path):
     frame.drop(columns=["region"]).to_parquet(path)
     with pytest.raises(DataError, match=r"missing column\(s\) \['region'\]"):
         build_training_set(str(path), dataset_spec, FEAST, str(tmp_path / "ws"), str(tmp_path / "ts"))
+
+
+def test_entity_type_mismatch_is_named(window1, dataset_spec, tmp_path):
+    path, _ = window1
+    with pytest.raises(DataError, match=r"'customer_id' has dtype int64, but feast.entity_type is 'string'"):
+        build_training_set(
+            str(path), dataset_spec, FeastSpec(entity_type="string"), str(tmp_path / "ws"), str(tmp_path / "ts")
+        )
