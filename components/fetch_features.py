@@ -260,6 +260,8 @@ def _feature_rows(snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec) -
             extra={"rows": int(duplicated.sum()), "columns": spec.key_columns},
         )
         rows = rows[~duplicated]
+    # A fixed order, so the content hash (the file name) does not depend on how the snapshot was sorted.
+    rows = rows.sort_values([spec.timestamp_column, spec.entity_column], kind="stable")
     return rows.reset_index(drop=True)
 
 
@@ -384,7 +386,7 @@ def build_training_set(
     missing = int(no_features.sum())
     if missing:
         logger.warning(
-            "entity rows without a feature value inside the TTL are left out of the training set",
+            "entity rows with no feature value inside the TTL as of their time are left out of the training set",
             extra={
                 "rows": missing,
                 "dropped_by_feast": int(dropped.sum()),
@@ -395,7 +397,8 @@ def build_training_set(
         )
     columns = [*spec.key_columns, *spec.feature_columns, spec.label_column]
     training = merged.loc[~no_features, columns]
-    training = training.sort_values(spec.key_columns[::-1], kind="stable").reset_index(drop=True)
+    order = [spec.timestamp_column, spec.entity_column]
+    training = training.sort_values(order, kind="stable").reset_index(drop=True)
     write_parquet(output_path, training)
 
     until = _materialize(store, view, stamps, feast, full=applied)

@@ -1,9 +1,15 @@
-"""Feast definitions for the Feast CLI, generated from ctpipe.yaml (the pipelines use the same function)."""
+"""Feast definitions for the Feast CLI (``feast apply``, ``feast materialize``, ``feast ui``).
 
+They are generated from the ``dataset`` and ``feast`` sections of ``ctpipe.yaml`` by the same
+function the pipelines use (``components.fetch_features.definitions``), so the CLI and the
+pipelines always agree. ``CTPIPE_CONFIG`` names another configuration file.
+"""
+
+import os
 from pathlib import Path
 
 from components.fetch_features import definitions
 from pipelines.config import load_config
 
-_config = load_config(Path(__file__).resolve().parents[1] / "ctpipe.yaml")
-entity, feature_view = definitions(_config.dataset, _config.feast, str(_config.workspace))
+_config = load_config(os.environ.get("CTPIPE_CONFIG") or Path(__file__).resolve().parents[1] / "ctpipe.yaml")
+entity, feature_view = definitions(_config.dataset, _config.feast, _config.infra.workspace)

@@ -197,3 +197,18 @@ def test_entity_type_mismatch_is_named(window1, dataset_spec, tmp_path):
         build_training_set(
             str(path), dataset_spec, FeastSpec(entity_type="string"), str(tmp_path / "ws"), str(tmp_path / "ts")
         )
+
+
+def test_changed_feature_list_is_named_with_the_old_file(tmp_path):
+    spec = _tiny_spec(tmp_path)
+    workspace = str(tmp_path / "ws")
+    build_training_set(
+        _write(tmp_path, "old", [(1, "2026-01-01", 0.5, 0)]), spec, FEAST, workspace, str(tmp_path / "a")
+    )
+    wider = spec.model_copy(update={"numeric_features": ["signal", "extra"]})
+    snapshot = pd.read_parquet(tmp_path / "old.parquet").assign(extra=1.0)
+    snapshot.to_parquet(tmp_path / "new.parquet")
+    with pytest.raises(
+        DataError, match=r"snapshot=.*\.parquet: offline feature file has columns .*\(lacking \['extra'\]"
+    ):
+        build_training_set(str(tmp_path / "new.parquet"), wider, FEAST, workspace, str(tmp_path / "b"))
