@@ -19,6 +19,7 @@ from __future__ import annotations
 import html
 import json
 import math
+from collections.abc import Callable
 from typing import Any, Literal
 
 import numpy as np
@@ -144,46 +145,31 @@ def _fmt_change(value: float, relative: bool) -> str:
 
 
 def _value_checks(metric: MetricSpec, value: float, where: str, slice_key: str | None) -> list[Check]:
-    checks: list[Check] = []
     threshold = metric.threshold
     if threshold is None:
-        return checks
+        return []
     name = metric.short_name
     finite = math.isfinite(value)
-    if threshold.lower_bound is not None:
-        bound = threshold.lower_bound
-        passed = finite and value >= bound - TOLERANCE
-        verdict = "at or above" if passed else "below"
+    checks: list[Check] = []
+    # (kind, bound, passes, verdict if it passes, verdict if it fails, bound's name)
+    sides: list[tuple[Literal["value_lower", "value_upper"], float | None, Callable[[float], bool], str, str, str]] = [
+        ("value_lower", threshold.lower_bound, lambda b: value >= b - TOLERANCE, "at or above", "below", "lower"),
+        ("value_upper", threshold.upper_bound, lambda b: value <= b + TOLERANCE, "at or below", "above", "upper"),
+    ]
+    for kind, bound, passes, ok_verdict, bad_verdict, side in sides:
+        if bound is None:
+            continue
+        passed = finite and passes(bound)
+        verdict = ok_verdict if passed else bad_verdict
         reason = (
-            f"{where}{name} is {_fmt(value)}, {verdict} the lower bound {_fmt(bound)}."
+            f"{where}{name} is {_fmt(value)}, {verdict} the {side} bound {_fmt(bound)}."
             if finite
-            else f"{where}{name} is {value}, which cannot meet the lower bound {_fmt(bound)}."
+            else f"{where}{name} is {value}, which cannot meet the {side} bound {_fmt(bound)}."
         )
         checks.append(
             Check(
                 metric=name,
-                kind="value_lower",
-                slice=slice_key,
-                value=value,
-                bound=bound,
-                baseline=None,
-                passed=passed,
-                reason=reason,
-            )
-        )
-    if threshold.upper_bound is not None:
-        bound = threshold.upper_bound
-        passed = finite and value <= bound + TOLERANCE
-        verdict = "at or below" if passed else "above"
-        reason = (
-            f"{where}{name} is {_fmt(value)}, {verdict} the upper bound {_fmt(bound)}."
-            if finite
-            else f"{where}{name} is {value}, which cannot meet the upper bound {_fmt(bound)}."
-        )
-        checks.append(
-            Check(
-                metric=name,
-                kind="value_upper",
+                kind=kind,
                 slice=slice_key,
                 value=value,
                 bound=bound,

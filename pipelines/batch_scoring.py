@@ -27,14 +27,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         tracking_uri: str = config.tracking_uri,
         spark_master: str = config.infra.spark_master,
     ) -> Dataset:
-        champion = ops.current_champion(model_name=config.serving.model_name, tracking_uri=tracking_uri)
-        champion.set_display_name("current champion").set_caching_options(False)
-        snapshot = ops.ingest(
-            source=source,
-            source_fingerprint=source_fingerprint,
-            dataset=dataset,
-            window_start=window_start,
-            window_end=window_end,
+        champion, snapshot = ops.champion_and_snapshot(
+            config.serving.model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
         )
         # Scoring is keyed on the resolved version, never on the moving alias.
         scored = ops.batch_predict(

@@ -44,6 +44,24 @@ def _friendly_errors(func: F) -> F:
     return wrapper  # type: ignore[return-value]
 
 
+def _set_config_path(ctx: click.Context, _param: click.Parameter, value: str | None) -> None:
+    if value is not None:
+        ctx.ensure_object(dict)
+        ctx.obj["config_loader"] = functools.cache(lambda: load_config(value))
+
+
+def config_option(func: F) -> F:
+    """``--config`` on a subcommand too, so ``ctpipe run training --config F`` works like ``ctpipe --config F run``."""
+    return click.option(
+        "--config",
+        type=click.Path(dir_okay=False),
+        expose_value=False,
+        is_eager=False,
+        callback=_set_config_path,
+        help=f"Configuration file [default: {DEFAULT_CONFIG}].",
+    )(func)
+
+
 def _config(ctx: click.Context) -> CtpipeConfig:
     config: CtpipeConfig = ctx.obj["config_loader"]()
     return config
@@ -95,6 +113,7 @@ def data() -> None:
 
 
 @data.command("generate")
+@config_option
 @click.option("--out", type=click.Path(dir_okay=False), help="Parquet file to write [default: dataset.source].")
 @click.option("--windows", default=4, show_default=True, help="Number of weekly time windows.")
 @click.option("--rows", default=5000, show_default=True, help="Rows per window.")
@@ -119,6 +138,7 @@ def data_generate(ctx: click.Context, out: str | None, windows: int, rows: int, 
 
 
 @main.command("compile")
+@config_option
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False), help="Output folder.")
 @click.option("--pipeline", "names", multiple=True, help="Only this pipeline (repeatable).")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
@@ -142,6 +162,7 @@ def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_jso
 
 
 @main.command("run")
+@config_option
 @click.argument("pipeline", type=click.Choice(["training", "batch_scoring", "monitoring"]))
 @click.option("--window", type=int, help="Use the bounds of this generated window (1-based).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
@@ -193,6 +214,7 @@ def _alias_command(action: str) -> Callable[..., None]:
 
 
 @main.command("promote")
+@config_option
 @click.option("--version", help="Version to promote [default: the challenger].")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.pass_context
@@ -203,6 +225,7 @@ def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> N
 
 
 @main.command("rollback")
+@config_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.pass_context
 @_friendly_errors
@@ -212,6 +235,7 @@ def rollback_command(ctx: click.Context, as_json: bool) -> None:
 
 
 @main.command("serve")
+@config_option
 @click.option("--detach", is_flag=True, help="Start in the background and return once ready.")
 @click.option("--stop", is_flag=True, help="Stop the background server this workspace started.")
 @click.pass_context
@@ -239,6 +263,7 @@ def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
 
 
 @main.command("demo")
+@config_option
 @click.option("--rows", default=5000, show_default=True, help="Rows per generated window.")
 @click.option("--keep-serving/--stop-serving", default=True, show_default=True, help="Leave the server running.")
 @click.pass_context
@@ -256,6 +281,7 @@ def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
 
 
 @main.command("config")
+@config_option
 @click.pass_context
 @_friendly_errors
 def config_command(ctx: click.Context) -> None:

@@ -30,6 +30,7 @@ from kfp.dsl import (
     Model,
     Output,
 )
+from kfp.dsl.pipeline_task import PipelineTask
 from kfp.dsl.python_component import PythonComponent
 
 # Side effects that must happen on every run (moving aliases, changing traffic) are never cached.
@@ -341,6 +342,28 @@ class Components:
     deploy: PythonComponent
     batch_predict: PythonComponent
     monitor: PythonComponent
+
+    def champion_and_snapshot(
+        self,
+        model_name: str,
+        tracking_uri: str,
+        source: str,
+        source_fingerprint: str,
+        dataset: str,
+        window_start: str,
+        window_end: str,
+    ) -> tuple[PipelineTask, PipelineTask]:
+        """The first steps of every pipeline: resolve the champion (never cached) and snapshot the window."""
+        champion = self.current_champion(model_name=model_name, tracking_uri=tracking_uri)
+        champion.set_display_name("current champion").set_caching_options(False)
+        snapshot = self.ingest(
+            source=source,
+            source_fingerprint=source_fingerprint,
+            dataset=dataset,
+            window_start=window_start,
+            window_end=window_end,
+        )
+        return champion, snapshot
 
 
 def build_components(image: str) -> Components:

@@ -29,14 +29,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         evaluation: str = config.evaluation.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
     ) -> NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)]):  # type: ignore[valid-type]
-        champion = ops.current_champion(model_name=config.serving.model_name, tracking_uri=tracking_uri)
-        champion.set_display_name("current champion").set_caching_options(False)
-        current = ops.ingest(
-            source=source,
-            source_fingerprint=source_fingerprint,
-            dataset=dataset,
-            window_start=window_start,
-            window_end=window_end,
+        champion, current = ops.champion_and_snapshot(
+            config.serving.model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
         )
         checked = ops.monitor(
             current=current.outputs["snapshot"],

@@ -51,14 +51,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         ],
     ):
         model_name = config.serving.model_name
-        champion = ops.current_champion(model_name=model_name, tracking_uri=tracking_uri)
-        champion.set_display_name("current champion")
-        snapshot = ops.ingest(
-            source=source,
-            source_fingerprint=source_fingerprint,
-            dataset=dataset,
-            window_start=window_start,
-            window_end=window_end,
+        champion, snapshot = ops.champion_and_snapshot(
+            model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
         )
         checked = ops.validate(
             snapshot=snapshot.outputs["snapshot"],
@@ -110,7 +104,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
                 dry_run=dry_run,
             )
             canary.set_display_name("deploy canary")
-        for task in (champion, registered, canary):
+        for task in (registered, canary):
             task.set_caching_options(False)
         TrainingOutputs = NamedTuple(
             "TrainingOutputs",

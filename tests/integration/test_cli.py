@@ -30,11 +30,12 @@ def test_bad_config_is_one_line_and_a_hint(tmp_path):
     raw["model"]["estimatr"] = "x"
     bad = tmp_path / "bad.yaml"
     bad.write_text(yaml.safe_dump(raw))
-    result = CliRunner().invoke(main, ["--config", str(bad), "config"])
-    assert result.exit_code == 1
-    assert "model.estimatr: unknown key" in result.output
-    assert "hint:" in result.output
-    assert "Traceback" not in result.output
+    for args in (["--config", str(bad), "config"], ["config", "--config", str(bad)]):
+        result = CliRunner().invoke(main, args)
+        assert result.exit_code == 1, args
+        assert "model.estimatr: unknown key" in result.output
+        assert "hint:" in result.output
+        assert "Traceback" not in result.output
 
 
 def test_data_generate(tmp_path):
