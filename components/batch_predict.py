@@ -84,7 +84,7 @@ def batch_predict(
     tracking_uri: str,
     output_path: str,
     spark_master: str = "local[*]",
-    model_version: str | None = None,
+    model_version: str | int | None = None,
     *,
     spark: SparkSession | None = None,
 ) -> BatchPredictResult:
@@ -116,7 +116,8 @@ def batch_predict(
         ConfigError: The model does not fit the spec (task, features) or the version conflicts.
         ModelNotFound: The registered model, version or alias does not exist.
     """
-    model_version = model_version or None
+    # Registry clients return versions as int, KFP passes them as str: compare them as text.
+    model_version = str(model_version) if model_version not in (None, "") else None
     columns, nanos_columns = _input_schema(input_path)
     needed = [spec.entity_column, spec.timestamp_column, *spec.feature_columns]
     missing = [c for c in needed if c not in columns]

@@ -53,3 +53,39 @@ def test_missing_feature_column_fails_in_validate_and_registers_nothing(tmp_path
     assert "train" not in statuses or statuses["train"] != "ran"
     tracking.configure(config.tracking_uri)
     assert MlflowClient().search_model_versions(f"name='{config.serving.model_name}'") == []
+
+
+def test_another_dataset_needs_only_a_config_file(tmp_path, stop_server):
+    """Other column names, estimator and metrics: no code change, only configuration."""
+    base = small_config(tmp_path)
+    stop_server(tmp_path)
+    features = base.dataset.feature_columns
+    renames = {name: f"f{index}" for index, name in enumerate(features)}
+    renames.update(customer_id="account", event_timestamp="seen_at", churned="left")
+    frame = pd.read_parquet(base.dataset.source).rename(columns=renames)
+    source = tmp_path / "other.csv"
+    frame.to_csv(source, index=False)
+    raw = {
+        "dataset": {
+            "source": str(source),
+            "entity_column": "account",
+            "timestamp_column": "seen_at",
+            "label_column": "left",
+            "numeric_features": [renames[c] for c in base.dataset.numeric_features],
+            "categorical_features": [renames[c] for c in base.dataset.categorical_features],
+        },
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 500}},
+        "evaluation": {"metrics": [{"name": "sklearn.metrics.f1_score", "threshold": {"lower_bound": 0.3}}]},
+        "serving": {"model_name": "other", "port": base.serving.port},
+        "infra": {"workspace": str(tmp_path)},
+    }
+    from pipelines.config import parse_config
+
+    config = parse_config(raw, tmp_path)
+    window = {"window_start": "2026-01-05T00:00:00+00:00", "window_end": "2026-01-12T00:00:00+00:00"}
+    report = run_pipeline("training", config, window, progress=None)
+    assert report.succeeded, report.error
+    assert report.outputs["blessed"] is True
+    tracking.configure(config.tracking_uri)
+    version = MlflowClient().get_model_version_by_alias("other", "challenger")
+    assert version.tags["ctpipe.blessed"] == "true"

@@ -284,3 +284,21 @@ def test_model_is_loaded_once_per_process_not_per_batch(
     assert len(pids) == len(set(pids))  # no process loaded the model twice
     assert str(os.getpid()) in pids  # the driver checks the model once
     assert 1 <= len(pids) - 1 <= 2  # and each local[2] worker process loads it once, for 18+ batches
+
+
+def test_pinned_version_may_be_given_as_int(
+    spark: Any, registry: dict[str, Any], demo_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
+) -> None:
+    """MLflow's client returns versions as int, KFP passes them as str: both pin the same version."""
+    uri = f"models:/churn/{registry['champion']}"
+    out = tmp_path / "predictions"
+    result = batch_predict(
+        str(demo_data[0]),
+        dataset_spec,
+        uri,
+        registry["uri"],
+        str(out),
+        model_version=int(registry["champion"]),
+        spark=spark,
+    )
+    assert result.model_version == str(registry["champion"])
