@@ -155,10 +155,15 @@ def batch_predict(
             scored = _score(good, spec, features, model_dir.name, prediction_type, model_name, model_version, scored_at)
 
             with atomic_path(output_path) as tmp:
-                scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
-                bad_rows = rejected.count()
-                if bad_rows:
-                    rejected.write.parquet(str(tmp / REJECTED_DIR))
+                try:
+                    scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
+                    bad_rows = rejected.count()
+                    if bad_rows:
+                        rejected.write.parquet(str(tmp / REJECTED_DIR))
+                except Exception:
+                    # Other tasks of a failed job may still be writing; stop them before the folder is removed.
+                    _stop_running_tasks(session)
+                    raise
                 rows, partitions = _summarise(tmp)
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -253,6 +258,17 @@ def _input_schema(path: str) -> tuple[list[str], list[str]]:
         raise DataError(f"{path}: not a readable Parquet file or folder: {exc}") from exc
     nanos = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"]
     return list(schema.names), nanos
+
+
+def _stop_running_tasks(session: SparkSession, timeout: float = 30.0) -> None:
+    """Cancel this session's jobs and wait until no stage is active, so nothing writes afterwards."""
+    import time
+
+    context = session.sparkContext
+    context.cancelAllJobs()
+    deadline = time.monotonic() + timeout
+    while context.statusTracker().getActiveStageIds() and time.monotonic() < deadline:
+        time.sleep(0.1)
 
 
 def _resolve_model(model_uri: str, tracking_uri: str, model_version: str | None) -> tuple[str, str, str | None]:

@@ -12,6 +12,7 @@ import json
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -49,7 +50,17 @@ def atomic_path(target: str | os.PathLike[str]) -> Iterator[Path]:
         else:
             os.replace(tmp, target)
     finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
+        _remove_tree(tmp.parent)
+
+
+def _remove_tree(path: Path, seconds: float = 10.0) -> None:
+    """Remove a temporary folder, retrying: a failed writer (a Spark job's other tasks) may still be closing files."""
+    deadline = time.monotonic() + seconds
+    while True:
+        shutil.rmtree(path, ignore_errors=True)
+        if not path.exists() or time.monotonic() > deadline:
+            return
+        time.sleep(0.2)
 
 
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
