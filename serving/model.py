@@ -227,6 +227,14 @@ def _check_batch_size(rows: int, what: str) -> None:
         raise InvalidInput(f"{what} has {rows} rows; at most {MAX_BATCH_ROWS} are accepted per request")
 
 
+def _feature_problems(names: list[str], known: set[str], given: list[str]) -> list[str]:
+    """Missing and unknown feature names of one request, as readable phrases."""
+    missing = [n for n in names if n not in given]
+    extra = [n for n in given if n not in known]
+    problems = [f"missing feature(s) {_names(missing)}"] if missing else []
+    return problems + ([f"unknown feature(s) {_names(extra)}"] if extra else [])
+
+
 def _names(names: Sequence[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
@@ -259,13 +267,7 @@ def frame_from_v1(payload: Any, features: Sequence[Feature]) -> pd.DataFrame:
     for index, instance in enumerate(instances):
         where = f"instance {index}"
         if isinstance(instance, dict):
-            missing = [name for name in names if name not in instance]
-            extra = [key for key in instance if key not in known]
-            problems = []
-            if missing:
-                problems.append(f"missing feature(s) {_names(missing)}")
-            if extra:
-                problems.append(f"unknown feature(s) {_names(extra)}")
+            problems = _feature_problems(names, known, list(instance))
             if problems:
                 raise InvalidInput(f"{where}: {'; '.join(problems)}; the model expects {_names(names)}")
             for feature in features:
@@ -342,15 +344,8 @@ def frame_from_v2(request: InferRequest, features: Sequence[Feature]) -> pd.Data
 
     given = [i.name for i in inputs]
     duplicates = sorted({n for n in given if given.count(n) > 1})
-    missing = [n for n in names if n not in given]
-    extra = [n for n in given if n not in known]
-    problems = []
-    if duplicates:
-        problems.append(f"input(s) {_names(duplicates)} given more than once")
-    if missing:
-        problems.append(f"missing feature(s) {_names(missing)}")
-    if extra:
-        problems.append(f"unknown feature(s) {_names(extra)}")
+    problems = [f"input(s) {_names(duplicates)} given more than once"] if duplicates else []
+    problems += _feature_problems(names, known, given)
     if problems:
         raise InvalidInput(f"{'; '.join(problems)}; the model expects one input per feature: {_names(names)}")
     by_name = {i.name: i for i in inputs}

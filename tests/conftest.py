@@ -10,16 +10,8 @@ import pandas as pd
 import pytest
 
 from components.specs import DatasetSpec
-from pipelines.demo_data import (
-    CATEGORICAL_FEATURES,
-    ENTITY,
-    LABEL,
-    NUMERIC_FEATURES,
-    TIMESTAMP,
-    DriftSpec,
-    Window,
-    generate,
-)
+from pipelines.demo_data import DriftSpec, Window, generate
+from tests.helpers import demo_spec
 
 # Spark workers and kfp.local subprocesses must use this interpreter, not whatever is on PATH.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -48,15 +40,7 @@ def demo_frame(demo_data: tuple[Path, list[Window]]) -> pd.DataFrame:
 @pytest.fixture
 def dataset_spec(demo_data: tuple[Path, list[Window]]) -> DatasetSpec:
     """A dataset spec describing ``demo_data``."""
-    return DatasetSpec(
-        source=str(demo_data[0]),
-        entity_column=ENTITY,
-        timestamp_column=TIMESTAMP,
-        label_column=LABEL,
-        numeric_features=list(NUMERIC_FEATURES),
-        categorical_features=list(CATEGORICAL_FEATURES),
-        task="binary_classification",
-    )
+    return demo_spec(demo_data[0])
 
 
 @pytest.fixture

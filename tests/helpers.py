@@ -7,10 +7,24 @@ from pathlib import Path
 
 import yaml
 
+from components.specs import DatasetSpec
 from pipelines.config import CtpipeConfig, parse_config
-from pipelines.demo_data import DriftSpec, generate
+from pipelines.demo_data import CATEGORICAL_FEATURES, ENTITY, LABEL, NUMERIC_FEATURES, TIMESTAMP, DriftSpec, generate
 
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def demo_spec(source: str | Path) -> DatasetSpec:
+    """A dataset spec describing data written by ``pipelines.demo_data.generate``."""
+    return DatasetSpec(
+        source=str(source),
+        entity_column=ENTITY,
+        timestamp_column=TIMESTAMP,
+        label_column=LABEL,
+        numeric_features=list(NUMERIC_FEATURES),
+        categorical_features=list(CATEGORICAL_FEATURES),
+        task="binary_classification",
+    )
 
 
 def free_port() -> int:

@@ -16,6 +16,7 @@ from components.common.tracking import load_sklearn_model
 from components.evaluate import EvaluationResult, compute_metrics, evaluate, make_checks, relative_change
 from components.specs import ChangeThreshold, DatasetSpec, EvaluationSpec, MetricSpec, ModelSpec, ValueThreshold
 from components.train import TrainResult, train
+from tests.helpers import demo_spec
 
 LOGISTIC = ModelSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 500})
 
@@ -29,26 +30,13 @@ class Models:
     workspace: Path
 
 
-def _spec(source: Path) -> DatasetSpec:
-    from pipelines.demo_data import CATEGORICAL_FEATURES, ENTITY, LABEL, NUMERIC_FEATURES, TIMESTAMP
-
-    return DatasetSpec(
-        source=str(source),
-        entity_column=ENTITY,
-        timestamp_column=TIMESTAMP,
-        label_column=LABEL,
-        numeric_features=list(NUMERIC_FEATURES),
-        categorical_features=list(CATEGORICAL_FEATURES),
-    )
-
-
 @pytest.fixture(scope="module")
 def models(demo_data: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Models:
     """A good model and one trained on shuffled labels, both logged to one sqlite MLflow."""
     workspace = tmp_path_factory.mktemp("evaluate")
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
     source = demo_data[0]
-    spec = _spec(source)
+    spec = demo_spec(source)
     good = train(str(source), spec, LOGISTIC, uri, "evaluate-tests", str(workspace / "eval.parquet"))
     frame = pd.read_parquet(source)
     rng = np.random.default_rng(0)

@@ -18,6 +18,7 @@ from components.common import tracking
 from components.common.errors import ConfigError, DataError
 from components.specs import DatasetSpec, ModelSpec
 from components.train import TrainResult, build_pipeline, split_by_time, train
+from tests.helpers import demo_spec
 
 LOGISTIC = ModelSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 500})
 
@@ -39,7 +40,7 @@ def trained(
     demo_data: tuple[Path, list], workspace: Path, module_tracking_uri: str
 ) -> tuple[TrainResult, TrainResult, DatasetSpec]:
     source = demo_data[0]
-    spec = _spec(source)
+    spec = demo_spec(source)
     first = train(
         str(source),
         spec,
@@ -52,19 +53,6 @@ def trained(
     )
     second = train(str(source), spec, LOGISTIC, module_tracking_uri, "train-tests", str(workspace / "eval-2.parquet"))
     return first, second, spec
-
-
-def _spec(source: Path) -> DatasetSpec:
-    from pipelines.demo_data import CATEGORICAL_FEATURES, ENTITY, LABEL, NUMERIC_FEATURES, TIMESTAMP
-
-    return DatasetSpec(
-        source=str(source),
-        entity_column=ENTITY,
-        timestamp_column=TIMESTAMP,
-        label_column=LABEL,
-        numeric_features=list(NUMERIC_FEATURES),
-        categorical_features=list(CATEGORICAL_FEATURES),
-    )
 
 
 # --- split_by_time -------------------------------------------------------------------------
@@ -252,7 +240,7 @@ def test_reference_is_a_seeded_sample_when_the_training_set_is_large(
     demo_data: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module_tracking_uri: str
 ) -> None:
     monkeypatch.setattr(train_module, "REFERENCE_MAX_ROWS", 100)
-    spec = _spec(demo_data[0])
+    spec = demo_spec(demo_data[0])
     results = [
         train(str(demo_data[0]), spec, LOGISTIC, module_tracking_uri, "train-tests", str(tmp_path / f"eval{i}"))
         for i in range(2)
@@ -285,7 +273,7 @@ def test_single_class_label_is_a_data_error(
 
 
 def test_missing_suite_file_is_a_data_error(demo_data: tuple[Path, list], tmp_path: Path) -> None:
-    spec = _spec(demo_data[0])
+    spec = demo_spec(demo_data[0])
     with pytest.raises(DataError, match="suite file"):
         train(
             str(demo_data[0]),
@@ -329,7 +317,7 @@ def test_train_timing_on_a_5k_window(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.ensure_experiment("timing", uri)  # create the database outside the measurement
     started = time.perf_counter()
-    result = train(str(source), _spec(source), ModelSpec(), uri, "timing", str(tmp_path / "eval.parquet"))
+    result = train(str(source), demo_spec(source), ModelSpec(), uri, "timing", str(tmp_path / "eval.parquet"))
     elapsed = time.perf_counter() - started
     log_model = MlflowClient(uri).get_run(result.run_id).data.metrics["log_model_seconds"]
     print(f"train on 5k rows (HistGradientBoosting defaults): {elapsed:.2f}s, log_model {log_model:.2f}s")
