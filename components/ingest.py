@@ -31,41 +31,74 @@ class IngestResult(BaseModel):
 
 
 def _utc_bound(value: str | None, name: str) -> pd.Timestamp | None:
+    """A window bound as a UTC timestamp; naive means UTC, empty means unbounded."""
     if not value:
         return None
     try:
         stamp = pd.Timestamp(value)
     except (ValueError, TypeError) as exc:
-        raise DataError(f"{name} {value!r} is not an ISO-8601 timestamp") from exc
+        raise DataError(f"{name} {value!r} is not an ISO-8601 timestamp (e.g. '2026-01-05T00:00:00Z')") from exc
+    if pd.isna(stamp):
+        raise DataError(f"{name} {value!r} is not an ISO-8601 timestamp (e.g. '2026-01-05T00:00:00Z')")
     return stamp.tz_localize("UTC") if stamp.tzinfo is None else stamp.tz_convert("UTC")
 
 
 def parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series:
-    """The timestamp column as UTC datetimes; naive values are taken as UTC.
+    """The timestamp column as UTC datetimes in nanoseconds; naive values are taken as UTC.
+
+    Datetime columns are converted; strings (what CSV gives) are parsed as ISO-8601 first
+    and, for whatever that leaves, in pandas' lenient mixed mode. Numbers are refused:
+    epoch values are ambiguous (seconds? milliseconds?) and would silently land in 1970.
+
+    Args:
+        frame: The table.
+        column: The timestamp column.
+        source: The file name, for error messages.
+
+    Returns:
+        The parsed column, dtype ``datetime64[ns, UTC]``.
 
     Raises:
-        DataError: The column is missing or holds values that are not timestamps.
+        DataError: The column is missing, is numeric, or holds values that are not timestamps.
     """
     if column not in frame.columns:
         raise DataError(
             f"{source}: timestamp column {column!r} is missing; found columns {sorted(map(str, frame.columns))}"
         )
     raw = frame[column]
-    parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="mixed") if raw.dtype == object else None
-    if parsed is None:
-        try:
-            parsed = pd.to_datetime(raw, utc=True)
-        except (ValueError, TypeError) as exc:
-            raise DataError(f"{source}: column {column!r} has dtype {raw.dtype}, expected timestamps") from exc
+    if pd.api.types.is_datetime64_any_dtype(raw):
+        parsed = pd.to_datetime(raw, utc=True)
+    elif pd.api.types.is_numeric_dtype(raw) or pd.api.types.is_bool_dtype(raw):
+        example = next(iter(raw.dropna().head(1).tolist()), None)
+        raise DataError(
+            f"{source}: column {column!r} has dtype {raw.dtype} (e.g. {example!r}), expected timestamps "
+            "(datetimes or ISO-8601 strings); convert epoch numbers to datetimes before ingesting"
+        )
+    else:
+        parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
+        retry = parsed.isna() & raw.notna()
+        if retry.any():
+            # Non-ISO spellings ("05/01/2026 10:00", date objects): parse only those, leniently.
+            parsed = parsed.where(~retry, pd.to_datetime(raw[retry], utc=True, errors="coerce", format="mixed"))
     bad = parsed.isna() & raw.notna()
     if bad.any():
-        example = raw[bad].iloc[0]
+        example = raw[bad].head(1).tolist()[0]
         raise DataError(
-            f"{source}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps, e.g. {example!r}"
+            f"{source}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps, "
+            f"e.g. {example!r} in row {int(bad.to_numpy().nonzero()[0][0])}"
         )
     if parsed.isna().any():
-        raise DataError(f"{source}: column {column!r} has {int(parsed.isna().sum())} empty timestamp(s)")
-    return parsed
+        first = int(parsed.isna().to_numpy().nonzero()[0][0])
+        raise DataError(
+            f"{source}: column {column!r} has {int(parsed.isna().sum())} empty timestamp(s), first in row {first}"
+        )
+    try:
+        # One unit whatever the storage (CSV parses to ns, Spark writes us), so equal data hashes equal.
+        return parsed.dt.as_unit("ns")
+    except (OverflowError, pd.errors.OutOfBoundsDatetime) as exc:
+        raise DataError(
+            f"{source}: column {column!r} has timestamps outside 1677-2262 ({parsed.min()} to {parsed.max()})"
+        ) from exc
 
 
 def ingest(
@@ -78,7 +111,7 @@ def ingest(
     """Snapshot the rows of ``source`` with ``window_start <= timestamp < window_end``.
 
     Feature columns are not checked here: ``validate`` does that against the schema suite,
-    so a missing feature column is reported there with its name.
+    so a missing feature column is reported there with its name. Every column is kept.
 
     Args:
         source: CSV or Parquet file, or a folder of Parquet files.
@@ -91,14 +124,14 @@ def ingest(
         Rows, content hash and bounds of the snapshot.
 
     Raises:
-        DataError: The source is missing or unreadable, lacks the timestamp column, or has no
-            rows in the window.
+        DataError: The source is missing or unreadable, lacks the timestamp column or has
+            unparseable timestamps, the bounds are invalid, or no rows fall in the window.
     """
     start, end = _utc_bound(window_start, "window_start"), _utc_bound(window_end, "window_end")
     if start is not None and end is not None and start >= end:
         raise DataError(f"window_start {window_start} is not before window_end {window_end}")
     frame = read_table(source)
-    timestamps = parse_timestamps(frame, spec.timestamp_column, source)
+    timestamps = parse_timestamps(frame, spec.timestamp_column, str(source))
     frame = frame.assign(**{spec.timestamp_column: timestamps})
     keep = pd.Series(True, index=frame.index)
     if start is not None:
@@ -107,21 +140,39 @@ def ingest(
         keep &= timestamps < end
     snapshot = frame[keep]
     if snapshot.empty:
-        raise DataError(
-            f"{source}: no rows in window [{window_start or '-inf'}, {window_end or '+inf'}); "
+        span = (
             f"the source spans {timestamps.min()} to {timestamps.max()} ({len(frame)} rows)"
+            if len(frame)
+            else "the source has no rows at all"
         )
+        raise DataError(f"{source}: no rows in window [{window_start or '-inf'}, {window_end or '+inf'}); {span}")
+    # Stable sort on (timestamp, entity): the same rows in any input order give the same bytes.
     order = [spec.timestamp_column] + ([spec.entity_column] if spec.entity_column in snapshot.columns else [])
-    snapshot = snapshot.sort_values(order, kind="stable").reset_index(drop=True)
+    try:
+        snapshot = snapshot.sort_values(order, kind="stable").reset_index(drop=True)
+    except TypeError as exc:
+        raise DataError(
+            f"{source}: entity column {spec.entity_column!r} mixes types that cannot be ordered ({exc})"
+        ) from exc
+    content_hash = frame_sha256(snapshot)
     write_parquet(output_path, snapshot)
     result = IngestResult(
         path=str(output_path),
         rows=len(snapshot),
-        content_hash=frame_sha256(snapshot),
+        content_hash=content_hash,
         source=str(source),
         window_start=window_start or None,
         window_end=window_end or None,
         columns=[str(c) for c in snapshot.columns],
     )
-    logger.info("snapshot written", extra={"rows": result.rows, "hash": result.content_hash[:12], "path": result.path})
+    logger.info(
+        "snapshot written",
+        extra={
+            "rows": result.rows,
+            "source_rows": len(frame),
+            "content_hash": result.content_hash,
+            "path": result.path,
+            "window": [result.window_start, result.window_end],
+        },
+    )
     return result

@@ -1,13 +1,17 @@
 """Validate: a Great Expectations suite inferred from training data, applied to new data.
 
 ``infer_suite`` turns a training snapshot into a GX Core 1.x expectation suite (columns,
-types, nullability, ranges, category sets, row count, key uniqueness); ``validate`` runs
-it on new data. Each expectation carries a ctpipe severity:
+types, nullability, ranges, category sets, row count, key uniqueness) and returns it in
+GX's own JSON form (``ExpectationSuite.to_json_dict()``), so ``gx.ExpectationSuite(**suite)``
+loads it back. ``validate`` runs it on new data with an ephemeral GX context. Each
+expectation carries a ctpipe severity in ``meta.ctpipe.severity`` (mirrored in GX's own
+``severity``: blocking is ``critical``):
 
 - *blocking* (missing column, wrong type, all nulls, empty data, duplicate keys) stops the
-  pipeline before training, with a message naming the column, expectation and counts;
+  pipeline before training, with a message naming the file, column, expectation and counts;
 - *warning* (out-of-range values, unseen categories, more nulls, extra columns, future
-  timestamps) is recorded and shown, and the rows that broke it go to a quarantine file.
+  timestamps) is recorded and shown, and the rows that broke a row-level expectation are
+  copied to a quarantine file with the reason, never silently dropped.
 """
 
 from __future__ import annotations
@@ -15,38 +19,57 @@ from __future__ import annotations
 import hashlib
 import html
 import json
+import math
 import os
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, Literal
 
+import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
 from components.common import report
-from components.common.errors import ValidationFailed
+from components.common.errors import ConfigError, DataError, ValidationFailed
 from components.common.io import read_table, write_json, write_parquet, write_text
 from components.common.logs import get_logger
 from components.specs import DatasetSpec
 
+# Must be set before great_expectations is first imported, so it never sends usage statistics.
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 logger = get_logger("validate")
 
 Severity = Literal["blocking", "warning"]
-SEVERITY_KEY = "ctpipe_severity"
 QUARANTINE_REASON = "_ctpipe_reason"
-NUMERIC_TYPES = [
-    "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
-    "float16", "float32", "float64", "Int8", "Int16", "Int32", "Int64", "Float32", "Float64",
-]  # fmt: skip
-STRING_TYPES = ["object", "str", "string", "category"]
-# Row-level expectations: their failing rows can be quarantined.
-ROW_LEVEL = {
-    "expect_column_values_to_be_between",
-    "expect_column_values_to_be_in_set",
-    "expect_column_values_to_not_be_null",
-}
 SAMPLE_SIZE = 10
+# A "categorical" column with more distinct values than this is an identifier; a value set would only bloat the suite.
+MAX_CATEGORIES = 1000
+
+# Type names GX's expect_column_values_to_be_in_type_list accepts for each family. Python's
+# "int"/"float"/"str" cover object columns, which GX checks value by value.
+TYPE_FAMILIES: dict[str, list[str]] = {
+    "numeric": [
+        "int8", "int16", "int32", "int64", "uint8", "uint16", "uint32", "uint64",
+        "float16", "float32", "float64", "int", "float",
+    ],
+    "string": ["str"],
+    "datetime": ["datetime64[ns]", "datetime64[us]", "datetime64[ms]", "datetime64[s]"],
+    "bool": ["bool"],
+}  # fmt: skip
+
+EXIST = "expect_column_to_exist"
+ROW_COUNT = "expect_table_row_count_to_be_between"
+COLUMN_SET = "expect_table_columns_to_match_set"
+UNIQUE_KEYS = "expect_compound_columns_to_be_unique"
+TYPE_LIST = "expect_column_values_to_be_in_type_list"
+NON_NULL_SHARE = "expect_column_proportion_of_non_null_values_to_be_between"
+NOT_NULL = "expect_column_values_to_not_be_null"
+BETWEEN = "expect_column_values_to_be_between"
+IN_SET = "expect_column_values_to_be_in_set"
+# Expectations whose failing rows can be named, and so quarantined.
+ROW_LEVEL = {NOT_NULL, BETWEEN, IN_SET, UNIQUE_KEYS}
+# Expectations about the table rather than column values: they run even on an empty table.
+TABLE_LEVEL = {EXIST, ROW_COUNT, COLUMN_SET}
 
 
 class ExpectationOutcome(BaseModel):
@@ -83,143 +106,402 @@ class ValidationResult(BaseModel):
         return [o for o in self.outcomes if not o.success and o.severity == "warning"]
 
 
-def _expectation(kind: str, severity: Severity, **kwargs: Any) -> dict[str, Any]:
-    return {"type": kind, "kwargs": kwargs, "meta": {SEVERITY_KEY: severity}}
+# ---------------------------------------------------------------------------------------------
+# Suites: inference, hashing, files
+# ---------------------------------------------------------------------------------------------
+
+
+def _gx_context() -> Any:
+    """A fresh in-memory GX context without progress bars; nothing is written to disk."""
+    import great_expectations as gx
+
+    context = gx.get_context(mode="ephemeral")
+    context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+    return context
+
+
+def _family(values: pd.Series) -> str | None:
+    """The type family of a column (numeric, string, datetime, bool), or None if mixed."""
+    dtype = values.dtype
+    if isinstance(dtype, pd.CategoricalDtype):
+        return _family(pd.Series(dtype.categories))
+    if pd.api.types.is_bool_dtype(dtype):
+        return "bool"
+    if pd.api.types.is_numeric_dtype(dtype):
+        return "numeric"
+    if pd.api.types.is_datetime64_any_dtype(dtype):
+        return "datetime"
+    inferred = pd.api.types.infer_dtype(values, skipna=True)
+    families = {"string": "string", "integer": "numeric", "floating": "numeric", "mixed-integer-float": "numeric"}
+    return families.get(inferred, "bool" if inferred == "boolean" else None)
+
+
+def _parse_string_timestamps(frame: pd.DataFrame, column: str) -> tuple[pd.DataFrame, list[Any]]:
+    """Parse a timestamp column that holds strings (a CSV) to UTC; return it and unparseable examples.
+
+    If any value fails to parse the frame is returned unchanged, so the type expectation
+    fails on it and the examples go into the message.
+    """
+    if column not in frame.columns:
+        return frame, []
+    raw = frame[column]
+    if pd.api.types.is_datetime64_any_dtype(raw) or pd.api.types.is_numeric_dtype(raw):
+        return frame, []
+    parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
+    retry = parsed.isna() & raw.notna()
+    if retry.any():
+        parsed = parsed.where(~retry, pd.to_datetime(raw[retry], utc=True, errors="coerce", format="mixed"))
+    bad = parsed.isna() & raw.notna()
+    if bad.any():
+        return frame, raw[bad].head(3).tolist()
+    return frame.assign(**{column: parsed}), []
+
+
+def _floor(value: float, digits: int = 6) -> float:
+    """Round down, so a bound taken from the reference never excludes the reference itself."""
+    scale = 10**digits
+    return math.floor(value * scale) / scale
 
 
 def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0.1) -> dict[str, Any]:
     """Infer an expectation suite from a training snapshot.
 
+    Every column the spec names gets: existence, type family, not entirely null (all
+    blocking) and a null-rate bound (warning). Numeric features (and a regression label)
+    get a ``[min, max]`` range widened by ``tolerance`` times the range; categorical features
+    (and a classification label) get their observed value set (both warnings). The table
+    gets a row count of at least one and unique (entity, timestamp) keys (blocking) and
+    the spec's column set (extra columns are a warning).
+
     Args:
         reference: The training snapshot.
         spec: The dataset spec; every column it names must be in ``reference``.
-        tolerance: How far beyond the observed range numeric values may go, as a share of the range.
+        tolerance: How far beyond the observed range values may go, as a share of the range;
+            the observed null rate is widened by the same share.
 
     Returns:
-        The suite as a JSON-able dict (GX's own suite form: name, expectations, meta).
+        The suite as a JSON-able dict in GX's own form (``name``, ``expectations``, ``meta``, ...),
+        with ``meta.ctpipe`` describing the reference and each expectation's severity in its
+        ``meta.ctpipe.severity``.
 
     Raises:
-        ValidationFailed: The reference lacks a column the config names.
+        ValidationFailed: The reference lacks a column the config names, has no rows, has a
+            spec column that is entirely null or of mixed types, or a numeric feature or the
+            timestamp holds values of another type.
+        ValueError: ``tolerance`` is negative.
     """
-    expected = [spec.entity_column, spec.timestamp_column, *spec.feature_columns, spec.label_column]
-    missing = [c for c in expected if c not in reference.columns]
+    import great_expectations as gx
+    from great_expectations.expectations.metadata_types import FailureSeverity
+
+    if tolerance < 0:
+        raise ValueError(f"tolerance must be >= 0, got {tolerance}")
+    columns = [spec.entity_column, spec.timestamp_column, spec.label_column, *spec.feature_columns]
+    found = sorted(map(str, reference.columns))
+    missing = [c for c in columns if c not in reference.columns]
     if missing:
         raise ValidationFailed(
-            f"the training data lacks column(s) {missing} named in the dataset config; "
-            f"found columns {sorted(map(str, reference.columns))}"
+            f"the training data lacks column(s) {missing} named in the dataset config; found columns {found}"
         )
-    rows = len(reference)
-    expectations = [_expectation("expect_table_row_count_to_be_between", "blocking", min_value=1)]
-    expectations += [_expectation("expect_column_to_exist", "blocking", column=c) for c in expected]
-    expectations.append(
-        _expectation("expect_table_columns_to_match_set", "warning", column_set=expected, exact_match=True)
-    )
-    expectations.append(_expectation("expect_compound_columns_to_be_unique", "blocking", column_list=spec.key_columns))
-    for column in [spec.entity_column, spec.timestamp_column, spec.label_column, *spec.feature_columns]:
-        values = reference[column]
-        null_rate = float(values.isna().mean()) if rows else 0.0
-        # Blocking when a column is entirely null; a warning when more nulls than in training.
-        expectations.append(_expectation("expect_column_values_to_not_be_null", "blocking", column=column, mostly=1e-9))
-        expectations.append(
-            _expectation(
-                "expect_column_values_to_not_be_null", "warning", column=column, mostly=round(1.0 - null_rate, 6)
+    if reference.empty:
+        raise ValidationFailed("the training data has no rows; cannot infer an expectation suite from it")
+    reference, _ = _parse_string_timestamps(reference, spec.timestamp_column)
+    all_null = [c for c in columns if reference[c].isna().all()]
+    if all_null:
+        raise ValidationFailed(f"column(s) {all_null} are entirely null in the training data ({len(reference)} rows)")
+    families: dict[str, str] = {}
+    for column in columns:
+        family = _family(reference[column])
+        if family is None:
+            kind = pd.api.types.infer_dtype(reference[column], skipna=True)
+            raise ValidationFailed(
+                f"column {column!r} of the training data holds values of mixed or unsupported types ({kind})"
             )
+        families[column] = family
+    expected_family = {c: "numeric" for c in spec.numeric_features} | {spec.timestamp_column: "datetime"}
+    for column, family in expected_family.items():
+        if families[column] != family:
+            raise ValidationFailed(
+                f"column {column!r} of the training data has type {reference[column].dtype} ({families[column]}), "
+                f"expected {family}"
+            )
+
+    _gx_context()  # GX suites need an active context, even ones that are never saved.
+    suite = gx.ExpectationSuite(name=f"ctpipe-{spec.label_column}")
+
+    def add(expectation: Any, severity: Severity) -> None:
+        expectation.meta = {"ctpipe": {"severity": severity}}
+        expectation.severity = FailureSeverity.CRITICAL if severity == "blocking" else FailureSeverity.WARNING
+        suite.add_expectation(expectation)
+
+    rows = len(reference)
+    add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=1), "blocking")
+    for column in columns:
+        add(gx.expectations.ExpectColumnToExist(column=column), "blocking")
+    add(gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True), "warning")
+    add(gx.expectations.ExpectCompoundColumnsToBeUnique(column_list=spec.key_columns), "blocking")
+    for column in columns:
+        types = TYPE_FAMILIES[families[column]]
+        add(gx.expectations.ExpectColumnValuesToBeInTypeList(column=column, type_list=types), "blocking")
+        # Blocking only when nothing is there at all; a higher null rate is the warning below.
+        non_null = gx.expectations.ExpectColumnProportionOfNonNullValuesToBeBetween(
+            column=column, min_value=0, strict_min=True
         )
-    for column in spec.numeric_features:
+        add(non_null, "blocking")
+        null_rate = min(1.0, float(reference[column].isna().mean()) * (1.0 + tolerance))
+        add(gx.expectations.ExpectColumnValuesToNotBeNull(column=column, mostly=_floor(1.0 - null_rate)), "warning")
+
+    is_classifier = spec.task == "binary_classification"
+    ranged = [*spec.numeric_features, *([] if is_classifier else [spec.label_column])]
+    for column in ranged:
         values = pd.to_numeric(reference[column], errors="coerce")
-        expectations.append(
-            _expectation("expect_column_values_to_be_in_type_list", "blocking", column=column, type_list=NUMERIC_TYPES)
-        )
         low, high = float(values.min()), float(values.max())
         slack = tolerance * (high - low)
-        expectations.append(
-            _expectation(
-                "expect_column_values_to_be_between",
-                "warning",
-                column=column,
-                min_value=low - slack,
-                max_value=high + slack,
-            )
+        between = gx.expectations.ExpectColumnValuesToBeBetween(
+            column=column, min_value=low - slack, max_value=high + slack
         )
-    for column in spec.categorical_features:
-        observed = sorted(str(v) for v in reference[column].dropna().unique())
-        expectations.append(
-            _expectation("expect_column_values_to_be_in_type_list", "blocking", column=column, type_list=STRING_TYPES)
-        )
-        expectations.append(
-            _expectation("expect_column_values_to_be_in_set", "warning", column=column, value_set=observed)
-        )
-    suite = {
-        "name": f"ctpipe-{spec.entity_column}",
-        "expectations": expectations,
-        "meta": {"ctpipe": {"reference_rows": rows, "tolerance": tolerance, "columns": expected}},
+        add(between, "warning")
+    category_sizes: dict[str, int] = {}
+    for column in [*spec.categorical_features, *([spec.label_column] if is_classifier else [])]:
+        observed = reference[column].dropna().unique()
+        category_sizes[column] = len(observed)
+        if len(observed) > MAX_CATEGORIES:
+            logger.warning("no value set: too many categories", extra={"column": column, "categories": len(observed)})
+            continue
+        value_set = sorted(pd.Series(observed).astype(object).tolist(), key=lambda v: (str(type(v)), v))
+        add(gx.expectations.ExpectColumnValuesToBeInSet(column=column, value_set=value_set), "warning")
+
+    payload: dict[str, Any] = suite.to_json_dict()
+    payload["meta"]["ctpipe"] = {
+        "columns": columns,
+        "entity_column": spec.entity_column,
+        "timestamp_column": spec.timestamp_column,
+        "label_column": spec.label_column,
+        "types": families,
+        "categories": category_sizes,
+        "reference_rows": rows,
+        "tolerance": tolerance,
     }
-    return suite
+    # Through JSON once, so the returned dict equals what load_suite reads back (and hashes the same).
+    result: dict[str, Any] = json.loads(json.dumps(payload, default=str))
+    return result
 
 
 def suite_hash(suite: dict[str, Any]) -> str:
-    """Content hash of a suite (its expectations and meta), 16 hex characters."""
-    canonical = json.dumps({k: suite[k] for k in ("expectations", "meta") if k in suite}, sort_keys=True, default=str)
+    """Content hash of a suite: SHA-256 of its canonical JSON, first 16 hex characters."""
+    canonical = json.dumps(suite, sort_keys=True, separators=(",", ":"), ensure_ascii=True, default=str)
     return hashlib.sha256(canonical.encode()).hexdigest()[:16]
 
 
 def save_suite(suite: dict[str, Any], path: str) -> str:
-    """Write a suite as JSON, atomically; returns its content hash."""
+    """Write a suite as JSON, atomically.
+
+    Args:
+        suite: A suite from :func:`infer_suite`.
+        path: The JSON file to write.
+
+    Returns:
+        The suite's content hash (:func:`suite_hash`).
+    """
     write_json(path, suite)
     return suite_hash(suite)
 
 
 def load_suite(path: str) -> dict[str, Any]:
-    """Read a suite written by :func:`save_suite`."""
-    suite: dict[str, Any] = json.loads(Path(path).read_text())
+    """Read a suite written by :func:`save_suite`.
+
+    Raises:
+        DataError: The file is missing, not JSON, or has no ``expectations`` list.
+    """
+    file = Path(path)
+    if not file.is_file():
+        raise DataError(f"{path}: no such expectation suite file")
+    try:
+        suite = json.loads(file.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise DataError(f"{path}: not a JSON expectation suite: {exc}") from exc
+    if not isinstance(suite, dict) or not isinstance(suite.get("expectations"), list):
+        raise DataError(f"{path}: not an expectation suite; expected a JSON object with an 'expectations' list")
     return suite
 
 
-def _run_gx(frame: pd.DataFrame, expectations: list[dict[str, Any]]) -> list[Any]:
+# ---------------------------------------------------------------------------------------------
+# Running a suite
+# ---------------------------------------------------------------------------------------------
+
+
+def _severity(item: dict[str, Any]) -> Severity:
+    """A ctpipe severity from the expectation's meta, else from GX's own (critical = blocking)."""
+    meta = item.get("meta") or {}
+    value = (meta.get("ctpipe") or {}).get("severity") or meta.get("ctpipe_severity")
+    if value in ("blocking", "warning"):
+        return "blocking" if value == "blocking" else "warning"
+    return "blocking" if item.get("severity", "critical") == "critical" else "warning"
+
+
+def targets_of(item: dict[str, Any]) -> set[str]:
+    """The columns an expectation (GX JSON form) reads."""
+    kwargs = item.get("kwargs") or {}
+    return {str(c) for c in [kwargs.get("column"), *(kwargs.get("column_list") or [])] if c is not None}
+
+
+def _gx_view(frame: pd.DataFrame) -> pd.DataFrame:
+    """The frame as GX's pandas type checks understand it (they do not know pandas extension dtypes).
+
+    Timestamps become naive UTC, nullable numbers become numpy numbers (float where there are
+    nulls), strings and categories become object columns. Values are unchanged.
+    """
+    view = frame.copy(deep=False)
+    view.columns = [str(c) for c in view.columns]
+    for name in view.columns:
+        column = view[name]
+        dtype = column.dtype
+        if isinstance(dtype, pd.DatetimeTZDtype):
+            view[name] = column.dt.tz_convert("UTC").dt.tz_localize(None)
+        elif isinstance(dtype, np.dtype):
+            continue
+        elif pd.api.types.is_numeric_dtype(dtype) and not pd.api.types.is_bool_dtype(dtype):
+            numpy_dtype = getattr(dtype, "numpy_dtype", np.dtype("float64"))
+            view[name] = column.to_numpy(dtype="float64" if column.hasnans else numpy_dtype, na_value=np.nan)
+        else:
+            view[name] = column.astype(object).where(column.notna(), None)
+    return view
+
+
+def _run_gx(view: pd.DataFrame, items: list[dict[str, Any]]) -> list[Any]:
+    """Run expectations (GX JSON form) on a frame; results in the order of ``items``."""
     import great_expectations as gx
+    from great_expectations.exceptions import GreatExpectationsError
     from great_expectations.expectations.expectation_configuration import ExpectationConfiguration
+    from great_expectations.expectations.metadata_types import FailureSeverity
 
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}  # type: ignore[assignment]
+    if not items:
+        return []
+    context = _gx_context()
     asset = context.data_sources.add_pandas("ctpipe").add_dataframe_asset("data")
-    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": frame})
-    suite = gx.ExpectationSuite(name="ctpipe")
-    for item in expectations:
-        # add_expectation_configuration would collapse same-type expectations on different columns.
-        suite.add_expectation(ExpectationConfiguration(**item).to_domain_obj())
-    outcome = batch.validate(suite, result_format={"result_format": "COMPLETE"})
-    return list(outcome.results)
+    batch = asset.add_batch_definition_whole_dataframe("all").get_batch(batch_parameters={"dataframe": view})
+    suite = gx.ExpectationSuite(name="ctpipe-run")
+    for index, item in enumerate(items):
+        # The index in meta maps results back, and keeps GX from merging look-alike expectations.
+        meta = {**(item.get("meta") or {}), "ctpipe_index": index}
+        try:
+            config = ExpectationConfiguration(
+                type=item["type"],
+                kwargs=dict(item.get("kwargs") or {}),
+                meta=meta,
+                severity=FailureSeverity(item.get("severity") or "critical"),
+            )
+            suite.add_expectation(config.to_domain_obj())
+        except (GreatExpectationsError, KeyError, TypeError, ValueError) as exc:
+            raise ConfigError(
+                f"expectation suite: {item.get('type', '?')} {item.get('kwargs')} is not a valid GX expectation: {exc}"
+            ) from exc
+    # COMPLETE lists every unexpected row, for the quarantine file; its cost grows with the failures only
+    # (on 1M rows, a third of them failing two checks adds about half a second).
+    run = batch.validate(suite, result_format={"result_format": "COMPLETE"})
+    by_index = {int(r.expectation_config.meta["ctpipe_index"]): r for r in run.results}
+    return [by_index[i] for i in range(len(items))]
 
 
-def _message(
-    source: str, kind: str, column: str | None, kwargs: dict[str, Any], result: dict[str, Any], rows: int
+def _jsonable(value: Any) -> Any:
+    """A sample value as plain JSON: numbers, strings, bools, None; timestamps as ISO strings."""
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, np.generic):
+        value = value.item()
+    if value is None or isinstance(value, bool | int | str):
+        return value
+    if isinstance(value, float):
+        return value if math.isfinite(value) else str(value)
+    if isinstance(value, pd.Timestamp | datetime):
+        return value.isoformat()
+    return str(value)
+
+
+def _sample(kind: str, targets: list[str], details: dict[str, Any], frame: pd.DataFrame) -> list[Any]:
+    """Up to SAMPLE_SIZE unexpected values, taken from the data as read (not GX's copy of it).
+
+    Sets and types give distinct values, most frequent first; key checks give the keys;
+    null checks give nothing, since every unexpected value is a null.
+    """
+    if kind in (NOT_NULL, NON_NULL_SHARE):
+        return []
+    positions = [int(i) for i in details.get("unexpected_index_list") or [] if isinstance(i, int | np.integer)]
+    if kind in (BETWEEN, UNIQUE_KEYS) and positions and set(targets) <= set(frame.columns):
+        picked = frame.iloc[positions[:SAMPLE_SIZE]]
+        if kind == BETWEEN:
+            return [_jsonable(v) for v in picked[targets[0]].tolist()]
+        return [_jsonable(row) for row in picked[targets].to_dict(orient="records")]
+    values = details.get("unexpected_list")
+    if values is None:
+        values = details.get("partial_unexpected_list") or []
+    if kind in (IN_SET, TYPE_LIST) and values:
+        counts = pd.Series([_jsonable(v) for v in values], dtype=object).value_counts(sort=True)
+        return list(counts.index[:SAMPLE_SIZE])
+    return [_jsonable(v) for v in values[:SAMPLE_SIZE]]
+
+
+def _fmt(value: Any) -> str:
+    """A bound for a message: floats to 6 significant digits, anything else as is."""
+    return f"{value:.6g}" if isinstance(value, float) else str(value)
+
+
+def _describe(
+    kind: str,
+    column: str | None,
+    kwargs: dict[str, Any],
+    details: dict[str, Any],
+    sample: list[Any],
+    frame: pd.DataFrame,
+    context: dict[str, Any],
 ) -> str:
-    count = int(result.get("unexpected_count") or 0)
-    where = f"column {column!r}" if column else "table"
-    if kind == "expect_column_to_exist":
-        return f"{source}: column {column!r} is missing ({kind})"
-    if kind == "expect_table_row_count_to_be_between":
-        return f"{source}: no rows, expected at least {kwargs.get('min_value')} ({kind})"
-    if kind == "expect_compound_columns_to_be_unique":
-        return f"{source}: {count} rows share a {tuple(kwargs['column_list'])} key with another row ({kind})"
-    if kind == "expect_column_values_to_not_be_null" and kwargs.get("mostly", 1) < 1e-6:
-        return f"{source}: {where} is entirely null ({rows} rows) ({kind})"
-    if kind == "expect_column_values_to_not_be_null":
-        share, allowed = result.get("unexpected_percent") or 0.0, 100 * (1 - kwargs.get("mostly", 1.0))
-        return f"{source}: {where} has {count} nulls ({share:.1f}%), training had {allowed:.1f}% ({kind})"
-    if kind == "expect_column_values_to_be_between":
-        low, high = kwargs.get("min_value", "-inf"), kwargs.get("max_value", "+inf")
-        return f"{source}: {where} has {count} values outside [{low}, {high}] ({kind})"
-    if kind == "expect_column_values_to_be_in_set":
-        unseen = sorted({str(v) for v in result.get("partial_unexpected_list") or []})[:5]
-        return f"{source}: {where} has {count} values in unseen categories {unseen} ({kind})"
-    if kind == "expect_table_columns_to_match_set":
-        observed, expected = set(result.get("observed_value") or []), set(kwargs["column_set"])
-        return (
-            f"{source}: columns differ from the dataset config: extra {sorted(observed - expected)}, "
-            f"missing {sorted(expected - observed)} ({kind})"
-        )
-    return f"{source}: {where} failed {kind} ({count} unexpected)"
+    """One line on a failed expectation: column, what was expected, what was found, counts."""
+    count = int(details.get("unexpected_count") or 0)
+    share = float(details.get("unexpected_percent") or 0.0)
+    rows = len(frame)
+    where = f"column {column!r}"
+    if kind == EXIST:
+        return f"{where} is missing ({kind})"
+    if kind == ROW_COUNT:
+        return f"{details.get('observed_value', rows)} rows, expected at least {kwargs.get('min_value')} ({kind})"
+    if kind == UNIQUE_KEYS:
+        keys = tuple(kwargs.get("column_list") or [])
+        return f"{count} rows share a {keys} key with another row, e.g. {sample[:1]} ({kind})"
+    if kind == TYPE_LIST:
+        family = context["families"].get(column) or f"one of {kwargs.get('type_list')}"
+        found = frame[column].dtype if column in frame.columns else "?"
+        line = f"{where} has type {found}, expected {family}"
+        if column in context["bad_timestamps"]:
+            line += f"; values that are not timestamps, e.g. {context['bad_timestamps'][column]}"
+        elif count:
+            line += f"; {count} of {rows} values are not {family}, e.g. {sample[:3]}"
+        return f"{line} ({kind})"
+    if kind == NON_NULL_SHARE:
+        return f"{where} is entirely null ({rows} rows) ({kind})"
+    if kind == NOT_NULL:
+        allowed = 100 * (1 - float(kwargs.get("mostly", 1.0)))
+        return f"{where} has {count} nulls ({share:.2f}%), training allowed at most {allowed:.2f}% ({kind})"
+    if kind == BETWEEN:
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        values = frame[column] if column in frame.columns else pd.Series(dtype=float)
+        found = f"found min {values.min()}, max {values.max()}"
+        if context["runtime"] and low is None:
+            return f"{where} has {count} timestamps after the time of validation ({high} UTC); {found} ({kind})"
+        if low is None or high is None:
+            bound = f"above {_fmt(high)}" if low is None else f"below {_fmt(low)}"
+            return f"{where} has {count} values ({share:.2f}%) {bound}; {found} ({kind})"
+        return f"{where} has {count} values ({share:.2f}%) outside [{_fmt(low)}, {_fmt(high)}]; {found} ({kind})"
+    if kind == IN_SET:
+        known = len(kwargs.get("value_set") or [])
+        return f"{where} has {count} values ({share:.2f}%) in unseen categories {sample}, training had {known} ({kind})"
+    if kind == COLUMN_SET:
+        observed, expected = set(details.get("observed_value") or []), set(kwargs.get("column_set") or [])
+        line = f"columns not in the dataset config: extra {sorted(observed - expected)}"
+        if expected - observed:
+            line += f", missing {sorted(expected - observed)}"
+        return f"{line} ({kind})"
+    return f"{where if column else 'table'} failed {kind} ({count} unexpected of {rows})"
 
 
 def validate(
@@ -233,13 +515,20 @@ def validate(
 ) -> ValidationResult:
     """Validate a dataset against a suite; write the result, an HTML report and quarantined rows.
 
+    Expectations on a missing column are skipped (its ``expect_column_to_exist`` fails), and
+    so are range and set checks on a column of the wrong type; the report lists what was
+    skipped. Two checks are added at run time and are not part of the suite: existence of
+    spec columns the suite does not cover, and no timestamps after the time of validation.
+
     Args:
         data_path: The data to check (CSV or Parquet; a KFP artifact path is Parquet).
+            String timestamps (a CSV) are parsed to UTC first.
         spec: The dataset spec.
         suite: A suite from :func:`infer_suite` or :func:`load_suite`.
         result_path: Where to write the result as JSON.
         report_path: Where to write the HTML report.
-        quarantine_path: Where to write rows that broke row-level expectations (Parquet).
+        quarantine_path: Where to write the rows that broke row-level expectations (Parquet),
+            with a ``_ctpipe_reason`` column; written only when there are such rows.
         raise_on_blocking: Raise after writing the result and report if a blocking expectation failed.
 
     Returns:
@@ -247,136 +536,203 @@ def validate(
 
     Raises:
         ValidationFailed: A blocking expectation failed and ``raise_on_blocking`` is set.
-        DataError: The file does not exist or is not a table.
+        DataError: The file does not exist, is empty or is not a table.
+        ConfigError: The suite holds an expectation GX does not accept.
     """
     source = Path(data_path).name
-    frame = read_table(data_path)
-    expectations = list(suite["expectations"])
-    if spec.timestamp_column in frame.columns and pd.api.types.is_datetime64_any_dtype(frame[spec.timestamp_column]):
-        # Future timestamps are checked against the time of validation, so this one is not in the saved suite.
-        now = pd.Timestamp(datetime.now(UTC))
-        expectations.append(
-            _expectation(
-                "expect_column_values_to_be_between", "warning", column=spec.timestamp_column, max_value=now.isoformat()
-            )
+    frame = read_table(data_path).reset_index(drop=True)
+    frame, bad_stamps = _parse_string_timestamps(frame, spec.timestamp_column)
+    view = _gx_view(frame)
+    columns = set(view.columns)
+    rows = len(view)
+
+    items = [dict(item) for item in suite.get("expectations") or []]
+    covered = {(item.get("kwargs") or {}).get("column") for item in items if item.get("type") == EXIST}
+    spec_columns = [spec.entity_column, spec.timestamp_column, spec.label_column, *spec.feature_columns]
+    for name in spec_columns:
+        if name not in covered:
+            items.append({"type": EXIST, "kwargs": {"column": name}, "meta": {"ctpipe": {"severity": "blocking"}}})
+    if spec.timestamp_column in columns and pd.api.types.is_datetime64_any_dtype(view[spec.timestamp_column]):
+        # Checked against the time of validation, so it is not part of the saved suite.
+        now = datetime.now(UTC).replace(tzinfo=None).isoformat(timespec="seconds")
+        items.append(
+            {
+                "type": BETWEEN,
+                "kwargs": {"column": spec.timestamp_column, "max_value": now},
+                "meta": {"ctpipe": {"severity": "warning", "runtime": True}},
+                "severity": "warning",
+            }
         )
-    missing = {e["kwargs"]["column"] for e in expectations if e["type"] == "expect_column_to_exist"} - set(
-        frame.columns
-    )
-    # A column of the wrong type makes its range and set checks meaningless; check types first.
-    type_checks = [e for e in expectations if e["type"] == "expect_column_values_to_be_in_type_list"]
-    type_results = (
-        _run_gx(frame, [e for e in type_checks if e["kwargs"]["column"] not in missing]) if len(frame) else []
-    )
-    wrong_type = {r.expectation_config.kwargs["column"] for r in type_results if not r.success}
-    skipped = missing | wrong_type
-    runnable = [
-        e
-        for e in expectations
-        if e["type"] == "expect_column_to_exist"
-        or (e["kwargs"].get("column") not in skipped and not set(e["kwargs"].get("column_list", [])) & missing)
-    ]
-    results = _run_gx(frame, runnable)
+
+    skipped: list[tuple[dict[str, Any], str]] = []
+    runnable: list[int] = []
+    for index, item in enumerate(items):
+        absent = targets_of(item) - columns
+        if item.get("type") != EXIST and absent:
+            skipped.append((item, f"column {sorted(absent)[0]!r} is missing"))
+        elif rows == 0 and item.get("type") not in TABLE_LEVEL:
+            skipped.append((item, "no rows"))
+        else:
+            runnable.append(index)
+
+    # Types first: a range or set check on a column of the wrong type means nothing (and makes GX raise).
+    typed = [i for i in runnable if items[i].get("type") == TYPE_LIST]
+    results: dict[int, Any] = dict(zip(typed, _run_gx(view, [items[i] for i in typed]), strict=True))
+    wrong_type = {str(items[i]["kwargs"]["column"]) for i in typed if not results[i].success}
+    rest = []
+    for index in runnable:
+        if index in results:
+            continue
+        item = items[index]
+        value_check = item.get("type") in (BETWEEN, IN_SET)
+        if value_check and targets_of(item) & wrong_type:
+            skipped.append((item, f"column {sorted(targets_of(item) & wrong_type)[0]!r} has the wrong type"))
+        else:
+            rest.append(index)
+    results.update(zip(rest, _run_gx(view, [items[i] for i in rest]), strict=True))
+
+    context = {
+        "families": dict((suite.get("meta") or {}).get("ctpipe", {}).get("types") or {}),
+        "bad_timestamps": {spec.timestamp_column: bad_stamps} if bad_stamps else {},
+    }
     outcomes: list[ExpectationOutcome] = []
-    bad_rows: dict[int, list[str]] = {}
-    for result in results:
-        config = result.expectation_config
-        kind, kwargs = config.type, dict(config.kwargs)
-        column = kwargs.get("column")
-        severity: Severity = (config.meta or {}).get(SEVERITY_KEY, "warning")
-        details = result.result or {}
-        raised = isinstance(result.exception_info, dict) and result.exception_info.get("raised_exception")
-        if raised and kind != "expect_column_to_exist":
-            logger.warning("expectation raised", extra={"expectation": kind, "column": column})
-        message = "" if result.success else _message(source, kind, column, kwargs, details, len(frame))
-        sample = [
-            v if isinstance(v, int | float | str | bool) else str(v)
-            for v in (details.get("partial_unexpected_list") or [])
-        ]
+    all_null: set[str] = set()
+    reasons = np.full(rows, "", dtype=object)
+    for index in sorted(results):
+        result, item = results[index], items[index]
+        kind = str(item["type"])
+        kwargs = dict(item.get("kwargs") or {})
+        column: str | None = kwargs.get("column")
+        severity = _severity(item)
+        details = dict(result.result or {})
+        key = [str(c) for c in ([column] if column is not None else kwargs.get("column_list") or [])]
+        sample = [] if result.success else _sample(kind, key, details, frame)
+        exception = result.exception_info if isinstance(result.exception_info, dict) else {}
+        if exception.get("raised_exception"):
+            first_line = next(iter(str(exception.get("exception_message") or "").splitlines()), "unknown error")
+            message = f"{'column ' + repr(column) if column else 'table'}: GX could not evaluate {kind}: {first_line}"
+            logger.warning("expectation raised", extra={"expectation": kind, "column": column, "error": first_line})
+        elif result.success:
+            message = f"{'column ' + repr(column) if column else 'table'}: {kind} passed"
+        else:
+            runtime = bool(((item.get("meta") or {}).get("ctpipe") or {}).get("runtime"))
+            message = _describe(kind, column, kwargs, details, sample, frame, {**context, "runtime": runtime})
+        if kind == NON_NULL_SHARE and not result.success and column:
+            all_null.add(str(column))
         outcomes.append(
             ExpectationOutcome(
                 expectation=kind,
-                column=column,
+                column=str(column) if column is not None else None,
                 success=bool(result.success),
                 severity=severity,
                 unexpected_count=int(details.get("unexpected_count") or 0),
                 unexpected_percent=float(details.get("unexpected_percent") or 0.0),
-                sample=sample[:SAMPLE_SIZE],
-                message=message,
+                sample=sample,
+                message=f"{source}: {message}",
             )
         )
-        if not result.success and severity == "warning" and kind in ROW_LEVEL:
-            for index in details.get("unexpected_index_list") or []:
-                bad_rows.setdefault(int(index), []).append(f"{column}: {kind}")
-    for column in sorted(wrong_type):
-        expected_kind = "numeric" if column in spec.numeric_features else "string"
-        outcomes.append(
-            ExpectationOutcome(
-                expectation="expect_column_values_to_be_in_type_list",
-                column=column,
-                success=False,
-                severity="blocking",
-                message=f"{source}: column {column!r} has type {frame[column].dtype}, expected {expected_kind} "
-                "(expect_column_values_to_be_in_type_list)",
-            )
-        )
+        # Row-level failures name their rows; an all-null column would only copy every row.
+        if not result.success and kind in ROW_LEVEL and not targets_of(item) & all_null:
+            positions = [int(i) for i in details.get("unexpected_index_list") or [] if isinstance(i, int | np.integer)]
+            if positions:
+                label = f"{column}: {kind}" if column else f"{tuple(kwargs.get('column_list') or [])}: {kind}"
+                reasons[positions] = np.where(reasons[positions] == "", label, reasons[positions] + "; " + label)
+
     quarantined = 0
-    if quarantine_path and bad_rows:
-        rows = frame.loc[sorted(bad_rows)].copy()
-        rows[QUARANTINE_REASON] = ["; ".join(bad_rows[i]) for i in sorted(bad_rows)]
-        write_parquet(quarantine_path, rows)
-        quarantined = len(rows)
+    flagged = np.flatnonzero(reasons != "")
+    if quarantine_path and len(flagged):
+        bad_rows = frame.iloc[flagged].copy()
+        bad_rows[QUARANTINE_REASON] = reasons[flagged]
+        write_parquet(quarantine_path, bad_rows)
+        quarantined = len(bad_rows)
     outcome = ValidationResult(
         success=not any(not o.success and o.severity == "blocking" for o in outcomes),
-        rows=len(frame),
+        rows=rows,
         suite_hash=suite_hash(suite),
         outcomes=outcomes,
         quarantine_path=quarantine_path if quarantined else None,
         quarantined_rows=quarantined,
     )
+    # Result and report first: the run summary and the KFP UI need them even when this step fails.
     write_json(result_path, outcome.model_dump(mode="json"))
-    write_text(report_path, _render(outcome, source))
+    write_text(report_path, _render(outcome, source, skipped))
     logger.info(
         "validated",
         extra={
-            "rows": outcome.rows,
+            "source": source,
+            "rows": rows,
+            "success": outcome.success,
             "blocking": len(outcome.blocking),
             "warnings": len(outcome.warnings),
+            "skipped": len(skipped),
             "quarantined": quarantined,
+            "suite_hash": outcome.suite_hash,
         },
     )
     if raise_on_blocking and not outcome.success:
-        lines = "; ".join(o.message for o in outcome.blocking)
-        raise ValidationFailed(f"{lines}; {len(outcome.blocking)} blocking failure(s)")
+        failures = outcome.blocking
+        lines = "; ".join(o.message.removeprefix(f"{source}: ") for o in failures)
+        plural = "" if len(failures) == 1 else "s"
+        raise ValidationFailed(f"{source}: {lines}; {len(failures)} blocking failure{plural}")
     return outcome
 
 
-def _render(result: ValidationResult, source: str) -> str:
-    status = report.badge("PASSED", "ok") if result.success else report.badge("BLOCKED", "bad")
-    if result.success and result.warnings:
-        status = report.badge("PASSED WITH WARNINGS", "warn")
-    rows = []
-    for outcome in sorted(result.outcomes, key=lambda o: (o.success, o.severity != "blocking")):
-        state = "ok" if outcome.success else ("bad" if outcome.severity == "blocking" else "warn")
-        rows.append(
-            {
-                "status": report.badge("pass" if outcome.success else "FAIL", state),
-                "severity": outcome.severity,
-                "expectation": html.escape(outcome.expectation),
-                "column": html.escape(outcome.column or ""),
-                "unexpected": outcome.unexpected_count,
-                "unexpected %": round(outcome.unexpected_percent, 2),
-                "sample": html.escape(", ".join(map(str, outcome.sample[:5]))),
-                "message": html.escape(outcome.message),
-            }
+def _render(result: ValidationResult, source: str, skipped: list[tuple[dict[str, Any], str]]) -> str:
+    """A self-contained HTML page: status, blocking failures, warnings, skipped checks, every expectation."""
+    if not result.success:
+        status = report.badge("BLOCKED", "bad")
+    elif result.warnings:
+        status = report.badge(f"PASSED WITH {len(result.warnings)} WARNINGS", "warn")
+    else:
+        status = report.badge("PASSED", "ok")
+
+    def rows_of(outcomes: list[ExpectationOutcome]) -> list[dict[str, Any]]:
+        rows = []
+        for o in outcomes:
+            state = "ok" if o.success else ("bad" if o.severity == "blocking" else "warn")
+            rows.append(
+                {
+                    "status": report.badge("pass" if o.success else "FAIL", state),
+                    "severity": report.badge(o.severity, "bad" if o.severity == "blocking" else "warn"),
+                    "expectation": html.escape(o.expectation),
+                    "column": f"<b>{html.escape(o.column or '')}</b>",
+                    "unexpected": o.unexpected_count,
+                    "unexpected %": round(o.unexpected_percent, 3),
+                    "sample": html.escape(", ".join(map(str, o.sample))),
+                    "message": html.escape(o.message),
+                }
+            )
+        return rows
+
+    sections: list[tuple[str, str]] = []
+    if result.blocking:
+        sections.append((f"Blocking failures ({len(result.blocking)})", report.table(rows_of(result.blocking), False)))
+    if result.warnings:
+        sections.append((f"Warnings ({len(result.warnings)})", report.table(rows_of(result.warnings), False)))
+    if result.quarantined_rows:
+        sections.append(
+            (
+                "Quarantine",
+                f"<p>{result.quarantined_rows} rows that broke row-level expectations were copied, with the reason "
+                f"in <code>_ctpipe_reason</code>, to <code>{html.escape(result.quarantine_path or '')}</code>.</p>",
+            )
         )
-    problems = [o.message for o in result.blocking + result.warnings]
-    sections = (
-        [("Problems", "<ul>" + "".join(f"<li>{html.escape(p)}</li>" for p in problems) + "</ul>")] if problems else []
-    )
-    sections.append(("Every expectation", report.table(rows, escape=False)))
+    if skipped:
+        listed = [
+            {
+                "expectation": str(item.get("type")),
+                "column": ", ".join(sorted(targets_of(item))),
+                "why skipped": why,
+            }
+            for item, why in skipped
+        ]
+        sections.append((f"Skipped ({len(skipped)})", report.table(listed)))
+    ordered = sorted(result.outcomes, key=lambda o: (o.success, o.severity != "blocking"))
+    sections.append((f"Every expectation ({len(result.outcomes)})", report.table(rows_of(ordered), False)))
     summary = (
-        f"{status} &nbsp; {html.escape(source)}: {result.rows} rows, {len(result.blocking)} blocking, "
-        f"{len(result.warnings)} warnings, {result.quarantined_rows} rows quarantined; suite {result.suite_hash}"
+        f"{status} &nbsp; <b>{html.escape(source)}</b>: {result.rows} rows, "
+        f"{report.badge(f'{len(result.blocking)} blocking', 'bad' if result.blocking else 'ok')}, "
+        f"{report.badge(f'{len(result.warnings)} warnings', 'warn' if result.warnings else 'ok')}, "
+        f"{result.quarantined_rows} rows quarantined, {len(skipped)} checks skipped; suite {result.suite_hash}"
     )
-    return report.page("Data validation", sections, summary)
+    return report.page(f"Data validation: {source}", sections, summary)
