@@ -9,6 +9,9 @@ Each file is written atomically, so a reader never sees half a batch. Columns: `
 ``timestamp`` (UTC), ``model_name``, ``model_version``, the request's feature columns under
 their own names (and the entity column when the request named entities), ``prediction``
 (the served value: positive-class probability for binary classifiers, else the prediction).
+Optional: ``latency_ms`` (server-side time for the request) and ``status`` (``ok``, or
+``error`` for a request the model failed on: a 5xx, with ``prediction`` null), which canary
+analysis uses to compare versions.
 """
 
 from __future__ import annotations
