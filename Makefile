@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export FEAST_USAGE := False
 
-.PHONY: demo test lint typecheck unit bench compile clean java help
+.PHONY: demo test lint typecheck unit bench compile docs clean java help
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,10 @@ bench: $(STAMP) java  ## Run the benchmarks; results are written as JSON under o
 
 compile: $(STAMP)  ## Compile the pipelines to KFP IR YAML in out/.
 	$(BIN)/ctpipe compile --out out
+
+docs:  $(STAMP)  ## Regenerate the reference pages and build the docs site into out/site (warnings fail).
+	$(BIN)/python -m pipelines.docgen
+	$(BIN)/mkdocs build --strict
 
 clean:  ## Remove the local workspace and build outputs (keeps .venv).
 	rm -rf .workspace out

@@ -33,8 +33,11 @@ def _friendly_errors(func: F) -> F:
         except (CtpipeError, FileNotFoundError) as exc:
             if verbose:
                 traceback.print_exc()
-            click.secho(f"error: {exc}", fg="red", err=True)
             hint = getattr(exc, "hint", "")
+            if kwargs.get("as_json"):
+                # CI parses stdout: a failure is JSON too.
+                click.echo(json.dumps({"error": str(exc), "type": type(exc).__name__, "hint": hint or None}))
+            click.secho(f"error: {exc}", fg="red", err=True)
             if hint:
                 click.echo(f"hint: {hint}", err=True)
             if not verbose:
@@ -109,7 +112,12 @@ def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
 
 @main.group()
 def data() -> None:
-    """Generate demo data."""
+    r"""Generate demo data.
+
+    \b
+    Example:
+      ctpipe data generate --windows 4 --rows 5000 --drift-from 2
+    """
 
 
 @data.command("generate")
@@ -220,7 +228,13 @@ def _alias_command(action: str) -> Callable[..., None]:
 @click.pass_context
 @_friendly_errors
 def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> None:
-    """Make the challenger (or --version) the champion; it then serves 100% of traffic."""
+    r"""Make the challenger (or --version) the champion; it then serves 100% of traffic.
+
+    \b
+    Examples:
+      ctpipe promote                 # the current challenger
+      ctpipe promote --version 7 --json
+    """
     _alias_command("promote")(ctx, as_json, version=version)
 
 
@@ -230,7 +244,12 @@ def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> N
 @click.pass_context
 @_friendly_errors
 def rollback_command(ctx: click.Context, as_json: bool) -> None:
-    """Return the champion alias (and all traffic) to the previous champion."""
+    r"""Return the champion alias (and all traffic) to the previous champion.
+
+    \b
+    Example:
+      ctpipe rollback --json
+    """
     _alias_command("rollback")(ctx, as_json)
 
 
@@ -269,11 +288,16 @@ def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
 @click.pass_context
 @_friendly_errors
 def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
-    """Run the whole continuous-training loop on the embedded default.
+    r"""Run the whole continuous-training loop on the embedded default.
 
     Generates data, trains and serves a first champion, scores and monitors a drifted
     window, retrains, evaluates against the champion, rolls out a canary and promotes it.
     Running it again reuses the kfp.local cache for every unchanged step.
+
+    \b
+    Examples:
+      ctpipe demo
+      ctpipe demo --rows 2000 --stop-serving
     """
     from pipelines.demo import run_demo
 
@@ -285,7 +309,12 @@ def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
 @click.pass_context
 @_friendly_errors
 def config_command(ctx: click.Context) -> None:
-    """Validate the configuration file and print it with defaults filled in."""
+    r"""Validate the configuration file and print it with defaults filled in.
+
+    \b
+    Example:
+      ctpipe config --config my-cluster.yaml
+    """
     import yaml
 
     click.echo(yaml.safe_dump(_config(ctx).model_dump(mode="json"), sort_keys=False))

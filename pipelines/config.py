@@ -162,7 +162,7 @@ def reference_markdown() -> str:
         "# Configuration reference",
         "",
         "Generated from `pipelines/config.py` and `components/specs.py` "
-        "(`python -m pipelines.config > docs/configuration.md`); do not edit by hand.",
+        "(`python -m pipelines.docgen`); do not edit by hand.",
         "Unknown keys are errors. Relative paths are resolved against the configuration file's folder.",
         "",
     ]

@@ -1,5 +1,6 @@
 import json
 
+import click
 import pytest
 import yaml
 from click.testing import CliRunner
@@ -7,14 +8,32 @@ from click.testing import CliRunner
 from pipelines.cli import main
 from tests.helpers import ROOT
 
-COMMANDS = [[], ["data", "generate"], ["compile"], ["run"], ["promote"], ["rollback"], ["serve"], ["demo"], ["config"]]
+
+def _commands(group: click.Group, prefix: tuple[str, ...] = ()) -> list[tuple[str, ...]]:
+    """Every command path in the CLI, walked from the tree so a new command is covered too."""
+    found = [prefix]
+    for name, command in sorted(group.commands.items()):
+        if isinstance(command, click.Group):
+            found += _commands(command, (*prefix, name))
+        else:
+            found.append((*prefix, name))
+    return found
 
 
-@pytest.mark.parametrize("command", COMMANDS, ids=lambda c: " ".join(c) or "ctpipe")
-def test_every_command_has_help(command):
+@pytest.mark.parametrize("command", _commands(main), ids=lambda c: " ".join(c) or "ctpipe")
+def test_every_command_has_help_with_examples(command):
     result = CliRunner().invoke(main, [*command, "--help"])
     assert result.exit_code == 0, result.output
     assert "Usage:" in result.output
+    assert "Example" in result.output, f"`ctpipe {' '.join(command)} --help` shows no example"
+
+
+def test_a_failure_with_json_is_json_too(tmp_path):
+    missing = tmp_path / "absent.yaml"
+    result = CliRunner().invoke(main, ["--config", str(missing), "compile", "--out", str(tmp_path), "--json"])
+    assert result.exit_code == 1
+    error = json.loads(result.stdout.splitlines()[0])
+    assert "absent.yaml" in error["error"]
 
 
 def test_compile_json(tmp_path):

@@ -104,7 +104,7 @@ def test_configuration_reference_is_generated_and_complete():
 
     generated = reference_markdown()
     assert (ROOT / "docs" / "configuration.md").read_text() == generated, (
-        "docs/configuration.md is stale: run `python -m pipelines.config > docs/configuration.md`"
+        "docs/configuration.md is stale: run `python -m pipelines.docgen`"
     )
 
     def keys(model: type[BaseModel], prefix: str = "") -> list[str]:
