@@ -1,10 +1,11 @@
 """Batch scoring with Spark: one pinned model version over a snapshot, written atomically.
 
-The model is resolved once on the driver (an alias becomes a fixed version), downloaded
-to a local folder and shipped to the executors with ``SparkContext.addFile``, so the
-same code runs in ``local[*]`` and on a cluster without a shared file system. Each
-Python worker process loads the model once (a module-level cache keyed by path) and
-scores Arrow batches with ``mapInPandas``.
+The model is resolved once on the driver (an alias becomes a fixed version), loaded with
+MLflow and shipped to the executors as a broadcast of its cloudpickle bytes, so the same
+code runs in ``local[*]`` and on a cluster without a shared file system (and executors
+need not import MLflow). Each Python worker process unpickles the model once (a
+module-level cache keyed by the broadcast) and scores large Arrow batches with
+``mapInPandas``, one ``predict_proba`` call per batch.
 
 Rows the model cannot take (missing entity or timestamp, null / NaN / infinite /
 non-numeric numeric features, null categorical features) are never scored silently:
@@ -24,6 +25,7 @@ import os
 import shutil
 import sys
 import tempfile
+import uuid
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from pathlib import Path
@@ -39,14 +41,19 @@ from components.common.logs import get_logger
 from components.specs import DatasetSpec
 
 if TYPE_CHECKING:
+    from pyspark import Broadcast
     from pyspark.sql import Column, DataFrame, SparkSession
     from pyspark.sql.types import DataType
 
 APP_NAME = "ctpipe-batch-predict"
 # Scoring is a narrow map; shuffles only happen for the rebalance, so few partitions suffice.
 SHUFFLE_PARTITIONS = 8
-# Rows per Arrow batch handed to the model: large enough to amortise per-call overhead.
-ARROW_BATCH_ROWS = 20_000
+# Rows per Arrow batch handed to the model: large enough to amortise the per-call overhead of a
+# scikit-learn pipeline (column transformer, validation), small enough to stay at a few tens of MB.
+ARROW_BATCH_ROWS = 100_000
+# Files open at once per task when writing date partitions: with this many, Spark writes each row
+# to its partition's open file instead of sorting the task's rows by date first.
+CONCURRENT_OUTPUT_WRITERS = 64
 REJECTED_DIR = "_rejected"
 REJECT_REASON = "reject_reason"
 PARTITION_COLUMN = "date"
@@ -58,9 +65,10 @@ _SESSION_CONF = {
     "spark.sql.legacy.parquet.nanosAsLong": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+    "spark.sql.maxConcurrentOutputFileWriters": str(CONCURRENT_OUTPUT_WRITERS),
 }
 
-# Models loaded in this Python process, keyed by their local path (one load per executor worker).
+# Models loaded in this Python process, keyed by a token of the job (one load per executor worker).
 _MODELS: dict[str, Any] = {}
 
 log = get_logger("batch_predict")
@@ -131,16 +139,19 @@ def batch_predict(
     scored_at = datetime.now(UTC).replace(microsecond=0)
     workdir = Path(tempfile.mkdtemp(prefix="ctpipe-model-"))
     try:
+        import cloudpickle
         import mlflow.sklearn
 
         model_dir = _download_model(download_uri, tracking_uri, workdir)
-        # Loaded on the driver only to check it against the spec; executors load their own copy.
         model = mlflow.sklearn.load_model(str(model_dir))
         features = _model_features(model, spec, model_uri)
         prediction_type = _prediction_type(model, spec, model_uri)
+        # cloudpickle, as MLflow stores tree models: classes defined in a notebook travel by value.
+        model_bytes = cloudpickle.dumps(model)
 
         with _session(spark, spark_master) as session:
-            session.sparkContext.addFile(str(model_dir), recursive=True)
+            shipped = session.sparkContext.broadcast(model_bytes)
+            _spread_input(session, input_path)
             raw = _read(session, input_path, nanos_columns)
             reason = _reject_reason(raw, spec)
             rejected = raw.filter(reason != "").select(*raw.columns, reason.alias(REJECT_REASON))
@@ -152,7 +163,7 @@ def batch_predict(
             if good.rdd.getNumPartitions() < session.sparkContext.defaultParallelism:
                 # A small file is one partition; spread it so every core scores.
                 good = good.repartition(session.sparkContext.defaultParallelism)
-            scored = _score(good, spec, features, model_dir.name, prediction_type, model_name, model_version, scored_at)
+            scored = _score(good, spec, features, shipped, prediction_type, model_name, model_version, scored_at)
 
             with atomic_path(output_path) as tmp:
                 try:
@@ -165,6 +176,7 @@ def batch_predict(
                     _stop_running_tasks(session)
                     raise
                 rows, partitions = _summarise(tmp)
+            shipped.destroy()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
@@ -188,23 +200,42 @@ def batch_predict(
 # --- executor side -----------------------------------------------------------------------
 
 
-def _load_cached(path: str) -> Any:
-    """Load an MLflow scikit-learn model folder once per process."""
-    model = _MODELS.get(path)
+def _load_cached(shipped: Broadcast[bytes], key: str) -> Any:
+    """Unpickle the broadcast model once per process."""
+    model = _MODELS.get(key)
     if model is None:
-        import mlflow.sklearn
+        import pickle
 
-        model = mlflow.sklearn.load_model(path)
+        model = pickle.loads(shipped.value)  # cloudpickle output loads with plain pickle
         # Keep one model per process: a long-lived worker may serve many jobs.
         _MODELS.clear()
-        _MODELS[path] = model
+        _MODELS[key] = model
     return model
+
+
+def predict_with_proba(model: Any, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
+    """Class labels and positive-class probabilities from a single ``predict_proba`` call.
+
+    The label is the class with the highest probability (ties go to the first class), which
+    is what scikit-learn's classifiers' ``predict`` returns; computing it from the
+    probabilities halves the work per batch.
+
+    Args:
+        model: A fitted binary classifier with ``predict_proba`` and ``classes_``.
+        frame: Feature columns.
+
+    Returns:
+        The labels and the probabilities of ``classes_[1]``.
+    """
+    proba = np.asarray(model.predict_proba(frame))
+    return np.asarray(model.classes_)[np.argmax(proba, axis=1)], proba[:, 1].astype(float)
 
 
 def _score_batches(
     batches: Iterator[pd.DataFrame],
     *,
-    model_file: str,
+    shipped: Broadcast[bytes],
+    model_key: str,
     entity: str,
     timestamp: str,
     features: list[str],
@@ -216,17 +247,19 @@ def _score_batches(
     Spark already runs one task per core, so native thread pools (OpenMP in gradient boosting,
     BLAS) are limited to ``spark.task.cpus`` threads to avoid oversubscribing the executor.
     """
-    from pyspark import SparkFiles, TaskContext
+    from pyspark import TaskContext
     from threadpoolctl import threadpool_limits
 
-    model = _load_cached(SparkFiles.get(model_file))
+    model = _load_cached(shipped, model_key)
     context = TaskContext.get()
     threads = int(context.cpus()) if context is not None else 1
     with threadpool_limits(limits=max(threads, 1)):
         for batch in batches:
             frame = batch[features]
-            prediction = model.predict(frame)
-            score = model.predict_proba(frame)[:, 1] if classifier else np.full(len(batch), np.nan)
+            if classifier:
+                prediction, score = predict_with_proba(model, frame)
+            else:
+                prediction, score = np.asarray(model.predict(frame), dtype=float), np.full(len(batch), np.nan)
             if string_labels:
                 prediction = prediction.astype(str)
             yield pd.DataFrame(
@@ -387,7 +420,9 @@ def _session(spark: SparkSession | None, master: str) -> Iterator[SparkSession]:
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         owned = True
-    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in _SESSION_CONF}
+    # Also restored: the split size that _spread_input sets per input.
+    restored = [*_SESSION_CONF, "spark.sql.files.maxPartitionBytes"]
+    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in restored}
     for key, value in _SESSION_CONF.items():
         spark.conf.set(key, value)
     try:
@@ -401,6 +436,21 @@ def _session(spark: SparkSession | None, master: str) -> Iterator[SparkSession]:
                     spark.conf.unset(key)
                 else:
                     spark.conf.set(key, old)
+
+
+def _spread_input(spark: SparkSession, path: str) -> None:
+    """Cap the bytes per input split so a file with several row groups is read by every core.
+
+    Spark reads a Parquet row group in one task; by default a split is up to 128 MB, so a
+    file below that would be read, and then scored, by one core.
+    """
+    source = Path(path)
+    if source.is_file() and source.suffix.lower() in {".csv", ".tsv", ".txt"}:
+        return
+    files = [source] if source.is_file() else list(source.rglob("*.parquet"))
+    total = sum(f.stat().st_size for f in files)
+    cores = max(spark.sparkContext.defaultParallelism, 1)
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(total // cores + 1, 1 << 20)))
 
 
 def _read(spark: SparkSession, path: str, nanos_columns: list[str]) -> DataFrame:
@@ -458,7 +508,7 @@ def _score(
     good: DataFrame,
     spec: DatasetSpec,
     features: list[str],
-    model_file: str,
+    shipped: Broadcast[bytes],
     prediction_type: DataType,
     model_name: str,
     model_version: str | None,
@@ -478,7 +528,8 @@ def _score(
     )
     body = functools.partial(
         _score_batches,
-        model_file=model_file,
+        shipped=shipped,
+        model_key=uuid.uuid4().hex,
         entity=spec.entity_column,
         timestamp=spec.timestamp_column,
         features=features,
