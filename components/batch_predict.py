@@ -23,6 +23,7 @@ import contextlib
 import functools
 import os
 import shutil
+import socket
 import sys
 import tempfile
 import uuid
@@ -51,10 +52,9 @@ SHUFFLE_PARTITIONS = 8
 # Rows per Arrow batch handed to the model: large enough to amortise the per-call overhead of a
 # scikit-learn pipeline (column transformer, validation), small enough to stay at a few tens of MB.
 ARROW_BATCH_ROWS = 100_000
-# Files open at once per task when writing date partitions: with this many, Spark writes each row
-# to its partition's open file instead of sorting the task's rows by date first.
-CONCURRENT_OUTPUT_WRITERS = 64
 REJECTED_DIR = "_rejected"
+# In a job's temporary output folder: "<host> <pid>" of the process writing it.
+WRITER_FILE = "writer"
 REJECT_REASON = "reject_reason"
 PARTITION_COLUMN = "date"
 
@@ -65,7 +65,6 @@ _SESSION_CONF = {
     "spark.sql.legacy.parquet.nanosAsLong": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
-    "spark.sql.maxConcurrentOutputFileWriters": str(CONCURRENT_OUTPUT_WRITERS),
 }
 
 # Models loaded in this Python process, keyed by a token of the job (one load per executor worker).
@@ -165,7 +164,10 @@ def batch_predict(
                 good = good.repartition(session.sparkContext.defaultParallelism)
             scored = _score(good, spec, features, shipped, prediction_type, model_name, model_version, scored_at)
 
+            _remove_abandoned(Path(output_path))
             with atomic_path(output_path) as tmp:
+                # Who writes here: lets a later run remove the folder if this process is killed.
+                (tmp.parent / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
                 try:
                     scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
                     bad_rows = rejected.count()
@@ -291,6 +293,29 @@ def _input_schema(path: str) -> tuple[list[str], list[str]]:
         raise DataError(f"{path}: not a readable Parquet file or folder: {exc}") from exc
     nanos = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"]
     return list(schema.names), nanos
+
+
+def _remove_abandoned(output: Path) -> None:
+    """Remove temporary output folders of earlier jobs for ``output`` whose process is gone (killed)."""
+    if not output.parent.is_dir():
+        return
+    host = socket.gethostname()
+    for folder in output.parent.glob(f".{output.name}.*"):
+        try:
+            writer_host, pid = (folder / WRITER_FILE).read_text().split()
+        except (OSError, ValueError):
+            continue  # not ours, or its writer has not said who it is yet
+        if writer_host != host:
+            continue
+        try:
+            os.kill(int(pid), 0)
+            continue  # still running
+        except ProcessLookupError:
+            pass
+        except PermissionError:
+            continue
+        log.warning("removing the temporary output of a job that did not finish", extra={"folder": str(folder)})
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stop_running_tasks(session: SparkSession, timeout: float = 30.0) -> None:

@@ -302,3 +302,91 @@ def test_pinned_version_may_be_given_as_int(
         spark=spark,
     )
     assert result.model_version == str(registry["champion"])
+
+
+HANG = -777.0
+
+
+def test_sigkill_midway_leaves_no_partial_output_and_rerun_writes_one_complete_output(
+    spark: Any, registry: dict[str, Any], demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+) -> None:
+    import signal
+    import subprocess
+    import time
+
+    marker = tmp_path / "hanging"
+
+    class Hanging:
+        """Delegates to the real model, but a batch holding the HANG row blocks (pickled by value)."""
+
+        def __init__(self, inner: Any, marker: str) -> None:
+            self.inner, self.marker = inner, marker
+            self.classes_ = inner.classes_
+            self.feature_names_in_ = inner.feature_names_in_
+
+        def predict(self, frame: pd.DataFrame) -> Any:
+            return self.inner.predict(frame)
+
+        def predict_proba(self, frame: pd.DataFrame) -> Any:
+            if (frame["marketing_score"] == HANG).any():
+                Path(self.marker).touch()
+                time.sleep(3600)
+            return self.inner.predict_proba(frame)
+
+    frame = demo_frame.copy()
+    frame.loc[len(frame) // 2, "marketing_score"] = HANG
+    source = tmp_path / "window.parquet"
+    frame.to_parquet(source)
+    hanging = _register(Hanging(registry["model"], str(marker)), registry["uri"], "churn")
+    out = tmp_path / "scored" / "predictions"
+    champion = f"models:/churn/{registry['champion']}"
+
+    def kill_midway() -> None:
+        """Score in a child process; SIGKILL its process group (driver, JVM, workers) while a task hangs."""
+        marker.unlink(missing_ok=True)
+        script = (
+            "import sys; from components.batch_predict import batch_predict; from tests.helpers import demo_spec; "
+            "batch_predict(sys.argv[1], demo_spec(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], 'local[2]')"
+        )
+        child = subprocess.Popen(
+            [sys.executable, "-c", script, str(source), f"models:/churn/{hanging}", registry["uri"], str(out)],
+            cwd=Path(__file__).resolve().parents[2],
+            start_new_session=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            # Midway: one task blocks in the model while the other task's part files are on disk.
+            deadline = time.monotonic() + 300
+            while not (marker.exists() and list(out.parent.glob(f".{out.name}.*/{out.name}/**/part-*"))):
+                assert child.poll() is None, f"scoring exited early with {child.returncode}"
+                assert time.monotonic() < deadline, "the job never reached the midway point"
+                time.sleep(0.1)
+        finally:
+            os.killpg(child.pid, signal.SIGKILL)
+            child.wait()
+
+    # A fresh output: nothing visible after the kill, only a hidden temporary folder.
+    kill_midway()
+    assert not out.exists()
+    assert [p.name for p in out.parent.iterdir() if not p.name.startswith(".")] == []
+    with pytest.raises(FileNotFoundError):
+        pd.read_parquet(out)
+
+    # The re-run writes exactly one complete output and clears the killed job's leftovers.
+    first = batch_predict(str(source), dataset_spec, champion, registry["uri"], str(out), spark=spark)
+    scored = _read_output(out)
+    assert first.rows == len(frame) == len(scored)
+    assert not scored.duplicated([ENTITY, TIMESTAMP]).any()
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predictions"]
+    before = sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*"))
+
+    # Killed over an existing output: the previous output stays as it was, byte for byte.
+    kill_midway()
+    assert sorted((p.relative_to(out), p.stat().st_mtime_ns) for p in out.rglob("*")) == before
+    again = batch_predict(str(source), dataset_spec, champion, registry["uri"], str(out), spark=spark)
+    rescored = _read_output(out)
+    assert again.rows == len(rescored) == len(frame)  # replaced, not appended
+    assert not rescored.duplicated([ENTITY, TIMESTAMP]).any()
+    assert rescored["scored_at"].nunique() == 1
+    assert sorted(p.name for p in out.parent.iterdir()) == ["predictions"]
