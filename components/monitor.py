@@ -230,15 +230,24 @@ def _importances(model: Any, reference: pd.DataFrame, spec: DatasetSpec) -> dict
 
 
 def _metric_values(
-    metrics: list[MetricSpec], model: Any, frame: pd.DataFrame, spec: DatasetSpec, scores: np.ndarray
+    metrics: list[MetricSpec],
+    model: Any,
+    frame: pd.DataFrame,
+    spec: DatasetSpec,
+    scores: np.ndarray,
+    predicted: np.ndarray | None = None,
 ) -> dict[str, float]:
-    """Each metric on labelled rows, called like evaluation calls it (labels or scores)."""
+    """Each metric on labelled rows, called like evaluation calls it (labels or scores).
+
+    ``predicted`` holds already predicted labels for every row of ``frame`` (served ones);
+    without it the model predicts them.
+    """
     labelled = frame[spec.label_column].notna().to_numpy()
     y_true = frame[spec.label_column].to_numpy()[labelled]
     values: dict[str, float] = {}
     if y_true.size == 0:
         return values
-    labels = None
+    labels = None if predicted is None else np.asarray(predicted)[labelled]
     for metric in metrics:
         fn = import_object(metric.import_path)
         if metric.uses_scores:
@@ -304,12 +313,20 @@ def monitor(
     model_uri: str | None = None,
     tracking_uri: str | None = None,
     metrics: list[MetricSpec] | None = None,
+    labels_path: str | None = None,
+    window_start: str | None = None,
+    window_end: str | None = None,
 ) -> MonitorResult:
     """Measure drift of ``current_path`` against ``reference_path`` and decide ok / warn / retrain.
 
+    With ``monitoring.current_source`` ``"inference_log"``, ``current_path`` is the serving
+    inference log folder (layout in :mod:`components.common.inference_log`): the requests
+    answered in ``[window_start, window_end)`` are the current data, and their served
+    predictions (not a re-scoring) are compared with the model's scores on the reference.
+
     Args:
         reference_path: Reference table (the champion's training reference), CSV or Parquet.
-        current_path: Current window, CSV or Parquet.
+        current_path: Current window, CSV or Parquet; or the inference log folder.
         spec: Dataset spec naming the feature and label columns.
         monitoring: Thresholds.
         result_path: JSON file for the ``MonitorResult`` (written atomically).
@@ -317,15 +334,26 @@ def monitor(
         model_uri: Model to measure prediction drift, importance and performance with.
         tracking_uri: MLflow tracking URI to load ``model_uri`` from.
         metrics: Metrics for live performance, computed when the current window has labels.
+        labels_path: Ground truth that arrived for the window (a table with the entity and label
+            columns), joined with the current rows on the entity column; the latest label per
+            entity (by the timestamp column, if present) counts.
+        window_start: Inference log only: first request time (UTC, inclusive); none means from the start.
+        window_end: Inference log only: last request time (UTC, exclusive); none means up to now.
 
     Returns:
         The decision, human-readable reasons and the per-feature measurements.
 
     Raises:
-        DataError: A table is missing, unreadable, empty or lacks a feature column.
+        DataError: A table is missing, unreadable, empty or lacks a feature (or join) column.
     """
     reference = read_table(reference_path)
-    current = read_table(current_path)
+    served: np.ndarray | None = None
+    if monitoring.current_source == "inference_log":
+        current, served = _read_inference_log(current_path, window_start, window_end, spec)
+    else:
+        current = read_table(current_path)
+    if labels_path:
+        current = _join_labels(current, current_path, labels_path, spec)
     for path, frame in ((reference_path, reference), (current_path, current)):
         missing = [c for c in spec.feature_columns if c not in frame.columns]
         if missing:
@@ -384,7 +412,8 @@ def monitor(
     performance: dict[str, float] | None = None
     ref_scores = cur_scores = None
     if model is not None:
-        ref_scores, cur_scores = _scores(model, reference, spec), _scores(model, current, spec)
+        ref_scores = _scores(model, reference, spec)
+        cur_scores = served if served is not None else _scores(model, current, spec)
         prediction_psi = population_stability_index(ref_scores, cur_scores, monitoring.bins)
         if prediction_psi >= monitoring.prediction_psi_retrain:
             severities.append("retrain")
@@ -395,8 +424,9 @@ def monitor(
             severities.append("warn")
             reasons.append(f"Predictions drifted: PSI {prediction_psi:.3f} >= {monitoring.psi_warn} -> warn.")
         if metrics and spec.label_column in current.columns and current[spec.label_column].notna().any():
+            predicted = None if served is None else _served_labels(model, served, spec)
             performance, perf_severities, perf_reasons = _performance(
-                metrics, model, reference, current, spec, ref_scores, cur_scores
+                metrics, model, reference, current, spec, ref_scores, cur_scores, predicted
             )
             severities += perf_severities
             reasons += perf_reasons
@@ -439,6 +469,56 @@ def monitor(
     return result
 
 
+def _read_inference_log(
+    log_dir: str, start: str | None, end: str | None, spec: DatasetSpec
+) -> tuple[pd.DataFrame, np.ndarray]:
+    """The requests answered in the window (failed ones dropped) and their served predictions."""
+    from components.common import inference_log
+
+    frame = inference_log.read_window(log_dir, start or None, end or None)
+    if "status" in frame.columns:
+        frame = frame[frame["status"].fillna("ok") == "ok"]
+    frame = frame[frame["prediction"].notna()].reset_index(drop=True)
+    if frame.empty:
+        raise DataError(
+            f"{log_dir}: the inference log has no answered requests in [{start or 'start'}, {end or 'now'}); "
+            "expected at least one row to compare"
+        )
+    return frame, pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(dtype=float)
+
+
+def _served_labels(model: Any, served: np.ndarray, spec: DatasetSpec) -> np.ndarray:
+    """Labels the served predictions stand for: a positive-class probability above 0.5 is ``classes_[1]``."""
+    if spec.task != "binary_classification":
+        return served
+    classes = np.asarray(model.classes_)
+    # Ties go to the first class, as with predict_proba's argmax in scikit-learn's predict.
+    return np.where(served > 0.5, classes[1], classes[0])
+
+
+def _join_labels(current: pd.DataFrame, current_path: str, labels_path: str, spec: DatasetSpec) -> pd.DataFrame:
+    """``current`` with the label column taken from the ground truth, matched on the entity column."""
+    truth = read_table(labels_path)
+    key, label = spec.entity_column, spec.label_column
+    for path, frame, needed in ((labels_path, truth, [key, label]), (current_path, current, [key])):
+        missing = [c for c in needed if c not in frame.columns]
+        if missing:
+            raise DataError(
+                f"{path}: missing column(s) {missing} needed to join predictions with ground truth on "
+                f"'{key}'; found {sorted(map(str, frame.columns))}"
+            )
+    truth = truth[truth[label].notna()]
+    if spec.timestamp_column in truth.columns:
+        truth = truth.sort_values(spec.timestamp_column, kind="stable")
+    truth = truth.drop_duplicates(key, keep="last")[[key, label]]
+    joined = current.drop(columns=[label], errors="ignore").merge(truth, on=key, how="left", validate="many_to_one")
+    log.info(
+        "joined predictions with ground truth",
+        extra={"rows": len(joined), "labelled": int(joined[label].notna().sum()), "labels_path": labels_path},
+    )
+    return joined
+
+
 def _performance(
     metrics: list[MetricSpec],
     model: Any,
@@ -447,9 +527,10 @@ def _performance(
     spec: DatasetSpec,
     ref_scores: np.ndarray,
     cur_scores: np.ndarray,
+    predicted: np.ndarray | None = None,
 ) -> tuple[dict[str, float], list[Severity], list[str]]:
     """Live metrics (keys: metric name) and reference metrics (``reference_<name>``), with verdicts."""
-    live = _metric_values(metrics, model, current, spec, cur_scores)
+    live = _metric_values(metrics, model, current, spec, cur_scores, predicted)
     baseline: dict[str, float] = {}
     if spec.label_column in reference.columns:
         baseline = _metric_values(metrics, model, reference, spec, ref_scores)

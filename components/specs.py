@@ -209,6 +209,13 @@ class MonitoringSpec(StrictModel):
     )
     bins: int = Field(default=10, ge=2, le=100, description="Quantile bins for PSI of numeric features.")
     min_rows: int = Field(default=100, ge=1, description="Fewer current rows than this gives 'warn', never 'retrain'.")
+    current_source: Literal["snapshot", "inference_log"] = Field(
+        default="snapshot",
+        description="What monitoring compares with the reference: the window's snapshot, or what the model "
+        "server answered in that window (its inference log, <workspace>/inference_log). With the inference log "
+        "the served predictions are used for prediction drift, and the window's snapshot supplies the labels "
+        "(joined on the entity column) for live performance.",
+    )
 
     @model_validator(mode="after")
     def _ordered(self) -> MonitoringSpec:

@@ -302,3 +302,159 @@ def test_missing_feature_column_is_named(
     with pytest.raises(DataError, match=r"current\.parquet: missing feature column\(s\) \['region'\]"):
         _run(tmp_path, windows[1], windows[2].drop(columns=["region"]), dataset_spec, None)
     assert not (tmp_path / "result.json").exists()
+
+
+# --- the serving inference log as the current data ----------------------------------------
+
+
+def _log_requests(log_dir: Path, window: pd.DataFrame, served: np.ndarray, start: pd.Timestamp) -> None:
+    """Log ``window`` as the model server would: one request per row, a minute apart, via the shared writer."""
+    from components.common.inference_log import append_batch
+
+    frame = window.drop(columns=[LABEL, TIMESTAMP]).assign(
+        request_id=[f"r{i}" for i in range(len(window))],
+        timestamp=start + pd.to_timedelta(np.arange(len(window)), unit="min"),
+        model_name="churn",
+        model_version="1",
+        prediction=served,
+        status="ok",
+        latency_ms=1.0,
+    )
+    # Two batches, as a server flushes them; the second one spans the next UTC date.
+    half = len(frame) // 2
+    append_batch(log_dir, frame.iloc[:half])
+    append_batch(log_dir, frame.iloc[half:])
+
+
+def _monitor_log(
+    tmp_path: Path, reference: pd.DataFrame, truth: pd.DataFrame, spec: DatasetSpec, champion: dict[str, str], **window
+) -> MonitorResult:
+    reference.to_parquet(tmp_path / "reference.parquet")
+    truth.to_parquet(tmp_path / "truth.parquet")
+    return monitor(
+        str(tmp_path / "reference.parquet"),
+        str(tmp_path / "inference_log"),
+        spec,
+        MonitoringSpec(current_source="inference_log"),
+        str(tmp_path / "result.json"),
+        str(tmp_path / "report.html"),
+        model_uri=champion["model_uri"],
+        tracking_uri=champion["uri"],
+        metrics=METRICS,
+        labels_path=str(tmp_path / "truth.parquet"),
+        **window,
+    )
+
+
+def test_inference_log_as_current_uses_served_predictions_and_joins_ground_truth(
+    tmp_path: Path, stationary: tuple[pd.DataFrame, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    from sklearn.metrics import accuracy_score, roc_auc_score
+
+    from components.monitor import _scores
+
+    reference, current = stationary
+    model = tracking.load_sklearn_model(champion["model_uri"], champion["uri"])
+    served = model.predict_proba(current[FEATURES])[:, 1]
+    start = pd.Timestamp("2026-02-01T12:00:00Z")
+    _log_requests(tmp_path / "inference_log", current, served, start)
+    assert len(list((tmp_path / "inference_log").glob("date=*/part-*.parquet"))) >= 2
+    # A failed request in the window (a 5xx, no prediction) is not data to compare.
+    from components.common.inference_log import append_batch
+
+    failed = current.head(1).drop(columns=[LABEL, TIMESTAMP])
+    append_batch(
+        tmp_path / "inference_log",
+        failed.assign(request_id="x", timestamp=start, model_name="churn", model_version="1", prediction=None)
+        .assign(status="error")
+        .astype({"prediction": float}),
+    )
+
+    result = _monitor_log(tmp_path, reference, current, dataset_spec, champion)
+
+    assert result.decision == "ok", result.reasons
+    assert result.rows_current == len(current)
+    assert result.prediction_psi == pytest.approx(
+        population_stability_index(_scores(model, reference, dataset_spec), served, bins=10)
+    )
+    # Live performance: the served scores joined with the labels that arrived, on the entity column.
+    assert result.performance is not None
+    assert result.performance["roc_auc_score"] == pytest.approx(roc_auc_score(current[LABEL], served))
+    assert result.performance["accuracy_score"] == pytest.approx(
+        accuracy_score(current[LABEL], model.predict(current[FEATURES]))
+    )
+
+    # Only the requests in the window count: the first 100 minutes.
+    window = _monitor_log(
+        tmp_path,
+        reference,
+        current,
+        dataset_spec,
+        champion,
+        window_start=str(start),
+        window_end=str(start + pd.Timedelta(minutes=100)),
+    )
+    assert window.rows_current == 100
+    assert window.performance is not None
+    assert window.performance["roc_auc_score"] == pytest.approx(roc_auc_score(current[LABEL][:100], served[:100]))
+
+
+def test_inference_log_with_drifted_requests_or_wrong_served_scores_asks_for_retraining(
+    tmp_path: Path,
+    windows: dict[int, pd.DataFrame],
+    stationary: tuple[pd.DataFrame, pd.DataFrame],
+    dataset_spec: DatasetSpec,
+    champion: dict[str, str],
+) -> None:
+    model = tracking.load_sklearn_model(champion["model_uri"], champion["uri"])
+    start = pd.Timestamp("2026-02-01T00:00:00Z")
+    drifted = windows[2]
+    _log_requests(tmp_path / "inference_log", drifted, model.predict_proba(drifted[FEATURES])[:, 1], start)
+    result = _monitor_log(tmp_path, windows[1], drifted, dataset_spec, champion)
+    assert result.decision == "retrain"
+    assert {f.feature for f in result.features if f.severity == "retrain"} >= {"support_calls", "satisfaction_score"}
+
+    # Familiar inputs, but the server answered with other scores: it is the served values that are monitored.
+    reference, current = stationary
+    other = tmp_path / "other"
+    other.mkdir()
+    _log_requests(other / "inference_log", current, np.full(len(current), 0.9), start)
+    result = _monitor_log(other, reference, current, dataset_spec, champion)
+    assert {f.severity for f in result.features} == {"ok"}
+    assert result.prediction_psi is not None and result.prediction_psi >= 0.2
+    assert result.decision == "retrain"
+    assert any("Predictions drifted" in r for r in result.reasons)
+
+
+def test_inference_log_errors_name_the_folder_and_the_join_column(
+    tmp_path: Path, stationary: tuple[pd.DataFrame, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = stationary
+    with pytest.raises(DataError, match=r"inference_log: no inference log here"):
+        _monitor_log(tmp_path, reference, current, dataset_spec, champion)
+    _log_requests(tmp_path / "inference_log", current, np.full(len(current), 0.5), pd.Timestamp("2026-02-01", tz="UTC"))
+    with pytest.raises(DataError, match=r"no answered requests in \[2030-01-01"):
+        _monitor_log(tmp_path, reference, current, dataset_spec, champion, window_start="2030-01-01")
+    with pytest.raises(DataError, match=r"truth\.parquet: missing column\(s\) \['customer_id'\] needed to join"):
+        _monitor_log(tmp_path, reference, current.drop(columns=["customer_id"]), dataset_spec, champion)
+
+
+@pytest.mark.parametrize(("feature", "expected"), [("support_calls", "retrain"), ("marketing_score", "warn")])
+def test_generated_drift_of_equal_size_retrains_only_for_an_important_feature(
+    tmp_path: Path, dataset_spec: DatasetSpec, champion: dict[str, str], feature: str, expected: str
+) -> None:
+    """The generator shifts one feature by 1.5 standard deviations from window 2 on, the concept unchanged."""
+    from pipelines.demo_data import DriftSpec
+
+    path = tmp_path / "generated.parquet"
+    drift = DriftSpec(start_window=2, covariate_shift={feature: 1.5}, concept_shift=1.0)
+    generate(path, windows=2, rows_per_window=1200, seed=21, drift=drift)
+    frame = pd.read_parquet(path)
+    first = frame[TIMESTAMP] < START + pd.Timedelta(days=7)
+    reference, current = frame[first].reset_index(drop=True), frame[~first].reset_index(drop=True)
+
+    result = _run(tmp_path, reference, current, dataset_spec, champion, METRICS)
+
+    drifted = next(f for f in result.features if f.feature == feature)
+    assert drifted.psi >= 0.25 and drifted.p_value < 1e-6  # the same, strong, significant drift either way
+    assert result.decision == expected, result.reasons
