@@ -297,8 +297,15 @@ def monitor(
     result: Output[Artifact],
     report: Output[HTML],
     metrics: Output[Metrics],
+    inference_log_dir: str = "",
+    window_start: str = "",
+    window_end: str = "",
 ) -> str:
-    """Drift of the current window against the champion's training reference; returns ok, warn or retrain."""
+    """Drift of the current window against the champion's training reference; returns ok, warn or retrain.
+
+    With ``current_source: inference_log`` the requests the server answered in the window are
+    the current data and the window's snapshot supplies the labels.
+    """
     import tempfile
 
     from components.common import tracking
@@ -308,16 +315,21 @@ def monitor(
 
     tracking.configure(tracking_uri)
     reference = tracking.download_run_artifact(champion_run_id, tracking.REFERENCE_ARTIFACT, tempfile.mkdtemp())
+    thresholds = MonitoringSpec.model_validate_json(monitoring)
+    from_log = thresholds.current_source == "inference_log"
     outcome = run_monitor(
         str(reference),
-        current.path,
+        inference_log_dir if from_log else current.path,
         DatasetSpec.model_validate_json(dataset),
-        MonitoringSpec.model_validate_json(monitoring),
+        thresholds,
         result.path,
         report.path,
         champion_uri,
         tracking_uri,
         EvaluationSpec.model_validate_json(evaluation).metrics,
+        labels_path=current.path if from_log else None,
+        window_start=window_start or None,
+        window_end=window_end or None,
     )
     attach(result, {"decision": outcome.decision, "reasons": outcome.reasons})
     values = {f"psi_{f.feature}": f.psi for f in outcome.features}

@@ -28,6 +28,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         monitoring: str = config.monitoring.model_dump_json(),
         evaluation: str = config.evaluation.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
+        inference_log_dir: str = str(config.workspace / "inference_log"),
     ) -> NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)]):  # type: ignore[valid-type]
         champion, current = ops.champion_and_snapshot(
             config.serving.model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
@@ -40,6 +41,9 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             champion_run_id=champion.outputs["run_id"],
             champion_uri=champion.outputs["model_uri"],
             tracking_uri=tracking_uri,
+            inference_log_dir=inference_log_dir,
+            window_start=window_start,
+            window_end=window_end,
         )
         MonitoringOutputs = NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)])
         return MonitoringOutputs(checked.outputs["Output"], checked.outputs["result"], checked.outputs["report"])
