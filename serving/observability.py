@@ -97,6 +97,7 @@ class LoggedRequest:
         rows.insert(0, "model_version", self.model_version)
         rows.insert(0, "model_name", self.model_name)
         rows.insert(0, "timestamp", pd.Timestamp(self.timestamp, unit="s", tz="UTC"))
+        rows.insert(0, "row", np.arange(n, dtype="int64"))  # position in the request, to join labels
         rows.insert(0, "request_id", self.request_id)
         rows["prediction"] = self.predictions if self.predictions is not None else np.full(n, np.nan)
         rows["latency_ms"] = self.latency_ms
