@@ -6,6 +6,7 @@ on a free port and stopped in teardown; the registry is a sqlite MLflow with tin
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import socket
@@ -31,10 +32,15 @@ from serving import CANARY_TAG, CANARY_VERSION_TAG
 from serving.server import LocalServer, start_local_server, stop_local_server
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-CRD_DIR = REPO_ROOT.parent / "shared" / "schemas" / "kserve"
+# ../shared/schemas/kserve beside the checkout; a git worktree may sit deeper, so look upwards.
+CRD_DIR = next(
+    (p / "shared" / "schemas" / "kserve" for p in REPO_ROOT.parents if (p / "shared" / "schemas" / "kserve").is_dir()),
+    REPO_ROOT.parent / "shared" / "schemas" / "kserve",
+)
 CRD_FILE = CRD_DIR / "serving.kserve.io_inferenceservices.yaml"
 FEATURES = ["tenure", "charges", "calls", "plan"]
 POLL = 0.2
+MAX_ROWS = 50  # serving.max_batch_rows of the shared server, so an oversized batch is cheap to send
 
 
 # ---------------------------------------------------------------------------------------------
@@ -157,10 +163,10 @@ def serve_model(tmp_path: Path, registry: Registry) -> Iterator[ServerFactory]:
     """Start real servers for a registered model name; every one is stopped in teardown."""
     workspaces: list[Path] = []
 
-    def start(name: str, poll_seconds: float = POLL) -> LocalServer:
+    def start(name: str, poll_seconds: float = POLL, **settings: Any) -> LocalServer:
         workspace = tmp_path / f"ws{len(workspaces)}"
         workspaces.append(workspace)
-        spec = ServingSpec(model_name=name, port=free_port())
+        spec = ServingSpec(model_name=name, port=free_port(), **settings)
         return start_local_server(spec, registry.tracking_uri, str(workspace), timeout=60, poll_seconds=poll_seconds)
 
     yield start
@@ -168,15 +174,25 @@ def serve_model(tmp_path: Path, registry: Registry) -> Iterator[ServerFactory]:
         stop_local_server(str(workspace))
 
 
-def v1(session: requests.Session, server: LocalServer, body: Any, **kwargs: Any) -> requests.Response:
-    url = f"{server.endpoint}/v1/models/{server.model_name}:predict"
+def v1(
+    session: requests.Session,
+    server: LocalServer,
+    body: Any,
+    content_type: str = "application/json",
+    model: str | None = None,
+    **kwargs: Any,
+) -> requests.Response:
+    url = f"{server.endpoint}/v1/models/{model or server.model_name}:predict"
     if isinstance(body, str | bytes):
-        return session.post(url, data=body, headers={"content-type": "application/json"}, timeout=10, **kwargs)
+        return session.post(url, data=body, headers={"content-type": content_type}, timeout=10, **kwargs)
     return session.post(url, json=body, timeout=10, **kwargs)
 
 
 def v2(session: requests.Session, server: LocalServer, body: Any) -> requests.Response:
-    return session.post(f"{server.endpoint}/v2/models/{server.model_name}/infer", json=body, timeout=10)
+    url = f"{server.endpoint}/v2/models/{server.model_name}/infer"
+    if isinstance(body, str | bytes):
+        return session.post(url, data=body, headers={"content-type": "application/json"}, timeout=10)
+    return session.post(url, data=json.dumps(body), headers={"content-type": "application/json"}, timeout=10)
 
 
 def instances(rows: pd.DataFrame) -> list[dict[str, Any]]:
@@ -214,9 +230,8 @@ def champion_server(registry: Registry, tmp_path_factory: pytest.TempPathFactory
     registry.create("solo", ["a"], {"champion": 1})
     workspace = tmp_path_factory.mktemp("solo-ws")
     started = time.perf_counter()
-    server = start_local_server(
-        ServingSpec(model_name="solo", port=free_port()), registry.tracking_uri, str(workspace), poll_seconds=POLL
-    )
+    spec = ServingSpec(model_name="solo", port=free_port(), max_batch_rows=MAX_ROWS, inference_log_flush_seconds=0.2)
+    server = start_local_server(spec, registry.tracking_uri, str(workspace), poll_seconds=POLL)
     print(f"\n[measure] server start to ready: {time.perf_counter() - started:.2f}s")
     yield server
     assert stop_local_server(str(workspace))
@@ -307,7 +322,44 @@ def test_v1_latency(champion_server: LocalServer, registry: Registry) -> None:
 
 
 GOOD = {"tenure": 12.0, "charges": 70.5, "calls": 2, "plan": "basic"}
+GOOD_JSON = '{"instances": [{"tenure": 12.0, "charges": 70.5, "calls": 2, "plan": "basic"}]}'
 BAD_REQUESTS: list[tuple[str, str, Any, list[str]]] = [
+    ("wrong content type", "v1:text/csv", "tenure,charges\n1,2\n", ["415", "text/csv", "application/json"]),
+    ("xml content type", "v1:application/xml", GOOD_JSON, ["415", "application/xml"]),
+    # Python's JSON reader (text/plain bodies) accepts NaN/Infinity; the model server must not.
+    ("NaN as text/plain", "v1:text/plain", GOOD_JSON.replace("12.0", "NaN"), ["tenure", "nan", "finite"]),
+    ("Infinity as text/plain", "v1:text/plain", GOOD_JSON.replace("70.5", "-Infinity"), ["charges", "finite"]),
+    ("huge number", "v1", GOOD_JSON.replace("70.5", "1e999"), ["infinity"]),
+    ("oversized batch", "v1", {"instances": [GOOD] * (MAX_ROWS + 1)}, ["413", f"{MAX_ROWS + 1} rows", "at most"]),
+    ("unknown model name", "v1:model=nosuchmodel", {"instances": [GOOD]}, ["404", "nosuchmodel"]),
+    ("entity ids without feature store", "v1", {"entity_ids": [1, 2]}, ["entity ids", "instances"]),
+    (
+        "v2 oversized batch",
+        "v2",
+        {
+            "inputs": [
+                {
+                    "name": "input-0",
+                    "shape": [MAX_ROWS + 1, 4],
+                    "datatype": "BYTES",
+                    "data": [[12.0, 70.5, 2, "basic"]] * (MAX_ROWS + 1),
+                }
+            ]
+        },
+        ["413", "at most"],
+    ),
+    (
+        "v2 NaN",
+        "v2",
+        {
+            "inputs": [
+                {**i, "data": [float("nan")]} if i["name"] == "charges" else i
+                for i in columnar(pd.DataFrame([GOOD]))["inputs"]
+            ]
+        },
+        ["charges", "finite"],
+    ),
+    ("v2 malformed JSON", "v2", '{"inputs": [', []),
     ("missing feature", "v1", {"instances": [{k: v for k, v in GOOD.items() if k != "calls"}]}, ["missing", "calls"]),
     ("extra feature", "v1", {"instances": [{**GOOD, "zodiac": "leo"}]}, ["unknown", "zodiac"]),
     ("string for number", "v1", {"instances": [{**GOOD, "tenure": "twelve"}]}, ["tenure", "number"]),
@@ -365,9 +417,15 @@ def test_bad_request_is_4xx_naming_the_problem(
 ) -> None:
     _, protocol, body, words = case
     session = requests.Session()
-    response = v1(session, champion_server, body) if protocol == "v1" else v2(session, champion_server, body)
+    protocol, _, option = protocol.partition(":")
+    if protocol == "v1" and option.startswith("model="):
+        response = v1(session, champion_server, body, model=option.removeprefix("model="))
+    elif protocol == "v1":
+        response = v1(session, champion_server, body, content_type=option or "application/json")
+    else:
+        response = v2(session, champion_server, body)
     assert 400 <= response.status_code < 500, response.text
-    text = response.text
+    text = f"{response.status_code} {response.text}"
     for word in words:
         assert word in text, f"{word!r} not in {text!r}"
     good = v1(session, champion_server, {"instances": [GOOD]})
