@@ -187,12 +187,14 @@ def _check_value(value: Any, feature: Feature, where: str) -> Any:
         raise InvalidInput(f"{where}: feature {feature.name!r} is {value}; only finite numbers are accepted")
     kind = feature.kind
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidInput(f"{where}: feature {feature.name!r} is {_describe(value)}, outside the 64-bit range")
     if kind == "number":
         if not is_number:
             raise InvalidInput(f"{where}: feature {feature.name!r} must be a number, got {_describe(value)}")
         return float(value)
     if kind == "integer":
-        if is_number and float(value).is_integer():
+        if is_number and float(value).is_integer() and abs(value) < 2**63:
             return int(value)
         raise InvalidInput(f"{where}: feature {feature.name!r} must be an integer, got {_describe(value)}")
     if kind == "string":

@@ -17,6 +17,7 @@ import sys
 import threading
 import time
 import warnings
+from collections import Counter
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,6 +27,8 @@ import numpy as np
 import pandas as pd
 import pytest
 import requests
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
 
 from components.common.errors import DeployError
 from components.specs import ServingSpec
@@ -431,6 +434,91 @@ def test_bad_request_is_4xx_naming_the_problem(
         assert word in text, f"{word!r} not in {text!r}"
     good = v1(session, champion_server, {"instances": [GOOD]})
     assert good.status_code == 200 and good.json()["model_version"] == "1"
+
+
+# JSON-ish values a client might send by mistake, including the ones Python's json accepts and JSON does not.
+_JSON_SCALARS = st.one_of(
+    st.none(),
+    st.booleans(),
+    st.integers(min_value=-(2**70), max_value=2**70),
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.text(max_size=20),
+)
+_JSON_VALUES = st.recursive(
+    _JSON_SCALARS,
+    lambda inner: st.lists(inner, max_size=4) | st.dictionaries(st.text(max_size=8), inner, max_size=4),
+    max_leaves=12,
+)
+_FEATURE_NAMES = st.sampled_from([*FEATURES, "zodiac", "", "instances"])
+
+
+@st.composite
+def bad_requests(draw: st.DrawFn) -> tuple[str, str, bytes]:
+    """(route, content type, body): broken instances, V2 tensors, raw bytes and content types."""
+    kind = draw(st.sampled_from(["v1_value", "v1_keys", "v1_any", "v2", "bytes"]))
+    route = "v2" if kind == "v2" else "v1"
+    content_type = "application/json"
+    if kind == "v1_value":
+        instance = {**GOOD, draw(st.sampled_from(FEATURES)): draw(_JSON_VALUES)}
+        body: Any = {"instances": [instance] * draw(st.integers(0, 3))}
+    elif kind == "v1_keys":
+        instance = draw(st.dictionaries(_FEATURE_NAMES, _JSON_SCALARS, max_size=6))
+        body = {draw(st.sampled_from(["instances", "entity_ids", "inputs"])): [instance]}
+    elif kind == "v1_any":
+        body = draw(_JSON_VALUES)
+    elif kind == "v2":
+        inputs = draw(
+            st.lists(
+                st.fixed_dictionaries(
+                    {
+                        "name": _FEATURE_NAMES,
+                        "shape": st.lists(st.integers(-2, 5), max_size=3),
+                        "datatype": st.sampled_from(["FP64", "INT64", "BYTES", "BOOL", "FP32", "NOPE"]),
+                        "data": st.lists(_JSON_SCALARS, max_size=6),
+                    }
+                ),
+                max_size=5,
+            )
+        )
+        body = {"inputs": inputs}
+    else:
+        content_type = draw(st.sampled_from(["application/json", "text/plain", "text/csv", "application/octet-stream"]))
+        return route, content_type, draw(st.binary(max_size=64))
+    return route, content_type, json.dumps(body, allow_nan=True).encode()
+
+
+@pytest.mark.server
+def test_fuzzed_bad_requests_never_get_a_5xx(champion_server: LocalServer, registry: Registry) -> None:
+    session = requests.Session()
+    answered: Counter[int] = Counter()
+    base = champion_server.endpoint
+
+    @settings(
+        max_examples=1500,
+        deadline=None,
+        database=None,
+        derandomize=True,  # the same requests on every run: a failure can be reproduced
+        suppress_health_check=list(HealthCheck),
+    )
+    @given(bad_requests())
+    def send(case: tuple[str, str, bytes]) -> None:
+        route, content_type, body = case
+        url = f"{base}/v1/models/solo:predict" if route == "v1" else f"{base}/v2/models/solo/infer"
+        response = session.post(url, data=body, headers={"content-type": content_type}, timeout=10)
+        answered[response.status_code] += 1
+        assert response.status_code < 500, (
+            f"{response.status_code} for {route} {content_type} {body[:200]!r}: " + (response.text[:300])
+        )
+
+    started = time.perf_counter()
+    send()
+    print(f"\n[measure] {sum(answered.values())} fuzzed requests in {time.perf_counter() - started:.1f}s: {answered}")
+    assert sum(answered.values()) >= 1000
+    assert sum(n for code, n in answered.items() if 400 <= code < 500) > 0.9 * sum(answered.values())
+    rows = registry.rows.head(3)
+    good = v1(session, champion_server, {"instances": instances(rows)})
+    assert good.status_code == 200
+    np.testing.assert_allclose(good.json()["predictions"], registry.expected("a", rows), rtol=1e-12)
 
 
 # ---------------------------------------------------------------------------------------------
