@@ -31,6 +31,7 @@ from components.common.io import write_text
 from components.common.logs import get_logger
 from components.specs import ServingSpec
 from serving import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, STATUS_ROUTE, redact_uri
+from serving.lookup import EntityLookup
 
 logger = get_logger("deploy")
 
@@ -177,13 +178,42 @@ def wait_for_serving(
         time.sleep(0.1)
 
 
+def check_infra_blessing(client: Any, model_name: str, version: str) -> None:
+    """Refuse a version whose infra validation failed (tag ``ctpipe.infra_blessed=false``).
+
+    A version never infra-validated (no tag) passes: infra validation can be switched off.
+
+    Raises:
+        DeployError: The version's sandbox run failed.
+    """
+    from components.infra_validate import INFRA_BLESSED_TAG
+
+    try:
+        tags = dict(client.get_model_version(model_name, version).tags or {})
+    except Exception:  # a missing version is reported by the caller with its own message
+        return
+    if tags.get(INFRA_BLESSED_TAG) == "false":
+        raise DeployError(
+            f"version {version} of {model_name!r} failed infra validation ({INFRA_BLESSED_TAG}=false); "
+            "it gets no traffic",
+            hint="See the infra blessing of the training run for why the sandbox server could not serve it.",
+        )
+
+
 def _deploy_local(
-    version: str, serving: ServingSpec, tracking_uri: str, workspace: str, timeout: float, dry_run: bool
+    version: str,
+    serving: ServingSpec,
+    tracking_uri: str,
+    workspace: str,
+    timeout: float,
+    dry_run: bool,
+    entity_lookup: EntityLookup | None,
 ) -> DeployResult:
     from serving.server import endpoint_url, start_local_server
 
     name = serving.model_name
-    registered = _registered_model(_client(tracking_uri), name, tracking_uri)
+    client = _client(tracking_uri)
+    registered = _registered_model(client, name, tracking_uri)
     aliases = _aliases(registered)
     champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
     if challenger != version:
@@ -191,6 +221,7 @@ def _deploy_local(
             f"version {version} of {name!r} is not the challenger (alias {CHALLENGER_ALIAS!r} points to "
             f"{challenger if challenger is not None else 'no version'}); register it as the challenger first"
         )
+    check_infra_blessing(client, name, version)
     effective = 100 if champion is None else serving.canary_percent
     if champion is None:
         message = f"no champion yet: challenger version {version} serves 100% of requests"
@@ -212,7 +243,7 @@ def _deploy_local(
     deadline = time.monotonic() + timeout
     set_traffic(name, tracking_uri, serving.canary_percent)
     try:
-        server = start_local_server(serving, tracking_uri, workspace, timeout=timeout)
+        server = start_local_server(serving, tracking_uri, workspace, timeout=timeout, entity_lookup=entity_lookup)
         remaining = max(deadline - time.monotonic(), 1.0)
         wait_for_serving(server.endpoint, name, champion, version, remaining, canary_percent=effective)
     except Exception as exc:
@@ -256,6 +287,7 @@ def _deploy_cluster(
             client.get_model_version(serving.model_name, version)
         except Exception as exc:
             raise ModelNotFound(f"version {version} of {serving.model_name!r} does not exist: {exc}") from None
+        check_infra_blessing(client, serving.model_name, version)
     except DeployError as exc:
         if not dry_run:
             raise
@@ -320,6 +352,7 @@ def deploy(
     image: str = "ctpipe/serving:0.1.0",
     dry_run: bool = False,
     timeout: float = 60.0,
+    entity_lookup: EntityLookup | None = None,
 ) -> DeployResult:
     """Send a share of live traffic to a registered model version.
 
@@ -334,6 +367,8 @@ def deploy(
         dry_run: Change nothing: the cluster profile writes the manifest and records the call
             without touching a cluster or registry tags; the embedded profile only checks the registry.
         timeout: Seconds to wait for the local server to serve the new version.
+        entity_lookup: Feast settings, so a local server this call starts answers requests by
+            entity id.
 
     Returns:
         Where the model is served and which versions get which share.
@@ -345,7 +380,7 @@ def deploy(
     """
     version = str(version)
     if profile == "embedded":
-        return _deploy_local(version, serving, tracking_uri, workspace, timeout, dry_run)
+        return _deploy_local(version, serving, tracking_uri, workspace, timeout, dry_run, entity_lookup)
     if profile == "cluster":
         return _deploy_cluster(version, serving, tracking_uri, workspace, image, dry_run)
     raise DeployError(f"unknown profile {profile!r}; expected 'embedded' or 'cluster'")

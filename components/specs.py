@@ -185,6 +185,43 @@ class EvaluationSpec(StrictModel):
     slice_column: str | None = Field(default=None, description="Categorical column to evaluate per slice.")
 
 
+class InfraValidationSpec(StrictModel):
+    """How a challenger is tried in a sandbox model server before it gets traffic (TFX InfraValidator)."""
+
+    enabled: bool = Field(
+        default=True, description="Run infra validation before deploy; off deploys on blessing alone."
+    )
+    timeout_seconds: float = Field(default=90.0, gt=0, description="Longest wait for the sandbox server to be ready.")
+    sample_rows: int = Field(default=20, ge=1, description="Evaluation rows sent to the sandbox as sample requests.")
+
+
+class CanaryAnalysisSpec(StrictModel):
+    """Thresholds that turn a canary's live traffic into promote or roll back."""
+
+    window_minutes: float = Field(default=60.0, gt=0, description="Inference-log window (ending now) that is compared.")
+    min_requests: int = Field(
+        default=50, ge=1, description="Fewer logged rows than this for either version: no decision yet."
+    )
+    max_error_rate_increase: float = Field(
+        default=0.01, ge=0, description="Challenger error rate may exceed the champion's by at most this."
+    )
+    max_latency_p95_ratio: float = Field(
+        default=1.5, gt=0, description="Challenger latency p95 may be at most this multiple of the champion's."
+    )
+    latency_slack_ms: float = Field(
+        default=5.0, ge=0, description="Latency p95 differences below this many ms never fail the canary."
+    )
+    max_prediction_psi: float = Field(
+        default=0.25, gt=0, description="Largest PSI between challenger and champion prediction distributions."
+    )
+    max_accuracy_drop: float = Field(
+        default=0.02,
+        ge=0,
+        description="Where labels arrived: challenger accuracy may be lower than the champion's by at most this.",
+    )
+    min_labeled: int = Field(default=30, ge=1, description="Labeled rows per version needed to compare accuracy.")
+
+
 class ServingSpec(StrictModel):
     """How the model is served and rolled out."""
 
@@ -196,6 +233,27 @@ class ServingSpec(StrictModel):
         default="Serverless", description="KServe mode for InferenceServices in the cluster profile."
     )
     namespace: str = Field(default="ctpipe", description="Kubernetes namespace for InferenceServices.")
+    max_batch_rows: int = Field(
+        default=10_000,
+        ge=1,
+        description="Most rows (instances or entity ids) one request may carry; more get HTTP 413.",
+    )
+    inference_log: bool = Field(
+        default=True,
+        description="Log every answered request (features, prediction, version, request id) to partitioned "
+        "parquet under <workspace>/inference_log, written by a background thread.",
+    )
+    inference_log_flush_seconds: float = Field(
+        default=2.0, gt=0, description="Longest time a logged request waits in memory before it is written."
+    )
+    inference_log_queue_rows: int = Field(
+        default=100_000,
+        ge=1,
+        description="Rows the inference log may hold in memory; when the writer falls behind, further rows "
+        "are dropped (and counted in ctpipe_inference_log_dropped_total) rather than slowing requests.",
+    )
+    infra_validation: InfraValidationSpec = Field(default_factory=InfraValidationSpec)
+    canary_analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec)
 
 
 class MonitoringSpec(StrictModel):

@@ -171,7 +171,7 @@ def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_jso
 
 @main.command("run")
 @config_option
-@click.argument("pipeline", type=click.Choice(["training", "batch_scoring", "monitoring"]))
+@click.argument("pipeline", type=click.Choice(["training", "batch_scoring", "monitoring", "canary_analysis"]))
 @click.option("--window", type=int, help="Use the bounds of this generated window (1-based).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
 @click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
@@ -187,6 +187,7 @@ def run_command(
     Examples:
       ctpipe run training --window 1
       ctpipe run monitoring --window 2 --json
+      ctpipe run canary_analysis --json
       ctpipe run training --param window_start=2026-01-05T00:00:00+00:00 --no-cache
     """
     from pipelines.runner import run_pipeline, window_params

@@ -34,7 +34,7 @@ from kfp.dsl.pipeline_task import PipelineTask
 from kfp.dsl.python_component import PythonComponent
 
 # Side effects that must happen on every run (moving aliases, changing traffic) are never cached.
-UNCACHED = ("current_champion", "register", "deploy")
+UNCACHED = ("current_champion", "register", "deploy", "infra_validate", "canary_analysis")
 
 
 def current_champion(model_name: str, tracking_uri: str) -> NamedTuple(  # type: ignore[valid-type]
@@ -246,15 +246,37 @@ def deploy(
     image: str,
     dry_run: bool,
     summary: Output[Markdown],
+    dataset: str = "",
+    feast: str = "",
 ) -> str:
-    """Roll the challenger out as a canary (local server or InferenceService); returns the endpoint."""
+    """Roll the challenger out as a canary (local server or InferenceService); returns the endpoint.
+
+    With ``dataset`` and ``feast`` a local server this starts also answers requests by entity id.
+    """
     from components.common.io import write_text
     from components.deploy import deploy as run_deploy
-    from components.specs import ServingSpec
+    from components.specs import DatasetSpec, FeastSpec, ServingSpec
     from pipelines.artifacts import markdown_table
+    from serving.lookup import EntityLookup
 
     spec = ServingSpec.model_validate_json(serving)
-    result = run_deploy(version, spec, tracking_uri, workspace, profile, image, dry_run)  # type: ignore[arg-type]
+    lookup = None
+    if dataset and feast:
+        lookup = EntityLookup(
+            dataset=DatasetSpec.model_validate_json(dataset),
+            feast=FeastSpec.model_validate_json(feast),
+            workspace=workspace,
+        )
+    result = run_deploy(
+        version,
+        spec,
+        tracking_uri,
+        workspace,
+        profile,  # type: ignore[arg-type]
+        image,
+        dry_run,
+        entity_lookup=lookup,
+    )
     write_text(summary.path, markdown_table(result.model_dump(mode="json"), "Deployment"))
     return result.endpoint
 
@@ -340,6 +362,66 @@ def monitor(
     return outcome.decision
 
 
+def infra_validate(
+    version: str,
+    eval_set: Input[Dataset],
+    dataset: str,
+    serving: str,
+    tracking_uri: str,
+    workspace: str,
+    blessing: Output[Artifact],
+    summary: Output[Markdown],
+) -> bool:
+    """Start the registered version in a sandbox model server and try it; returns whether it is infra-blessed."""
+    from components.common.io import write_text
+    from components.infra_validate import infra_validate as run_infra_validate
+    from components.specs import DatasetSpec, ServingSpec
+    from pipelines.artifacts import attach, markdown_table
+
+    result = run_infra_validate(
+        version,
+        ServingSpec.model_validate_json(serving),
+        tracking_uri,
+        workspace,
+        eval_set.path,
+        DatasetSpec.model_validate_json(dataset),
+        blessing.path,
+    )
+    attach(blessing, {"blessed": result.blessed, "reason": result.reason})
+    rows = {c.name: f"{'passed' if c.passed else 'FAILED'}: {c.detail}" for c in result.checks}
+    write_text(summary.path, markdown_table({"blessed": result.blessed, **rows}, f"Infra validation of v{version}"))
+    return result.blessed
+
+
+def canary_analysis(
+    serving: str,
+    dataset: str,
+    tracking_uri: str,
+    log_dir: str,
+    labels_path: str,
+    act: bool,
+    result: Output[Artifact],
+    report: Output[Markdown],
+) -> str:
+    """Compare challenger and champion on the canary's logged traffic; promote or roll back. Returns the decision."""
+    from components.canary_analysis import canary_analysis as run_canary_analysis
+    from components.specs import DatasetSpec, ServingSpec
+    from pipelines.artifacts import attach
+
+    outcome = run_canary_analysis(
+        ServingSpec.model_validate_json(serving),
+        tracking_uri,
+        log_dir,
+        result.path,
+        report.path,
+        labels_path or None,
+        DatasetSpec.model_validate_json(dataset),
+        act=act,
+    )
+    attach(result, {"decision": outcome.decision, "reason": outcome.reason, "action": outcome.action})
+    return outcome.decision
+
+
 @dataclass(frozen=True)
 class Components:
     """The KFP components, built for one image."""
@@ -354,6 +436,8 @@ class Components:
     deploy: PythonComponent
     batch_predict: PythonComponent
     monitor: PythonComponent
+    infra_validate: PythonComponent
+    canary_analysis: PythonComponent
 
     def champion_and_snapshot(
         self,
@@ -395,4 +479,6 @@ def build_components(image: str) -> Components:
         deploy=make(deploy),
         batch_predict=make(batch_predict),
         monitor=make(monitor),
+        infra_validate=make(infra_validate),
+        canary_analysis=make(canary_analysis),
     )

@@ -24,7 +24,7 @@ from typing import Any, TextIO
 from components.common import errors
 from components.common.errors import ConfigError, CtpipeError
 from components.common.io import file_sha256
-from pipelines import batch_scoring, monitoring, training
+from pipelines import batch_scoring, canary_analysis, monitoring, training
 from pipelines.config import CtpipeConfig
 from pipelines.demo_data import load_windows
 from pipelines.kfp_components import build_components
@@ -33,6 +33,7 @@ PIPELINES: dict[str, Callable[..., Callable[..., Any]]] = {
     "training": training.build,
     "batch_scoring": batch_scoring.build,
     "monitoring": monitoring.build,
+    "canary_analysis": canary_analysis.build,
 }
 
 _CTPIPE_ERRORS = {name for name, obj in vars(errors).items() if isinstance(obj, type)}
@@ -226,8 +227,10 @@ def run_pipeline(
 
     pipeline = build_pipeline(name, config)
     params = dict(params or {})
-    source = params.get("source", config.dataset.source)
-    params.setdefault("source_fingerprint", source_fingerprint(source))
+    inputs = getattr(pipeline, "component_spec", None)
+    if "source_fingerprint" in ((inputs.inputs if inputs else None) or {}):  # canary_analysis has no source
+        source = params.get("source", config.dataset.source)
+        params.setdefault("source_fingerprint", source_fingerprint(source))
     kfp_root = config.workspace / "kfp"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

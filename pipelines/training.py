@@ -1,7 +1,8 @@
-"""The training pipeline: ingest → validate → features → train → evaluate → register → canary.
+"""The training pipeline: ingest → validate → features → train → evaluate → register → infra validation → canary.
 
 A candidate reaches traffic only if it passed validation, was blessed against the
-champion on the same held-out data, and was registered with its lineage.
+champion on the same held-out data, was registered with its lineage, and loaded and
+answered requests in a sandbox model server (infra validation).
 """
 
 # No `from __future__ import annotations`: KFP reads the annotations at runtime.
@@ -94,17 +95,30 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
         with dsl.If(evaluated.outputs["Output"] == True, name="candidate-blessed"):  # noqa: E712
-            canary = ops.deploy(
+            # Infra validation: the version must load and answer in a sandbox server before any traffic.
+            infra = ops.infra_validate(
                 version=registered.outputs["version"],
+                eval_set=trained.outputs["eval_set"],
+                dataset=dataset,
                 serving=serving,
                 tracking_uri=tracking_uri,
                 workspace=workspace,
-                profile=profile,
-                image=serving_image,
-                dry_run=dry_run,
             )
-            canary.set_display_name("deploy canary")
-        for task in (registered, canary):
+            infra.set_display_name("infra validation")
+            with dsl.If(infra.outputs["Output"] == True, name="infra-blessed"):  # noqa: E712
+                canary = ops.deploy(
+                    version=registered.outputs["version"],
+                    serving=serving,
+                    tracking_uri=tracking_uri,
+                    workspace=workspace,
+                    profile=profile,
+                    image=serving_image,
+                    dry_run=dry_run,
+                    dataset=dataset,
+                    feast=feast,
+                )
+                canary.set_display_name("deploy canary")
+        for task in (registered, infra, canary):
             task.set_caching_options(False)
         TrainingOutputs = NamedTuple(
             "TrainingOutputs",

@@ -53,12 +53,20 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 
 from components.common import tracking
 from components.common.logs import get_logger
+from components.specs import ServingSpec
 from serving import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, redact_uri
+from serving.lookup import EntityLookup
+from serving.observability import InferenceLogWriter, LoggedRequest, observe
 
 logger = get_logger("serving.model")
 
 FeatureKind = Literal["number", "integer", "string", "boolean", "any"]
-MAX_BATCH_ROWS = 10_000
+MAX_BATCH_ROWS = ServingSpec.model_fields["max_batch_rows"].default
+# V1 body key (and V2 input name) of a request that names entities instead of feature values.
+ENTITY_IDS_KEY = "entity_ids"
+# Bodies kserve does not decode itself that are still read as JSON: curl's default form type
+# and plain text. Anything else (CSV, XML, multipart, ...) is answered 415.
+_ACCEPTED_CONTENT_TYPES = {"application/json", "application/x-www-form-urlencoded", "text/plain"}
 
 # MLflow signature types -> what a request value must be.
 _KIND_BY_MLFLOW_TYPE: dict[str, FeatureKind] = {
@@ -179,12 +187,14 @@ def _check_value(value: Any, feature: Feature, where: str) -> Any:
         raise InvalidInput(f"{where}: feature {feature.name!r} is {value}; only finite numbers are accepted")
     kind = feature.kind
     is_number = isinstance(value, int | float) and not isinstance(value, bool)
+    if is_number and isinstance(value, int) and not -(2**63) <= value < 2**63:
+        raise InvalidInput(f"{where}: feature {feature.name!r} is {_describe(value)}, outside the 64-bit range")
     if kind == "number":
         if not is_number:
             raise InvalidInput(f"{where}: feature {feature.name!r} must be a number, got {_describe(value)}")
         return float(value)
     if kind == "integer":
-        if is_number and float(value).is_integer():
+        if is_number and float(value).is_integer() and abs(value) < 2**63:
             return int(value)
         raise InvalidInput(f"{where}: feature {feature.name!r} must be an integer, got {_describe(value)}")
     if kind == "string":
@@ -220,11 +230,25 @@ def _frame(columns: dict[str, list[Any]], features: Sequence[Feature]) -> pd.Dat
     return pd.DataFrame(data, columns=[f.name for f in features])
 
 
-def _check_batch_size(rows: int, what: str) -> None:
+class RequestRejected(InvalidInput):
+    """A bad request answered with a specific 4xx status (413, 415, 422) instead of 400.
+
+    ``serving.server`` registers a handler that turns it into ``{"error": message}`` with
+    ``status``; without that handler kserve still answers it as a plain 400.
+    """
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
+
+def _check_batch_size(rows: int, what: str, max_rows: int) -> None:
     if rows == 0:
         raise InvalidInput(f"{what} is empty; send at least one instance")
-    if rows > MAX_BATCH_ROWS:
-        raise InvalidInput(f"{what} has {rows} rows; at most {MAX_BATCH_ROWS} are accepted per request")
+    if rows > max_rows:
+        raise RequestRejected(
+            f"{what} has {rows} rows; at most {max_rows} are accepted per request (serving.max_batch_rows)", 413
+        )
 
 
 def _feature_problems(names: list[str], known: set[str], given: list[str]) -> list[str]:
@@ -239,18 +263,22 @@ def _names(names: Sequence[str]) -> str:
     return ", ".join(repr(n) for n in names)
 
 
-def frame_from_v1(payload: Any, features: Sequence[Feature]) -> pd.DataFrame:
+def _parse_json(body: bytes | str) -> Any:
+    """Decode a body kserve passed on undecoded (its content-type was not a JSON one)."""
+    try:
+        return json.loads(body)
+    except ValueError as exc:
+        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+
+
+def frame_from_v1(payload: Any, features: Sequence[Feature], max_rows: int = MAX_BATCH_ROWS) -> pd.DataFrame:
     """Validate a V1 ``{"instances": [...]}`` body and turn it into the model input.
 
     Raises:
         InvalidInput: The body, an instance or a value does not fit the model's features.
     """
     if isinstance(payload, bytes | str):
-        # kserve passes the raw body on when the content-type is not JSON (e.g. curl's default).
-        try:
-            payload = json.loads(payload)
-        except ValueError as exc:
-            raise InvalidInput(f"request body is not valid JSON: {exc}") from None
+        payload = _parse_json(payload)
     if not isinstance(payload, dict):
         raise InvalidInput(
             f'request body must be a JSON object like {{"instances": [...]}}, got {type(payload).__name__}'
@@ -260,7 +288,7 @@ def frame_from_v1(payload: Any, features: Sequence[Feature]) -> pd.DataFrame:
     instances = payload["instances"]
     if not isinstance(instances, list):
         raise InvalidInput(f"'instances' must be a list, got {type(instances).__name__}")
-    _check_batch_size(len(instances), "'instances'")
+    _check_batch_size(len(instances), "'instances'", max_rows)
     names = [f.name for f in features]
     known = set(names)
     columns: dict[str, list[Any]] = {name: [] for name in names}
@@ -313,7 +341,7 @@ def _input_values(infer_input: Any) -> list[Any]:
     return values
 
 
-def frame_from_v2(request: InferRequest, features: Sequence[Feature]) -> pd.DataFrame:
+def frame_from_v2(request: InferRequest, features: Sequence[Feature], max_rows: int = MAX_BATCH_ROWS) -> pd.DataFrame:
     """Validate an Open Inference Protocol request and turn it into the model input.
 
     Raises:
@@ -334,7 +362,7 @@ def frame_from_v2(request: InferRequest, features: Sequence[Feature]) -> pd.Data
             )
         values = _input_values(matrix)
         n_rows = shape[0]
-        _check_batch_size(n_rows, f"input {matrix.name!r}")
+        _check_batch_size(n_rows, f"input {matrix.name!r}", max_rows)
         columns: dict[str, list[Any]] = {name: [] for name in names}
         for row in range(n_rows):
             for col, feature in enumerate(features):
@@ -359,7 +387,7 @@ def frame_from_v2(request: InferRequest, features: Sequence[Feature]) -> pd.Data
         values = _input_values(infer_input)
         if rows is None:
             rows = len(values)
-            _check_batch_size(rows, f"input {feature.name!r}")
+            _check_batch_size(rows, f"input {feature.name!r}", max_rows)
         elif len(values) != rows:
             raise InvalidInput(
                 f"inputs have different lengths: {feature.name!r} has {len(values)} values, "
@@ -407,6 +435,9 @@ class CtpipeModel(Model):
         seed: Seed of the canary routing random numbers.
         retry_seconds: Wait before loading a version that failed again; default
             ``max(30, 10 * poll_seconds)``.
+        max_batch_rows: Most rows (instances or entity ids) one request may carry.
+        inference_log: Background writer that logs every answered request; None logs nothing.
+        entity_lookup: Feast settings to answer requests that carry entity ids.
     """
 
     def __init__(
@@ -417,8 +448,14 @@ class CtpipeModel(Model):
         pinned_version: str | None = None,
         seed: int | None = None,
         retry_seconds: float | None = None,
+        max_batch_rows: int = MAX_BATCH_ROWS,
+        inference_log: InferenceLogWriter | None = None,
+        entity_lookup: EntityLookup | None = None,
     ) -> None:
         super().__init__(name)
+        self.max_batch_rows = max_batch_rows
+        self.inference_log = inference_log
+        self.entity_lookup = entity_lookup
         if poll_seconds <= 0:
             raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
         self.tracking_uri = tracking_uri
@@ -619,8 +656,10 @@ class CtpipeModel(Model):
             self._watcher.join(timeout)
 
     def stop(self) -> None:
-        """Kserve stop hook: stop watching the registry."""
+        """Kserve stop hook: stop watching the registry and write what the inference log holds."""
         self.stop_watcher()
+        if self.inference_log is not None:
+            self.inference_log.stop()
         super().stop()
 
     def _watch(self) -> None:
@@ -644,6 +683,57 @@ class CtpipeModel(Model):
             return []
         return [{"name": serving.output, "datatype": "FP64", "shape": [-1]}]
 
+    def _rows_for_entities(self, ids: Any, what: str) -> tuple[dict[str, Any], list[Any]]:
+        """Fetch the online features of ``ids`` from Feast in one call, as a V1 body."""
+        lookup = self.entity_lookup
+        if lookup is None:
+            raise InvalidInput(
+                f"{what}: this server has no Feast feature store configured, so it cannot look up entity ids; "
+                "send feature values in 'instances'"
+            )
+        if not isinstance(ids, list):
+            raise InvalidInput(f"{what} must be a list of entity ids, got {_describe(ids)}")
+        _check_batch_size(len(ids), what, self.max_batch_rows)
+        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int | str)]
+        if bad:
+            raise InvalidInput(f"{what}: entity ids must be integers or strings; got {_describe(bad[0])}")
+        from components.common.errors import DataError
+        from components.fetch_features import online_features
+
+        try:
+            found = online_features(list(ids), lookup.dataset, lookup.feast, lookup.workspace)
+        except DataError as exc:
+            raise InvalidInput(f"{what}: {exc}") from None
+        if found.missing:
+            shown = ", ".join(repr(i) for i in found.missing[:20])
+            more = f" and {len(found.missing) - 20} more" if len(found.missing) > 20 else ""
+            raise RequestRejected(
+                f"unknown entity id(s) for {lookup.dataset.entity_column!r}: {shown}{more} "
+                f"(no online features in Feast); {len(found.rows)} of {len(ids)} ids were found",
+                422,
+            )
+        entity = lookup.dataset.entity_column
+        instances = [{k: v for k, v in row.items() if k != entity} for row in found.rows]
+        return {"instances": instances}, [row[entity] for row in found.rows]
+
+    def _entity_ids_v2(self, request: InferRequest) -> list[Any] | None:
+        """The ids of a V2 request that names entities instead of features, else None."""
+        inputs = list(request.inputs or [])
+        lookup = self.entity_lookup
+        names = {ENTITY_IDS_KEY} | ({lookup.dataset.entity_column} if lookup is not None else set())
+        if len(inputs) != 1 or inputs[0].name not in names:
+            return None
+        return _input_values(inputs[0])
+
+    def _check_content_type(self, headers: dict[str, str] | None) -> None:
+        content_type = (headers or {}).get("content-type", "").split(";")[0].strip().lower()
+        if content_type and content_type not in _ACCEPTED_CONTENT_TYPES and not content_type.endswith("+json"):
+            raise RequestRejected(
+                f"content-type {content_type!r} is not supported; send the body as JSON with "
+                "'Content-Type: application/json'",
+                415,
+            )
+
     def predict(
         self,
         payload: dict[str, Any] | InferRequest,
@@ -653,31 +743,101 @@ class CtpipeModel(Model):
         """Route the request to the champion or the challenger and score it.
 
         Raises:
-            InvalidInput: The request does not fit the model (HTTP 400).
+            InvalidInput: The request does not fit the model (HTTP 400; 413 for too many rows,
+                415 for a body that is not JSON, 422 for unknown entity ids).
             InferenceError: No version is loaded, or the model failed on valid input.
         """
+        started = time.perf_counter()
         state = self._state  # one read: the whole request uses the same version
         alias, serving = state.pick(self._rng)
         is_v2 = isinstance(payload, InferRequest)
-        frame = frame_from_v2(payload, serving.features) if is_v2 else frame_from_v1(payload, serving.features)
+        request_id = (
+            (headers or {}).get("x-request-id")
+            or (payload.id if isinstance(payload, InferRequest) else None)
+            or str(uuid.uuid4())
+        )
+        entity_ids: list[Any] | None = None
+        frame: pd.DataFrame | None = None
         try:
-            scores = serving.score(frame)
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"model version {serving.version} rejected the input: {exc}") from None
+            if isinstance(payload, InferRequest):
+                ids = self._entity_ids_v2(payload)
+                if ids is not None:
+                    body, entity_ids = self._rows_for_entities(ids, f"input {payload.inputs[0].name!r}")
+                    frame = frame_from_v1(body, serving.features, self.max_batch_rows)
+                else:
+                    frame = frame_from_v2(payload, serving.features, self.max_batch_rows)
+            else:
+                if isinstance(payload, bytes | str):
+                    self._check_content_type(headers)
+                    payload = _parse_json(payload)
+                if isinstance(payload, dict) and ENTITY_IDS_KEY in payload and "instances" not in payload:
+                    body, entity_ids = self._rows_for_entities(payload[ENTITY_IDS_KEY], f"{ENTITY_IDS_KEY!r}")
+                    payload = body
+                frame = frame_from_v1(payload, serving.features, self.max_batch_rows)
+            try:
+                scores = serving.score(frame)
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput(f"model version {serving.version} rejected the input: {exc}") from None
+        except InvalidInput:
+            observe(self.name, serving.version, alias, "rejected", time.perf_counter() - started)
+            raise
         except Exception as exc:
+            seconds = time.perf_counter() - started
+            observe(self.name, serving.version, alias, "error", seconds)
+            if frame is not None:
+                self._log(request_id, serving.version, alias, frame, None, seconds, "error", entity_ids)
+            if isinstance(exc, InferenceError):
+                raise
             raise InferenceError(f"model version {serving.version} failed: {type(exc).__name__}: {exc}") from None
         self._served[serving.version] += 1
+        seconds = time.perf_counter() - started
+        observe(self.name, serving.version, alias, "ok", seconds, scores)
+        self._log(request_id, serving.version, alias, frame, scores, seconds, "ok", entity_ids)
         if not is_v2:
-            return {"predictions": scores.tolist(), "model_version": serving.version, "model_alias": alias}
+            return {
+                "predictions": scores.tolist(),
+                "model_version": serving.version,
+                "model_alias": alias,
+                "request_id": request_id,
+            }
         assert isinstance(payload, InferRequest)
         values = np.asarray(scores, dtype="float64")
         output = InferOutput(name=serving.output, shape=list(values.shape), datatype="FP64", data=values.tolist())
         return InferResponse(
-            response_id=payload.id or str(uuid.uuid4()),
+            response_id=request_id,
             model_name=self.name,
             infer_outputs=[output],
             model_version=serving.version,
             parameters={"model_alias": alias, "model_version": serving.version},
+        )
+
+    def _log(
+        self,
+        request_id: str,
+        version: str,
+        alias: str,
+        frame: pd.DataFrame,
+        scores: np.ndarray | None,
+        seconds: float,
+        status: str,
+        entity_ids: list[Any] | None,
+    ) -> None:
+        if self.inference_log is None:
+            return
+        self.inference_log.submit(
+            LoggedRequest(
+                request_id=request_id,
+                timestamp=time.time(),
+                model_name=self.name,
+                model_version=version,
+                model_alias=alias,
+                features=frame,
+                predictions=None if scores is None else np.asarray(scores, dtype="float64"),
+                latency_ms=seconds * 1000,
+                status=status,
+                entity_column=self.entity_lookup.dataset.entity_column if self.entity_lookup else None,
+                entity_ids=entity_ids,
+            )
         )
 
     # -- status -----------------------------------------------------------------------------

@@ -40,12 +40,17 @@ from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.specs import ServingSpec
 from serving import STATUS_ROUTE, redact_uri
+from serving.lookup import EntityLookup
+from serving.observability import InferenceLogWriter
 
 logger = get_logger("serving.server")
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SERVER_MODULE = "serving.server"
 GRACEFUL_SHUTDOWN_SECONDS = 5
+_MAX_ROWS: int = ServingSpec.model_fields["max_batch_rows"].default
+# Environment variable carrying the EntityLookup JSON to a server process.
+ENTITY_LOOKUP_ENV = "CTPIPE_ENTITY_LOOKUP"
 _app_built = False
 # Popen handles of servers this process started, so they are reaped and never warned about.
 _children: dict[int, subprocess.Popen[bytes]] = {}
@@ -84,7 +89,15 @@ def build_app(model: Any, port: int) -> Any:
     async def ctpipe_status() -> dict[str, Any]:
         return dict(model.status())
 
+    from serving.model import RequestRejected
+
+    async def rejected(_: Any, exc: Exception) -> Any:
+        from fastapi.responses import JSONResponse
+
+        return JSONResponse(status_code=getattr(exc, "status", 400), content={"error": str(exc)})
+
     app.add_api_route(STATUS_ROUTE, ctpipe_status, methods=["GET"], tags=["ctpipe"])
+    app.add_exception_handler(RequestRejected, rejected)
     _app_built = True
     return app
 
@@ -97,6 +110,11 @@ def serve(
     poll_seconds: float = 2.0,
     model_version: str | None = None,
     trace_requests: bool = False,
+    max_batch_rows: int = _MAX_ROWS,
+    inference_log_dir: str | None = None,
+    log_flush_seconds: float = 2.0,
+    log_queue_rows: int = 100_000,
+    entity_lookup: EntityLookup | None = None,
 ) -> None:
     """Serve one registered model until SIGINT or SIGTERM (blocking).
 
@@ -108,6 +126,11 @@ def serve(
         poll_seconds: How often the registry aliases and canary tag are read.
         model_version: Serve exactly this version instead of following the aliases.
         trace_requests: Keep kserve's per-request timing log lines.
+        max_batch_rows: Most rows one request may carry (more: HTTP 413).
+        inference_log_dir: Write the inference log here; None logs nothing.
+        log_flush_seconds: Longest time a logged row waits in memory.
+        log_queue_rows: Rows the inference log may queue before it drops rows.
+        entity_lookup: Feast settings for requests that carry entity ids.
     """
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # kserve's own response class triggers this on every request; nothing to act on here.
@@ -117,7 +140,19 @@ def serve(
     from serving.model import CtpipeModel
 
     started = time.perf_counter()
-    model = CtpipeModel(model_name, tracking_uri, poll_seconds=poll_seconds, pinned_version=model_version)
+    writer = None
+    if inference_log_dir:
+        writer = InferenceLogWriter(inference_log_dir, model_name, log_flush_seconds, log_queue_rows)
+        writer.start()
+    model = CtpipeModel(
+        model_name,
+        tracking_uri,
+        poll_seconds=poll_seconds,
+        pinned_version=model_version,
+        max_batch_rows=max_batch_rows,
+        inference_log=writer,
+        entity_lookup=entity_lookup,
+    )
     model.load()
     app = build_app(model, port)
     if not trace_requests:  # kserve logs two timing lines per request at INFO
@@ -147,6 +182,8 @@ def serve(
         server.run()
     finally:
         model.stop_watcher()
+        if writer is not None:
+            writer.stop()  # write what is still queued
         logger.info("model server stopped", extra={"model": model_name, "port": port})
 
 
@@ -173,6 +210,10 @@ def main(argv: list[str] | None = None) -> int:
         help="Serve only this version and ignore the aliases (one revision per version).",
     )
     parser.add_argument("--trace-requests", action="store_true", help="Log kserve's timing lines for every request.")
+    parser.add_argument("--max-batch-rows", type=int, default=_MAX_ROWS, help="Most rows per request.")
+    parser.add_argument("--inference-log-dir", default=None, help="Write the inference log (parquet) here.")
+    parser.add_argument("--log-flush-seconds", type=float, default=2.0, help="Inference log flush interval.")
+    parser.add_argument("--log-queue-rows", type=int, default=100_000, help="Inference log queue size in rows.")
     args = parser.parse_args(argv)
     if not args.tracking_uri:
         parser.error("--tracking-uri is required (or set MLFLOW_TRACKING_URI)")
@@ -180,6 +221,9 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must be 1-65535, got {args.port}")
     if args.poll_seconds <= 0:
         parser.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if args.max_batch_rows < 1:
+        parser.error(f"--max-batch-rows must be at least 1, got {args.max_batch_rows}")
+    lookup = os.environ.get(ENTITY_LOOKUP_ENV)
     # kserve parses sys.argv with its own parser when it is imported; these flags are ours.
     sys.argv = sys.argv[:1]
     serve(
@@ -190,6 +234,11 @@ def main(argv: list[str] | None = None) -> int:
         args.poll_seconds,
         args.model_version,
         args.trace_requests,
+        args.max_batch_rows,
+        args.inference_log_dir,
+        args.log_flush_seconds,
+        args.log_queue_rows,
+        EntityLookup.model_validate_json(lookup) if lookup else None,
     )
     return 0
 
@@ -327,10 +376,21 @@ def _same_model(status: dict[str, Any], serving: ServingSpec, tracking_uri: str)
 
 
 def _wait_ready(
-    endpoint: str, model_name: str, deadline: float, proc: subprocess.Popen[bytes] | None, log_path: Path
+    endpoint: str,
+    model_name: str,
+    deadline: float,
+    proc: subprocess.Popen[bytes] | None,
+    log_path: Path,
+    version: str | None = None,
 ) -> None:
     url = f"{endpoint}/v2/models/{quote(model_name, safe='')}/ready"
     while True:
+        if version is not None:  # a pinned server reports a load failure at once: no need to wait it out
+            failed: dict[str, str] = {}
+            with contextlib.suppress(DeployError):
+                failed = (get_status(endpoint) or {}).get("failed_versions") or {}
+            if version in failed:
+                raise DeployError(f"the model server cannot load version {version}: {failed[version]}")
         if proc is not None and proc.poll() is not None:
             raise DeployError(
                 f"model server exited with code {proc.returncode} while starting; last lines of {log_path}:\n"
@@ -355,6 +415,7 @@ def start_local_server(
     workspace: str,
     timeout: float = 60,
     poll_seconds: float = 2.0,
+    entity_lookup: EntityLookup | None = None,
 ) -> LocalServer:
     """Start the model server detached, or reuse the one already serving this model.
 
@@ -364,6 +425,7 @@ def start_local_server(
         workspace: Folder for ``serving/server.log``, ``serving/server.pid`` and ``serving/server.json``.
         timeout: Seconds to wait for the model to be ready.
         poll_seconds: Registry poll interval of a newly started server.
+        entity_lookup: Feast settings so the server answers requests by entity id.
 
     Returns:
         The running server; ``reused`` says whether it was already running.
@@ -407,35 +469,10 @@ def start_local_server(
             f"on {endpoint}; stop it with stop_local_server({str(workspace)!r}) first"
         )
 
-    log_path.parent.mkdir(parents=True, exist_ok=True)
-    command = [
-        sys.executable,
-        "-m",
-        SERVER_MODULE,
-        "--model-name",
-        serving.model_name,
-        "--host",
-        serving.host,
-        "--port",
-        str(serving.port),
-        "--poll-seconds",
-        str(poll_seconds),
-    ]
-    env = dict(os.environ)
-    env["MLFLOW_TRACKING_URI"] = tracking_uri  # not on the command line, where ps would show secrets
-    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
-    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    with open(log_path, "ab") as log:
-        proc = subprocess.Popen(
-            command,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-            close_fds=True,
-            env=env,
-        )
-    _children[proc.pid] = proc
+    args = ["--poll-seconds", str(poll_seconds), *serving_args(serving)]
+    if serving.inference_log:
+        args += ["--inference-log-dir", str(inference_log_dir(workspace))]
+    proc = spawn_server(serving.model_name, serving.host, serving.port, tracking_uri, log_path, args, entity_lookup)
     write_text(pid_path, f"{proc.pid}\n")
 
     write_json(
@@ -461,6 +498,129 @@ def start_local_server(
     server = result(proc.pid, reused=False)
     logger.info("local model server ready", extra={"server": server.model_dump()})
     return server
+
+
+def inference_log_dir(workspace: str | os.PathLike[str]) -> Path:
+    """Where the local server writes its inference log: ``<workspace>/inference_log``."""
+    return Path(workspace) / "inference_log"
+
+
+def serving_args(serving: ServingSpec) -> list[str]:
+    """Command-line flags of ``python -m serving.server`` that come from the serving settings."""
+    return [
+        "--max-batch-rows",
+        str(serving.max_batch_rows),
+        "--log-flush-seconds",
+        str(serving.inference_log_flush_seconds),
+        "--log-queue-rows",
+        str(serving.inference_log_queue_rows),
+    ]
+
+
+def spawn_server(
+    model_name: str,
+    host: str,
+    port: int,
+    tracking_uri: str,
+    log_path: Path,
+    extra_args: list[str],
+    entity_lookup: EntityLookup | None = None,
+) -> subprocess.Popen[bytes]:
+    """Start ``python -m serving.server`` detached (own session), output appended to ``log_path``.
+
+    The tracking URI and the entity lookup travel in the environment, not on the command line,
+    where ``ps`` would show credentials.
+    """
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    command = [
+        sys.executable,
+        "-m",
+        SERVER_MODULE,
+        "--model-name",
+        model_name,
+        "--host",
+        host,
+        "--port",
+        str(port),
+        *extra_args,
+    ]
+    env = dict(os.environ)
+    env["MLFLOW_TRACKING_URI"] = tracking_uri
+    env["PYTHONPATH"] = os.pathsep.join(p for p in (str(REPO_ROOT), env.get("PYTHONPATH", "")) if p)
+    env.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    env.pop(ENTITY_LOOKUP_ENV, None)
+    if entity_lookup is not None:
+        env[ENTITY_LOOKUP_ENV] = entity_lookup.model_dump_json()
+    with open(log_path, "ab") as log:
+        proc = subprocess.Popen(
+            command,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+            env=env,
+        )
+    _children[proc.pid] = proc
+    return proc
+
+
+class SandboxServer(BaseModel):
+    """A model server pinned to one version on a free loopback port, for infra validation."""
+
+    pid: int
+    endpoint: str
+    model_name: str
+    version: str
+    log_path: str
+    start_seconds: float
+
+
+def start_sandbox_server(
+    model_name: str,
+    version: str,
+    tracking_uri: str,
+    folder: str | os.PathLike[str],
+    timeout: float,
+    serving: ServingSpec | None = None,
+) -> SandboxServer:
+    """Start a server that serves exactly ``version`` on 127.0.0.1 and wait until it is ready.
+
+    It ignores the registry aliases (``--model-version``), writes no inference log and shares
+    nothing with the live server but the registry.
+
+    Raises:
+        DeployError: The server exits or is not ready within ``timeout`` (it is stopped again).
+    """
+    import socket
+
+    started = time.perf_counter()
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = int(sock.getsockname()[1])
+    log_path = Path(folder) / "sandbox-server.log"
+    args = ["--model-version", str(version), *serving_args(serving or ServingSpec(model_name=model_name))]
+    proc = spawn_server(model_name, "127.0.0.1", port, tracking_uri, log_path, args)
+    endpoint = endpoint_url("127.0.0.1", port)
+    try:
+        _wait_ready(endpoint, model_name, time.monotonic() + timeout, proc, log_path, str(version))
+    except DeployError:
+        _terminate(proc.pid, GRACEFUL_SHUTDOWN_SECONDS + 2)
+        raise
+    return SandboxServer(
+        pid=proc.pid,
+        endpoint=endpoint,
+        model_name=model_name,
+        version=str(version),
+        log_path=str(log_path),
+        start_seconds=round(time.perf_counter() - started, 3),
+    )
+
+
+def stop_sandbox_server(server: SandboxServer, timeout: float = 15.0) -> None:
+    """Stop a sandbox server this process started (by its own pid, nothing else)."""
+    if server.pid in _children:
+        _terminate(server.pid, timeout)
 
 
 def stop_local_server(workspace: str, timeout: float = 15.0) -> bool:

@@ -1,0 +1,363 @@
+"""Automatic canary analysis: challenger against champion on the live traffic of the canary.
+
+While a challenger takes ``serving.canary_percent`` of requests, the model server writes every
+answered request to the inference log (``components.common.inference_log``) with the version
+that answered, its latency and its status. :func:`canary_analysis` reads the last
+``serving.canary_analysis.window_minutes`` of that log and compares the two versions on
+
+- **error rate** (requests the model failed on, 5xx) - the challenger may exceed the
+  champion's by at most ``max_error_rate_increase``;
+- **latency p95** (server-side) - at most ``max_latency_p95_ratio`` times the champion's, and
+  differences below ``latency_slack_ms`` never fail (on loopback both are a few ms);
+- **prediction distribution** - PSI between the two versions' served values (same traffic
+  split at random, so the inputs come from one distribution) at most ``max_prediction_psi``;
+- **accuracy where labels arrived** - a labels table joined on ``request_id`` (and ``row``)
+  with the dataset's label column; the challenger may be at most ``max_accuracy_drop`` below
+  the champion when each has ``min_labeled`` labeled rows.
+
+With fewer than ``min_requests`` logged requests for either version the decision is ``wait``
+and nothing changes. Otherwise every check passing gives ``promote``
+(``components.register.promote``: the challenger becomes champion and takes all traffic) and
+any failing check gives ``rollback``: the canary closes (challenger share 0, the ``challenger``
+alias removed), so the champion, which never stopped being champion, answers every request.
+``components.register.rollback`` is not the right tool here: it moves ``champion`` back one
+promotion, and during a canary the champion is the good model. The decision and its reasons
+are recorded as tags on the challenger version (``ctpipe.canary_decision``,
+``ctpipe.canary_reason``) and in a JSON result and a Markdown report.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any, Literal
+
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, Field
+
+from components.common.errors import DataError
+from components.common.inference_log import read_window
+from components.common.io import read_table, write_json, write_text
+from components.common.logs import get_logger
+from components.specs import DatasetSpec, ServingSpec
+from serving import CHALLENGER_ALIAS, CHAMPION_ALIAS, redact_uri
+
+logger = get_logger("canary_analysis")
+
+Decision = Literal["promote", "rollback", "wait", "no_canary"]
+DECISION_TAG = "ctpipe.canary_decision"
+REASON_TAG = "ctpipe.canary_reason"
+PSI_BINS = 10
+
+
+class VersionStats(BaseModel):
+    """What one version did during the window."""
+
+    version: str
+    requests: int
+    rows: int
+    errors: int
+    error_rate: float
+    latency_p95_ms: float | None
+    labeled: int = 0
+    accuracy: float | None = None
+
+
+class CanaryCheck(BaseModel):
+    """One comparison against its threshold."""
+
+    name: str
+    passed: bool
+    value: float | None
+    limit: float | None
+    detail: str
+
+
+class CanaryAnalysisResult(BaseModel):
+    """The decision, the numbers behind it and what was done."""
+
+    model_name: str
+    decision: Decision
+    reason: str
+    champion_version: str | None
+    challenger_version: str | None
+    window_start: str
+    window_end: str
+    champion: VersionStats | None = None
+    challenger: VersionStats | None = None
+    checks: list[CanaryCheck] = Field(default_factory=list)
+    prediction_psi: float | None = None
+    acted: bool = False
+    action: str = ""
+
+
+def _client(tracking_uri: str) -> Any:
+    from mlflow import MlflowClient
+
+    from components.common import tracking
+
+    tracking.configure(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
+def _stats(rows: pd.DataFrame, version: str) -> VersionStats:
+    per_request = rows.groupby("request_id", sort=False).agg(
+        status=("status", "first"), latency_ms=("latency_ms", "first")
+    )
+    errors = int((per_request["status"] == "error").sum())
+    latency = per_request["latency_ms"].dropna()
+    return VersionStats(
+        version=version,
+        requests=len(per_request),
+        rows=len(rows),
+        errors=errors,
+        error_rate=errors / len(per_request) if len(per_request) else 0.0,
+        latency_p95_ms=float(np.percentile(latency, 95)) if len(latency) else None,
+    )
+
+
+def _accuracy(rows: pd.DataFrame, labels: pd.DataFrame, label_column: str) -> tuple[int, float | None]:
+    ok = rows[rows["status"] == "ok"]
+    joined = ok.merge(labels, on=["request_id", "row"], how="inner")
+    joined = joined[joined[label_column].notna()]
+    if joined.empty:
+        return 0, None
+    predicted = (joined["prediction"].to_numpy(dtype=float) >= 0.5).astype(int)
+    return len(joined), float((predicted == joined[label_column].to_numpy().astype(int)).mean())
+
+
+def _read_labels(labels_path: str, dataset: DatasetSpec) -> pd.DataFrame:
+    labels = read_table(labels_path)
+    needed = ["request_id", dataset.label_column]
+    missing = [c for c in needed if c not in labels.columns]
+    if missing:
+        raise DataError(
+            f"{labels_path}: labels lack column(s) {missing}; expected request_id, optional row, and "
+            f"{dataset.label_column!r}; found {sorted(map(str, labels.columns))}"
+        )
+    if "row" not in labels.columns:
+        labels = labels.assign(row=0)
+    return labels[["request_id", "row", dataset.label_column]].drop_duplicates(["request_id", "row"], keep="last")
+
+
+def _checks(
+    champion: VersionStats, challenger: VersionStats, psi: float | None, serving: ServingSpec, has_labels: bool
+) -> list[CanaryCheck]:
+    limits = serving.canary_analysis
+    checks: list[CanaryCheck] = []
+    increase = challenger.error_rate - champion.error_rate
+    checks.append(
+        CanaryCheck(
+            name="error_rate",
+            passed=increase <= limits.max_error_rate_increase,
+            value=challenger.error_rate,
+            limit=champion.error_rate + limits.max_error_rate_increase,
+            detail=f"challenger {challenger.errors}/{challenger.requests} failed ({challenger.error_rate:.2%}), "
+            f"champion {champion.errors}/{champion.requests} ({champion.error_rate:.2%}); "
+            f"allowed increase {limits.max_error_rate_increase:.2%}",
+        )
+    )
+    if champion.latency_p95_ms is not None and challenger.latency_p95_ms is not None:
+        base = champion.latency_p95_ms
+        allowed = max(base * limits.max_latency_p95_ratio, base + limits.latency_slack_ms)
+        checks.append(
+            CanaryCheck(
+                name="latency_p95",
+                passed=challenger.latency_p95_ms <= allowed,
+                value=challenger.latency_p95_ms,
+                limit=allowed,
+                detail=f"challenger p95 {challenger.latency_p95_ms:.2f} ms, champion {champion.latency_p95_ms:.2f} ms; "
+                f"allowed {allowed:.2f} ms (x{limits.max_latency_p95_ratio:g} or +{limits.latency_slack_ms:g} ms)",
+            )
+        )
+    if psi is not None:
+        checks.append(
+            CanaryCheck(
+                name="prediction_psi",
+                passed=psi <= limits.max_prediction_psi,
+                value=psi,
+                limit=limits.max_prediction_psi,
+                detail=f"PSI between the versions' predictions {psi:.4f}; allowed {limits.max_prediction_psi:g}",
+            )
+        )
+    if has_labels:
+        enough = min(champion.labeled, challenger.labeled) >= limits.min_labeled
+        if enough and champion.accuracy is not None and challenger.accuracy is not None:
+            drop = champion.accuracy - challenger.accuracy
+            checks.append(
+                CanaryCheck(
+                    name="accuracy",
+                    passed=drop <= limits.max_accuracy_drop,
+                    value=challenger.accuracy,
+                    limit=champion.accuracy - limits.max_accuracy_drop,
+                    detail=f"challenger accuracy {challenger.accuracy:.4f} on {challenger.labeled} labeled rows, "
+                    f"champion {champion.accuracy:.4f} on {champion.labeled}; "
+                    f"allowed drop {limits.max_accuracy_drop:g}",
+                )
+            )
+        else:
+            checks.append(
+                CanaryCheck(
+                    name="accuracy",
+                    passed=True,
+                    value=None,
+                    limit=None,
+                    detail=f"not compared: labeled rows champion {champion.labeled}, challenger {challenger.labeled}; "
+                    f"need {limits.min_labeled} each",
+                )
+            )
+    return checks
+
+
+def _report(result: CanaryAnalysisResult) -> str:
+    lines = [
+        f"# Canary analysis: {result.model_name}",
+        "",
+        f"**Decision: {result.decision}**. {result.reason}",
+        "",
+        f"Window {result.window_start} to {result.window_end}; champion version {result.champion_version}, "
+        f"challenger version {result.challenger_version}.",
+        "",
+    ]
+    if result.champion is not None and result.challenger is not None:
+        lines += ["| version | role | requests | errors | error rate | latency p95 ms | labeled | accuracy |"]
+        lines += ["|---|---|---|---|---|---|---|---|"]
+        for role, stats in (("champion", result.champion), ("challenger", result.challenger)):
+            p95 = f"{stats.latency_p95_ms:.2f}" if stats.latency_p95_ms is not None else "-"
+            accuracy = f"{stats.accuracy:.4f}" if stats.accuracy is not None else "-"
+            lines.append(
+                f"| {stats.version} | {role} | {stats.requests} | {stats.errors} | {stats.error_rate:.2%} | "
+                f"{p95} | {stats.labeled} | {accuracy} |"
+            )
+        lines.append("")
+    if result.checks:
+        lines += ["| check | passed | detail |", "|---|---|---|"]
+        lines += [f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.detail} |" for c in result.checks]
+        lines.append("")
+    lines.append(f"Action: {result.action or 'none'}")
+    return "\n".join(lines) + "\n"
+
+
+def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str) -> str:
+    from components.deploy import set_traffic
+    from components.register import promote
+
+    name, version = serving.model_name, str(result.challenger_version)
+    client = _client(tracking_uri)
+    client.set_model_version_tag(name, version, DECISION_TAG, result.decision)
+    client.set_model_version_tag(name, version, REASON_TAG, result.reason[:4000])
+    if result.decision == "promote":
+        change = promote(name, tracking_uri, version)
+        return f"promoted version {version} to champion (was {change.previous}); it now takes all traffic"
+    set_traffic(name, tracking_uri, 0)  # first: the server stops routing to the challenger
+    aliases = dict(client.get_registered_model(name).aliases or {})
+    if str(aliases.get(CHALLENGER_ALIAS)) == version:
+        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+    return f"closed the canary: version {version} gets no traffic; champion {result.champion_version} takes all"
+
+
+def canary_analysis(
+    serving: ServingSpec,
+    tracking_uri: str,
+    log_dir: str,
+    result_path: str,
+    report_path: str,
+    labels_path: str | None = None,
+    dataset: DatasetSpec | None = None,
+    now: str | pd.Timestamp | None = None,
+    act: bool = True,
+) -> CanaryAnalysisResult:
+    """Compare challenger and champion on the logged canary traffic, then promote or roll back.
+
+    Args:
+        serving: Model name and the ``canary_analysis`` thresholds.
+        tracking_uri: MLflow tracking/registry URI.
+        log_dir: The inference log folder the model server writes.
+        result_path: Where the JSON result is written.
+        report_path: Where the Markdown report is written.
+        labels_path: Optional table of arrived labels: ``request_id``, optional ``row`` and the
+            dataset's label column.
+        dataset: Needed with ``labels_path`` (for the label column).
+        now: End of the window (default: now, UTC).
+        act: Promote or close the canary; False only reports the decision.
+
+    Returns:
+        The decision, the per-version numbers, every check and the action taken.
+
+    Raises:
+        DataError: The inference log or the labels cannot be read.
+    """
+    limits = serving.canary_analysis
+    end = pd.Timestamp.now(tz="UTC") if now is None or now == "" else pd.Timestamp(now)
+    end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
+    start = end - pd.Timedelta(minutes=limits.window_minutes)
+    client = _client(tracking_uri)
+    aliases = {k: str(v) for k, v in (client.get_registered_model(serving.model_name).aliases or {}).items()}
+    champion_version, challenger_version = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
+    result = CanaryAnalysisResult(
+        model_name=serving.model_name,
+        decision="no_canary",
+        reason="",
+        champion_version=champion_version,
+        challenger_version=challenger_version,
+        window_start=start.isoformat(),
+        window_end=end.isoformat(),
+    )
+    if champion_version is None or challenger_version is None:
+        result.reason = f"no canary running: champion {champion_version}, challenger {challenger_version}"
+    else:
+        log = read_window(log_dir, start, end, serving.model_name)
+        for column in ("status", "latency_ms"):
+            if column not in log.columns:
+                log[column] = "ok" if column == "status" else np.nan
+        log["model_version"] = log["model_version"].astype(str)
+        if "row" not in log.columns:
+            log["row"] = 0
+        by_version = {v: log[log["model_version"] == v] for v in (champion_version, challenger_version)}
+        champion = _stats(by_version[champion_version], champion_version)
+        challenger = _stats(by_version[challenger_version], challenger_version)
+        result.champion, result.challenger = champion, challenger
+        if min(champion.requests, challenger.requests) < limits.min_requests:
+            result.decision = "wait"
+            result.reason = (
+                f"not enough traffic yet: champion {champion.requests}, challenger {challenger.requests} requests "
+                f"in the window; need {limits.min_requests} each"
+            )
+        else:
+            scores = {
+                v: rows.loc[rows["status"] == "ok", "prediction"].to_numpy(dtype=float)
+                for v, rows in by_version.items()
+            }
+            from components.monitor import population_stability_index
+
+            psi = population_stability_index(scores[champion_version], scores[challenger_version], PSI_BINS)
+            result.prediction_psi = psi
+            has_labels = labels_path is not None and labels_path != ""
+            if has_labels:
+                if dataset is None:
+                    raise DataError("labels_path needs the dataset spec, to know the label column")
+                labels = _read_labels(str(labels_path), dataset)
+                for stats in (champion, challenger):
+                    stats.labeled, stats.accuracy = _accuracy(by_version[stats.version], labels, dataset.label_column)
+            result.checks = _checks(champion, challenger, psi, serving, has_labels)
+            failed = [c for c in result.checks if not c.passed]
+            result.decision = "rollback" if failed else "promote"
+            result.reason = (
+                "; ".join(f"{c.name} failed: {c.detail}" for c in failed)
+                if failed
+                else "every check passed: " + "; ".join(c.detail for c in result.checks)
+            )
+    if act and result.decision in ("promote", "rollback"):
+        result.action = _act(result, serving, tracking_uri)
+        result.acted = True
+    write_json(result_path, {**result.model_dump(mode="json"), "tracking_uri": redact_uri(tracking_uri)})
+    write_text(report_path, _report(result))
+    logger.info(
+        "canary analysis", extra={"decision": result.decision, "reason": result.reason, "action": result.action}
+    )
+    return result
+
+
+def decision_json(result: CanaryAnalysisResult) -> str:
+    """The result as one JSON line (for the CLI and pipeline outputs)."""
+    return json.dumps(result.model_dump(mode="json"))

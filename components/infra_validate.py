@@ -1,0 +1,259 @@
+"""Infra validation: try a challenger in a sandbox model server before it gets any traffic.
+
+Like TFX's InfraValidator, this answers "does this model actually load and answer in the
+server we run?", which evaluation cannot: a model can score well offline and still fail to
+unpickle in the serving image, need a package the server lacks, or answer garbage.
+
+:func:`infra_validate` starts ``python -m serving.server`` pinned to the version (it ignores
+the registry aliases, so nothing the live server serves changes) on a free 127.0.0.1 port,
+waits for readiness within ``serving.infra_validation.timeout_seconds``, then sends
+
+- a V1 request and a V2 request with sample rows from the evaluation data (both must answer
+  200 with one finite prediction per row, from this version, and agree with each other), and
+- one deliberately bad request (a feature left out), which must get a 4xx,
+
+stops the sandbox and writes the infra blessing (JSON). The verdict is also recorded on the
+model version as the tag ``ctpipe.infra_blessed`` (``true``/``false``), which
+``components.deploy`` checks: a version whose infra validation failed never gets traffic.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+import requests
+from pydantic import BaseModel, Field
+
+from components.common.errors import DataError, DeployError
+from components.common.io import read_table, write_json
+from components.common.logs import get_logger
+from components.specs import DatasetSpec, ServingSpec
+from serving import redact_uri
+
+logger = get_logger("infra_validate")
+
+INFRA_BLESSED_TAG = "ctpipe.infra_blessed"
+REQUEST_TIMEOUT = 30.0
+
+
+class InfraCheck(BaseModel):
+    """One thing the sandbox was asked to do."""
+
+    name: str
+    passed: bool
+    detail: str
+
+
+class InfraValidationResult(BaseModel):
+    """The infra blessing of one registered version."""
+
+    model_name: str
+    version: str
+    blessed: bool
+    reason: str
+    checks: list[InfraCheck] = Field(default_factory=list)
+    ready_seconds: float | None = None
+    sample_rows: int = 0
+    blessing_path: str = ""
+
+
+def _sample(eval_set_path: str, dataset: DatasetSpec, rows: int) -> pd.DataFrame:
+    frame = read_table(eval_set_path)
+    missing = [c for c in dataset.feature_columns if c not in frame.columns]
+    if missing:
+        raise DataError(
+            f"{eval_set_path}: evaluation data lacks feature column(s) {missing}; "
+            f"found {sorted(map(str, frame.columns))}"
+        )
+    features = frame[dataset.feature_columns].dropna()
+    if features.empty:
+        raise DataError(f"{eval_set_path}: no evaluation row has every feature set; cannot build sample requests")
+    return features.head(rows).reset_index(drop=True)
+
+
+def _plain(value: Any) -> Any:
+    return value.item() if hasattr(value, "item") else value
+
+
+def _v2_body(rows: pd.DataFrame, metadata: dict[str, Any]) -> dict[str, Any]:
+    types = {i["name"]: i.get("datatype", "BYTES") for i in metadata.get("inputs", [])}
+    return {
+        "id": "infra-validation",
+        "inputs": [
+            {
+                "name": column,
+                "shape": [len(rows)],
+                "datatype": types.get(column, "BYTES"),
+                "data": [_plain(v) for v in rows[column]],
+            }
+            for column in rows.columns
+        ],
+    }
+
+
+def _predictions_ok(values: Any, rows: int) -> str:
+    if not isinstance(values, list) or len(values) != rows:
+        return f"expected {rows} predictions, got {values!r:.80}"
+    bad = [v for v in values if not isinstance(v, int | float) or not math.isfinite(v)]
+    return f"non-finite or non-numeric predictions: {bad[:3]}" if bad else ""
+
+
+def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataFrame) -> list[InfraCheck]:
+    session = requests.Session()
+    checks: list[InfraCheck] = []
+    base = endpoint.rstrip("/")
+    instances = [{k: _plain(v) for k, v in row.items()} for row in rows.to_dict(orient="records")]
+
+    v1 = session.post(f"{base}/v1/models/{model_name}:predict", json={"instances": instances}, timeout=REQUEST_TIMEOUT)
+    v1_predictions: list[Any] = []
+    if v1.status_code != 200:
+        checks.append(InfraCheck(name="v1_predict", passed=False, detail=f"HTTP {v1.status_code}: {v1.text[:300]}"))
+    else:
+        body = v1.json()
+        v1_predictions = body.get("predictions", [])
+        problem = _predictions_ok(v1_predictions, len(rows))
+        if not problem and str(body.get("model_version")) != version:
+            problem = f"answered by version {body.get('model_version')}, not {version}"
+        checks.append(InfraCheck(name="v1_predict", passed=not problem, detail=problem or f"{len(rows)} rows answered"))
+
+    metadata = session.get(f"{base}/v2/models/{model_name}", timeout=REQUEST_TIMEOUT)
+    meta = metadata.json() if metadata.status_code == 200 else {}
+    checks.append(
+        InfraCheck(
+            name="v2_metadata",
+            passed=metadata.status_code == 200 and bool(meta.get("inputs")),
+            detail=f"HTTP {metadata.status_code}, inputs {[i.get('name') for i in meta.get('inputs', [])]}",
+        )
+    )
+    v2 = session.post(f"{base}/v2/models/{model_name}/infer", json=_v2_body(rows, meta), timeout=REQUEST_TIMEOUT)
+    if v2.status_code != 200:
+        checks.append(InfraCheck(name="v2_infer", passed=False, detail=f"HTTP {v2.status_code}: {v2.text[:300]}"))
+    else:
+        outputs = v2.json().get("outputs") or [{}]
+        values = outputs[0].get("data")
+        problem = _predictions_ok(values, len(rows))
+        if (
+            not problem
+            and v1_predictions
+            and any(
+                not math.isclose(a, b, rel_tol=1e-9, abs_tol=1e-12) for a, b in zip(values, v1_predictions, strict=True)
+            )
+        ):
+            problem = "V1 and V2 answers differ for the same rows"
+        checks.append(InfraCheck(name="v2_infer", passed=not problem, detail=problem or f"{len(rows)} rows answered"))
+
+    dropped = rows.columns[0]
+    bad_body = {"instances": [{k: v for k, v in instances[0].items() if k != dropped}]}
+    bad = session.post(f"{base}/v1/models/{model_name}:predict", json=bad_body, timeout=REQUEST_TIMEOUT)
+    checks.append(
+        InfraCheck(
+            name="bad_request_rejected",
+            passed=400 <= bad.status_code < 500,
+            detail=f"request without {dropped!r} -> HTTP {bad.status_code}: {bad.text[:200]}",
+        )
+    )
+    live = session.get(f"{base}/v2/health/live", timeout=REQUEST_TIMEOUT)
+    checks.append(
+        InfraCheck(name="alive_after_bad_request", passed=live.status_code == 200, detail=f"HTTP {live.status_code}")
+    )
+    return checks
+
+
+def _record_tag(model_name: str, version: str, tracking_uri: str, blessed: bool) -> None:
+    from mlflow import MlflowClient
+
+    from components.common import tracking
+
+    tracking.configure(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client.set_model_version_tag(model_name, version, INFRA_BLESSED_TAG, "true" if blessed else "false")
+
+
+def infra_validate(
+    version: str,
+    serving: ServingSpec,
+    tracking_uri: str,
+    workspace: str,
+    eval_set_path: str,
+    dataset: DatasetSpec,
+    blessing_path: str,
+) -> InfraValidationResult:
+    """Start ``version`` in a sandbox server, send sample and bad requests, write the infra blessing.
+
+    Args:
+        version: Registry version to validate (normally the new challenger).
+        serving: Model name, batch limit and ``infra_validation`` settings (timeout, sample rows).
+        tracking_uri: MLflow tracking/registry URI the sandbox loads the version from.
+        workspace: The sandbox's log goes to ``<workspace>/infra_validation/v<version>/``.
+        eval_set_path: Evaluation data (CSV/Parquet) the sample requests are built from.
+        dataset: Feature columns of the sample requests.
+        blessing_path: Where the infra blessing JSON is written.
+
+    Returns:
+        The verdict; ``blessed`` is False when the model does not load, is not ready in time or
+        answers a request wrongly. That is a result, not an exception: it stops the rollout.
+
+    Raises:
+        DataError: The evaluation data cannot be read or has no complete row.
+    """
+    from serving.server import start_sandbox_server, stop_sandbox_server
+
+    version = str(version)
+    settings = serving.infra_validation
+    if not settings.enabled:
+        result = InfraValidationResult(
+            model_name=serving.model_name,
+            version=version,
+            blessed=True,
+            reason="infra validation is switched off (serving.infra_validation.enabled: false)",
+            blessing_path=str(blessing_path),
+        )
+        write_json(blessing_path, result.model_dump(mode="json"))
+        return result
+    rows = _sample(eval_set_path, dataset, settings.sample_rows)
+    folder = Path(workspace) / "infra_validation" / f"v{version}"
+    checks: list[InfraCheck] = []
+    ready_seconds: float | None = None
+    started = time.perf_counter()
+    try:
+        sandbox = start_sandbox_server(
+            serving.model_name, version, tracking_uri, folder, settings.timeout_seconds, serving
+        )
+    except DeployError as exc:
+        checks.append(InfraCheck(name="ready", passed=False, detail=str(exc)))
+    else:
+        ready_seconds = round(time.perf_counter() - started, 3)
+        checks.append(InfraCheck(name="ready", passed=True, detail=f"ready after {ready_seconds}s"))
+        try:
+            checks += _check_requests(sandbox.endpoint, serving.model_name, version, rows)
+        except (requests.RequestException, ValueError) as exc:
+            checks.append(InfraCheck(name="requests", passed=False, detail=f"{type(exc).__name__}: {exc}"))
+        finally:
+            stop_sandbox_server(sandbox)
+    failed = [c for c in checks if not c.passed]
+    blessed = not failed
+    reason = (
+        f"version {version} loaded in a sandbox server and answered {len(rows)} sample rows over V1 and V2"
+        if blessed
+        else "; ".join(f"{c.name}: {c.detail}" for c in failed)
+    )
+    result = InfraValidationResult(
+        model_name=serving.model_name,
+        version=version,
+        blessed=blessed,
+        reason=reason,
+        checks=checks,
+        ready_seconds=ready_seconds,
+        sample_rows=len(rows),
+        blessing_path=str(blessing_path),
+    )
+    write_json(blessing_path, {**result.model_dump(mode="json"), "tracking_uri": redact_uri(tracking_uri)})
+    _record_tag(serving.model_name, version, tracking_uri, blessed)
+    (logger.info if blessed else logger.error)(
+        "infra validation " + ("passed" if blessed else "failed"), extra=result.model_dump(mode="json")
+    )
+    return result

@@ -1,0 +1,52 @@
+"""The canary analysis pipeline: after a canary has had traffic, promote it or roll it back.
+
+Schedule it (or run ``ctpipe run canary_analysis``) some time after the training pipeline's
+deploy step opened a canary. It reads the serving inference log, compares challenger and
+champion against ``serving.canary_analysis`` and promotes the challenger or closes the canary,
+recording why (see ``components.canary_analysis``).
+"""
+
+# No `from __future__ import annotations`: KFP reads the annotations at runtime.
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+from kfp import dsl
+from kfp.dsl import Artifact, Markdown
+
+from pipelines.config import CtpipeConfig
+from pipelines.kfp_components import Components
+
+
+def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
+    """Return the canary analysis pipeline with every parameter defaulting to ``config``."""
+
+    @dsl.pipeline(
+        name="ctpipe-canary-analysis",
+        description="Compare the canary challenger with the champion on logged live traffic (error rate, "
+        "latency p95, prediction PSI, accuracy where labels arrived); promote or roll back and record why.",
+    )
+    def canary_analysis(
+        serving: str = config.serving.model_dump_json(),
+        dataset: str = config.dataset.model_dump_json(),
+        tracking_uri: str = config.tracking_uri,
+        log_dir: str = str(config.workspace / "inference_log"),
+        labels_path: str = "",
+        act: bool = True,
+    ) -> NamedTuple(  # type: ignore[valid-type]
+        "CanaryAnalysisOutputs", [("decision", str), ("result", Artifact), ("report", Markdown)]
+    ):
+        analysed = ops.canary_analysis(
+            serving=serving,
+            dataset=dataset,
+            tracking_uri=tracking_uri,
+            log_dir=log_dir,
+            labels_path=labels_path,
+            act=act,
+        )
+        analysed.set_display_name("canary analysis").set_caching_options(False)
+        CanaryAnalysisOutputs = NamedTuple(
+            "CanaryAnalysisOutputs", [("decision", str), ("result", Artifact), ("report", Markdown)]
+        )
+        return CanaryAnalysisOutputs(analysed.outputs["Output"], analysed.outputs["result"], analysed.outputs["report"])
+
+    return canary_analysis

@@ -1,0 +1,203 @@
+"""What the model server reports about its traffic: Prometheus metrics and the inference log.
+
+Metrics live in ``prometheus_client``'s default registry, which kserve already exposes on
+``GET /metrics``; every series carries the model name and the version that answered, so a
+canary's challenger and champion can be compared on one dashboard.
+
+The inference log is written by :class:`InferenceLogWriter`: a request only puts its rows on a
+bounded in-memory queue (never blocking), and one background thread writes them in batches with
+:func:`components.common.inference_log.append_batch` (partitioned parquet, atomic files) every
+``flush_seconds`` and on shutdown. When the writer falls behind and the queue is full, further
+rows are dropped and counted in ``ctpipe_inference_log_dropped_total`` rather than slowing
+requests down.
+"""
+
+from __future__ import annotations
+
+import queue
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from prometheus_client import Counter, Histogram
+
+from components.common.inference_log import append_batch
+from components.common.logs import get_logger
+
+logger = get_logger("serving.observability")
+
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+# Scores of binary classifiers are probabilities; tenths show a shifted distribution at a glance.
+PREDICTION_BUCKETS = tuple(round(0.1 * i, 1) for i in range(1, 11))
+
+REQUESTS = Counter(
+    "ctpipe_requests",
+    "Prediction requests by the version that answered and outcome (ok, rejected = 4xx, error = 5xx).",
+    ["model", "version", "alias", "status"],
+)
+ROWS = Counter("ctpipe_predicted_rows", "Rows scored, by the version that scored them.", ["model", "version"])
+LATENCY = Histogram(
+    "ctpipe_request_latency_seconds",
+    "Server-side time from routing a request to its answer (validation, feature lookup, scoring).",
+    ["model", "version"],
+    buckets=LATENCY_BUCKETS,
+)
+PREDICTIONS = Histogram(
+    "ctpipe_prediction",
+    "Served values (positive-class probability for binary classifiers), one observation per row.",
+    ["model", "version"],
+    buckets=PREDICTION_BUCKETS,
+)
+LOG_DROPPED = Counter(
+    "ctpipe_inference_log_dropped_rows", "Rows not logged because the inference log queue was full.", ["model"]
+)
+LOG_WRITTEN = Counter("ctpipe_inference_log_written_rows", "Rows written to the inference log.", ["model"])
+
+
+def observe(
+    model: str, version: str, alias: str, status: str, seconds: float, predictions: np.ndarray | None = None
+) -> None:
+    """Record one request in the Prometheus metrics."""
+    REQUESTS.labels(model, version, alias, status).inc()
+    LATENCY.labels(model, version).observe(seconds)
+    if predictions is not None and predictions.size:
+        ROWS.labels(model, version).inc(int(predictions.size))
+        histogram = PREDICTIONS.labels(model, version)
+        for value in np.asarray(predictions, dtype="float64").reshape(-1):
+            histogram.observe(float(value))
+
+
+@dataclass(frozen=True)
+class LoggedRequest:
+    """One answered request, as the request handler hands it to the writer."""
+
+    request_id: str
+    timestamp: float
+    model_name: str
+    model_version: str
+    model_alias: str
+    features: pd.DataFrame
+    predictions: np.ndarray | None
+    latency_ms: float
+    status: str
+    entity_column: str | None = None
+    entity_ids: list[Any] | None = None
+
+    def frame(self) -> pd.DataFrame:
+        """The rows in the inference log layout."""
+        rows = self.features.reset_index(drop=True).copy()
+        n = len(rows)
+        if self.entity_column and self.entity_ids is not None:
+            rows.insert(0, self.entity_column, self.entity_ids)
+        rows.insert(0, "model_alias", self.model_alias)
+        rows.insert(0, "model_version", self.model_version)
+        rows.insert(0, "model_name", self.model_name)
+        rows.insert(0, "timestamp", pd.Timestamp(self.timestamp, unit="s", tz="UTC"))
+        rows.insert(0, "row", np.arange(n, dtype="int64"))  # position in the request, to join labels
+        rows.insert(0, "request_id", self.request_id)
+        rows["prediction"] = self.predictions if self.predictions is not None else np.full(n, np.nan)
+        rows["latency_ms"] = self.latency_ms
+        rows["status"] = self.status
+        return rows
+
+
+class InferenceLogWriter:
+    """Background writer of the inference log.
+
+    Args:
+        log_dir: The inference log folder (``<workspace>/inference_log``).
+        model_name: Label of the dropped/written counters.
+        flush_seconds: Longest time a row waits in memory.
+        max_rows: Rows the queue may hold; beyond that rows are dropped, never waited for.
+    """
+
+    def __init__(self, log_dir: str | Path, model_name: str, flush_seconds: float = 2.0, max_rows: int = 100_000):
+        self.log_dir = Path(log_dir)
+        self.model_name = model_name
+        self.flush_seconds = flush_seconds
+        self.max_rows = max_rows
+        self._queue: queue.SimpleQueue[LoggedRequest | None] = queue.SimpleQueue()
+        self._queued_rows = 0
+        self._count_lock = threading.Lock()
+        self._thread: threading.Thread | None = None
+        self._flush_now = threading.Event()
+        self._stopping = False
+        self.written_rows = 0
+        self.dropped_rows = 0
+        self.files = 0
+
+    def start(self) -> None:
+        """Start the writer thread (idempotent)."""
+        if self._thread is None or not self._thread.is_alive():
+            self._stopping = False
+            self._thread = threading.Thread(target=self._run, name="ctpipe-inference-log", daemon=True)
+            self._thread.start()
+
+    def submit(self, record: LoggedRequest) -> bool:
+        """Queue one request's rows without blocking; False when they were dropped."""
+        rows = len(record.features)
+        with self._count_lock:
+            if self._stopping or self._queued_rows + rows > self.max_rows:
+                self.dropped_rows += rows
+                LOG_DROPPED.labels(self.model_name).inc(rows)
+                return False
+            self._queued_rows += rows
+        self._queue.put(record)
+        return True
+
+    def flush(self, timeout: float = 10.0) -> None:
+        """Ask the thread to write what is queued now and wait until the queue is empty."""
+        self._flush_now.set()
+        deadline = time.monotonic() + timeout
+        while self._queued_rows and time.monotonic() < deadline:
+            time.sleep(0.01)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """Write everything still queued, then end the thread."""
+        with self._count_lock:
+            self._stopping = True
+        self._queue.put(None)
+        if self._thread is not None:
+            self._thread.join(timeout)
+
+    def _run(self) -> None:
+        pending: list[LoggedRequest] = []
+        deadline = time.monotonic() + self.flush_seconds
+        while True:
+            stop = False
+            try:
+                item = self._queue.get(timeout=0.1)
+            except queue.Empty:
+                item = None
+            else:
+                stop = item is None
+            if item is not None:
+                pending.append(item)
+            due = time.monotonic() >= deadline or self._flush_now.is_set()
+            if pending and (stop or due):
+                self._write(pending)
+                pending = []
+            if due:
+                self._flush_now.clear()
+                deadline = time.monotonic() + self.flush_seconds
+            if stop:
+                return
+
+    def _write(self, records: list[LoggedRequest]) -> None:
+        rows = sum(len(r.features) for r in records)
+        try:
+            batch = pd.concat([r.frame() for r in records], ignore_index=True)
+            self.files += len(append_batch(self.log_dir, batch))
+            self.written_rows += rows
+            LOG_WRITTEN.labels(self.model_name).inc(rows)
+        except Exception:  # a full disk must not stop serving; the rows are lost and counted
+            logger.exception("cannot write the inference log", extra={"log_dir": str(self.log_dir), "rows": rows})
+            self.dropped_rows += rows
+            LOG_DROPPED.labels(self.model_name).inc(rows)
+        finally:
+            with self._count_lock:
+                self._queued_rows -= rows
