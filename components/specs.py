@@ -83,6 +83,35 @@ class DatasetSpec(StrictModel):
         return [self.entity_column, self.timestamp_column]
 
 
+class SearchSpec(StrictModel):
+    """Hyper-parameter search over the estimator's parameters before the final fit.
+
+    Candidates are scored by time-ordered cross-validation (``TimeSeriesSplit``) on the
+    training split only; the held-out evaluation rows never take part. Each candidate is an
+    MLflow child run of the training run, and the best parameters train the final model.
+    """
+
+    kind: Literal["grid", "random"] = Field(default="grid", description="Every combination, or n_iter sampled ones.")
+    space: dict[str, list[Any]] = Field(
+        min_length=1, description="Estimator parameter -> candidate values, e.g. {learning_rate: [0.05, 0.1]}."
+    )
+    n_iter: int = Field(default=10, ge=1, description="Candidates sampled by a random search.")
+    folds: int = Field(default=3, ge=2, le=20, description="Time-ordered cross-validation folds.")
+    scoring: str | None = Field(
+        default=None,
+        description="scikit-learn scorer name; default 'roc_auc' (classification) or "
+        "'neg_root_mean_squared_error' (regression).",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _values_given(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = sorted(key for key, values in value.items() if not values)
+        if empty:
+            raise ValueError(f"search space parameter(s) {empty} have no candidate values")
+        return value
+
+
 class ModelSpec(StrictModel):
     """Which estimator to train and how to hold out evaluation data."""
 
@@ -98,6 +127,7 @@ class ModelSpec(StrictModel):
         lt=1.0,
         description="Share of the newest rows (by event timestamp) held out for evaluation.",
     )
+    search: SearchSpec | None = Field(default=None, description="Optional hyper-parameter search before training.")
 
     @field_validator("estimator")
     @classmethod
