@@ -205,6 +205,17 @@ class MetricSpec(StrictModel):
         return self.short_name.startswith(score_metrics)
 
 
+class SliceSpec(StrictModel):
+    """Evaluate the candidate on each value of a categorical column, with this slice's own thresholds."""
+
+    column: str = Field(description="Categorical column whose values define the slices.")
+    metrics: list[MetricSpec] = Field(
+        min_length=1, description="Metrics and thresholds applied on every slice of this column."
+    )
+    min_rows: int = Field(default=2, ge=1, description="Slices with fewer rows are skipped, with the reason.")
+    values: list[str] | None = Field(default=None, description="Only these slice values; default every value seen.")
+
+
 class EvaluationSpec(StrictModel):
     """Metrics and thresholds that decide whether a candidate is blessed."""
 
@@ -212,7 +223,18 @@ class EvaluationSpec(StrictModel):
         default_factory=lambda: [MetricSpec(name="roc_auc_score", threshold=ValueThreshold(lower_bound=0.6))],
         min_length=1,
     )
-    slice_column: str | None = Field(default=None, description="Categorical column to evaluate per slice.")
+    slice_column: str | None = Field(
+        default=None, description="Shorthand: evaluate per value of this column with the overall metrics."
+    )
+    slices: list[SliceSpec] = Field(
+        default_factory=list, description="Per-slice evaluations, each with its own metrics and thresholds."
+    )
+
+    @property
+    def all_slices(self) -> list[SliceSpec]:
+        """``slices`` plus the ``slice_column`` shorthand (overall metrics on every slice)."""
+        shorthand = [SliceSpec(column=self.slice_column, metrics=self.metrics)] if self.slice_column else []
+        return [*shorthand, *self.slices]
 
 
 class ServingSpec(StrictModel):
