@@ -350,3 +350,36 @@ def test_each_slice_has_its_own_thresholds_from_config(models: Models) -> None:
 
     raw["slices"][0]["metrics"][0]["threshold"]["lower_bound"] = 0.5
     assert _run(models, models.good, None, EvaluationSpec.model_validate(raw), "own-slices-lenient").blessed
+
+
+def test_the_gate_end_to_end_shuffled_labels_never_get_an_alias(models: Models) -> None:
+    """The repository's own evaluation config, evaluate, then register: what the pipeline does."""
+    from components.common.errors import CtpipeError
+    from components.register import CHALLENGER, CHAMPION, promote, register, resolve_alias
+    from pipelines.config import load_config
+    from tests.helpers import ROOT
+
+    gate = load_config(ROOT / "ctpipe.yaml").evaluation
+    name = "gate-e2e"
+    first = _run(models, models.good, None, gate, "e2e-first")
+    assert first.blessed
+    register(models.good.model_uri, models.good.run_id, name, first.blessed, models.uri)
+    champion = promote(name, models.uri).current
+
+    shuffled = _run(models, models.shuffled, models.good, gate, "e2e-shuffled")
+    assert not shuffled.blessed
+    rejected = register(models.shuffled.model_uri, models.shuffled.run_id, name, shuffled.blessed, models.uri)
+    assert rejected.aliases == []
+    assert not resolve_alias(name, CHALLENGER, models.uri).found
+    with pytest.raises(CtpipeError, match="not 'true'"):
+        promote(name, models.uri, version=rejected.version)
+    assert resolve_alias(name, CHAMPION, models.uri).version == champion
+
+    # A candidate at least as good as the champion (here: the same model retrained) is blessed.
+    retrained = train(
+        models.spec.source, models.spec, LOGISTIC, models.uri, "evaluate-tests", str(models.workspace / "e2e-eval")
+    )
+    equal = _run(models, retrained, models.good, gate, "e2e-equal")
+    assert equal.blessed
+    accepted = register(retrained.model_uri, retrained.run_id, name, equal.blessed, models.uri)
+    assert accepted.aliases == [CHALLENGER]
