@@ -10,6 +10,7 @@ reason, except under CI (``CI`` set), where a missing server is a failure: CI mu
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -319,7 +320,8 @@ class MlflowServer:
                 "1",
             ],
             base / "mlflow-server.log",
-            env={"MLFLOW_ENABLE_TELEMETRY": "false"},
+            # No job runner: it starts a handful of huey consumers the registry does not need.
+            env={"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
         )
         self.uri = f"http://127.0.0.1:{self.port}"
         wait_for_port(self.port, timeout=180, process=self.process)
@@ -335,5 +337,7 @@ class MlflowServer:
             time.sleep(0.5)
 
     def stop(self) -> None:
-        """Stop the server (and its workers)."""
+        """Stop the server, then anything of its process group that outlived it."""
         self.process.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.popen.pid, signal.SIGKILL)
