@@ -70,9 +70,11 @@ class EvaluationResult(BaseModel):
     champion_uri: str | None
     checks: list[Check]
     rows: int
-    slices: dict[str, dict[str, float]] = Field(description="Slice value -> candidate metrics.")
+    slices: dict[str, dict[str, float]] = Field(description="Slice ``column=value`` -> candidate metrics.")
     curves: dict[str, Any] = Field(description="ROC (<= 100 points) and confusion matrix of the candidate.")
-    skipped_slices: dict[str, str] = Field(default_factory=dict, description="Slice value -> why it was not evaluated.")
+    skipped_slices: dict[str, str] = Field(
+        default_factory=dict, description="Slice ``column=value`` -> why it was not evaluated."
+    )
 
 
 def _model_features(model: Any, spec: DatasetSpec) -> list[str]:
@@ -249,18 +251,19 @@ def make_checks(
         candidate: Candidate metric values by short name.
         champion: Champion metric values by short name, or None without a champion.
         slice_key: Slice value the metrics are for, None for all rows.
-        slice_column: Column of the slice, used in the reasons.
+        slice_column: Column of the slice; the checks' ``slice`` is ``column=value``.
 
     Returns:
         One check per configured bound.
     """
     where = f"On slice {slice_column}={slice_key}, " if slice_key is not None else ""
+    label = f"{slice_column}={slice_key}" if slice_key is not None and slice_column else slice_key
     checks: list[Check] = []
     for metric in metrics:
         name = metric.short_name
-        checks.extend(_value_checks(metric, candidate[name], where, slice_key))
+        checks.extend(_value_checks(metric, candidate[name], where, label))
         if champion is not None:
-            checks.extend(_change_checks(metric, candidate[name], champion[name], where, slice_key))
+            checks.extend(_change_checks(metric, candidate[name], champion[name], where, label))
     return checks
 
 
@@ -276,28 +279,29 @@ def _evaluate_slices(
     candidate_model: Any,
     champion_model: Any | None,
 ) -> tuple[dict[str, dict[str, float]], dict[str, dict[str, float]], dict[str, str], list[Check]]:
-    column = evaluation.slice_column
-    if column is None:
-        return {}, {}, {}, []
-    require_columns(frame, [column], "evaluation data (slice_column)")
-    keys = _slice_keys(frame, column)
     candidate_slices: dict[str, dict[str, float]] = {}
     champion_slices: dict[str, dict[str, float]] = {}
     skipped: dict[str, str] = {}
     checks: list[Check] = []
-    for key in sorted(keys.unique()):
-        rows = frame[keys == key]
-        if spec.task == "binary_classification" and rows[spec.label_column].nunique() < 2:
-            skipped[key] = f"{len(rows)} row(s) with a single label class; ranking metrics are undefined"
-        elif len(rows) < 2:
-            skipped[key] = f"{len(rows)} row; need at least 2"
-        if key in skipped:
-            log.info("slice skipped", extra={"slice_column": column, "slice": key, "why": skipped[key]})
-            continue
-        candidate_slices[key] = compute_metrics(candidate_model, rows, spec, evaluation.metrics)
-        if champion_model is not None:
-            champion_slices[key] = compute_metrics(champion_model, rows, spec, evaluation.metrics)
-        checks.extend(make_checks(evaluation.metrics, candidate_slices[key], champion_slices.get(key), key, column))
+    for slicing in evaluation.all_slices:
+        column = slicing.column
+        require_columns(frame, [column], "evaluation data (evaluation slice column)")
+        keys = _slice_keys(frame, column)
+        wanted = sorted(keys.unique()) if slicing.values is None else list(slicing.values)
+        for value in wanted:
+            key = f"{column}={value}"
+            rows = frame[keys == value]
+            if len(rows) < max(slicing.min_rows, 2):
+                skipped[key] = f"{len(rows)} row(s); need at least {max(slicing.min_rows, 2)}"
+            elif spec.task == "binary_classification" and rows[spec.label_column].nunique() < 2:
+                skipped[key] = f"{len(rows)} row(s) with a single label class; ranking metrics are undefined"
+            if key in skipped:
+                log.info("slice skipped", extra={"slice": key, "why": skipped[key]})
+                continue
+            candidate_slices[key] = compute_metrics(candidate_model, rows, spec, slicing.metrics)
+            if champion_model is not None:
+                champion_slices[key] = compute_metrics(champion_model, rows, spec, slicing.metrics)
+            checks.extend(make_checks(slicing.metrics, candidate_slices[key], champion_slices.get(key), value, column))
     return candidate_slices, champion_slices, skipped, checks
 
 
@@ -553,10 +557,10 @@ def render_report(
         sections.append(("Confusion matrix (candidate)", report.table(cm)))
     elif spec.task == "regression":
         sections.append(("Residuals", _residual_plots(truth, outputs)))
-    if evaluation.slice_column is not None:
+    if evaluation.all_slices:
         slice_rows = []
         for key, values in result.slices.items():
-            row: dict[str, Any] = {evaluation.slice_column: key}
+            row: dict[str, Any] = {"slice": key}
             for name, value in values.items():
                 row[f"candidate {name}"] = value
                 if key in champion_slices:
@@ -569,5 +573,6 @@ def render_report(
                 f"<li>{html.escape(key)}: {html.escape(why)}</li>" for key, why in result.skipped_slices.items()
             )
             content += f"<p>Skipped slices:</p><ul>{skipped}</ul>"
-        sections.append((f"Slices by {evaluation.slice_column}", content))
+        columns = ", ".join(dict.fromkeys(slicing.column for slicing in evaluation.all_slices))
+        sections.append((f"Slices by {columns}", content))
     return report.page("Model evaluation", sections, summary=summary)

@@ -83,6 +83,35 @@ class DatasetSpec(StrictModel):
         return [self.entity_column, self.timestamp_column]
 
 
+class SearchSpec(StrictModel):
+    """Hyper-parameter search over the estimator's parameters before the final fit.
+
+    Candidates are scored by time-ordered cross-validation (``TimeSeriesSplit``) on the
+    training split only; the held-out evaluation rows never take part. Each candidate is an
+    MLflow child run of the training run, and the best parameters train the final model.
+    """
+
+    kind: Literal["grid", "random"] = Field(default="grid", description="Every combination, or n_iter sampled ones.")
+    space: dict[str, list[Any]] = Field(
+        min_length=1, description="Estimator parameter -> candidate values, e.g. {learning_rate: [0.05, 0.1]}."
+    )
+    n_iter: int = Field(default=10, ge=1, description="Candidates sampled by a random search.")
+    folds: int = Field(default=3, ge=2, le=20, description="Time-ordered cross-validation folds.")
+    scoring: str | None = Field(
+        default=None,
+        description="scikit-learn scorer name; default 'roc_auc' (classification) or "
+        "'neg_root_mean_squared_error' (regression).",
+    )
+
+    @field_validator("space")
+    @classmethod
+    def _values_given(cls, value: dict[str, list[Any]]) -> dict[str, list[Any]]:
+        empty = sorted(key for key, values in value.items() if not values)
+        if empty:
+            raise ValueError(f"search space parameter(s) {empty} have no candidate values")
+        return value
+
+
 class ModelSpec(StrictModel):
     """Which estimator to train and how to hold out evaluation data."""
 
@@ -98,6 +127,7 @@ class ModelSpec(StrictModel):
         lt=1.0,
         description="Share of the newest rows (by event timestamp) held out for evaluation.",
     )
+    search: SearchSpec | None = Field(default=None, description="Optional hyper-parameter search before training.")
 
     @field_validator("estimator")
     @classmethod
@@ -175,6 +205,17 @@ class MetricSpec(StrictModel):
         return self.short_name.startswith(score_metrics)
 
 
+class SliceSpec(StrictModel):
+    """Evaluate the candidate on each value of a categorical column, with this slice's own thresholds."""
+
+    column: str = Field(description="Categorical column whose values define the slices.")
+    metrics: list[MetricSpec] = Field(
+        min_length=1, description="Metrics and thresholds applied on every slice of this column."
+    )
+    min_rows: int = Field(default=2, ge=1, description="Slices with fewer rows are skipped, with the reason.")
+    values: list[str] | None = Field(default=None, description="Only these slice values; default every value seen.")
+
+
 class EvaluationSpec(StrictModel):
     """Metrics and thresholds that decide whether a candidate is blessed."""
 
@@ -182,7 +223,18 @@ class EvaluationSpec(StrictModel):
         default_factory=lambda: [MetricSpec(name="roc_auc_score", threshold=ValueThreshold(lower_bound=0.6))],
         min_length=1,
     )
-    slice_column: str | None = Field(default=None, description="Categorical column to evaluate per slice.")
+    slice_column: str | None = Field(
+        default=None, description="Shorthand: evaluate per value of this column with the overall metrics."
+    )
+    slices: list[SliceSpec] = Field(
+        default_factory=list, description="Per-slice evaluations, each with its own metrics and thresholds."
+    )
+
+    @property
+    def all_slices(self) -> list[SliceSpec]:
+        """``slices`` plus the ``slice_column`` shorthand (overall metrics on every slice)."""
+        shorthand = [SliceSpec(column=self.slice_column, metrics=self.metrics)] if self.slice_column else []
+        return [*shorthand, *self.slices]
 
 
 class InfraValidationSpec(StrictModel):

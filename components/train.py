@@ -23,7 +23,7 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 from sklearn.compose import ColumnTransformer
 from sklearn.impute import SimpleImputer
 from sklearn.pipeline import Pipeline
@@ -33,7 +33,7 @@ from components.common import tracking
 from components.common.errors import ConfigError, DataError
 from components.common.io import file_sha256, frame_sha256, read_table, write_parquet
 from components.common.logs import get_logger
-from components.specs import DatasetSpec, ModelSpec, import_object
+from components.specs import DatasetSpec, ModelSpec, SearchSpec, import_object
 
 log = get_logger("train")
 
@@ -63,6 +63,7 @@ class TrainResult(BaseModel):
     metrics: dict[str, float]
     eval_path: str
     feature_columns: list[str]
+    params: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters of the final model.")
 
 
 def quiet_mlflow() -> None:
@@ -268,6 +269,88 @@ def basic_metrics(model: Any, features: pd.DataFrame, labels: pd.Series, task: s
     }
 
 
+class SearchResult(BaseModel):
+    """Outcome of a hyper-parameter search: the winner and every candidate's cross-validated score."""
+
+    scoring: str
+    best_params: dict[str, Any]
+    best_score: float
+    candidates: list[dict[str, Any]]
+
+
+def search_params(
+    spec: DatasetSpec, model: ModelSpec, search: SearchSpec, features: pd.DataFrame, labels: pd.Series
+) -> SearchResult:
+    """Cross-validate the candidates of ``search`` on time-ordered folds of the training rows.
+
+    Args:
+        spec: Dataset spec (for the preprocessing and the task).
+        model: Estimator and base parameters; ``search.space`` overrides them per candidate.
+        search: Kind, space, folds and scoring.
+        features: Training features, in time order.
+        labels: Training labels.
+
+    Returns:
+        The best parameters (merged over ``model.params``), their mean score and every candidate.
+
+    Raises:
+        ConfigError: A searched parameter or the scorer is unknown to the estimator or scikit-learn.
+    """
+    from sklearn.model_selection import GridSearchCV, ParameterGrid, RandomizedSearchCV, TimeSeriesSplit
+
+    scoring = search.scoring or ("roc_auc" if spec.task == "binary_classification" else "neg_root_mean_squared_error")
+    grid = {f"estimator__{key}": values for key, values in search.space.items()}
+    unknown = sorted(set(search.space) - set(build_pipeline(spec, model).named_steps["estimator"].get_params()))
+    if unknown:
+        raise ConfigError(f"model.search.space names parameter(s) {unknown} that {model.estimator} does not have")
+    folds = TimeSeriesSplit(n_splits=search.folds)
+    common: dict[str, Any] = {"scoring": scoring, "cv": folds, "refit": False, "n_jobs": 1, "error_score": "raise"}
+    if search.kind == "grid":
+        searcher: Any = GridSearchCV(build_pipeline(spec, model), grid, **common)
+    else:
+        n_iter = min(search.n_iter, len(ParameterGrid(grid)))
+        searcher = RandomizedSearchCV(
+            build_pipeline(spec, model), grid, n_iter=n_iter, random_state=model.random_seed, **common
+        )
+    try:
+        searcher.fit(features, labels)
+    except ValueError as exc:
+        raise ConfigError(f"model.search failed (scoring {scoring!r}): {exc}") from exc
+    results = searcher.cv_results_
+    candidates = [
+        {
+            "params": {key.removeprefix("estimator__"): value for key, value in params.items()},
+            "mean_score": float(results["mean_test_score"][index]),
+            "std_score": float(results["std_test_score"][index]),
+            "rank": int(results["rank_test_score"][index]),
+        }
+        for index, params in enumerate(results["params"])
+    ]
+    best = {key.removeprefix("estimator__"): value for key, value in searcher.best_params_.items()}
+    return SearchResult(
+        scoring=scoring,
+        best_params={**model.params, **best},
+        best_score=float(searcher.best_score_),
+        candidates=candidates,
+    )
+
+
+def _log_search(result: SearchResult, search: SearchSpec) -> None:
+    """One nested MLflow run per candidate, under the active training run."""
+    import mlflow
+
+    for index, candidate in enumerate(result.candidates):
+        with mlflow.start_run(run_name=f"search-{index}", nested=True, tags={"ctpipe.search": search.kind}):
+            mlflow.log_params({f"param.{k}": v for k, v in candidate["params"].items()})
+            mlflow.log_metrics(
+                {
+                    f"cv_{result.scoring}": candidate["mean_score"],
+                    f"cv_{result.scoring}_std": candidate["std_score"],
+                    "rank": candidate["rank"],
+                }
+            )
+
+
 def _reference_sample(frame: pd.DataFrame, spec: DatasetSpec, seed: int) -> pd.DataFrame:
     columns = [spec.entity_column, spec.timestamp_column, *spec.feature_columns, spec.label_column]
     sample = frame[columns]
@@ -341,6 +424,10 @@ def train(
     x_train = prepare_features(train_frame, spec)
     y_train = train_frame[spec.label_column]
     x_eval = prepare_features(eval_frame, spec)
+    searched: SearchResult | None = None
+    if model.search is not None:
+        searched = search_params(spec, model, model.search, x_train, y_train)
+        model = model.model_copy(update={"params": searched.best_params})
     pipeline = build_pipeline(spec, model)
     pipeline.fit(x_train, y_train)
     metrics = basic_metrics(pipeline, x_eval, eval_frame[spec.label_column], spec.task)
@@ -358,6 +445,16 @@ def train(
     experiment_id = tracking.ensure_experiment(experiment, tracking_uri)
     with mlflow.start_run(experiment_id=experiment_id, tags=run_tags) as run:
         mlflow.log_params(_params(spec, model, len(train_frame), len(eval_frame)))
+        if searched is not None and model.search is not None:
+            mlflow.log_params(
+                {
+                    "search.kind": model.search.kind,
+                    "search.scoring": searched.scoring,
+                    "search.folds": model.search.folds,
+                }
+            )
+            mlflow.log_metric(f"search_best_cv_{searched.scoring}", searched.best_score)
+            _log_search(searched, model.search)
         mlflow.log_metrics(metrics)
         logging_started = time.perf_counter()
         info = mlflow.sklearn.log_model(
@@ -402,6 +499,7 @@ def train(
         metrics=metrics,
         eval_path=str(eval_output_path),
         feature_columns=spec.feature_columns,
+        params=model.params,
     )
 
 
@@ -416,11 +514,13 @@ def _log_file(source: Path, artifact: str, staging: Path) -> None:
 
 
 __all__ = [
+    "SearchResult",
     "TrainResult",
     "basic_metrics",
     "build_pipeline",
     "positive_scores",
     "prepare_features",
+    "search_params",
     "split_by_time",
     "train",
 ]

@@ -254,6 +254,27 @@ def rollback_command(ctx: click.Context, as_json: bool) -> None:
     _alias_command("rollback")(ctx, as_json)
 
 
+@main.command("lineage")
+@config_option
+@click.argument("name")
+@click.argument("version")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def lineage_command(ctx: click.Context, name: str, version: str, as_json: bool) -> None:
+    r"""Print where a model version came from: model ← run ← data snapshot ← suite ← config.
+
+    \b
+    Examples:
+      ctpipe lineage churn 3
+      ctpipe lineage churn 3 --json
+    """
+    from components.register import lineage
+
+    result = lineage(name, version, _config(ctx).tracking_uri)
+    click.echo(result.model_dump_json(indent=2) if as_json else result.text())
+
+
 @main.command("serve")
 @config_option
 @click.option("--detach", is_flag=True, help="Start in the background and return once ready.")

@@ -239,16 +239,17 @@ def test_slices(models: Models) -> None:
         str(out / "blessing.json"),
         str(out / "report.html"),
     )
-    assert set(result.slices) == {"a", "b"}
-    assert set(result.skipped_slices) == {"tiny"} and "single label class" in result.skipped_slices["tiny"]
+    assert set(result.slices) == {"segment=a", "segment=b"}
+    assert set(result.skipped_slices) == {"segment=tiny"}
+    assert "single label class" in result.skipped_slices["segment=tiny"]
     sliced = [c for c in result.checks if c.slice is not None]
-    assert {c.slice for c in sliced} == {"a", "b"}
+    assert {c.slice for c in sliced} == {"segment=a", "segment=b"}
     assert {c.kind for c in sliced} == {"value_lower", "value_upper", "change_absolute", "change_relative"}
     assert all(c.reason.startswith("On slice segment=") for c in sliced)
     assert result.blessed
     rows_a = frame[frame["segment"] == "a"]
     model = load_sklearn_model(models.good.model_uri, models.uri)
-    assert result.slices["a"] == compute_metrics(model, rows_a, models.spec, GATE.metrics)
+    assert result.slices["segment=a"] == compute_metrics(model, rows_a, models.spec, GATE.metrics)
     page = (out / "report.html").read_text()
     assert "Slices by segment" in page and "tiny" in page
 
@@ -321,3 +322,64 @@ def test_regression_evaluation_has_residual_plots(demo_frame: pd.DataFrame, tmp_
     assert not MetricSpec(name="mean_absolute_error").higher_is_better
     page = (tmp_path / "r.html").read_text()
     assert "Residuals" in page and page.count("<img") == 2
+
+
+def test_each_slice_has_its_own_thresholds_from_config(models: Models) -> None:
+    """A per-slice bound in the config, and nothing else, decides; loosening it in config flips it back."""
+    raw = {
+        "metrics": [{"name": "roc_auc_score", "threshold": {"lower_bound": 0.6}}],
+        "slices": [
+            {
+                "column": "plan",
+                "metrics": [{"name": "roc_auc_score", "threshold": {"lower_bound": 0.999}}],
+                "min_rows": 5,
+            },
+            {"column": "region", "metrics": [{"name": "accuracy_score"}], "values": ["north", "nowhere"]},
+        ],
+    }
+    strict = EvaluationSpec.model_validate(raw)
+    result = _run(models, models.good, None, strict, "own-slices-strict")
+    assert not result.blessed
+    failed = [c for c in result.checks if not c.passed]
+    assert failed and all(c.slice is not None and c.slice.startswith("plan=") for c in failed)
+    assert all(c.bound == 0.999 and "On slice plan=" in c.reason for c in failed)
+    overall = [c for c in result.checks if c.slice is None]
+    assert len(overall) == 1 and overall[0].passed
+    assert "region=north" in result.slices and set(result.slices["region=north"]) == {"accuracy_score"}
+    assert result.skipped_slices["region=nowhere"] == "0 row(s); need at least 2"
+
+    raw["slices"][0]["metrics"][0]["threshold"]["lower_bound"] = 0.5
+    assert _run(models, models.good, None, EvaluationSpec.model_validate(raw), "own-slices-lenient").blessed
+
+
+def test_the_gate_end_to_end_shuffled_labels_never_get_an_alias(models: Models) -> None:
+    """The repository's own evaluation config, evaluate, then register: what the pipeline does."""
+    from components.common.errors import CtpipeError
+    from components.register import CHALLENGER, CHAMPION, promote, register, resolve_alias
+    from pipelines.config import load_config
+    from tests.helpers import ROOT
+
+    gate = load_config(ROOT / "ctpipe.yaml").evaluation
+    name = "gate-e2e"
+    first = _run(models, models.good, None, gate, "e2e-first")
+    assert first.blessed
+    register(models.good.model_uri, models.good.run_id, name, first.blessed, models.uri)
+    champion = promote(name, models.uri).current
+
+    shuffled = _run(models, models.shuffled, models.good, gate, "e2e-shuffled")
+    assert not shuffled.blessed
+    rejected = register(models.shuffled.model_uri, models.shuffled.run_id, name, shuffled.blessed, models.uri)
+    assert rejected.aliases == []
+    assert not resolve_alias(name, CHALLENGER, models.uri).found
+    with pytest.raises(CtpipeError, match="not 'true'"):
+        promote(name, models.uri, version=rejected.version)
+    assert resolve_alias(name, CHAMPION, models.uri).version == champion
+
+    # A candidate at least as good as the champion (here: the same model retrained) is blessed.
+    retrained = train(
+        models.spec.source, models.spec, LOGISTIC, models.uri, "evaluate-tests", str(models.workspace / "e2e-eval")
+    )
+    equal = _run(models, retrained, models.good, gate, "e2e-equal")
+    assert equal.blessed
+    accepted = register(retrained.model_uri, retrained.run_id, name, equal.blessed, models.uri)
+    assert accepted.aliases == [CHALLENGER]

@@ -216,3 +216,212 @@ def test_register_accepts_a_runs_uri(runs: Runs, name: str) -> None:
     assert result.created and result.aliases == [CHALLENGER]
     assert resolve_alias(name, CHALLENGER, runs.uri).run_id == run.run_id
     assert tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER}", runs.uri) is not None
+
+
+# --- lineage ---------------------------------------------------------------------------------
+
+
+def test_lineage_follows_model_run_snapshot_suite_config(runs: Runs, name: str) -> None:
+    from components.register import lineage
+
+    run = runs.runs[1]
+    tags = {
+        "data_snapshot": "snap123",
+        "suite_hash": "suite456",
+        "config_hash": "cfg789",
+        "code_version": "abc1234",
+        "pipeline_run": "ctpipe-training-1",
+    }
+    version = _register(runs, 1, name, **tags).version
+    promote(name, runs.uri)
+    chain = lineage(name, version, runs.uri)
+    assert [link.kind for link in chain.chain] == ["model", "run", "data snapshot", "suite", "config"]
+    model, run_link, data, suite, config = chain.chain
+    assert model.id == f"{name}/{version}"
+    assert model.details["blessed"] == "true" and model.details["aliases"] == CHAMPION
+    assert run_link.id == run.run_id
+    assert run_link.details["estimator"] == "sklearn.linear_model.LogisticRegression"
+    assert float(run_link.details["roc_auc"]) == pytest.approx(run.metrics["roc_auc"], rel=1e-3)
+    assert data.id == "snap123" and len(data.details["training_set_sha256"]) == 64
+    assert suite.id == "suite456"
+    assert config.id == "cfg789" and config.details == {"code_version": "abc1234", "pipeline_run": "ctpipe-training-1"}
+    text = chain.text()
+    assert text.splitlines()[0].startswith(f"model {name}/{version}")
+    assert "← run " + run.run_id in text and "← config cfg789" in text
+
+    with pytest.raises(ModelNotFound, match="no version 99"):
+        lineage(name, "99", runs.uri)
+
+
+def _cli_config(tmp_path: Path, runs: Runs, name: str) -> Path:
+    import yaml
+
+    from tests.helpers import ROOT
+
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw["infra"] = {"workspace": str(tmp_path), "tracking_uri": runs.uri}
+    raw["serving"]["model_name"] = name
+    path = tmp_path / "ctpipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path
+
+
+def test_cli_promote_rollback_and_lineage(runs: Runs, name: str, tmp_path: Path) -> None:
+    from click.testing import CliRunner
+
+    from pipelines.cli import main
+
+    config = str(_cli_config(tmp_path, runs, name))
+    cli = CliRunner()
+    v1 = _register(runs, 0, name, config_hash="c1").version
+    assert cli.invoke(main, ["--config", config, "promote"]).exit_code == 0
+    v2 = _register(runs, 1, name, config_hash="c2").version
+    promoted = cli.invoke(main, ["--config", config, "promote", "--json"])
+    assert json.loads(promoted.stdout) == {"name": name, "alias": CHAMPION, "previous": v1, "current": v2}
+
+    rolled = cli.invoke(main, ["--config", config, "rollback"])
+    assert rolled.exit_code == 0, rolled.output
+    assert rolled.stdout.strip() == f"{name}@{CHAMPION}: version {v2} → {v1}"
+    assert _champion(runs, name) == v1
+
+    shown = cli.invoke(main, ["--config", config, "lineage", name, v1, "--json"])
+    assert shown.exit_code == 0, shown.output
+    chain = json.loads(shown.stdout)["chain"]
+    assert chain[1]["id"] == runs.runs[0].run_id and chain[4]["id"] == "c1"
+    assert "aliases=champion" in cli.invoke(main, ["--config", config, "lineage", name, v1]).stdout
+    missing = cli.invoke(main, ["--config", config, "lineage", name, "42", "--json"])
+    assert missing.exit_code == 1 and "no version 42" in json.loads(missing.stdout.splitlines()[0])["error"]
+
+
+# --- safety: races and crashes, with real processes on one sqlite registry -------------------
+
+_WRITES = (
+    "create_registered_model",
+    "create_model_version",
+    "set_model_version_tag",
+    "set_registered_model_alias",
+    "delete_registered_model_alias",
+    "set_registered_model_tag",
+    "delete_registered_model",
+)
+
+
+def _processes():
+    import multiprocessing
+
+    context = multiprocessing.get_context("forkserver")
+    # Children fork from a server that imported these once (and holds no database connection).
+    context.set_forkserver_preload(
+        [
+            "mlflow",
+            "mlflow.store.tracking.sqlalchemy_store",
+            "mlflow.store.model_registry.sqlalchemy_store",
+            "components.register",
+            "tests.unit.test_register",
+        ]
+    )
+    return context
+
+
+def _race_worker(uri: str, name: str, model_uri: str, run_id: str, blessed: bool, go) -> None:
+    go.wait(60)
+    register(model_uri, run_id, name, blessed, uri, {"worker": run_id})
+
+
+def _crash_worker(uri: str, name: str, model_uri: str, run_id: str, blessed: bool, die_at: int) -> None:
+    """Register, but die like a killed pod (no cleanup, no finally) right before registry write ``die_at``."""
+    import os
+
+    calls = itertools.count(1)
+    for method in _WRITES:
+        original = getattr(MlflowClient, method)
+
+        def write(self, *args, _original=original, **kwargs):
+            if next(calls) == die_at:
+                os._exit(70)
+            return _original(self, *args, **kwargs)
+
+        setattr(MlflowClient, method, write)
+    register(model_uri, run_id, name, blessed, uri)
+
+
+def _assert_aliases_safe(uri: str, name: str) -> dict[str, str]:
+    """Every alias points at a READY version tagged blessed; tags match the runs they came from."""
+    client = MlflowClient(uri)
+    model = client.get_registered_model(name)
+    for alias, version in model.aliases.items():
+        target = client.get_model_version(name, version)
+        assert target.status == "READY", (alias, version)
+        assert target.tags.get(BLESSED_TAG) == "true", f"{alias} -> v{version} tagged {target.tags.get(BLESSED_TAG)}"
+    for version in client.search_model_versions(f"name='{name}'"):
+        assert version.tags["ctpipe.run_id"] == version.run_id
+    return {alias: str(version) for alias, version in model.aliases.items()}
+
+
+def test_racing_registrations_leave_the_newest_blessed_version_as_challenger(runs: Runs) -> None:
+    from components.register import LOCK_SUFFIX
+
+    context = _processes()
+    for round_ in range(2):
+        name = f"race-{round_}-{next(_names)}"
+        go = context.Event()
+        blessings = [True, True, False, True]
+        workers = [
+            context.Process(
+                target=_race_worker, args=(runs.uri, name, run.model_uri, run.run_id, blessed, go), daemon=True
+            )
+            for run, blessed in zip(runs.runs, blessings, strict=True)
+        ]
+        for worker in workers:
+            worker.start()
+        go.set()
+        for worker in workers:
+            worker.join(120)
+            assert worker.exitcode == 0
+        client = MlflowClient(runs.uri)
+        versions = client.search_model_versions(f"name='{name}'")
+        assert len(versions) == 4  # one per run, none lost or doubled
+        by_run = {v.run_id: v for v in versions}
+        for run, blessed in zip(runs.runs, blessings, strict=True):
+            assert by_run[run.run_id].tags[BLESSED_TAG] == str(blessed).lower()
+            assert by_run[run.run_id].tags["worker"] == run.run_id
+        aliases = _assert_aliases_safe(runs.uri, name)
+        newest_blessed = max(int(v.version) for v in versions if v.tags[BLESSED_TAG] == "true")
+        assert aliases == {CHALLENGER: str(newest_blessed)}
+        assert client.search_registered_models(f"name='{name}{LOCK_SUFFIX}'") == []  # lock released
+
+
+def _crash_at_every_write(runs: Runs, name: str, index: int, blessed: bool, reset) -> int:
+    """Kill a registration before each of its writes in turn; check the aliases after every crash."""
+    context = _processes()
+    run = runs.runs[index]
+    for die_at in itertools.count(1):
+        reset()
+        worker = context.Process(
+            target=_crash_worker, args=(runs.uri, name, run.model_uri, run.run_id, blessed, die_at)
+        )
+        worker.start()
+        worker.join(120)
+        assert worker.exitcode in (0, 70)
+        _assert_aliases_safe(runs.uri, name)
+        # The next registration recovers: it breaks the dead holder's lock and finishes the job.
+        result = register(run.model_uri, run.run_id, name, blessed, runs.uri)
+        assert (CHALLENGER in result.aliases) == blessed
+        _assert_aliases_safe(runs.uri, name)
+        if worker.exitcode == 0:
+            return die_at - 1
+    raise AssertionError("unreachable")
+
+
+def test_a_crash_at_any_write_leaves_no_alias_on_an_unblessed_version(runs: Runs, name: str) -> None:
+    _register(runs, 0, name)  # v1, blessed challenger
+
+    # A new blessed candidate: killed before each write (create version, lock, alias, unlock).
+    writes = _crash_at_every_write(runs, name, 1, True, lambda: None)
+    assert writes >= 3
+    assert resolve_alias(name, CHALLENGER, runs.uri).run_id == runs.runs[1].run_id
+
+    # The challenger re-evaluated as not blessed: the alias must go before its tag says false.
+    writes = _crash_at_every_write(runs, name, 1, False, lambda: _register(runs, 1, name))
+    assert writes >= 4
+    assert not resolve_alias(name, CHALLENGER, runs.uri).found

@@ -322,3 +322,49 @@ def test_train_timing_on_a_5k_window(tmp_path: Path) -> None:
     log_model = MlflowClient(uri).get_run(result.run_id).data.metrics["log_model_seconds"]
     print(f"train on 5k rows (HistGradientBoosting defaults): {elapsed:.2f}s, log_model {log_model:.2f}s")
     assert result.train_rows == 3750
+
+
+def test_same_data_and_config_give_the_same_predictions(
+    trained: tuple[TrainResult, TrainResult, DatasetSpec], module_tracking_uri: str
+) -> None:
+    first, second, spec = trained
+    held_out = pd.read_parquet(first.eval_path)[spec.feature_columns]
+    predictions = [
+        tracking.load_sklearn_model(r.model_uri, module_tracking_uri).predict_proba(held_out) for r in (first, second)
+    ]
+    np.testing.assert_array_equal(predictions[0], predictions[1])
+
+
+def test_hyper_parameter_search_logs_child_runs_and_trains_the_best(demo_data: tuple[Path, list], tmp_path: Path):
+    from components.specs import SearchSpec
+
+    source = demo_data[0]
+    spec = demo_spec(source)
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    # C=1e-4 all but silences the features, so the search must not pick it.
+    search = SearchSpec(kind="grid", space={"C": [1e-4, 1.0]}, folds=2)
+    model = LOGISTIC.model_copy(update={"search": search})
+    results = [train(str(source), spec, model, uri, "search", str(tmp_path / f"e{i}")) for i in range(2)]
+    assert results[0].params == {"max_iter": 500, "C": 1.0} == results[1].params
+    assert results[0].metrics == results[1].metrics  # reproducible with a search too
+    client = MlflowClient(uri)
+    parent = client.get_run(results[0].run_id)
+    assert parent.data.params["param.C"] == "1.0" and parent.data.params["search.kind"] == "grid"
+    children = client.search_runs(
+        [parent.info.experiment_id], f"tags.mlflow.parentRunId = '{results[0].run_id}'", order_by=["metrics.rank"]
+    )
+    assert [c.data.params["param.C"] for c in children] == ["1.0", "0.0001"]
+    assert children[0].data.metrics["cv_roc_auc"] > children[1].data.metrics["cv_roc_auc"]
+    assert parent.data.metrics["search_best_cv_roc_auc"] == pytest.approx(children[0].data.metrics["cv_roc_auc"])
+
+    random = SearchSpec(kind="random", space={"C": [0.01, 0.1, 1.0, 10.0]}, n_iter=2, folds=2)
+    sampled = train(
+        str(source), spec, LOGISTIC.model_copy(update={"search": random}), uri, "search", str(tmp_path / "r")
+    )
+    sampled_children = client.search_runs([parent.info.experiment_id], f"tags.mlflow.parentRunId = '{sampled.run_id}'")
+    assert len(sampled_children) == 2
+    assert sampled.params["C"] in {float(c.data.params["param.C"]) for c in sampled_children}
+
+    with pytest.raises(ConfigError, match=r"\['Cee'\]"):
+        bad = LOGISTIC.model_copy(update={"search": SearchSpec(space={"Cee": [1]})})
+        train(str(source), spec, bad, uri, "search", str(tmp_path / "bad"))
