@@ -163,7 +163,7 @@ def _floor(value: float, digits: int = 6) -> float:
     return math.floor(value * scale) / scale
 
 
-def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0.1) -> dict[str, Any]:
+def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float | None = None) -> dict[str, Any]:
     """Infer an expectation suite from a training snapshot.
 
     Every column the spec names gets: existence, type family, not entirely null (all
@@ -171,13 +171,14 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
     get a ``[min, max]`` range widened by ``tolerance`` times the range; categorical features
     (and a classification label) get their observed value set (both warnings). The table
     gets a row count of at least one and unique (entity, timestamp) keys (blocking) and
-    the spec's column set (extra columns are a warning).
+    the spec's column set (extra columns are a warning); a row count far from the
+    reference's (``spec.validation.min_row_ratio`` / ``max_row_ratio``) is a warning.
 
     Args:
         reference: The training snapshot.
         spec: The dataset spec; every column it names must be in ``reference``.
         tolerance: How far beyond the observed range values may go, as a share of the range;
-            the observed null rate is widened by the same share.
+            the observed null rate is widened by the same share. Default ``spec.validation.tolerance``.
 
     Returns:
         The suite as a JSON-able dict in GX's own form (``name``, ``expectations``, ``meta``, ...),
@@ -193,6 +194,8 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
     import great_expectations as gx
     from great_expectations.expectations.metadata_types import FailureSeverity
 
+    settings = spec.validation
+    tolerance = settings.tolerance if tolerance is None else tolerance
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     columns = [spec.entity_column, spec.timestamp_column, spec.label_column, *spec.feature_columns]
@@ -234,7 +237,13 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
         suite.add_expectation(expectation)
 
     rows = len(reference)
-    add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=1), "blocking")
+    add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=settings.min_rows), "blocking")
+    low_rows = None if settings.min_row_ratio is None else math.ceil(rows * settings.min_row_ratio)
+    high_rows = None if settings.max_row_ratio is None else math.floor(rows * settings.max_row_ratio)
+    if low_rows is not None or high_rows is not None:
+        # Not the same check as the blocking one above: a window much smaller or larger than the
+        # training snapshot is suspicious (a partial export, a duplicated one), not unusable.
+        add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=low_rows, max_value=high_rows), "warning")
     for column in columns:
         add(gx.expectations.ExpectColumnToExist(column=column), "blocking")
     add(gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True), "warning")
@@ -280,6 +289,7 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
         "categories": category_sizes,
         "reference_rows": rows,
         "tolerance": tolerance,
+        "validation": settings.model_dump(mode="json"),
     }
     # Through JSON once, so the returned dict equals what load_suite reads back (and hashes the same).
     result: dict[str, Any] = json.loads(json.dumps(payload, default=str))
@@ -464,7 +474,13 @@ def _describe(
     if kind == EXIST:
         return f"{where} is missing ({kind})"
     if kind == ROW_COUNT:
-        return f"{details.get('observed_value', rows)} rows, expected at least {kwargs.get('min_value')} ({kind})"
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        found = details.get("observed_value", rows)
+        if high is None:
+            return f"{found} rows, expected at least {low} ({kind})"
+        bound = f"at most {high}" if low is None else f"between {low} and {high}"
+        reference = (context["meta"] or {}).get("reference_rows")
+        return f"{found} rows, expected {bound} (the training snapshot had {reference}) ({kind})"
     if kind == UNIQUE_KEYS:
         keys = tuple(kwargs.get("column_list") or [])
         return f"{count} rows share a {keys} key with another row, e.g. {sample[:1]} ({kind})"
@@ -592,6 +608,7 @@ def validate(
     results.update(zip(rest, _run_gx(view, [items[i] for i in rest]), strict=True))
 
     context = {
+        "meta": (suite.get("meta") or {}).get("ctpipe") or {},
         "families": dict((suite.get("meta") or {}).get("ctpipe", {}).get("types") or {}),
         "bad_timestamps": {spec.timestamp_column: bad_stamps} if bad_stamps else {},
     }
