@@ -71,7 +71,8 @@ class ValidationSpec(StrictModel):
 
     @model_validator(mode="after")
     def _ordered(self) -> ValidationSpec:
-        if self.min_row_ratio is not None and self.max_row_ratio is not None and self.min_row_ratio > self.max_row_ratio:
+        low, high = self.min_row_ratio, self.max_row_ratio
+        if low is not None and high is not None and low > high:
             raise ValueError(f"min_row_ratio ({self.min_row_ratio}) is above max_row_ratio ({self.max_row_ratio})")
         return self
 
@@ -256,7 +257,7 @@ class FeastSpec(StrictModel):
     redis_connection_string: str = Field(default="127.0.0.1:6379", description="Used when online_store is redis.")
     offline_store: Literal["file", "spark"] = Field(
         default="file",
-        description="'file': Parquet read by Feast's Dask engine. 'spark': Feast's Spark offline store over the same files.",
+        description="'file': Parquet read by Feast's Dask engine. 'spark': Feast's Spark store over the same files.",
     )
     spark_conf: dict[str, str] = Field(
         default_factory=dict,

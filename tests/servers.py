@@ -176,7 +176,20 @@ class RedisServer:
         self.port = port
         self.process = ServerProcess(
             "redis-server",
-            [binary, "--bind", "127.0.0.1", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(folder)],
+            # No snapshots, no append-only file: nothing outlives the test session.
+            [
+                binary,
+                "--bind",
+                "127.0.0.1",
+                "--port",
+                str(port),
+                "--save",
+                "",
+                "--appendonly",
+                "no",
+                "--dir",
+                str(folder),
+            ],  # noqa: E501
             folder / "redis.log",
             cwd=folder,
         )

@@ -242,7 +242,9 @@ def redis_server(tmp_path_factory):
 
 
 @pytest.mark.server
-def test_redis_online_store_gives_the_same_results_as_sqlite(demo_frame, demo_data, dataset_spec, redis_server, tmp_path):
+def test_redis_online_store_gives_the_same_results_as_sqlite(
+    demo_frame, demo_data, dataset_spec, redis_server, tmp_path
+):
     import redis
 
     windows = [_window(demo_frame, demo_data, n) for n in (1, 2)]

@@ -399,7 +399,8 @@ def test_validation_settings_come_from_the_dataset_spec(windows, spec, tmp_path)
     tenure = next(
         e["kwargs"] for e in suite["expectations"] if e["type"] == BETWEEN and e["kwargs"]["column"] == "tenure_months"
     )
-    assert (tenure["min_value"], tenure["max_value"]) == (windows[0].tenure_months.min(), windows[0].tenure_months.max())
+    observed = windows[0].tenure_months
+    assert (tenure["min_value"], tenure["max_value"]) == (observed.min(), observed.max())
     assert suite["meta"]["ctpipe"]["validation"]["min_rows"] == 700
     with pytest.raises(ValidationFailed, match=r"600 rows, expected at least 700"):
         run(windows[0], strict, suite, tmp_path)
