@@ -528,6 +528,7 @@ def validate(
     report_path: str,
     quarantine_path: str | None = None,
     raise_on_blocking: bool = True,
+    source_name: str | None = None,
 ) -> ValidationResult:
     """Validate a dataset against a suite; write the result, an HTML report and quarantined rows.
 
@@ -546,6 +547,8 @@ def validate(
         quarantine_path: Where to write the rows that broke row-level expectations (Parquet),
             with a ``_ctpipe_reason`` column; written only when there are such rows.
         raise_on_blocking: Raise after writing the result and report if a blocking expectation failed.
+        source_name: The name messages and the report give the data; default the file name of
+            ``data_path`` (a pipeline passes the ingested source's, not the snapshot artifact's).
 
     Returns:
         The result: every expectation's outcome, the blocking failures and the warnings.
@@ -555,7 +558,7 @@ def validate(
         DataError: The file does not exist, is empty or is not a table.
         ConfigError: The suite holds an expectation GX does not accept.
     """
-    source = Path(data_path).name
+    source = source_name or Path(data_path).name
     frame = read_table(data_path).reset_index(drop=True)
     frame, bad_stamps = _parse_string_timestamps(frame, spec.timestamp_column)
     view = _gx_view(frame)

@@ -189,7 +189,7 @@ class RedisServer:
                 "no",
                 "--dir",
                 str(folder),
-            ],  # noqa: E501
+            ],
             folder / "redis.log",
             cwd=folder,
         )
