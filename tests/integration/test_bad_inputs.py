@@ -135,7 +135,7 @@ def test_blocking_input_stops_before_train_and_registers_nothing(setup, tmp_path
     assert tasks.get("train") in (None, "skipped"), tasks
     if case in {"missing-column", "numbers-as-strings", "all-null-column", "duplicate-keys"}:
         assert tasks["validate"] == "failed" and "ValidationFailed" in result.output
-    assert _versions(setup["config"]) == before == ["1"]
+    assert _versions(setup["config"]) == before == [1]
 
 
 def test_warnings_let_the_run_finish_and_are_shown_in_the_summary_and_report(setup, tmp_path):
