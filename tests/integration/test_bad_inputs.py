@@ -8,13 +8,15 @@ the run summary and in the HTML report.
 """
 
 import re
+import subprocess
+import sys
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 import pandas as pd
 import pytest
 import yaml
-from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from components.common import tracking
@@ -23,7 +25,6 @@ from components.ingest import ingest
 from components.register import promote, register
 from components.train import train
 from components.validate import infer_suite, save_suite
-from pipelines.cli import main
 from pipelines.runner import window_params
 from tests.helpers import small_config
 
@@ -63,9 +64,11 @@ def _versions(config):
     return sorted(v.version for v in MlflowClient().search_model_versions(f"name='{config.serving.model_name}'"))
 
 
-def _run(setup, source, *extra):
-    args = ["--config", str(setup["path"]), "run", "training", "--param", f"source={source}"]
-    return CliRunner().invoke(main, [*args, "--param", "dry_run=true", *extra])
+def _run(setup, source):
+    """``ctpipe run training`` as a real process (in-process invocations share kfp.local's logging)."""
+    args = ["--config", str(setup["path"]), "run", "training", "--param", f"source={source}", "--param", "dry_run=true"]
+    done = subprocess.run([sys.executable, "-m", "pipelines.cli", *args], capture_output=True, text=True, timeout=1200)
+    return SimpleNamespace(exit_code=done.returncode, output=done.stdout + done.stderr)
 
 
 def _parquet(frame, folder, name):
