@@ -161,7 +161,7 @@ def test_warnings_let_the_run_finish_and_are_shown_in_the_summary_and_report(set
         "column 'event_timestamp' has 1 timestamps after the time of validation",
         "extra ['coupon_code']",
     ]
-    summary = result.output[result.output.index("ctpipe-training succeeded") :]
+    summary = result.output[result.output.index("\ntraining succeeded") :]
     assert "validation_report: 5 warning(s)" in summary
     for text in expected:
         assert f"warning: warnings.parquet: {text}" in summary, text
