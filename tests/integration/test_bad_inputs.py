@@ -159,7 +159,7 @@ def test_warnings_let_the_run_finish_and_are_shown_in_the_summary_and_report(set
         "column 'region' has 1 values (0.33%) in unseen categories ['mars']",
         "column 'satisfaction_score' has 100 nulls (33.33%)",
         "column 'event_timestamp' has 1 timestamps after the time of validation",
-        "extra ['coupon_code']",
+        "columns not in the dataset config: extra ['coupon_code']",
     ]
     summary = result.output[result.output.index("\ntraining succeeded") :]
     assert "validation_report: 5 warning(s)" in summary
