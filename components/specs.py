@@ -49,6 +49,34 @@ def import_object(path: str) -> Any:
         raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from exc
 
 
+class ValidationSpec(StrictModel):
+    """How the schema suite is inferred from a training snapshot (``validate.infer_suite``)."""
+
+    tolerance: float = Field(
+        default=0.1,
+        ge=0,
+        description="Numeric ranges are widened by this share of the observed range; null rates by this share.",
+    )
+    min_rows: int = Field(default=1, ge=1, description="Fewer rows than this is a blocking failure.")
+    min_row_ratio: float | None = Field(
+        default=0.1,
+        ge=0,
+        description="Warn when new data has fewer rows than this times the training snapshot's; null: never.",
+    )
+    max_row_ratio: float | None = Field(
+        default=10.0,
+        gt=0,
+        description="Warn when new data has more rows than this times the training snapshot's; null: never.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> ValidationSpec:
+        low, high = self.min_row_ratio, self.max_row_ratio
+        if low is not None and high is not None and low > high:
+            raise ValueError(f"min_row_ratio ({self.min_row_ratio}) is above max_row_ratio ({self.max_row_ratio})")
+        return self
+
+
 class DatasetSpec(StrictModel):
     """What the tabular data looks like; nothing in ctpipe hard-codes a dataset."""
 
@@ -59,6 +87,7 @@ class DatasetSpec(StrictModel):
     numeric_features: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical_features: list[str] = Field(default_factory=list, description="Categorical (string) feature columns.")
     task: TaskType = Field(default="binary_classification", description="Kind of prediction task.")
+    validation: ValidationSpec = Field(default_factory=ValidationSpec)
 
     @model_validator(mode="after")
     def _check_columns(self) -> DatasetSpec:
@@ -339,8 +368,17 @@ class FeastSpec(StrictModel):
 
     project: str = Field(default="ctpipe", description="Feast project name.")
     repo_path: str = Field(default="feature_repo", description="Folder with the Feast feature repository.")
-    online_store: Literal["sqlite", "redis"] = "sqlite"
+    online_store: Literal["sqlite", "redis"] = Field(
+        default="sqlite", description="'sqlite': a file in the workspace. 'redis': a Redis server (cluster profile)."
+    )
     redis_connection_string: str = Field(default="127.0.0.1:6379", description="Used when online_store is redis.")
-    offline_store: Literal["file", "spark"] = "file"
+    offline_store: Literal["file", "spark"] = Field(
+        default="file",
+        description="'file': Parquet read by Feast's Dask engine. 'spark': Feast's Spark store over the same files.",
+    )
+    spark_conf: dict[str, str] = Field(
+        default_factory=dict,
+        description="Spark settings for offline_store 'spark', e.g. {'spark.master': 'spark://host:7077'}.",
+    )
     ttl_days: int = Field(default=3650, ge=1, description="How far back a feature value stays valid.")
     entity_type: Literal["int64", "string"] = Field(default="int64", description="Type of the entity id column.")

@@ -163,7 +163,7 @@ def _floor(value: float, digits: int = 6) -> float:
     return math.floor(value * scale) / scale
 
 
-def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0.1) -> dict[str, Any]:
+def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float | None = None) -> dict[str, Any]:
     """Infer an expectation suite from a training snapshot.
 
     Every column the spec names gets: existence, type family, not entirely null (all
@@ -171,13 +171,14 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
     get a ``[min, max]`` range widened by ``tolerance`` times the range; categorical features
     (and a classification label) get their observed value set (both warnings). The table
     gets a row count of at least one and unique (entity, timestamp) keys (blocking) and
-    the spec's column set (extra columns are a warning).
+    the spec's column set (extra columns are a warning); a row count far from the
+    reference's (``spec.validation.min_row_ratio`` / ``max_row_ratio``) is a warning.
 
     Args:
         reference: The training snapshot.
         spec: The dataset spec; every column it names must be in ``reference``.
         tolerance: How far beyond the observed range values may go, as a share of the range;
-            the observed null rate is widened by the same share.
+            the observed null rate is widened by the same share. Default ``spec.validation.tolerance``.
 
     Returns:
         The suite as a JSON-able dict in GX's own form (``name``, ``expectations``, ``meta``, ...),
@@ -193,6 +194,8 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
     import great_expectations as gx
     from great_expectations.expectations.metadata_types import FailureSeverity
 
+    settings = spec.validation
+    tolerance = settings.tolerance if tolerance is None else tolerance
     if tolerance < 0:
         raise ValueError(f"tolerance must be >= 0, got {tolerance}")
     columns = [spec.entity_column, spec.timestamp_column, spec.label_column, *spec.feature_columns]
@@ -234,7 +237,13 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
         suite.add_expectation(expectation)
 
     rows = len(reference)
-    add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=1), "blocking")
+    add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=settings.min_rows), "blocking")
+    low_rows = None if settings.min_row_ratio is None else math.ceil(rows * settings.min_row_ratio)
+    high_rows = None if settings.max_row_ratio is None else math.floor(rows * settings.max_row_ratio)
+    if low_rows is not None or high_rows is not None:
+        # Not the same check as the blocking one above: a window much smaller or larger than the
+        # training snapshot is suspicious (a partial export, a duplicated one), not unusable.
+        add(gx.expectations.ExpectTableRowCountToBeBetween(min_value=low_rows, max_value=high_rows), "warning")
     for column in columns:
         add(gx.expectations.ExpectColumnToExist(column=column), "blocking")
     add(gx.expectations.ExpectTableColumnsToMatchSet(column_set=columns, exact_match=True), "warning")
@@ -280,6 +289,7 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float = 0
         "categories": category_sizes,
         "reference_rows": rows,
         "tolerance": tolerance,
+        "validation": settings.model_dump(mode="json"),
     }
     # Through JSON once, so the returned dict equals what load_suite reads back (and hashes the same).
     result: dict[str, Any] = json.loads(json.dumps(payload, default=str))
@@ -464,7 +474,13 @@ def _describe(
     if kind == EXIST:
         return f"{where} is missing ({kind})"
     if kind == ROW_COUNT:
-        return f"{details.get('observed_value', rows)} rows, expected at least {kwargs.get('min_value')} ({kind})"
+        low, high = kwargs.get("min_value"), kwargs.get("max_value")
+        found = details.get("observed_value", rows)
+        if high is None:
+            return f"{found} rows, expected at least {low} ({kind})"
+        bound = f"at most {high}" if low is None else f"between {low} and {high}"
+        reference = (context["meta"] or {}).get("reference_rows")
+        return f"{found} rows, expected {bound} (the training snapshot had {reference}) ({kind})"
     if kind == UNIQUE_KEYS:
         keys = tuple(kwargs.get("column_list") or [])
         return f"{count} rows share a {keys} key with another row, e.g. {sample[:1]} ({kind})"
@@ -512,6 +528,7 @@ def validate(
     report_path: str,
     quarantine_path: str | None = None,
     raise_on_blocking: bool = True,
+    source_name: str | None = None,
 ) -> ValidationResult:
     """Validate a dataset against a suite; write the result, an HTML report and quarantined rows.
 
@@ -530,6 +547,8 @@ def validate(
         quarantine_path: Where to write the rows that broke row-level expectations (Parquet),
             with a ``_ctpipe_reason`` column; written only when there are such rows.
         raise_on_blocking: Raise after writing the result and report if a blocking expectation failed.
+        source_name: The name messages and the report give the data; default the file name of
+            ``data_path`` (a pipeline passes the ingested source's, not the snapshot artifact's).
 
     Returns:
         The result: every expectation's outcome, the blocking failures and the warnings.
@@ -539,7 +558,7 @@ def validate(
         DataError: The file does not exist, is empty or is not a table.
         ConfigError: The suite holds an expectation GX does not accept.
     """
-    source = Path(data_path).name
+    source = source_name or Path(data_path).name
     frame = read_table(data_path).reset_index(drop=True)
     frame, bad_stamps = _parse_string_timestamps(frame, spec.timestamp_column)
     view = _gx_view(frame)
@@ -592,6 +611,7 @@ def validate(
     results.update(zip(rest, _run_gx(view, [items[i] for i in rest]), strict=True))
 
     context = {
+        "meta": (suite.get("meta") or {}).get("ctpipe") or {},
         "families": dict((suite.get("meta") or {}).get("ctpipe", {}).get("types") or {}),
         "bad_timestamps": {spec.timestamp_column: bad_stamps} if bad_stamps else {},
     }

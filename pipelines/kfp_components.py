@@ -89,6 +89,7 @@ def validate(
 
     Raises on blocking failures, which stops the pipeline before training.
     """
+    import os
     import tempfile
 
     import pandas as pd
@@ -108,8 +109,15 @@ def validate(
         suite_dict = infer_suite(pd.read_parquet(snapshot.path), spec)
     suite_hash = save_suite(suite_dict, suite.path)
     suite.metadata["suite_hash"] = suite_hash
-    outcome = run_validate(snapshot.path, spec, suite_dict, result.path, report.path, quarantine.path)
+    # Messages name the file the user gave, not the snapshot artifact.
+    source_name = os.path.basename(str(snapshot.metadata.get("source") or "")) or None
+    outcome = run_validate(
+        snapshot.path, spec, suite_dict, result.path, report.path, quarantine.path, source_name=source_name
+    )
     attach(result, {"success": outcome.success, "warnings": len(outcome.warnings), "rows": outcome.rows})
+    # On the report too: it is a pipeline output, so the run summary can show the warnings.
+    report.metadata["warnings"] = [o.message for o in outcome.warnings]
+    report.metadata["quarantined_rows"] = outcome.quarantined_rows
     ensure_file(quarantine)
     return suite_hash
 

@@ -29,6 +29,12 @@ def print_run(report: RunReport, out: TextIO = sys.stdout) -> None:
         print(f"  {task.name:<28} {task.status:<8} {seconds}", file=out)
     for key, value in report.outputs.items():
         print(f"  output {key}: {_value(value)}", file=out)
+    for key, value in report.outputs.items():
+        warnings = (value.get("metadata") or {}).get("warnings") if isinstance(value, dict) else None
+        if warnings:
+            print(f"  {key}: {len(warnings)} warning(s)", file=out)
+            for line in warnings:
+                print(f"    warning: {line}", file=out)
     if report.error:
         print(f"  error: {report.error}", file=out)
     print(f"  task logs: {report.log_path}", file=out)

@@ -100,6 +100,20 @@ def test_point_in_time_join_does_not_leak_later_values(tmp_path):
     pd.testing.assert_frame_equal(training, expected, check_dtype=False)
     assert result.missing_entities == 1  # user 2 as of day 2: its only value is from day 5
 
+    # The same rows through a plain join (each entity's latest stored value, whatever the row's
+    # time) would leak: the day-2 row would see the day-3 value, which equals its label.
+    workspace = str(tmp_path / "ws")
+    stored = pd.concat(pd.read_parquet(p) for p in offline_folder(spec, workspace).glob("*.parquet"))
+    latest = stored.sort_values("ts").groupby("user")["signal"].last()
+    plain = pd.read_parquet(snapshot)[["user", "ts", "label"]].merge(latest, left_on="user", right_index=True)
+    day2 = pd.Timestamp("2026-01-02", tz="UTC")
+    leaked = plain[(plain.user == 1) & (plain.ts == day2)]
+    assert leaked.signal.item() == 1.0 == leaked.label.item()
+    ours = training[(training.user == 1) & (training.ts == day2)]
+    assert ours.signal.item() == 0.5 != ours.label.item()
+    # The online store holds exactly those latest values (for serving); training never reads it.
+    assert online_features([1], spec, FEAST, workspace).rows == [{"user": 1, "signal": 1.0}]
+
 
 def test_point_in_time_across_snapshots(tmp_path):
     """The same guarantee when the later value arrived with an earlier snapshot."""
@@ -212,3 +226,93 @@ def test_changed_feature_list_is_named_with_the_old_file(tmp_path):
         DataError, match=r"snapshot=.*\.parquet: offline feature file has columns .*\(lacking \['extra'\]"
     ):
         build_training_set(str(tmp_path / "new.parquet"), wider, FEAST, workspace, str(tmp_path / "b"))
+
+
+# --- Redis online store, against a real redis-server ------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def redis_server(tmp_path_factory):
+    from tests.helpers import free_port
+    from tests.servers import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), free_port())
+    yield server
+    server.stop()
+
+
+@pytest.mark.server
+def test_redis_online_store_gives_the_same_results_as_sqlite(
+    demo_frame, demo_data, dataset_spec, redis_server, tmp_path
+):
+    import redis
+
+    windows = [_window(demo_frame, demo_data, n) for n in (1, 2)]
+    for number, frame in enumerate(windows, start=1):
+        frame.to_parquet(tmp_path / f"w{number}.parquet")
+    on_redis = FeastSpec(online_store="redis", redis_connection_string=redis_server.connection_string)
+    results = {}
+    for name, feast in (("sqlite", FEAST), ("redis", on_redis)):
+        workspace = str(tmp_path / name)
+        for number in (1, 2):
+            built = build_training_set(
+                str(tmp_path / f"w{number}.parquet"), dataset_spec, feast, workspace, str(tmp_path / f"{name}{number}")
+            )
+        assert built.materialized_until == windows[1].event_timestamp.max().isoformat()
+        # Twenty known ids (their window-2 values are the latest) and two that were never seen.
+        ids = [*windows[1].customer_id.head(20).tolist(), 10_000_000, -1]
+        results[name] = online_features(ids, dataset_spec, feast, workspace)
+
+    # The values really are in Redis (not in a sqlite file next to the registry).
+    assert redis.Redis(port=redis_server.port).dbsize() > 0
+    assert not (tmp_path / "redis" / "feast" / "online.db").exists()
+    assert results["redis"].missing == results["sqlite"].missing == [10_000_000, -1]
+    assert len(results["sqlite"].rows) == 20
+    latest = windows[1].set_index("customer_id")
+    assert [row["plan"] for row in results["redis"].rows] == latest.loc[ids[:20], "plan"].tolist()
+    assert results["redis"].rows == results["sqlite"].rows
+
+
+# --- store profiles: feature_store.yaml -------------------------------------------------------
+
+
+def test_committed_feature_store_yaml_is_the_rendered_default_profile():
+    from feature_repo.render import render
+    from tests.helpers import ROOT
+
+    assert (ROOT / "feature_repo" / "feature_store.yaml").read_text() == render(ROOT / "ctpipe.yaml")
+
+
+def test_spark_and_redis_profile_renders_a_config_feast_accepts(tmp_path):
+    import yaml
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark import SparkOfflineStoreConfig
+    from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
+    from feast.infra.online_stores.redis import RedisOnlineStoreConfig
+    from feast.repo_config import RepoConfig
+
+    from components.fetch_features import definitions, feature_store_yaml
+
+    feast = FeastSpec(
+        online_store="redis",
+        redis_connection_string="redis.ctpipe.svc:6379,ssl=true",
+        offline_store="spark",
+        spark_conf={"spark.master": "spark://spark-master:7077"},
+    )
+    repo = tmp_path / "repo"
+    text = feature_store_yaml(feast, str(tmp_path / "ws"), relative_to=str(repo))
+    settings = yaml.safe_load(text)
+    assert settings["registry"] == "../ws/feast/registry.db"
+    config = RepoConfig(**settings, repo_path=str(repo))
+    assert isinstance(config.offline_store, SparkOfflineStoreConfig)
+    assert config.offline_store.spark_conf == {
+        "spark.sql.session.timeZone": "UTC",
+        "spark.master": "spark://spark-master:7077",
+    }
+    assert isinstance(config.online_store, RedisOnlineStoreConfig)
+    assert config.online_store.connection_string == "redis.ctpipe.svc:6379,ssl=true"
+    # The same feature view, read through Spark from the same Parquet folder.
+    spec = _tiny_spec(tmp_path)
+    _, view = definitions(spec, feast, str(tmp_path / "ws"))
+    assert isinstance(view.batch_source, SparkSource)
+    assert view.batch_source.path == str(offline_folder(spec, str(tmp_path / "ws")))
+    assert view.batch_source.file_format == "parquet"

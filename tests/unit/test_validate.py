@@ -372,3 +372,37 @@ def test_unreadable_files_are_data_errors_naming_the_file(spec, suite, tmp_path,
 def test_header_only_csv_is_blocking_empty(windows, spec, suite, tmp_path):
     result = run(windows[0].head(0), spec, suite, tmp_path, name="data.csv", raise_on_blocking=False)
     assert [o.expectation for o in result.blocking] == ["expect_table_row_count_to_be_between"]
+
+
+# --- settings ---------------------------------------------------------------------------------
+
+
+def test_row_count_far_from_the_reference_is_a_warning(windows, spec, suite, tmp_path):
+    # 600 reference rows: fewer than 60 (min_row_ratio 0.1) warns, and so would more than 6000.
+    result = run(windows[0].head(50), spec, suite, tmp_path)
+    assert result.success
+    [warning] = [o for o in result.warnings if o.expectation == "expect_table_row_count_to_be_between"]
+    assert warning.severity == "warning"
+    assert "50 rows, expected between 60 and 6000 (the training snapshot had 600)" in warning.message
+    assert run(windows[0].head(60), spec, suite, tmp_path).warnings == []
+
+
+def test_validation_settings_come_from_the_dataset_spec(windows, spec, tmp_path):
+    from components.specs import ValidationSpec
+
+    strict = spec.model_copy(
+        update={"validation": ValidationSpec(tolerance=0.0, min_rows=700, min_row_ratio=None, max_row_ratio=None)}
+    )
+    suite = infer_suite(windows[0], strict)
+    counts = [e["kwargs"] for e in suite["expectations"] if e["type"] == "expect_table_row_count_to_be_between"]
+    assert counts == [{"min_value": 700}]
+    tenure = next(
+        e["kwargs"] for e in suite["expectations"] if e["type"] == BETWEEN and e["kwargs"]["column"] == "tenure_months"
+    )
+    observed = windows[0].tenure_months
+    assert (tenure["min_value"], tenure["max_value"]) == (observed.min(), observed.max())
+    assert suite["meta"]["ctpipe"]["validation"]["min_rows"] == 700
+    with pytest.raises(ValidationFailed, match=r"600 rows, expected at least 700"):
+        run(windows[0], strict, suite, tmp_path)
+    with pytest.raises(ValueError, match="min_row_ratio"):
+        ValidationSpec(min_row_ratio=2, max_row_ratio=1)

@@ -1,0 +1,33 @@
+import io
+
+from pipelines.runner import RunReport, TaskRecord
+from pipelines.summary import print_run
+
+
+def _report(metadata):
+    return RunReport(
+        pipeline="ctpipe-training",
+        succeeded=True,
+        seconds=1.0,
+        tasks=[TaskRecord("validate", "ran", 0.5)],
+        outputs={"validation_report": {"path": "/runs/validate/report", "metadata": metadata}},
+        pipeline_root="/runs",
+        log_path="/logs/x.log",
+    )
+
+
+def test_summary_lists_validation_warnings():
+    out = io.StringIO()
+    warnings = ["d.parquet: column 'plan' has 1 values (0.33%) in unseen categories ['x']", "d.parquet: extra ['y']"]
+    print_run(_report({"warnings": warnings, "quarantined_rows": 1}), out)
+    text = out.getvalue()
+    assert "output validation_report: /runs/validate/report" in text
+    assert "validation_report: 2 warning(s)" in text
+    for line in warnings:
+        assert f"    warning: {line}\n" in text
+
+
+def test_summary_without_warnings_says_nothing_about_them():
+    out = io.StringIO()
+    print_run(_report({"warnings": [], "quarantined_rows": 0}), out)
+    assert "warning" not in out.getvalue()
