@@ -215,6 +215,8 @@ class DockerDaemon:
         # One daemon per data-root: a second test session waits here instead of corrupting it.
         self._lock = (cache / "dockerd.lock").open("w")
         fcntl.flock(self._lock, fcntl.LOCK_EX)
+        self._owner = cache / "dockerd.owner"
+        _stop_stale_dockerd(self._owner, cache / "dockerd")
         # unix socket paths are limited to 108 bytes, so the runtime folder is short and in /tmp.
         self.run_dir = Path(tempfile.mkdtemp(prefix="ctpd-"))
         self.socket = self.run_dir / "docker.sock"
@@ -231,6 +233,7 @@ class DockerDaemon:
                 server = self._start(cache, log_dir, driver, bridge)
                 if self._ready(server):
                     self.server, self.storage_driver, self.bridge = server, driver, bridge
+                    self._owner.write_text(f"{server.popen.pid}\n")
                     return
                 attempts.append(f"--storage-driver={driver} bridge={bridge}:\n{server.log_tail(8)}")
                 server.stop()
@@ -302,7 +305,31 @@ class DockerDaemon:
     def stop(self) -> None:
         """Stop the daemon (it stops its containerd) and release the data-root."""
         self.server.stop(timeout=30)
+        self._owner.unlink(missing_ok=True)
         self._release()
+
+
+def _stop_stale_dockerd(owner: Path, data_root: Path) -> None:
+    """Stop a dockerd an earlier, killed test session left running on our data-root.
+
+    Only the pid recorded in ``owner`` is signalled, and only if its command line is dockerd
+    with this data-root, so nothing else is ever touched.
+    """
+    try:
+        pid = int(owner.read_text().strip())
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().decode(errors="replace")
+    except (OSError, ValueError):
+        owner.unlink(missing_ok=True)
+        return
+    if "dockerd" in cmdline and f"--data-root={data_root}" in cmdline:
+        import contextlib
+
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, signal.SIGTERM)  # ServerProcess started it as a process-group leader
+        deadline = time.monotonic() + 30
+        while Path(f"/proc/{pid}").exists() and time.monotonic() < deadline:
+            time.sleep(0.2)
+    owner.unlink(missing_ok=True)
 
 
 def _empty_tar() -> bytes:
