@@ -14,6 +14,7 @@ from an image is always a failure.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import time
@@ -38,6 +39,19 @@ def not_runnable(reason: str) -> None:
     if os.environ.get("CTPIPE_REQUIRE_CONTAINERS"):
         pytest.fail(message)
     pytest.skip(message)
+
+
+@contextlib.contextmanager
+def machine_limits(what: str) -> Iterator[None]:
+    """Turn "this machine cannot" (no root for apt, no mirror, dockerd refused) into not_runnable.
+
+    ``tests.servers`` fails under CI when it cannot install a package; for this tier that is the
+    machine's limit, so it becomes a skip (or a failure with CTPIPE_REQUIRE_CONTAINERS=1).
+    """
+    try:
+        yield
+    except (RuntimeError, pytest.fail.Exception, pytest.skip.Exception) as exc:
+        not_runnable(f"{what}: {exc}")
 
 
 class Timings:
@@ -66,10 +80,8 @@ def cache() -> Path:
 @pytest.fixture(scope="session")
 def docker(cache: Path, tmp_path_factory: pytest.TempPathFactory, timings: Timings) -> Iterator[DockerDaemon]:
     started = time.monotonic()
-    try:
+    with machine_limits("cannot start dockerd"):
         daemon = DockerDaemon(cache, tmp_path_factory.mktemp("dockerd-logs"))
-    except RuntimeError as exc:
-        not_runnable(str(exc))
     timings.measure("dockerd_start", started)
     yield daemon
     daemon.stop()
@@ -78,10 +90,8 @@ def docker(cache: Path, tmp_path_factory: pytest.TempPathFactory, timings: Timin
 @pytest.fixture(scope="session")
 def base_image(docker: DockerDaemon, cache: Path, timings: Timings) -> str:
     started = time.monotonic()
-    try:
+    with machine_limits("cannot build the Debian base image"):
         tag = debian_base_image(docker, cache, BASE_TAG)
-    except RuntimeError as exc:
-        not_runnable(f"cannot build the Debian base image: {exc}")
     timings.measure("base_image", started)
     return tag
 
@@ -137,7 +147,6 @@ def images(
         env=docker.env,
         log=log,
     )
-    timings.measure("build_images", started)
     for kind, tag in built.items():
         size = docker.docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip()
         timings.values[f"{kind}_image_mb"] = round(int(size) / 1e6)
