@@ -147,6 +147,10 @@ def images(
         env=docker.env,
         log=log,
     )
+    # Older builds of the same tags linger as dangling images and stale build cache: drop them so
+    # the cached data-root stays at about one build's size.
+    docker.docker("image", "prune", "--force", check=False)
+    docker.docker("builder", "prune", "--force", "--keep-storage", "6GB", check=False)
     for kind, tag in built.items():
         size = docker.docker("image", "inspect", "--format", "{{.Size}}", tag).stdout.strip()
         timings.values[f"{kind}_image_mb"] = round(int(size) / 1e6)
