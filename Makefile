@@ -47,6 +47,7 @@ test: $(STAMP) java lint  ## Lint, type-check and run every test.
 # The images: tags come from infra.images (ctpipe/<kind>:<package version>); builds are offline
 # from a wheelhouse. BASE_IMAGE=... and CA_BUNDLE=proxy-ca.pem (a build secret) are optional.
 WHEELHOUSE ?= out/wheelhouse
+DOCKER ?= docker
 
 lock: $(STAMP)  ## Regenerate containers/*.lock (the images' pins) from the virtualenv.
 	$(BIN)/python -m pipelines.images lock
@@ -55,7 +56,7 @@ wheelhouse: $(STAMP)  ## Download every locked wheel into $(WHEELHOUSE) (the onl
 	$(BIN)/python -m pipelines.images wheelhouse $(WHEELHOUSE)
 
 images: wheelhouse  ## Build the components and serving images offline from the wheelhouse.
-	$(BIN)/python -m pipelines.images build --wheelhouse $(WHEELHOUSE) \
+	$(BIN)/python -m pipelines.images build --wheelhouse $(WHEELHOUSE) --docker $(DOCKER) \
 	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
 
 test-containers: $(STAMP)  ## Build both images on a Debian-built base in a private dockerd and run them.
