@@ -294,6 +294,7 @@ def build_images(
     context: Path | None = None,
     env: dict[str, str] | None = None,
     log: Path | None = None,
+    commit: str | None = None,
 ) -> dict[Kind, str]:
     """Build the images and tag them as ``infra.images`` says; returns kind -> tag.
 
@@ -303,7 +304,7 @@ def build_images(
     tags = image_tags(config)
     context = assemble_context(context or REPO_ROOT / "out" / "images" / "context", wheelhouse)
     run_env = {**os.environ, **(env or {}), "DOCKER_BUILDKIT": "1"}
-    commit = git_commit()
+    commit = commit or git_commit()
     for kind in kinds:
         command = build_command(kind, tags[kind], context, docker, base_image, ca_bundle, network, commit)
         result = subprocess.run(command, env=run_env, capture_output=True, text=True)

@@ -24,7 +24,7 @@ from pathlib import Path
 import pytest
 
 from pipelines.config import CtpipeConfig, load_config
-from pipelines.images import build_images, build_wheelhouse, lock_key
+from pipelines.images import build_images, build_wheelhouse, git_commit, lock_key
 from tests.servers import DockerDaemon, containers_cache, debian_base_image
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
@@ -122,7 +122,14 @@ def ca_bundle(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def build_commit() -> str:
+    """The commit the images are labelled with, read once (a commit made during the build is not it)."""
+    return git_commit()
+
+
+@pytest.fixture(scope="session")
 def images(
+    build_commit: str,
     docker: DockerDaemon,
     base_image: str,
     wheelhouse: Path,
@@ -146,6 +153,7 @@ def images(
         context=cache / "context",
         env=docker.env,
         log=log,
+        commit=build_commit,
     )
     # Older builds of the same tags linger as dangling images and stale build cache: drop them so
     # the cached data-root stays at about one build's size.
