@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export FEAST_USAGE := False
 
-.PHONY: demo test lint typecheck unit bench compile docs clean java help
+.PHONY: demo test lint typecheck unit bench compile docs clean java help lock wheelhouse images test-containers
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -43,6 +43,24 @@ lint: $(STAMP)  ## ruff (style, Google docstrings) and mypy.
 
 test: $(STAMP) java lint  ## Lint, type-check and run every test.
 	$(BIN)/pytest
+
+# The images: tags come from infra.images (ctpipe/<kind>:<package version>); builds are offline
+# from a wheelhouse. BASE_IMAGE=... and CA_BUNDLE=proxy-ca.pem (a build secret) are optional.
+WHEELHOUSE ?= out/wheelhouse
+DOCKER ?= docker
+
+lock: $(STAMP)  ## Regenerate containers/*.lock (the images' pins) from the virtualenv.
+	$(BIN)/python -m pipelines.images lock
+
+wheelhouse: $(STAMP)  ## Download every locked wheel into $(WHEELHOUSE) (the only step that needs the index).
+	$(BIN)/python -m pipelines.images wheelhouse $(WHEELHOUSE)
+
+images: wheelhouse  ## Build the components and serving images offline from the wheelhouse.
+	$(BIN)/python -m pipelines.images build --wheelhouse $(WHEELHOUSE) --docker $(DOCKER) \
+	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+
+test-containers: $(STAMP)  ## Build both images on a Debian-built base in a private dockerd and run them.
+	$(BIN)/pytest tests/containers -m containers -p no:randomly
 
 bench: $(STAMP) java  ## Run the benchmarks; results are written as JSON under out/bench/.
 	$(BIN)/pytest tests/benchmarks -m bench -p no:randomly -q

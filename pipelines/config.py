@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
@@ -32,11 +33,22 @@ from components.specs import (
 DEFAULT_CONFIG = "ctpipe.yaml"
 
 
+def package_version() -> str:
+    """The installed ctpipe version (``pyproject.toml``'s ``version``); it tags the images."""
+    try:
+        return metadata.version("ctpipe")
+    except metadata.PackageNotFoundError:  # sources on PYTHONPATH without an install
+        return "0.0.0"
+
+
 class ImagesSpec(StrictModel):
     """Container images; pin by digest in production (``name:tag@sha256:...``)."""
 
-    components: str = Field(default="ctpipe/components:0.1.0", description="Image every KFP component runs in.")
-    serving: str = Field(default="ctpipe/serving:0.1.0", description="KServe predictor image.")
+    # The one place the tags are set (the package version): `make images` builds exactly these.
+    components: str = Field(
+        default=f"ctpipe/components:{package_version()}", description="Image every KFP component runs in."
+    )
+    serving: str = Field(default=f"ctpipe/serving:{package_version()}", description="KServe predictor image.")
 
 
 class InfraSpec(StrictModel):

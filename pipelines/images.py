@@ -1,0 +1,371 @@
+"""Build the ctpipe container images: the lock files, the wheelhouse and ``docker build``.
+
+The image tags come from one place, the configuration's ``infra.images`` (whose defaults are
+``ctpipe/<kind>:<package version>``), and the compiled pipelines name exactly the same
+``infra.images.components``, so the YAML and the image never drift apart.
+
+Builds never reach a package index: the host downloads every pinned wheel once into a
+*wheelhouse* (``wheelhouse``), and the Dockerfile installs from it with ``--no-index``. That
+is also how an image is built for an air-gapped cluster: carry the wheelhouse across.
+
+``python -m pipelines.images --help`` lists the steps (``make images`` runs them all)::
+
+    python -m pipelines.images lock                      # containers/*.lock from the virtualenv
+    python -m pipelines.images wheelhouse out/wheelhouse # pip wheel every locked pin
+    python -m pipelines.images build --wheelhouse out/wheelhouse [--base-image IMG] [--ca-bundle PEM]
+    python -m pipelines.images tags                      # what build tags, as JSON
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tomllib
+from collections.abc import Iterable, Sequence
+from importlib import metadata
+from pathlib import Path
+from typing import Literal
+
+from packaging.markers import default_environment
+from packaging.requirements import Requirement
+
+from components.common.errors import ConfigError
+from pipelines.config import DEFAULT_CONFIG, CtpipeConfig, load_config, package_version
+
+Kind = Literal["components", "serving"]
+KINDS: tuple[Kind, ...] = ("components", "serving")
+REPO_ROOT = Path(__file__).resolve().parent.parent
+CONTAINERS_DIR = REPO_ROOT / "containers"
+DOCKERFILE = CONTAINERS_DIR / "Dockerfile"
+LOCK_FILES: dict[Kind, Path] = {
+    "components": CONTAINERS_DIR / "components.lock",
+    "serving": CONTAINERS_DIR / "serving.lock",
+}
+# What the serving image needs besides ctpipe's own code: the predictor imports kserve, MLflow
+# (sklearn flavour) and the common helpers; no Spark, Feast, Great Expectations or kfp.
+SERVING_ROOTS = (
+    "kserve",
+    "mlflow",
+    "scikit-learn",
+    "pandas",
+    "pyarrow",
+    "pydantic",
+    "pyyaml",
+    "requests",
+    "matplotlib",
+    "scipy",
+)
+# Building ctpipe's own wheel inside the image (PEP 517 isolation) needs these from the wheelhouse.
+BUILD_REQUIREMENTS = ("setuptools", "wheel")
+# What the build context holds besides the wheelhouse (kept small: it is sent to the daemon).
+CONTEXT_ITEMS = ("pyproject.toml", "README.md", "components", "pipelines", "serving", "containers")
+WHEELHOUSE_MARKER = ".ctpipe-wheelhouse"
+_LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)\s*$")
+
+
+def _canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def project_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list[Requirement]:
+    """The runtime dependencies declared in ``pyproject.toml``."""
+    data = tomllib.loads(pyproject.read_text())
+    return [Requirement(text) for text in data["project"]["dependencies"]]
+
+
+def _closure(roots: Iterable[Requirement]) -> dict[str, str]:
+    """Every distribution ``roots`` pull in, with the version installed in this environment."""
+    environment = {str(key): str(value) for key, value in default_environment().items()}
+    pins: dict[str, str] = {}
+    todo: list[Requirement] = list(roots)
+    seen: set[tuple[str, frozenset[str]]] = set()
+    while todo:
+        requirement = todo.pop()
+        key = (_canonical(requirement.name), frozenset(requirement.extras))
+        if key in seen:
+            continue
+        seen.add(key)
+        try:
+            dist = metadata.distribution(requirement.name)
+        except metadata.PackageNotFoundError:
+            raise ConfigError(
+                f"{requirement.name} is required (by {requirement}) but not installed in {sys.prefix}",
+                hint="Install the project first (make installs .venv), then run the lock step again.",
+            ) from None
+        pins[_canonical(dist.metadata["Name"])] = dist.version
+        for text in dist.requires or []:
+            child = Requirement(text)
+            if child.marker is None:
+                todo.append(child)
+                continue
+            for extra in ("", *requirement.extras):
+                if child.marker.evaluate({**environment, "extra": extra}):
+                    todo.append(child)
+                    break
+    return pins
+
+
+def compute_locks() -> dict[Kind, dict[str, str]]:
+    """The exact pins of both images, taken from the environment the tests run in."""
+    project = project_requirements()
+    by_name = {_canonical(r.name): r for r in project}
+    missing = [name for name in SERVING_ROOTS if _canonical(name) not in by_name]
+    if missing:
+        raise ConfigError(f"SERVING_ROOTS names {missing}, which are not dependencies in pyproject.toml")
+    build = [Requirement(name) for name in BUILD_REQUIREMENTS]
+    return {
+        "components": _closure([*project, *build]),
+        "serving": _closure([*(by_name[_canonical(n)] for n in SERVING_ROOTS), *build]),
+    }
+
+
+def render_lock(kind: Kind, pins: dict[str, str]) -> str:
+    """A lock file's text: a header and one ``name==version`` per line, sorted."""
+    header = [
+        f"# Pins of the {kind} image: generated by `python -m pipelines.images lock` from the environment",
+        "# the tests run in (the closure of pyproject.toml's dependencies). Do not edit by hand.",
+    ]
+    return "\n".join([*header, *(f"{name}=={version}" for name, version in sorted(pins.items()))]) + "\n"
+
+
+def read_lock(path: Path) -> dict[str, str]:
+    """The pins of a lock file.
+
+    Raises:
+        ConfigError: A line is not ``name==version``.
+    """
+    pins: dict[str, str] = {}
+    for number, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip() or line.startswith("#"):
+            continue
+        match = _LOCK_LINE.match(line)
+        if not match:
+            raise ConfigError(f"{path}:{number}: expected 'name==version', found {line!r}")
+        pins[_canonical(match.group(1))] = match.group(2)
+    return pins
+
+
+def write_locks() -> dict[Kind, Path]:
+    """Write ``containers/<kind>.lock`` for both images; returns the paths."""
+    for kind, pins in compute_locks().items():
+        tmp = LOCK_FILES[kind].with_suffix(".lock.tmp")
+        tmp.write_text(render_lock(kind, pins))
+        tmp.replace(LOCK_FILES[kind])
+    return dict(LOCK_FILES)
+
+
+def lock_key() -> str:
+    """Short hash of both lock files: names a wheelhouse built from them."""
+    digest = hashlib.sha256()
+    for kind in KINDS:
+        digest.update(LOCK_FILES[kind].read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def build_wheelhouse(dest: Path, pip: Sequence[str] = (sys.executable, "-m", "pip")) -> Path:
+    """Download (or build, for source-only packages) every locked pin as a wheel into ``dest``.
+
+    The serving lock is a subset of the components lock, so one wheelhouse serves both images.
+    Re-running with the same locks is a no-op; the folder is filled beside ``dest`` and renamed,
+    so an interrupted run never leaves a half wheelhouse behind.
+
+    Raises:
+        ConfigError: pip failed (its output is in the message).
+    """
+    key = lock_key()
+    marker = dest / WHEELHOUSE_MARKER
+    if marker.is_file() and marker.read_text().strip() == key:
+        return dest
+    components, serving = (read_lock(LOCK_FILES[k]) for k in KINDS)
+    stray = {n: v for n, v in serving.items() if components.get(n) != v}
+    if stray:
+        raise ConfigError(f"{LOCK_FILES['serving']} pins {stray} differently from {LOCK_FILES['components']}")
+    tmp = dest.with_name(dest.name + ".tmp")
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir(parents=True)
+    result = subprocess.run(
+        [*pip, "wheel", "--quiet", "--no-deps", "--wheel-dir", str(tmp), "-r", str(LOCK_FILES["components"])],
+        capture_output=True,
+        text=True,
+    )
+    if result.returncode != 0:
+        raise ConfigError(f"pip wheel into {dest} failed (exit {result.returncode}):\n{result.stderr[-3000:]}")
+    (tmp / WHEELHOUSE_MARKER).write_text(key + "\n")
+    shutil.rmtree(dest, ignore_errors=True)
+    tmp.replace(dest)
+    return dest
+
+
+def image_tags(config: CtpipeConfig) -> dict[Kind, str]:
+    """The tag each image is built as: the configuration's ``infra.images`` (the one place)."""
+    return {"components": config.infra.images.components, "serving": config.infra.images.serving}
+
+
+def git_commit() -> str:
+    """The checkout's commit (the same short form the pipelines record as code lineage)."""
+    from pipelines.runner import git_commit as lineage_commit
+
+    return lineage_commit(REPO_ROOT)
+
+
+def _link_or_copy(source: Path, target: Path) -> None:
+    try:
+        os.link(source, target)
+    except OSError:  # another filesystem
+        shutil.copy2(source, target)
+
+
+def assemble_context(dest: Path, wheelhouse: Path) -> Path:
+    """A build context with only what the Dockerfile needs: the sources and the wheelhouse.
+
+    The wheels are hard-linked where possible, so a big wheelhouse costs no copy.
+    """
+    if not (wheelhouse / WHEELHOUSE_MARKER).is_file():
+        raise ConfigError(
+            f"{wheelhouse} is not a wheelhouse (no {WHEELHOUSE_MARKER})",
+            hint="Create it with: python -m pipelines.images wheelhouse " + str(wheelhouse),
+        )
+    shutil.rmtree(dest, ignore_errors=True)
+    dest.mkdir(parents=True)
+    ignore = shutil.ignore_patterns("__pycache__", "*.pyc", "*.tmp")
+    for item in CONTEXT_ITEMS:
+        source = REPO_ROOT / item
+        if source.is_dir():
+            shutil.copytree(source, dest / item, ignore=ignore)
+        else:
+            shutil.copy2(source, dest / item)
+    (dest / "wheelhouse").mkdir()
+    for wheel in wheelhouse.iterdir():
+        if wheel.suffix == ".whl":
+            _link_or_copy(wheel, dest / "wheelhouse" / wheel.name)
+    return dest
+
+
+def build_command(
+    kind: Kind,
+    tag: str,
+    context: Path,
+    docker: str = "docker",
+    base_image: str | None = None,
+    ca_bundle: Path | None = None,
+    network: str | None = None,
+    commit: str | None = None,
+) -> list[str]:
+    """The ``docker build`` command line for one image (BuildKit; run with ``DOCKER_BUILDKIT=1``)."""
+    command = [
+        docker,
+        "build",
+        "--file",
+        str(context / "containers" / "Dockerfile"),
+        "--target",
+        kind,
+        "--tag",
+        tag,
+        "--build-arg",
+        f"LOCK={LOCK_FILES[kind].name}",
+        "--build-arg",
+        f"VERSION={package_version()}",
+        "--build-arg",
+        f"GIT_COMMIT={commit or git_commit()}",
+    ]
+    if base_image:
+        command += ["--build-arg", f"BASE_IMAGE={base_image}"]
+    if ca_bundle:  # a secret: mounted for the RUN steps only, never written into a layer
+        command += ["--secret", f"id=ca,src={ca_bundle}"]
+    if network:
+        command += ["--network", network]
+    return [*command, str(context)]
+
+
+def build_images(
+    config: CtpipeConfig,
+    wheelhouse: Path,
+    kinds: Sequence[Kind] = KINDS,
+    docker: str = "docker",
+    base_image: str | None = None,
+    ca_bundle: Path | None = None,
+    network: str | None = None,
+    context: Path | None = None,
+    env: dict[str, str] | None = None,
+    log: Path | None = None,
+    commit: str | None = None,
+) -> dict[Kind, str]:
+    """Build the images and tag them as ``infra.images`` says; returns kind -> tag.
+
+    Raises:
+        ConfigError: ``docker build`` failed; the message has the end of its output.
+    """
+    tags = image_tags(config)
+    context = assemble_context(context or REPO_ROOT / "out" / "images" / "context", wheelhouse)
+    run_env = {**os.environ, **(env or {}), "DOCKER_BUILDKIT": "1"}
+    commit = commit or git_commit()
+    for kind in kinds:
+        command = build_command(kind, tags[kind], context, docker, base_image, ca_bundle, network, commit)
+        result = subprocess.run(command, env=run_env, capture_output=True, text=True)
+        if log is not None:
+            with log.open("a") as handle:
+                handle.write(f"$ {' '.join(command)}\n{result.stdout}{result.stderr}\n")
+        if result.returncode != 0:
+            raise ConfigError(
+                f"docker build of the {kind} image ({tags[kind]}) failed (exit {result.returncode}):\n"
+                f"{(result.stdout + result.stderr)[-4000:]}"
+            )
+    return {kind: tags[kind] for kind in kinds}
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Command-line entry point of ``python -m pipelines.images``."""
+    parser = argparse.ArgumentParser(
+        prog="python -m pipelines.images",
+        description="Build the ctpipe images offline from a wheelhouse; tags come from infra.images.",
+    )
+    parser.add_argument("--config", default=None, help=f"Configuration file (default: {DEFAULT_CONFIG}).")
+    steps = parser.add_subparsers(dest="step", required=True)
+    steps.add_parser("tags", help="Print the tags `build` uses, as JSON.")
+    steps.add_parser("lock", help="Write containers/components.lock and serving.lock from this environment.")
+    wheels = steps.add_parser("wheelhouse", help="pip wheel every locked pin into a folder (needs the index).")
+    wheels.add_argument("dest", type=Path)
+    build = steps.add_parser("build", help="docker build both images (no network needed in the build).")
+    build.add_argument("--wheelhouse", type=Path, required=True, help="Folder made by the wheelhouse step.")
+    build.add_argument("--kind", choices=KINDS, action="append", help="Only this image (repeatable).")
+    build.add_argument("--base-image", help="BASE_IMAGE build argument (default: the Dockerfile's).")
+    build.add_argument("--ca-bundle", type=Path, help="Extra CA bundle (PEM), passed as the build secret 'ca'.")
+    build.add_argument("--network", help="docker build --network (e.g. none for a proven offline build).")
+    build.add_argument("--docker", default="docker", help="The docker CLI to run.")
+    args = parser.parse_args(argv)
+    try:
+        if args.step == "lock":
+            for path in write_locks().values():
+                print(path)
+            return 0
+        if args.step == "wheelhouse":
+            print(build_wheelhouse(args.dest))
+            return 0
+        config = load_config(args.config)
+        if args.step == "tags":
+            print(json.dumps(image_tags(config), indent=2))
+            return 0
+        built = build_images(
+            config,
+            args.wheelhouse,
+            kinds=args.kind or KINDS,
+            docker=args.docker,
+            base_image=args.base_image,
+            ca_bundle=args.ca_bundle,
+            network=args.network,
+        )
+        print(json.dumps(built, indent=2))
+        return 0
+    except ConfigError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,112 @@
+"""Policy checks for rendered Kubernetes manifests: what a careful cluster admin would refuse.
+
+``violations(documents)`` returns one line per problem, naming the object and the container:
+literal secret values, images without a pinned tag (or ``latest``), containers without CPU and
+memory requests and limits, and pods that may run as root or keep privileges.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterator
+from typing import Any
+
+_SECRET_NAME = re.compile(r"PASSWORD|PASSWD|SECRET|TOKEN|API_?KEY|ACCESS_KEY|PRIVATE_KEY|CREDENTIAL", re.I)
+_REFERENCE_NAME = re.compile(r"_(FILE|PATH|DIR|URI|URL|NAME)$", re.I)  # these hold where a secret is, not it
+_LITERAL_SECRETS = (
+    (re.compile(r"[a-z][a-z0-9+.-]*://[^/\s:@]+:[^/\s@]+@"), "a URL with a password"),
+    (re.compile(r"-----BEGIN [A-Z ]*PRIVATE KEY-----"), "a private key"),
+    (re.compile(r"\bAKIA[0-9A-Z]{16}\b"), "an AWS access key id"),
+)
+
+
+def _name(doc: dict[str, Any]) -> str:
+    return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
+
+
+def pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
+    """The pod specs inside a manifest (Pod, workload templates, CronJob, InferenceService components)."""
+    kind, spec = doc.get("kind"), doc.get("spec") or {}
+    if kind == "Pod":
+        yield spec
+    elif kind == "CronJob":
+        yield spec.get("jobTemplate", {}).get("spec", {}).get("template", {}).get("spec", {})
+    elif kind == "InferenceService":
+        for component in ("predictor", "transformer", "explainer"):
+            if component in spec:
+                yield spec[component]
+    elif "template" in spec:
+        yield spec["template"].get("spec", {})
+
+
+def _strings(node: Any) -> Iterator[str]:
+    if isinstance(node, str):
+        yield node
+    elif isinstance(node, dict):
+        for value in node.values():
+            yield from _strings(value)
+    elif isinstance(node, list):
+        for value in node:
+            yield from _strings(value)
+
+
+def _image_problem(image: str) -> str | None:
+    if "@sha256:" in image:
+        return None
+    last = image.rsplit("/", 1)[-1]
+    if ":" not in last:
+        return f"image {image!r} has no tag (that means latest)"
+    if last.rsplit(":", 1)[1] == "latest":
+        return f"image {image!r} uses the latest tag"
+    return None
+
+
+def _container_problems(container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+    problems = []
+    image_problem = _image_problem(str(container.get("image", "")))
+    if image_problem:
+        problems.append(image_problem)
+    resources = container.get("resources") or {}
+    for section in ("requests", "limits"):
+        missing = [r for r in ("cpu", "memory") if r not in (resources.get(section) or {})]
+        if missing:
+            problems.append(f"no {section} for {', '.join(missing)}")
+    own, shared = container.get("securityContext") or {}, pod.get("securityContext") or {}
+
+    def setting(key: str) -> Any:
+        return own.get(key, shared.get(key))
+
+    if setting("runAsNonRoot") is not True:
+        problems.append("runAsNonRoot is not true")
+    if setting("runAsUser") == 0:
+        problems.append("runAsUser is 0 (root)")
+    if own.get("privileged"):
+        problems.append("privileged")
+    if own.get("allowPrivilegeEscalation") is not False:
+        problems.append("allowPrivilegeEscalation is not false")
+    if own.get("readOnlyRootFilesystem") is not True:
+        problems.append("readOnlyRootFilesystem is not true")
+    if "ALL" not in ((own.get("capabilities") or {}).get("drop") or []):
+        problems.append("capabilities are not dropped (drop: [ALL])")
+    for env in container.get("env") or []:
+        if "value" in env and _SECRET_NAME.search(env["name"]) and not _REFERENCE_NAME.search(env["name"]):
+            problems.append(f"env {env['name']} has a literal value; use valueFrom.secretKeyRef")
+    return problems
+
+
+def violations(documents: list[dict[str, Any]]) -> list[str]:
+    """Every policy violation in ``documents`` (rendered manifests), one line each."""
+    found: list[str] = []
+    for doc in documents:
+        name = _name(doc)
+        if doc.get("kind") == "Secret" and (doc.get("data") or doc.get("stringData")):
+            found.append(f"{name}: a Secret with values; reference Secrets created outside the repository")
+        for text in _strings(doc):
+            for pattern, what in _LITERAL_SECRETS:
+                if pattern.search(text):
+                    found.append(f"{name}: contains {what}")
+        for pod in pod_specs(doc):
+            for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
+                for problem in _container_problems(container, pod):
+                    found.append(f"{name}: container {container.get('name')}: {problem}")
+    return found

@@ -1,0 +1,169 @@
+"""manifests/: every overlay renders with kubectl kustomize, validates against the KServe CRD and passes the policy."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from pipelines.config import load_config, parse_config
+from pipelines.images import image_tags
+from tests.manifest_policy import violations
+from tests.servers import ensure_debian_package
+
+REPO_ROOT = Path(__file__).resolve().parents[2]
+MANIFESTS = REPO_ROOT / "manifests"
+OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustomization.yaml"))
+CRD_NAME = "serving.kserve.io_inferenceservices.yaml"
+
+
+def kserve_crd() -> Path | None:
+    """The KServe CRD from ``shared/schemas/kserve`` beside the checkout or an ancestor of it."""
+    override = os.environ.get("CTPIPE_KSERVE_SCHEMAS")
+    folders = [Path(override)] if override else [p / "shared" / "schemas" / "kserve" for p in REPO_ROOT.parents]
+    return next((f / CRD_NAME for f in folders if (f / CRD_NAME).is_file()), None)
+
+
+@pytest.fixture(scope="module")
+def kubectl() -> str:
+    return shutil.which("kubectl") or ensure_debian_package("kubectl", "kubernetes-client")
+
+
+@pytest.fixture(scope="module")
+def rendered(kubectl: str) -> dict[str, list[dict[str, Any]]]:
+    out = {}
+    for overlay in OVERLAYS:
+        result = subprocess.run(
+            [kubectl, "kustomize", str(MANIFESTS / "overlays" / overlay)], capture_output=True, text=True, timeout=120
+        )
+        assert result.returncode == 0, f"kubectl kustomize overlays/{overlay} failed:\n{result.stderr}"
+        out[overlay] = [doc for doc in yaml.safe_load_all(result.stdout) if doc]
+    return out
+
+
+def by_kind(docs: list[dict[str, Any]], kind: str) -> list[dict[str, Any]]:
+    return [d for d in docs if d["kind"] == kind]
+
+
+def test_overlays_exist_and_render_everything(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    assert OVERLAYS == ["production", "staging"]
+    for overlay, docs in rendered.items():
+        kinds = sorted({d["kind"] for d in docs})
+        assert kinds == [
+            "ConfigMap",
+            "CronJob",
+            "InferenceService",
+            "NetworkPolicy",
+            "Role",
+            "RoleBinding",
+            "ServiceAccount",
+        ], overlay
+        namespaces = {d["metadata"].get("namespace") for d in docs}
+        assert namespaces == {f"ctpipe-{overlay}"}
+        for binding in by_kind(docs, "RoleBinding"):
+            assert binding["subjects"][0]["namespace"] == f"ctpipe-{overlay}"
+
+
+def test_canary_differs_per_overlay(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    predictors = {o: by_kind(docs, "InferenceService")[0]["spec"]["predictor"] for o, docs in rendered.items()}
+    assert predictors["staging"]["canaryTrafficPercent"] == 50
+    assert predictors["production"]["canaryTrafficPercent"] == 10
+    assert predictors["production"]["minReplicas"] >= 2
+    for predictor in predictors.values():  # the strategic merge kept the container
+        assert predictor["containers"][0]["name"] == "kserve-container"
+        assert predictor["serviceAccountName"] == "ctpipe-serving"
+
+
+def test_every_overlay_passes_the_policy(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for overlay, docs in rendered.items():
+        assert violations(docs) == [], overlay
+
+
+def test_policy_catches_a_bad_manifest() -> None:
+    docs = [d for d in yaml.safe_load_all((REPO_ROOT / "tests/fixtures/manifests/bad.yaml").read_text()) if d]
+    found = violations(docs)
+    expected = [
+        "Secret/leaked: a Secret with values",
+        "Deployment/careless: contains a URL with a password",
+        "Deployment/careless: container app: image 'example/app:latest' uses the latest tag",
+        "Deployment/careless: container app: no requests for cpu, memory",
+        "Deployment/careless: container app: no limits for cpu, memory",
+        "Deployment/careless: container app: runAsNonRoot is not true",
+        "Deployment/careless: container app: runAsUser is 0 (root)",
+        "Deployment/careless: container app: allowPrivilegeEscalation is not false",
+        "Deployment/careless: container app: readOnlyRootFilesystem is not true",
+        "Deployment/careless: container app: capabilities are not dropped",
+        "Deployment/careless: container app: env MLFLOW_TRACKING_PASSWORD has a literal value",
+        "Deployment/careless: container sidecar: image 'example/sidecar' has no tag",
+        "Deployment/careless: container sidecar: no limits for memory",
+        "InferenceService/rooted: container kserve-container: privileged",
+        "InferenceService/rooted: container kserve-container: runAsNonRoot is not true",
+        "InferenceService/rooted: container kserve-container: allowPrivilegeEscalation is not false",
+    ]
+    for line in expected:
+        assert any(f.startswith(line) for f in found), f"policy missed: {line}\nfound: {found}"
+    assert len(found) == len(expected), found
+
+
+def test_images_in_manifests_are_the_ones_make_images_builds(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    tags = image_tags(load_config(REPO_ROOT / "ctpipe.yaml"))
+    for docs in rendered.values():
+        isvc = by_kind(docs, "InferenceService")[0]
+        assert isvc["spec"]["predictor"]["containers"][0]["image"] == tags["serving"]
+        cron = by_kind(docs, "CronJob")[0]
+        container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
+        assert container["image"] == tags["components"]
+        assert container["command"][:3] == ["ctpipe", "submit", "continuous_training"]
+
+
+def test_mounted_config_is_a_valid_cluster_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    for docs in rendered.values():
+        config_map = by_kind(docs, "ConfigMap")[0]
+        config = parse_config(yaml.safe_load(config_map["data"]["ctpipe.yaml"]), "/etc/ctpipe")
+        assert config.infra.profile == "cluster"
+        isvc = by_kind(docs, "InferenceService")[0]
+        assert isvc["metadata"]["name"] == config.serving.model_name
+        policy = by_kind(docs, "NetworkPolicy")[0]
+        assert policy["spec"]["podSelector"]["matchLabels"] == {
+            "serving.kserve.io/inferenceservice": config.serving.model_name
+        }
+
+
+def test_inference_services_validate_against_the_kserve_crd(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    from jsonschema import Draft7Validator
+
+    crd_file = kserve_crd()
+    if crd_file is None:
+        pytest.skip(f"KServe CRD {CRD_NAME} not found in shared/schemas/kserve beside the checkout")
+    crd = yaml.load(crd_file.read_text(), Loader=yaml.CSafeLoader)
+    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
+
+    def close(node: Any) -> None:  # unknown fields are errors here (the API server would drop them)
+        if isinstance(node, dict):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                close(value)
+        elif isinstance(node, list):
+            for value in node:
+                close(value)
+
+    close(schema["properties"]["spec"])
+    validator = Draft7Validator(schema)
+    for overlay, docs in rendered.items():
+        for isvc in by_kind(docs, "InferenceService"):
+            errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(isvc)]
+            assert not errors, f"{overlay}: " + "\n".join(errors)
+        broken = by_kind(docs, "InferenceService")[0]
+        broken["spec"]["predictor"]["canaryTraficPercent"] = 10
+        assert any("canaryTraficPercent" in e.message for e in validator.iter_errors(broken))
