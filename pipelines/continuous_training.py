@@ -28,6 +28,7 @@ RETRAIN = "retrain"  # the monitor component's decision that starts the training
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the continuous-training pipeline with every parameter defaulting to ``config``."""
+    lineage_default = lineage_defaults(config, code_version)
 
     @dsl.pipeline(
         name=PIPELINE_NAME,
@@ -52,7 +53,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,
-        lineage: dict = lineage_defaults(config, code_version),
+        lineage: dict = lineage_default,
         reports_dir: str = str(config.workspace / "reports"),
     ):
         model_name = config.serving.model_name

@@ -15,7 +15,6 @@ from typing import Any, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact
-from kfp.dsl.pipeline_channel import PipelineChannel
 from kfp.dsl.pipeline_task import PipelineTask
 
 from pipelines.config import CtpipeConfig
@@ -23,7 +22,7 @@ from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
 
-Value = str | bool | dict | PipelineChannel
+Value = Any  # a constant or a pipeline channel (str, bool or dict at run time)
 
 
 @dataclass
@@ -138,6 +137,7 @@ def lineage_defaults(config: CtpipeConfig, code_version: str) -> dict[str, str]:
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the training pipeline with every parameter defaulting to ``config``."""
+    lineage_default = lineage_defaults(config, code_version)
 
     @dsl.pipeline(
         name="ctpipe-training",
@@ -160,7 +160,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,
-        lineage: dict = lineage_defaults(config, code_version),
+        lineage: dict = lineage_default,
     ) -> NamedTuple(  # type: ignore[valid-type]
         "TrainingOutputs",
         [
