@@ -94,7 +94,7 @@ def test_training_dag_edges(compiled):
 def test_continuous_training_retrains_only_on_a_retrain_decision_inside_an_exit_handler(compiled):
     spec = yaml.safe_load(compiled["continuous_training"].read_text())
     groups = _groups(spec)
-    exit_task, exit_dag = groups["monitor-then-retrain"]
+    _exit_task, exit_dag = groups["monitor-then-retrain"]
     root = spec["root"]["dag"]["tasks"]
     notify = root["notify"]  # the exit task: runs when the body finished, failed or not
     assert notify["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
@@ -126,12 +126,12 @@ def test_every_parameter_has_a_default_and_a_description(compiled, name):
 def test_run_and_compile_use_the_very_same_builders():
     from pipelines import batch_scoring, continuous_training, monitoring, training
 
-    assert PIPELINES == {
+    assert {
         "training": training.build,
         "batch_scoring": batch_scoring.build,
         "monitoring": monitoring.build,
         "continuous_training": continuous_training.build,
-    }
+    } == PIPELINES
     # run_pipeline and compile_pipelines both get their pipeline from build_pipeline.
     assert "build_pipeline(name, config)" in inspect.getsource(runner.run_pipeline)
     assert "build_pipeline(name, config)" in inspect.getsource(runner.compile_pipelines)
