@@ -6,6 +6,7 @@ from mlflow import MlflowClient
 from components import register
 from components.common import tracking
 from components.ingest import ingest
+from pipelines.retrain import retrain_on_drift
 from pipelines.runner import run_pipeline, window_params
 from tests.helpers import small_config
 
@@ -45,4 +46,17 @@ def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(tmp_path
     (new,) = [v for v in after if v.version not in before]
     window2 = ingest(config.dataset.source, config.dataset, str(tmp_path / "w2.parquet"), **window_params(config, 2))
     assert new.tags["data_snapshot"] == window2.content_hash
+    _loop_in_cluster_profile_plans_a_training_run(config, window_params(config, 2))
     assert statuses["notify"] == "ran"
+
+
+def _loop_in_cluster_profile_plans_a_training_run(config, window):
+    """Cluster profile: the same retrain decision becomes a KFP training run (dry run, nothing sent)."""
+    cluster = config.model_copy(deep=True)
+    cluster.infra.profile = "cluster"
+    result = retrain_on_drift(cluster, window, dry_run=True, version="abc123", progress=None)
+    assert (result.decision, result.action) == ("retrain", "planned")
+    run = result.submitted.calls[-1]
+    assert run.method == "run_pipeline"
+    assert run.kwargs["params"] == window
+    assert result.submitted.calls[2].kwargs["pipeline_version_name"] == "abc123"

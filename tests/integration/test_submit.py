@@ -174,7 +174,7 @@ def test_errors_are_clear(package, tmp_path):
     with pytest.raises(ConfigError, match="5 fields"):
         cron_for_kfp("every monday")
     cluster = _cluster_config(tmp_path)
-    with pytest.raises(SubmitFailed, match="upload_pipeline_version failed.*AlreadyExists"):
+    with pytest.raises(SubmitFailed, match=r"upload_pipeline_version failed.*AlreadyExists"):
         submit(
             cluster,
             "training",
