@@ -176,3 +176,21 @@ def ingest(
         },
     )
     return result
+
+
+def source_fingerprint(source: str) -> str:
+    """Content hash of the source (a file, or every file below a folder), as ``sha256:<hex>``.
+
+    It keys ``ingest``'s cache entry: computed when the pipeline runs (not when it is
+    submitted), so a recurring run whose parameters never change still sees new data.
+
+    Raises:
+        DataError: The source does not exist.
+    """
+    from pathlib import Path
+
+    from components.common.io import file_sha256
+
+    if not Path(source).exists():
+        raise DataError(f"{source}: source data not found", hint="Run 'ctpipe data generate' or fix dataset.source.")
+    return f"sha256:{file_sha256(source)}"

@@ -9,6 +9,8 @@ from kfp.dsl import Dataset
 
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
+from pipelines.params import describe
+from pipelines.platform import finish
 
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
@@ -18,6 +20,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         name="ctpipe-batch-scoring",
         description="Snapshot a window and score it on Spark with the model behind the champion alias.",
     )
+    @describe("Score one window on Spark with the champion.")
     def batch_scoring(
         source: str = config.dataset.source,
         source_fingerprint: str = "",
@@ -39,6 +42,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             tracking_uri=tracking_uri,
             spark_master=spark_master,
         )
+        finish(config)
         return scored.outputs["predictions"]
 
     return batch_scoring

@@ -21,6 +21,9 @@ from pipelines.config import DEFAULT_CONFIG, CtpipeConfig, load_config
 
 F = TypeVar("F", bound=Callable[..., Any])
 
+# The pipelines `run`, `compile` and `submit` know (pipelines.runner.PIPELINES; a test keeps them equal).
+PIPELINE_NAMES = ("training", "batch_scoring", "monitoring", "continuous_training", "canary_analysis")
+
 
 def _friendly_errors(func: F) -> F:
     """Turn known errors into one line plus a hint and exit code 1."""
@@ -103,6 +106,7 @@ def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
       ctpipe data generate --windows 4     # synthetic data with drift from window 2
       ctpipe run training --window 1       # one pipeline on kfp.local, cached
       ctpipe compile --out out/            # KFP IR YAML for the Kubeflow UI or kfp.Client
+      ctpipe submit training --dry-run     # what would be sent to Kubeflow Pipelines
       ctpipe promote                       # challenger becomes champion
     """
     ctx.ensure_object(dict)
@@ -171,7 +175,7 @@ def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_jso
 
 @main.command("run")
 @config_option
-@click.argument("pipeline", type=click.Choice(["training", "batch_scoring", "monitoring", "canary_analysis"]))
+@click.argument("pipeline", type=click.Choice(PIPELINE_NAMES))
 @click.option("--window", type=int, help="Use the bounds of this generated window (1-based).")
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
 @click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
@@ -187,15 +191,15 @@ def run_command(
     Examples:
       ctpipe run training --window 1
       ctpipe run monitoring --window 2 --json
-      ctpipe run canary_analysis --json
+      ctpipe run continuous_training --window 2    # monitor; retrain and canary on drift
+      ctpipe run canary_analysis --json            # promote or close the canary on live traffic
       ctpipe run training --param window_start=2026-01-05T00:00:00+00:00 --no-cache
     """
-    from pipelines.runner import run_pipeline, window_params
+    from pipelines.runner import run_pipeline
     from pipelines.summary import print_run
 
     config = _config(ctx)
-    overrides = window_params(config, window) if window else {}
-    overrides.update(_parse_params(params))
+    overrides = _run_params(config, window, params)
     report = run_pipeline(
         pipeline, config, overrides, enable_cache=not no_cache, progress=None if as_json else sys.stderr
     )
@@ -205,6 +209,116 @@ def run_command(
         print_run(report)
     if not report.succeeded:
         sys.exit(1)
+
+
+def _run_params(config: CtpipeConfig, window: int | None, params: tuple[str, ...]) -> dict[str, Any]:
+    from pipelines.runner import window_params
+
+    overrides: dict[str, Any] = window_params(config, window) if window else {}
+    overrides.update(_parse_params(params))
+    return overrides
+
+
+@main.command("submit")
+@config_option
+@click.argument("pipeline", type=click.Choice(PIPELINE_NAMES))
+@click.option("--package", type=click.Path(dir_okay=False), help="Submit this compiled YAML [default: compile now].")
+@click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False), help="Compile into here.")
+@click.option("--window", type=int, help="Run on the bounds of this generated window (1-based).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A run parameter (repeatable).")
+@click.option("--version", "version", help="Pipeline version name [default: the git commit].")
+@click.option("--experiment", help="Experiment name [default: infra.kfp.experiment].")
+@click.option("--run-name", help="Run name [default: PIPELINE-VERSION].")
+@click.option("--schedule", metavar="CRON", help="Create a recurring run on this cron schedule instead of one run.")
+@click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
+@click.option("--dry-run", is_flag=True, help="Print exactly what would be sent; contact no server.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def submit_command(
+    ctx: click.Context,
+    pipeline: str,
+    package: str | None,
+    out: str,
+    window: int | None,
+    params: tuple[str, ...],
+    version: str | None,
+    experiment: str | None,
+    run_name: str | None,
+    schedule: str | None,
+    no_cache: bool,
+    dry_run: bool,
+    as_json: bool,
+) -> None:
+    r"""Upload a pipeline to Kubeflow Pipelines as a new version and create a run or a recurring run.
+
+    The endpoint is infra.kfp_host or KF_PIPELINES_ENDPOINT; the token is read from the
+    file infra.kfp.token_file or KF_PIPELINES_TOKEN_FILE (else the in-cluster token).
+
+    \b
+    Examples:
+      ctpipe submit training --dry-run
+      ctpipe submit training --window 2 --experiment churn-ci --json
+      ctpipe submit continuous_training --schedule "0 3 * * 1"   # every Monday 03:00
+      ctpipe submit training --package out/training.yaml --version v1.2.0 --no-cache
+    """
+    from pipelines.runner import compile_pipelines, git_commit
+    from pipelines.submit import submit
+
+    config = _config(ctx)
+    path = Path(package) if package else compile_pipelines(config, out, [pipeline])[0]
+    plan = submit(
+        config,
+        pipeline,
+        path,
+        _run_params(config, window, params),
+        version=version or git_commit(),
+        experiment=experiment,
+        run_name=run_name,
+        schedule=schedule,
+        enable_caching=not no_cache,
+        dry_run=dry_run,
+    )
+    click.echo(plan.model_dump_json(indent=2) if as_json else plan.text())
+
+
+@main.command("loop")
+@config_option
+@click.option("--window", type=int, help="Monitor (and retrain on) this generated window (1-based).")
+@click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
+@click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
+@click.option("--dry-run", is_flag=True, help="Cluster profile: print the KFP training run, send nothing.")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def loop_command(
+    ctx: click.Context, window: int | None, params: tuple[str, ...], no_cache: bool, dry_run: bool, as_json: bool
+) -> None:
+    r"""Monitor a window; on a retrain decision, train on it (embedded: here; cluster: a KFP run).
+
+    \b
+    Examples:
+      ctpipe loop --window 2
+      ctpipe --config cluster.yaml loop --window 2 --dry-run --json
+    """
+    from pipelines.retrain import retrain_on_drift
+
+    config = _config(ctx)
+    result = retrain_on_drift(
+        config,
+        _run_params(config, window, params),
+        enable_cache=not no_cache,
+        dry_run=dry_run,
+        progress=None if as_json else sys.stderr,
+    )
+    if as_json:
+        click.echo(result.model_dump_json(indent=2))
+        return
+    click.echo(f"decision: {result.decision}; action: {result.action}")
+    if result.training:
+        click.echo(f"trained version {result.training['outputs'].get('version')} (log: {result.training['log']})")
+    if result.submitted:
+        click.echo(result.submitted.text())
 
 
 def _alias_command(action: str) -> Callable[..., None]:

@@ -12,12 +12,13 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError
+from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
 from components.common.errors import ConfigError
 from components.specs import (
@@ -41,14 +42,132 @@ def package_version() -> str:
         return "0.0.0"
 
 
+# An OCI image reference: [registry[:port]/]path[:tag][@sha256:digest] (lower-case path).
+_IMAGE_REF = re.compile(
+    r"^(?:[a-zA-Z0-9.-]+(?::[0-9]+)?/)?[a-z0-9]+(?:[._-][a-z0-9]+)*(?:/[a-z0-9]+(?:[._-][a-z0-9]+)*)*"
+    r"(?::[A-Za-z0-9_][A-Za-z0-9_.-]{0,127})?(?:@sha256:[0-9a-f]{64})?$"
+)
+
+
+def check_image(value: str, key: str = "image") -> str:
+    """Validate an image reference (``repo/name:tag``, optionally ``@sha256:<64 hex>``).
+
+    Raises:
+        ValueError: The reference is malformed, or has neither a tag nor a digest.
+    """
+    if not _IMAGE_REF.match(value):
+        raise ValueError(
+            f"{key}: {value!r} is not an image reference; expected repo/name:tag or repo/name:tag@sha256:<64 hex>"
+        )
+    last = value.split("@")[0].rsplit("/", 1)[-1]
+    if ":" not in last and "@" not in value:
+        raise ValueError(f"{key}: {value!r} has no tag or digest; pin it as repo/name:tag[@sha256:...]")
+    return value
+
+
 class ImagesSpec(StrictModel):
-    """Container images; pin by digest in production (``name:tag@sha256:...``)."""
+    """Container images; pin by digest in production (``name:tag@sha256:...``).
+
+    The defaults are the one place the image names and tag live: ``containers/`` builds
+    these names, and the compiled pipelines refer to them.
+    """
 
     # The one place the tags are set (the package version): `make images` builds exactly these.
     components: str = Field(
         default=f"ctpipe/components:{package_version()}", description="Image every KFP component runs in."
     )
     serving: str = Field(default=f"ctpipe/serving:{package_version()}", description="KServe predictor image.")
+    overrides: dict[str, str] = Field(
+        default_factory=dict,
+        description="Per-component image, by component name (e.g. train: repo/ctpipe-gpu:0.1.0@sha256:...).",
+    )
+
+    @field_validator("components", "serving")
+    @classmethod
+    def _pinned(cls, value: str, info: ValidationInfo) -> str:
+        return check_image(value, str(info.field_name))
+
+    @field_validator("overrides")
+    @classmethod
+    def _pinned_overrides(cls, value: dict[str, str]) -> dict[str, str]:
+        for name, image in value.items():
+            check_image(image, f"overrides.{name}")
+        return value
+
+    def for_component(self, name: str) -> str:
+        """The image component ``name`` runs in: its override, else ``components``."""
+        return self.overrides.get(name, self.components)
+
+
+class SecretEnv(StrictModel):
+    """A Kubernetes secret exposed to component pods as environment variables."""
+
+    secret_name: str = Field(description="Name of the Kubernetes Secret in the run's namespace.")
+    env: dict[str, str] = Field(description="Secret key -> environment variable, e.g. {password: MLFLOW_PASSWORD}.")
+    components: list[str] = Field(
+        default_factory=list, description="Only these components get it (component names); empty means all."
+    )
+
+
+class Toleration(StrictModel):
+    """A pod toleration (see the Kubernetes taints and tolerations docs)."""
+
+    key: str | None = Field(default=None, description="Taint key; empty with operator Exists matches every taint.")
+    operator: Literal["Equal", "Exists"] = Field(default="Equal", description="Equal or Exists.")
+    value: str | None = Field(default=None, description="Taint value (operator Equal).")
+    effect: Literal["NoSchedule", "PreferNoSchedule", "NoExecute"] | None = Field(
+        default=None, description="Taint effect; empty matches every effect."
+    )
+
+
+class PodSettings(StrictModel):
+    """Resources and placement of one component's pod; unset fields fall back to ``default``."""
+
+    cpu_request: str | None = Field(default=None, description="CPU request, e.g. '500m' or '2'.")
+    cpu_limit: str | None = Field(default=None, description="CPU limit.")
+    memory_request: str | None = Field(default=None, description="Memory request, e.g. '1Gi'.")
+    memory_limit: str | None = Field(default=None, description="Memory limit.")
+    node_selector: dict[str, str] = Field(default_factory=dict, description="Node labels the pod must match.")
+    tolerations: list[Toleration] = Field(default_factory=list, description="Taints the pod tolerates.")
+
+    def merged_over(self, base: PodSettings) -> PodSettings:
+        """These settings with every unset field taken from ``base``."""
+        values = base.model_dump()
+        values.update({k: v for k, v in self.model_dump().items() if v not in (None, {}, [])})
+        return PodSettings.model_validate(values)
+
+
+class KubernetesSpec(StrictModel):
+    """Kubernetes settings rendered into the compiled pipelines (kfp-kubernetes platform config)."""
+
+    secrets: list[SecretEnv] = Field(
+        default_factory=list, description="Secrets as environment variables (MLflow, object-store credentials)."
+    )
+    image_pull_secrets: list[str] = Field(
+        default_factory=list, description="Secrets the pods pull private images with."
+    )
+    default: PodSettings = Field(default_factory=PodSettings, description="Pod settings of every component.")
+    components: dict[str, PodSettings] = Field(
+        default_factory=dict, description="Per-component pod settings (by component name) over ``default``."
+    )
+
+    def pod(self, component: str) -> PodSettings:
+        """The effective pod settings of ``component``."""
+        own = self.components.get(component)
+        return own.merged_over(self.default) if own else self.default
+
+
+class KfpSpec(StrictModel):
+    """How ``ctpipe submit`` talks to Kubeflow Pipelines (the endpoint is ``infra.kfp_host``)."""
+
+    namespace: str | None = Field(default=None, description="Kubeflow profile namespace (multi-user KFP).")
+    token_file: str | None = Field(
+        default=None,
+        description="File holding the bearer token; else KF_PIPELINES_TOKEN_FILE, else the in-cluster token.",
+    )
+    experiment: str = Field(default="ctpipe", description="Experiment that runs are created in.")
+    pipeline_prefix: str = Field(default="ctpipe-", description="Uploaded pipelines are named PREFIX + pipeline.")
+    verify_ssl: bool = Field(default=True, description="Verify the endpoint's TLS certificate.")
 
 
 class InfraSpec(StrictModel):
@@ -65,8 +184,14 @@ class InfraSpec(StrictModel):
     )
     registry_uri: str | None = Field(default=None, description="MLflow registry URI; default the tracking URI.")
     spark_master: str = Field(default="local[*]", description="Spark master URL, e.g. spark://host:7077.")
-    kfp_host: str | None = Field(default=None, description="Kubeflow Pipelines API endpoint (cluster profile).")
+    kfp_host: str | None = Field(
+        default=None, description="Kubeflow Pipelines API endpoint; else the KF_PIPELINES_ENDPOINT variable."
+    )
+    kfp: KfpSpec = Field(default_factory=KfpSpec, description="How ctpipe submit reaches Kubeflow Pipelines.")
     images: ImagesSpec = Field(default_factory=ImagesSpec)
+    kubernetes: KubernetesSpec = Field(
+        default_factory=KubernetesSpec, description="Secrets, resources and placement on the cluster."
+    )
 
 
 class CtpipeConfig(StrictModel):

@@ -97,9 +97,10 @@ def _bullets(text: str) -> str:
 
 def components_markdown() -> str:
     """The component reference page."""
+    from pipelines.config import ImagesSpec
     from pipelines.kfp_components import Components, build_components
 
-    built = build_components("IMAGE")
+    built = build_components(ImagesSpec())
     lines = [
         "# Component reference",
         "",

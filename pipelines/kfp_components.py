@@ -16,7 +16,7 @@ float (``max_iter: 60`` would arrive as ``60.0``).
 
 # No `from __future__ import annotations`: KFP reads the annotations at runtime.
 from dataclasses import dataclass
-from typing import NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import (
@@ -29,12 +29,37 @@ from kfp.dsl import (
     Metrics,
     Model,
     Output,
+    PipelineTaskFinalStatus,
 )
 from kfp.dsl.pipeline_task import PipelineTask
 from kfp.dsl.python_component import PythonComponent
 
-# Side effects that must happen on every run (moving aliases, changing traffic) are never cached.
-UNCACHED = ("current_champion", "register", "deploy", "infra_validate", "canary_analysis")
+if TYPE_CHECKING:
+    from pipelines.config import ImagesSpec
+
+# Never cached, by component name: steps with side effects that must happen on every run
+# (moving aliases, changing traffic, notifying) and lookups of things that change outside the
+# pipeline (the champion alias, the source's content). ``pipelines.platform.finish`` applies it.
+UNCACHED = (
+    "current_champion",
+    "fingerprint_source",
+    "register",
+    "infra_validate",
+    "deploy",
+    "canary_analysis",
+    "notify",
+)
+
+
+def fingerprint_source(source: str, declared: str) -> str:
+    """The source's version when the run starts; it keys ``ingest``'s cache, never wall-clock time.
+
+    ``declared`` (an object version or ETag the caller knows) is used as is; empty means
+    hash the source's content now.
+    """
+    from components.ingest import source_fingerprint
+
+    return declared or source_fingerprint(source)
 
 
 def current_champion(model_name: str, tracking_uri: str) -> NamedTuple(  # type: ignore[valid-type]
@@ -430,6 +455,16 @@ def canary_analysis(
     return outcome.decision
 
 
+def notify(pipeline: str, reports_dir: str, status: PipelineTaskFinalStatus, summary: Output[Markdown]) -> str:
+    """Exit handler: write the run's Markdown summary, also when the run failed; posts nothing."""
+    from components.notify import run_summary
+
+    result = run_summary(
+        pipeline, status.state, status.pipeline_job_resource_name, status.error_message or "", summary.path, reports_dir
+    )
+    return result.state
+
+
 @dataclass(frozen=True)
 class Components:
     """The KFP components, built for one image."""
@@ -446,6 +481,8 @@ class Components:
     monitor: PythonComponent
     infra_validate: PythonComponent
     canary_analysis: PythonComponent
+    fingerprint_source: PythonComponent
+    notify: PythonComponent
 
     def champion_and_snapshot(
         self,
@@ -457,12 +494,19 @@ class Components:
         window_start: str,
         window_end: str,
     ) -> tuple[PipelineTask, PipelineTask]:
-        """The first steps of every pipeline: resolve the champion (never cached) and snapshot the window."""
+        """The first steps of every pipeline: resolve the champion and snapshot the window.
+
+        An uncached task fingerprints the source when the run starts (``source_fingerprint``,
+        if not empty, is a version the caller declares instead), so ingest is keyed on the
+        data it reads: a schedule whose parameters never change still sees new data.
+        """
         champion = self.current_champion(model_name=model_name, tracking_uri=tracking_uri)
-        champion.set_display_name("current champion").set_caching_options(False)
+        champion.set_display_name("current champion")
+        fingerprint = self.fingerprint_source(source=source, declared=source_fingerprint)
+        fingerprint.set_display_name("fingerprint source")
         snapshot = self.ingest(
             source=source,
-            source_fingerprint=source_fingerprint,
+            source_fingerprint=fingerprint.output,
             dataset=dataset,
             window_start=window_start,
             window_end=window_end,
@@ -470,11 +514,18 @@ class Components:
         return champion, snapshot
 
 
-def build_components(image: str) -> Components:
-    """Build every component to run in ``image`` (which already has ctpipe and kfp installed)."""
+def build_components(images: "str | ImagesSpec") -> Components:
+    """Build every component to run in its image (which already has ctpipe and kfp installed).
 
-    def make(func: object) -> PythonComponent:
-        return dsl.component(func, base_image=image, install_kfp_package=False)
+    Args:
+        images: One image for all, or the images section (a default plus per-component overrides).
+    """
+    from pipelines.config import ImagesSpec
+
+    spec = ImagesSpec(components=images) if isinstance(images, str) else images
+
+    def make(func: Any) -> PythonComponent:
+        return dsl.component(func, base_image=spec.for_component(func.__name__), install_kfp_package=False)
 
     return Components(
         current_champion=make(current_champion),
@@ -489,4 +540,6 @@ def build_components(image: str) -> Components:
         monitor=make(monitor),
         infra_validate=make(infra_validate),
         canary_analysis=make(canary_analysis),
+        fingerprint_source=make(fingerprint_source),
+        notify=make(notify),
     )

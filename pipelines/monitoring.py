@@ -9,6 +9,8 @@ from kfp.dsl import HTML, Artifact
 
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
+from pipelines.params import describe
+from pipelines.platform import finish
 
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
@@ -19,6 +21,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         description="Measure per-feature and prediction drift (and live performance when labels "
         "arrived) of a window against the champion's training reference; decide ok, warn or retrain.",
     )
+    @describe("Decide ok, warn or retrain from the drift of one window.")
     def monitoring(
         source: str = config.dataset.source,
         source_fingerprint: str = "",
@@ -45,6 +48,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             window_start=window_start,
             window_end=window_end,
         )
+        finish(config)
         MonitoringOutputs = NamedTuple("MonitoringOutputs", [("decision", str), ("result", Artifact), ("report", HTML)])
         return MonitoringOutputs(checked.outputs["Output"], checked.outputs["result"], checked.outputs["report"])
 

@@ -22,9 +22,8 @@ from pathlib import Path
 from typing import Any, TextIO
 
 from components.common import errors
-from components.common.errors import ConfigError, CtpipeError
-from components.common.io import file_sha256
-from pipelines import batch_scoring, canary_analysis, monitoring, training
+from components.common.errors import ConfigError
+from pipelines import batch_scoring, canary_analysis, continuous_training, monitoring, training
 from pipelines.config import CtpipeConfig
 from pipelines.demo_data import load_windows
 from pipelines.kfp_components import build_components
@@ -33,6 +32,7 @@ PIPELINES: dict[str, Callable[..., Callable[..., Any]]] = {
     "training": training.build,
     "batch_scoring": batch_scoring.build,
     "monitoring": monitoring.build,
+    "continuous_training": continuous_training.build,
     "canary_analysis": canary_analysis.build,
 }
 
@@ -65,7 +65,7 @@ def build_pipeline(name: str, config: CtpipeConfig, code_version: str | None = N
     """
     if name not in PIPELINES:
         raise ConfigError(f"unknown pipeline {name!r}; expected one of {', '.join(PIPELINES)}")
-    ops = build_components(config.infra.images.components)
+    ops = build_components(config.infra.images)
     return PIPELINES[name](config, ops, code_version or git_commit())
 
 
@@ -84,11 +84,10 @@ def compile_pipelines(config: CtpipeConfig, out_dir: str | Path, names: list[str
 
 
 def source_fingerprint(source: str) -> str:
-    """Content hash of the source, so ingest's cache key changes whenever the data does."""
-    path = Path(source)
-    if not path.exists():
-        raise CtpipeError(f"{source}: source data not found", hint="Run 'ctpipe data generate' or fix dataset.source.")
-    return f"sha256:{file_sha256(path)}"
+    """Content hash of the source, as the pipelines' ``fingerprint_source`` task computes it."""
+    from components.ingest import source_fingerprint as fingerprint
+
+    return fingerprint(source)
 
 
 def window_params(config: CtpipeConfig, window: int) -> dict[str, str]:
@@ -226,11 +225,8 @@ def run_pipeline(
     from kfp import local
 
     pipeline = build_pipeline(name, config)
+    # No fingerprint is passed: the pipeline hashes its source when it runs, as on a cluster.
     params = dict(params or {})
-    inputs = getattr(pipeline, "component_spec", None)
-    if "source_fingerprint" in ((inputs.inputs if inputs else None) or {}):  # canary_analysis has no source
-        source = params.get("source", config.dataset.source)
-        params.setdefault("source_fingerprint", source_fingerprint(source))
     kfp_root = config.workspace / "kfp"
     local.init(
         runner=local.SubprocessRunner(use_venv=False),

@@ -3,28 +3,163 @@
 A candidate reaches traffic only if it passed validation, was blessed against the
 champion on the same held-out data, was registered with its lineage, and loaded and
 answered requests in a sandbox model server (infra validation).
+
+:func:`add_training_tasks` builds the task graph after the first steps (champion and
+snapshot); the training pipeline and the ``continuous_training`` pipeline both call it, so
+there is one training DAG.
 """
 
 # No `from __future__ import annotations`: KFP reads the annotations at runtime.
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kfp import dsl
 from kfp.dsl import HTML, Artifact
+from kfp.dsl.pipeline_task import PipelineTask
 
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
+from pipelines.params import describe
+from pipelines.platform import finish
+
+Value = Any  # a constant or a pipeline channel (str, bool or dict at run time)
+
+
+@dataclass
+class TrainingTasks:
+    """The tasks of one training DAG, for wiring outputs and further steps."""
+
+    validated: PipelineTask
+    features: PipelineTask
+    trained: PipelineTask
+    evaluated: PipelineTask
+    registered: PipelineTask
+    infra_validated: PipelineTask
+    canary: PipelineTask
+
+
+def add_training_tasks(
+    ops: Components,
+    model_name: str,
+    champion: PipelineTask,
+    snapshot: PipelineTask,
+    *,
+    dataset: Value,
+    model: Value,
+    evaluation: Value,
+    serving: Value,
+    feast: Value,
+    tracking_uri: Value,
+    workspace: Value,
+    profile: Value,
+    serving_image: Value,
+    dry_run: Value,
+    lineage: Value,
+) -> TrainingTasks:
+    """Add validate → features → train → evaluate → register → (if blessed) infra validation → canary.
+
+    Args:
+        ops: The components.
+        model_name: Registered model name.
+        champion: The ``current_champion`` task.
+        snapshot: The ``ingest`` task whose snapshot is trained on.
+        dataset: Dataset section (JSON).
+        model: Model section (JSON).
+        evaluation: Evaluation section (JSON).
+        serving: Serving section (JSON).
+        feast: Feast section (JSON).
+        tracking_uri: MLflow tracking URI.
+        workspace: Local state folder.
+        profile: 'embedded' or 'cluster'.
+        serving_image: Predictor image.
+        dry_run: Deploy writes manifests only.
+        lineage: Lineage tags.
+
+    Returns:
+        The tasks it added.
+    """
+    checked = ops.validate(
+        snapshot=snapshot.outputs["snapshot"],
+        dataset=dataset,
+        champion_run_id=champion.outputs["run_id"],
+        tracking_uri=tracking_uri,
+    )
+    features = ops.fetch_features(
+        snapshot=snapshot.outputs["snapshot"], dataset=dataset, feast=feast, workspace=workspace
+    )
+    features.after(checked)  # never materialize features from data that failed validation
+    trained = ops.train(
+        training_set=features.outputs["training_set"],
+        suite=checked.outputs["suite"],
+        dataset=dataset,
+        model=model,
+        tracking_uri=tracking_uri,
+        experiment=model_name,
+        lineage=lineage,
+        snapshot_hash=snapshot.outputs["Output"],
+        suite_hash=checked.outputs["Output"],
+    )
+    evaluated = ops.evaluate(
+        trained_model=trained.outputs["trained_model"],
+        eval_set=trained.outputs["eval_set"],
+        dataset=dataset,
+        evaluation=evaluation,
+        tracking_uri=tracking_uri,
+        champion_uri=champion.outputs["model_uri"],
+    )
+    registered = ops.register(
+        trained_model=trained.outputs["trained_model"],
+        blessed=evaluated.outputs["Output"],
+        model_name=model_name,
+        tracking_uri=tracking_uri,
+        lineage=lineage,
+        snapshot_hash=snapshot.outputs["Output"],
+        suite_hash=checked.outputs["Output"],
+        pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+    )
+    with dsl.If(evaluated.outputs["Output"] == True, name="candidate-blessed"):  # noqa: E712
+        # Infra validation: the version must load and answer in a sandbox server before any traffic.
+        infra = ops.infra_validate(
+            version=registered.outputs["version"],
+            eval_set=trained.outputs["eval_set"],
+            dataset=dataset,
+            serving=serving,
+            tracking_uri=tracking_uri,
+            workspace=workspace,
+        )
+        infra.set_display_name("infra validation")
+        with dsl.If(infra.outputs["Output"] == True, name="infra-blessed"):  # noqa: E712
+            canary = ops.deploy(
+                version=registered.outputs["version"],
+                serving=serving,
+                tracking_uri=tracking_uri,
+                workspace=workspace,
+                profile=profile,
+                image=serving_image,
+                dry_run=dry_run,
+                dataset=dataset,
+                feast=feast,
+            )
+            canary.set_display_name("deploy canary")
+    return TrainingTasks(checked, features, trained, evaluated, registered, infra, canary)
+
+
+def lineage_defaults(config: CtpipeConfig, code_version: str) -> dict[str, str]:
+    """The default ``lineage`` parameter: the config's hash and the code version."""
+    return {"config_hash": config.section_hash(), "code_version": code_version}
 
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the training pipeline with every parameter defaulting to ``config``."""
-    lineage_defaults = {"config_hash": config.section_hash(), "code_version": code_version}
+    lineage_default = lineage_defaults(config, code_version)
 
     @dsl.pipeline(
         name="ctpipe-training",
         description="Ingest a window, validate it, build point-in-time features, train, evaluate "
         "against the champion, register, and roll a blessed candidate out as a canary.",
     )
+    @describe("Train on one window and roll a blessed candidate out as a canary.")
     def training(
         source: str = config.dataset.source,
         source_fingerprint: str = "",
@@ -40,7 +175,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,
-        lineage: dict = lineage_defaults,
+        lineage: dict = lineage_default,
     ) -> NamedTuple(  # type: ignore[valid-type]
         "TrainingOutputs",
         [
@@ -55,71 +190,24 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         champion, snapshot = ops.champion_and_snapshot(
             model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
         )
-        checked = ops.validate(
-            snapshot=snapshot.outputs["snapshot"],
-            dataset=dataset,
-            champion_run_id=champion.outputs["run_id"],
-            tracking_uri=tracking_uri,
-        )
-        features = ops.fetch_features(
-            snapshot=snapshot.outputs["snapshot"], dataset=dataset, feast=feast, workspace=workspace
-        )
-        features.after(checked)  # never materialize features from data that failed validation
-        trained = ops.train(
-            training_set=features.outputs["training_set"],
-            suite=checked.outputs["suite"],
+        tasks = add_training_tasks(
+            ops,
+            model_name,
+            champion,
+            snapshot,
             dataset=dataset,
             model=model,
-            tracking_uri=tracking_uri,
-            experiment=model_name,
-            lineage=lineage,
-            snapshot_hash=snapshot.outputs["Output"],
-            suite_hash=checked.outputs["Output"],
-        )
-        evaluated = ops.evaluate(
-            trained_model=trained.outputs["trained_model"],
-            eval_set=trained.outputs["eval_set"],
-            dataset=dataset,
             evaluation=evaluation,
+            serving=serving,
+            feast=feast,
             tracking_uri=tracking_uri,
-            champion_uri=champion.outputs["model_uri"],
-        )
-        registered = ops.register(
-            trained_model=trained.outputs["trained_model"],
-            blessed=evaluated.outputs["Output"],
-            model_name=model_name,
-            tracking_uri=tracking_uri,
+            workspace=workspace,
+            profile=profile,
+            serving_image=serving_image,
+            dry_run=dry_run,
             lineage=lineage,
-            snapshot_hash=snapshot.outputs["Output"],
-            suite_hash=checked.outputs["Output"],
-            pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
         )
-        with dsl.If(evaluated.outputs["Output"] == True, name="candidate-blessed"):  # noqa: E712
-            # Infra validation: the version must load and answer in a sandbox server before any traffic.
-            infra = ops.infra_validate(
-                version=registered.outputs["version"],
-                eval_set=trained.outputs["eval_set"],
-                dataset=dataset,
-                serving=serving,
-                tracking_uri=tracking_uri,
-                workspace=workspace,
-            )
-            infra.set_display_name("infra validation")
-            with dsl.If(infra.outputs["Output"] == True, name="infra-blessed"):  # noqa: E712
-                canary = ops.deploy(
-                    version=registered.outputs["version"],
-                    serving=serving,
-                    tracking_uri=tracking_uri,
-                    workspace=workspace,
-                    profile=profile,
-                    image=serving_image,
-                    dry_run=dry_run,
-                    dataset=dataset,
-                    feast=feast,
-                )
-                canary.set_display_name("deploy canary")
-        for task in (registered, infra, canary):
-            task.set_caching_options(False)
+        finish(config)
         TrainingOutputs = NamedTuple(
             "TrainingOutputs",
             [
@@ -131,11 +219,11 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             ],
         )
         return TrainingOutputs(
-            registered.outputs["version"],
-            registered.outputs["blessed"],
-            evaluated.outputs["blessing"],
-            checked.outputs["report"],
-            evaluated.outputs["report"],
+            tasks.registered.outputs["version"],
+            tasks.registered.outputs["blessed"],
+            tasks.evaluated.outputs["blessing"],
+            tasks.validated.outputs["report"],
+            tasks.evaluated.outputs["report"],
         )
 
     return training

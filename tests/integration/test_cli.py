@@ -41,7 +41,7 @@ def test_compile_json(tmp_path):
         main, ["--config", str(ROOT / "ctpipe.yaml"), "compile", "--out", str(tmp_path), "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert len(json.loads(result.output)["compiled"]) == 3
+    assert len(json.loads(result.output)["compiled"]) == 4  # training, batch_scoring, monitoring, continuous_training
 
 
 def test_bad_config_is_one_line_and_a_hint(tmp_path):

@@ -1,40 +1,235 @@
+"""The compiled IR YAML: DAG edges, caching opt-outs, the retrain condition, descriptions, images, cluster settings."""
+
+import inspect
+
+import pytest
 import yaml
 from kfp.components import load_component_from_file
 
-from pipelines.config import load_config
-from pipelines.runner import compile_pipelines
+from pipelines import cli, runner
+from pipelines.config import ImagesSpec, load_config, parse_config
+from pipelines.kfp_components import UNCACHED
+from pipelines.runner import PIPELINES, build_pipeline, compile_pipelines
 from tests.helpers import ROOT
 
+# Exactly these tasks may be cached; every other task has a side effect or reads something that moves.
+CACHEABLE = {
+    "training": {"ingest", "validate", "fetch-features", "train", "evaluate"},
+    "batch_scoring": {"ingest", "batch-predict"},
+    "monitoring": {"ingest", "monitor"},
+    "continuous_training": {"ingest", "monitor", "validate", "fetch-features", "train", "evaluate"},
+    "canary_analysis": set(),
+}
+DIGEST = "sha256:" + "a" * 64
 
-def test_compile_writes_one_loadable_yaml_per_pipeline(tmp_path):
-    paths = compile_pipelines(load_config(ROOT / "ctpipe.yaml"), tmp_path)
-    assert sorted(p.name for p in paths) == [
-        "batch_scoring.yaml",
-        "canary_analysis.yaml",
-        "monitoring.yaml",
-        "training.yaml",
-    ]
-    for path in paths:
+
+def _tasks(spec, dag=None, found=None):
+    """Every leaf task of a compiled pipeline, by task name, walking into conditions and exit handlers."""
+    found = {} if found is None else found
+    for name, task in (dag or spec["root"]["dag"])["tasks"].items():
+        component = spec["components"][task["componentRef"]["name"]]
+        if "dag" in component:
+            _tasks(spec, component["dag"], found)
+        else:
+            found[name] = task
+    return found
+
+
+def _groups(spec):
+    """Every control-flow group (condition, exit handler) by its display name: (task, component dag)."""
+    found = {}
+
+    def walk(dag):
+        for task in dag["tasks"].values():
+            component = spec["components"][task["componentRef"]["name"]]
+            if "dag" in component:
+                found[task["taskInfo"]["name"]] = (task, component["dag"])
+                walk(component["dag"])
+
+    walk(spec["root"]["dag"])
+    return found
+
+
+@pytest.fixture(scope="module")
+def compiled(tmp_path_factory):
+    out = tmp_path_factory.mktemp("compiled")
+    paths = compile_pipelines(load_config(ROOT / "ctpipe.yaml"), out)
+    return {path.stem: path for path in paths}
+
+
+def test_every_pipeline_compiles_to_a_yaml_kfp_loads(compiled):
+    assert set(compiled) == set(PIPELINES) == set(cli.PIPELINE_NAMES)
+    for path in compiled.values():
         assert load_component_from_file(str(path)).name.startswith("ctpipe-")
 
 
-def test_training_dag_caches_only_side_effect_free_tasks(tmp_path):
-    (path,) = compile_pipelines(load_config(ROOT / "ctpipe.yaml"), tmp_path, ["training"])
-    spec = yaml.safe_load(path.read_text())
+@pytest.mark.parametrize("name", sorted(CACHEABLE))
+def test_caching_is_off_exactly_on_the_side_effect_tasks(compiled, name):
+    tasks = _tasks(yaml.safe_load(compiled[name].read_text()))
+    cached = {task_name for task_name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
+    assert cached == CACHEABLE[name]
+    uncached = set(tasks) - cached
+    assert {task_name.replace("-", "_") for task_name in uncached} <= set(UNCACHED)
+
+
+def test_ingest_is_keyed_on_the_sources_content_never_on_time(compiled):
+    spec = yaml.safe_load(compiled["training"].read_text())
+    tasks = _tasks(spec)
+    inputs = tasks["ingest"]["inputs"]["parameters"]
+    assert inputs["source_fingerprint"]["taskOutputParameter"]["producerTask"] == "fingerprint-source"
+    assert set(inputs) == {"source", "source_fingerprint", "dataset", "window_start", "window_end"}
+    assert not tasks["fingerprint-source"].get("cachingOptions", {}).get("enableCache")
+
+
+def test_training_dag_edges(compiled):
+    spec = yaml.safe_load(compiled["training"].read_text())
     tasks = spec["root"]["dag"]["tasks"]
-    cached = {name for name, task in tasks.items() if task.get("cachingOptions", {}).get("enableCache")}
-    assert cached == {"ingest", "validate", "fetch-features", "train", "evaluate"}
-    # Deploy sits inside the blessing condition and is never cached.
-    (key,) = [name for name, task in tasks.items() if task["taskInfo"]["name"] == "candidate-blessed"]
-    assert "evaluate-Output" in tasks[key]["triggerPolicy"]["condition"]
-    blessed = spec["components"][f"comp-{key}"]["dag"]["tasks"]
-    infra = blessed["infra-validate"]
-    assert not infra.get("cachingOptions", {}).get("enableCache")
-    # Deploy sits inside a second condition: the sandbox server must have served the version.
-    (inner,) = [name for name, task in blessed.items() if task["taskInfo"]["name"] == "infra-blessed"]
-    assert "infra-validate-Output" in blessed[inner]["triggerPolicy"]["condition"]
-    deploy = spec["components"][f"comp-{inner}"]["dag"]["tasks"]["deploy"]
-    assert not deploy.get("cachingOptions", {}).get("enableCache")
-    # Features are only materialized after validation passed.
-    assert "validate" in tasks["fetch-features"]["dependentTasks"]
+    assert "validate" in tasks["fetch-features"]["dependentTasks"]  # features only from validated data
+    assert set(tasks["train"]["dependentTasks"]) >= {"fetch-features", "validate", "ingest"}
     assert set(tasks["register"]["dependentTasks"]) >= {"evaluate", "train"}
+    groups = _groups(spec)
+    task, dag = groups["candidate-blessed"]
+    assert "evaluate-Output" in task["triggerPolicy"]["condition"]
+    assert "infra-validate" in dag["tasks"] and len(dag["tasks"]) == 2  # infra validation, then its condition
+    # Deploy sits inside a second condition: the sandbox server must have served the version.
+    inner, inner_dag = groups["infra-blessed"]
+    assert inner["taskInfo"]["name"] in {t["taskInfo"]["name"] for t in dag["tasks"].values()}
+    assert "infra-validate-Output" in inner["triggerPolicy"]["condition"]
+    assert set(inner_dag["tasks"]) == {"deploy"}
+
+
+def test_continuous_training_retrains_only_on_a_retrain_decision_inside_an_exit_handler(compiled):
+    spec = yaml.safe_load(compiled["continuous_training"].read_text())
+    groups = _groups(spec)
+    _exit_task, exit_dag = groups["monitor-then-retrain"]
+    root = spec["root"]["dag"]["tasks"]
+    notify = root["notify"]  # the exit task: runs when the body finished, failed or not
+    assert notify["triggerPolicy"]["strategy"] == "ALL_UPSTREAM_TASKS_COMPLETED"
+    assert [root[d]["taskInfo"]["name"] for d in notify["dependentTasks"]] == ["monitor-then-retrain"]
+    assert {"current-champion", "fingerprint-source", "ingest", "monitor"} <= set(exit_dag["tasks"])
+    retrain, retrain_dag = groups["drift-retrain"]
+    assert (
+        retrain["triggerPolicy"]["condition"]
+        == "inputs.parameter_values['pipelinechannel--monitor-Output'] == 'retrain'"
+    )
+    # The training DAG (the same one the training pipeline builds) sits inside the retrain branch,
+    # trains on the monitored snapshot, and nests the canary under the blessing.
+    assert {"validate", "fetch-features", "train", "evaluate", "register"} <= set(retrain_dag["tasks"])
+    training_spec = yaml.safe_load(compiled["training"].read_text())
+    assert set(_tasks(spec)) == set(_tasks(training_spec)) | {"monitor", "notify"}
+    assert "candidate-blessed" in groups
+
+
+@pytest.mark.parametrize("name", sorted(CACHEABLE))
+def test_every_parameter_has_a_default_and_a_description(compiled, name):
+    spec = yaml.safe_load(compiled[name].read_text())
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert parameters
+    for key, parameter in parameters.items():
+        assert parameter.get("description"), key
+        assert parameter.get("isOptional") and "defaultValue" in parameter, key
+
+
+def test_run_and_compile_use_the_very_same_builders():
+    from pipelines import batch_scoring, continuous_training, monitoring, training
+
+    assert {
+        "training": training.build,
+        "batch_scoring": batch_scoring.build,
+        "monitoring": monitoring.build,
+        "continuous_training": continuous_training.build,
+    } == PIPELINES
+    # run_pipeline and compile_pipelines both get their pipeline from build_pipeline.
+    assert "build_pipeline(name, config)" in inspect.getsource(runner.run_pipeline)
+    assert "build_pipeline(name, config)" in inspect.getsource(runner.compile_pipelines)
+
+
+def _cluster_config(tmp_path):
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw["infra"].update(
+        profile="cluster",
+        images={
+            "components": f"registry.example/ctpipe/components:0.1.0@{DIGEST}",
+            "overrides": {"train": "registry.example/ctpipe/components-large:0.1.0"},
+        },
+        kubernetes={
+            "image_pull_secrets": ["regcred"],
+            "secrets": [
+                {"secret_name": "mlflow-auth", "env": {"username": "MLFLOW_TRACKING_USERNAME"}},
+                {
+                    "secret_name": "s3-creds",
+                    "env": {"access_key": "AWS_ACCESS_KEY_ID", "secret_key": "AWS_SECRET_ACCESS_KEY"},
+                    "components": ["train", "register"],
+                },
+            ],
+            "default": {"cpu_request": "500m", "memory_request": "1Gi", "memory_limit": "2Gi"},
+            "components": {
+                "train": {
+                    "cpu_request": "2",
+                    "cpu_limit": "4",
+                    "memory_limit": "8Gi",
+                    "node_selector": {"pool": "cpu-large"},
+                    "tolerations": [{"key": "dedicated", "value": "ml", "effect": "NoSchedule"}],
+                }
+            },
+        },
+    )
+    return parse_config(raw, tmp_path)
+
+
+def test_cluster_settings_from_config_are_rendered_into_the_platform_spec(tmp_path):
+    (path,) = compile_pipelines(_cluster_config(tmp_path), tmp_path, ["training"])
+    pipeline_spec, platform = yaml.safe_load_all(path.read_text())
+    executors = pipeline_spec["deploymentSpec"]["executors"]
+    k8s = platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"]
+
+    train = executors["exec-train"]["container"]
+    assert train["image"] == "registry.example/ctpipe/components-large:0.1.0"
+    assert executors["exec-ingest"]["container"]["image"] == f"registry.example/ctpipe/components:0.1.0@{DIGEST}"
+    assert train["resources"]["cpuRequest"] == 2.0 and train["resources"]["cpuLimit"] == 4.0
+    assert train["resources"]["memoryLimit"] == pytest.approx(8 * 1.073741824)  # 8Gi, in GB in the IR
+    assert train["resources"]["memoryRequest"] == pytest.approx(1.073741824)  # default 1Gi
+    ingest = executors["exec-ingest"]["container"]["resources"]
+    assert ingest["cpuRequest"] == 0.5 and "cpuLimit" not in ingest
+
+    assert k8s["exec-train"]["nodeSelector"]["labels"] == {"pool": "cpu-large"}
+    assert k8s["exec-train"]["tolerations"] == [
+        {"key": "dedicated", "operator": "Equal", "value": "ml", "effect": "NoSchedule"}
+    ]
+    assert "nodeSelector" not in k8s["exec-ingest"]
+
+    def secrets(executor):
+        return {
+            (s["secretName"], kv["secretKey"], kv["envVar"])
+            for s in k8s[executor].get("secretAsEnv", [])
+            for kv in s["keyToEnv"]
+        }
+
+    mlflow = {("mlflow-auth", "username", "MLFLOW_TRACKING_USERNAME")}
+    s3 = {("s3-creds", "access_key", "AWS_ACCESS_KEY_ID"), ("s3-creds", "secret_key", "AWS_SECRET_ACCESS_KEY")}
+    assert secrets("exec-train") == mlflow | s3
+    assert secrets("exec-ingest") == mlflow
+    for executor in executors:
+        assert [s["secretName"] for s in k8s[executor]["imagePullSecret"]] == ["regcred"], executor
+
+
+@pytest.mark.parametrize(
+    "image",
+    ["ctpipe/components", "Ctpipe/Components:1", "ctpipe/components:0.1@sha256:abc", "ctpipe/components:bad tag"],
+)
+def test_images_must_be_pinned_references(tmp_path, image):
+    from components.common.errors import ConfigError
+
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw["infra"]["images"] = {"overrides": {"train": image}}
+    with pytest.raises(ConfigError, match=r"infra.images.overrides"):
+        parse_config(raw, tmp_path)
+    assert ImagesSpec(components=f"ctpipe/components:0.1.0@{DIGEST}").for_component("train").endswith(DIGEST)
+
+
+def test_default_images_are_the_ones_the_pipelines_name(compiled):
+    spec = yaml.safe_load(compiled["training"].read_text())
+    images = {e["container"]["image"] for e in spec["deploymentSpec"]["executors"].values()}
+    assert images == {ImagesSpec().components}
+    pipeline = build_pipeline("training", load_config(ROOT / "ctpipe.yaml"))
+    assert pipeline.component_spec.inputs["serving_image"].default == ImagesSpec().serving

@@ -1,0 +1,63 @@
+"""Notify: the Markdown summary a pipeline's exit handler writes, whether the run failed or not.
+
+It posts nothing anywhere: the summary is a KFP ``Markdown`` artifact (shown in the UI) and,
+when ``reports_dir`` is given, a file beside the other reports, where a CI job or a chat
+hook can pick it up.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from pydantic import BaseModel
+
+from components.common.io import write_text
+from components.common.logs import get_logger
+
+logger = get_logger("notify")
+
+
+class RunSummary(BaseModel):
+    """What the exit handler saw."""
+
+    pipeline: str
+    state: str
+    job: str
+    error: str
+    markdown: str
+    written: list[str]
+
+
+def run_summary(
+    pipeline: str, state: str, job: str, error: str, summary_path: str, reports_dir: str = ""
+) -> RunSummary:
+    """Write the run summary as Markdown to ``summary_path`` (and ``reports_dir/<pipeline>-last-run.md``).
+
+    Args:
+        pipeline: Pipeline name.
+        state: Final state of the run's body, e.g. SUCCEEDED or FAILED.
+        job: The pipeline job (run) name.
+        error: The error message when the body failed; empty otherwise.
+        summary_path: Where to write the Markdown.
+        reports_dir: Folder for a stable copy; empty for none.
+
+    Returns:
+        The summary and the files written.
+    """
+    ok = state.upper() in ("SUCCEEDED", "SUCCESS")
+    lines = [
+        f"# {pipeline}: {'succeeded' if ok else state.lower()}",
+        "",
+        "| | |",
+        "|---|---|",
+        f"| run | `{job}` |",
+        f"| state | {state} |",
+    ]
+    if error:
+        lines.append(f"| error | {error.replace('|', '/').splitlines()[0]} |")
+    markdown = "\n".join(lines) + "\n"
+    written = [str(write_text(summary_path, markdown))]
+    if reports_dir:
+        written.append(str(write_text(Path(reports_dir) / f"{pipeline}-last-run.md", markdown)))
+    logger.info("run summary written", extra={"pipeline": pipeline, "state": state, "files": written})
+    return RunSummary(pipeline=pipeline, state=state, job=job, error=error, markdown=markdown, written=written)

@@ -1,0 +1,60 @@
+"""One description per pipeline parameter, shared by every pipeline that takes it.
+
+KFP reads a pipeline function's Google-style docstring ``Args:`` into the compiled IR, so
+the KFP UI shows each parameter's meaning next to its default. The docstrings are built
+here from one table, so the four pipelines cannot describe the same parameter differently.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
+
+DESCRIPTIONS: dict[str, str] = {
+    "source": "Source table (CSV or Parquet file, or a folder of Parquet files) the window is read from.",
+    "source_fingerprint": "Source version to key ingest's cache on (e.g. an object version); empty means the "
+    "run hashes the source's content when it starts.",
+    "window_start": "Inclusive start of the time window (ISO-8601); empty means unbounded.",
+    "window_end": "Exclusive end of the time window (ISO-8601); empty means unbounded.",
+    "dataset": "The config's dataset section as JSON (columns, task).",
+    "model": "The config's model section as JSON (estimator and its parameters).",
+    "evaluation": "The config's evaluation section as JSON (metrics, thresholds, allowed change).",
+    "serving": "The config's serving section as JSON (model name, canary share).",
+    "feast": "The config's feast section as JSON (feature store).",
+    "monitoring": "The config's monitoring section as JSON (drift thresholds).",
+    "tracking_uri": "MLflow tracking URI (also the model registry).",
+    "workspace": "Folder for local state (embedded profile) such as Feast stores and reports.",
+    "profile": "'embedded' (local model server) or 'cluster' (KServe InferenceService).",
+    "serving_image": "Predictor image of the KServe InferenceService.",
+    "spark_master": "Spark master URL, e.g. local[*] or spark://host:7077.",
+    "dry_run": "Deploy: write the manifest and change nothing.",
+    "lineage": "Tags recorded on the trained model: config hash and code version.",
+    "reports_dir": "Folder the exit handler also writes the run summary to; empty for the artifact only.",
+}
+
+
+def describe(summary: str, params: list[str] | None = None) -> Callable[[F], F]:
+    """Give a pipeline function a docstring whose ``Args`` describe its parameters from the table.
+
+    Args:
+        summary: The first line(s) of the docstring.
+        params: Parameter names to describe; default every parameter of the function.
+
+    Raises:
+        KeyError: A parameter has no description in the table.
+    """
+
+    def decorate(func: F) -> F:
+        import inspect
+
+        names = params or list(inspect.signature(func).parameters)
+        missing = [name for name in names if name not in DESCRIPTIONS]
+        if missing:
+            raise KeyError(f"pipeline {func.__name__}: no description for parameter(s) {missing}")
+        args = "\n".join(f"    {name}: {DESCRIPTIONS[name]}" for name in names)
+        func.__doc__ = f"{summary}\n\nArgs:\n{args}\n"
+        return func
+
+    return decorate
