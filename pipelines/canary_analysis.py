@@ -15,6 +15,8 @@ from kfp.dsl import Artifact, Markdown
 
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
+from pipelines.params import describe
+from pipelines.platform import finish
 
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
@@ -25,6 +27,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         description="Compare the canary challenger with the champion on logged live traffic (error rate, "
         "latency p95, prediction PSI, accuracy where labels arrived); promote or roll back and record why.",
     )
+    @describe("Promote the canary challenger or close the canary, on its logged live traffic.")
     def canary_analysis(
         serving: str = config.serving.model_dump_json(),
         dataset: str = config.dataset.model_dump_json(),
@@ -43,7 +46,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             labels_path=labels_path,
             act=act,
         )
-        analysed.set_display_name("canary analysis").set_caching_options(False)
+        analysed.set_display_name("canary analysis")
+        finish(config)  # never cached (it moves aliases), cluster settings
         CanaryAnalysisOutputs = NamedTuple(
             "CanaryAnalysisOutputs", [("decision", str), ("result", Artifact), ("report", Markdown)]
         )

@@ -31,6 +31,11 @@ DESCRIPTIONS: dict[str, str] = {
     "spark_master": "Spark master URL, e.g. local[*] or spark://host:7077.",
     "dry_run": "Deploy: write the manifest and change nothing.",
     "lineage": "Tags recorded on the trained model: config hash and code version.",
+    "inference_log_dir": "Serving inference log folder, read as the current data when "
+    "monitoring.current_source is inference_log.",
+    "log_dir": "Serving inference log folder with the canary's live traffic.",
+    "labels_path": "Ground truth for logged requests (joined on request id and row); empty for none.",
+    "act": "Promote or close the canary as decided; false only records the decision.",
     "reports_dir": "Folder the exit handler also writes the run summary to; empty for the artifact only.",
 }
 

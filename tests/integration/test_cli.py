@@ -6,6 +6,7 @@ import yaml
 from click.testing import CliRunner
 
 from pipelines.cli import main
+from pipelines.runner import PIPELINES
 from tests.helpers import ROOT
 
 
@@ -41,7 +42,7 @@ def test_compile_json(tmp_path):
         main, ["--config", str(ROOT / "ctpipe.yaml"), "compile", "--out", str(tmp_path), "--json"]
     )
     assert result.exit_code == 0, result.output
-    assert len(json.loads(result.output)["compiled"]) == 4  # training, batch_scoring, monitoring, continuous_training
+    assert len(json.loads(result.output)["compiled"]) == len(PIPELINES)
 
 
 def test_bad_config_is_one_line_and_a_hint(tmp_path):

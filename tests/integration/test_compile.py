@@ -131,13 +131,14 @@ def test_every_parameter_has_a_default_and_a_description(compiled, name):
 
 
 def test_run_and_compile_use_the_very_same_builders():
-    from pipelines import batch_scoring, continuous_training, monitoring, training
+    from pipelines import batch_scoring, canary_analysis, continuous_training, monitoring, training
 
     assert {
         "training": training.build,
         "batch_scoring": batch_scoring.build,
         "monitoring": monitoring.build,
         "continuous_training": continuous_training.build,
+        "canary_analysis": canary_analysis.build,
     } == PIPELINES
     # run_pipeline and compile_pipelines both get their pipeline from build_pipeline.
     assert "build_pipeline(name, config)" in inspect.getsource(runner.run_pipeline)
