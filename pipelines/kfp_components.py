@@ -234,9 +234,11 @@ def evaluate(
         blessing.path,
         report.path,
     )
-    attach(blessing, {"blessed": result.blessed, "failed_checks": [c.reason for c in result.checks if not c.passed]})
     values = {f"candidate_{k}": v for k, v in result.candidate.items()}
     values.update({f"champion_{k}": v for k, v in (result.champion or {}).items()})
+    failed = [c.reason for c in result.checks if not c.passed]
+    # The metric values ride on the blessing too, so run summaries can show them.
+    attach(blessing, {"blessed": result.blessed, "failed_checks": failed, **values})
     write_metrics(metrics, values)
     write_classification_metrics(curves, result.curves)
     return result.blessed

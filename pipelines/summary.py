@@ -14,8 +14,25 @@ def _value(value: Any) -> str:
     return str(value)
 
 
+def key_facts(metadata: dict[str, Any]) -> list[str]:
+    """The lines worth reading in an output's metadata: metrics against the champion, failed checks, decisions."""
+    lines = []
+    candidate = {k[len("candidate_") :]: v for k, v in metadata.items() if k.startswith("candidate_")}
+    if candidate:
+        pairs = []
+        for name, value in candidate.items():
+            champion = metadata.get(f"champion_{name}")
+            pairs.append(f"{name} {value:.4g}" + (f" (champion {champion:.4g})" if champion is not None else ""))
+        lines.append("metrics: " + "; ".join(pairs))
+    lines.extend(f"failed check: {reason}" for reason in metadata.get("failed_checks") or [])
+    if "decision" in metadata:
+        reasons = metadata.get("reasons") or ([metadata["reason"]] if metadata.get("reason") else [])
+        lines.append(f"decision: {metadata['decision']}" + (f" ({'; '.join(map(str, reasons))})" if reasons else ""))
+    return lines
+
+
 def print_run(report: RunReport, out: TextIO = sys.stdout) -> None:
-    """Print what ran, what came from cache, how long each took, the outputs and where the logs are."""
+    """Print what ran, what came from cache, how long each took, key metrics, the outputs and where the logs are."""
     counts = {status: sum(t.status == status for t in report.tasks) for status in ("ran", "cached", "skipped")}
     state = "succeeded" if report.succeeded else "FAILED"
     print(
@@ -30,7 +47,10 @@ def print_run(report: RunReport, out: TextIO = sys.stdout) -> None:
     for key, value in report.outputs.items():
         print(f"  output {key}: {_value(value)}", file=out)
     for key, value in report.outputs.items():
-        warnings = (value.get("metadata") or {}).get("warnings") if isinstance(value, dict) else None
+        metadata = (value.get("metadata") or {}) if isinstance(value, dict) else {}
+        for line in key_facts(metadata):
+            print(f"  {key}: {line}", file=out)
+        warnings = metadata.get("warnings")
         if warnings:
             print(f"  {key}: {len(warnings)} warning(s)", file=out)
             for line in warnings:

@@ -31,3 +31,21 @@ def test_summary_without_warnings_says_nothing_about_them():
     out = io.StringIO()
     print_run(_report({"warnings": [], "quarantined_rows": 0}), out)
     assert "warning" not in out.getvalue()
+
+
+def test_summary_shows_metrics_against_the_champion_failed_checks_and_decisions():
+    out = io.StringIO()
+    blessing = {
+        "blessed": False,
+        "candidate_roc_auc_score": 0.71234,
+        "champion_roc_auc_score": 0.8,
+        "candidate_log_loss": 0.6,
+        "failed_checks": ["roc_auc_score dropped 0.088 against the champion (allowed -0.005)"],
+    }
+    report = _report(blessing)
+    report.outputs["result"] = {"path": "/r", "metadata": {"decision": "retrain", "reasons": ["support_calls PSI 1.9"]}}
+    print_run(report, out)
+    text = out.getvalue()
+    assert "metrics: roc_auc_score 0.7123 (champion 0.8); log_loss 0.6\n" in text
+    assert "failed check: roc_auc_score dropped 0.088 against the champion (allowed -0.005)" in text
+    assert "result: decision: retrain (support_calls PSI 1.9)" in text
