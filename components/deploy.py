@@ -310,14 +310,15 @@ def _deploy_cluster(
         champion_version, challenger_version = champion, version
         percent = canary = serving.canary_percent
 
-    manifest = render_inference_service(serving, image, version, tracking_uri, canary)
+    manifest = render_inference_service(serving, image, version, tracking_uri, canary, stable_version=champion_version)
     manifest_path = Path(workspace) / "manifests" / f"{name}.yaml"
     write_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
 
     seam = KServeSeam(namespace=serving.namespace, dry_run=dry_run)
     seam.apply(manifest)
     if serving.deployment_mode == "Standard" and not dry_run and aliases.get(CHALLENGER_ALIAS) == version:
-        set_traffic(serving.model_name, tracking_uri, serving.canary_percent)  # split happens in the pods
+        # KServe splits by spec.canary; the tag records the share for promote, rollback and canary analysis.
+        set_traffic(serving.model_name, tracking_uri, serving.canary_percent)
     endpoint = f"http://{name}-predictor.{serving.namespace}.svc.cluster.local"
     if not dry_run:
         applied = seam.get(name) or {}
@@ -325,7 +326,7 @@ def _deploy_cluster(
     mode_note = (
         "Knative revisions split traffic (canaryTrafficPercent)"
         if serving.deployment_mode == "Serverless"
-        else "the pods split traffic by the ctpipe.canary_percent tag"
+        else "KServe splits traffic between spec.predictor and spec.canary"
     )
     message = "; ".join([f"{'dry run: ' if dry_run else ''}{mode_note}", *notes])
     result = DeployResult(

@@ -12,12 +12,11 @@ version reaches traffic depends on ``serving.deployment_mode``:
     A revision whose model cannot load never turns ready, so it never gets traffic.
 
 ``Standard`` (KServe's raw Kubernetes ``Deployment``; ``RawDeployment`` is the old name)
-    KServe has no revision-based traffic split in this mode, so ``canaryTrafficPercent`` is not
-    rendered. The container follows the registry aliases instead, exactly like the local
-    server: it serves ``champion`` and ``challenger`` and splits requests in-process by the
-    registered-model tag ``ctpipe.canary_percent`` (set by ``components.deploy``). The intended
-    percent and version are recorded as ``ctpipe.io/*`` annotations for people reading the
-    object.
+    There are no Knative revisions to split between, so a canary is rendered as ``spec.canary``:
+    ``spec.predictor`` stays pinned to the stable version (the champion) and one
+    ``spec.canary`` entry pins the new version with ``trafficPercent``. Promoting means
+    rendering again without a canary percent, which pins ``spec.predictor`` to the new version
+    and drops ``spec.canary``.
 
 Both modes set ``serving.kserve.io/deploymentMode`` explicitly, because the cluster default
 (``defaultDeploymentMode`` in the ``inferenceservice-config`` ConfigMap) varies by install.
@@ -71,43 +70,16 @@ def _check_tracking_uri(tracking_uri: str) -> None:
         )
 
 
-def render_inference_service(
+def _predictor(
     serving: ServingSpec,
     image: str,
-    model_version: str,
+    version: str,
     tracking_uri: str,
-    canary_percent: int | None,
-    credentials_secret: str | None = None,
-    resources: dict[str, dict[str, str]] | None = None,
+    knative: bool,
+    credentials_secret: str | None,
+    resources: dict[str, dict[str, str]] | None,
 ) -> dict[str, Any]:
-    """Render a KServe v1beta1 InferenceService for one registered model version.
-
-    Args:
-        serving: Model name, namespace and deployment mode.
-        image: The ctpipe serving image (pin by digest in production).
-        model_version: The registry version being deployed.
-        tracking_uri: MLflow URI the pods read the registry and artifacts from.
-        canary_percent: Share of traffic for the new version; None sends all traffic to it
-            (first deployment or promotion). In Standard mode it is only recorded as an annotation.
-        credentials_secret: Name of a Secret whose keys become environment variables
-            (e.g. ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``, S3 keys).
-        resources: Container requests and limits; defaults to :data:`DEFAULT_RESOURCES`.
-
-    Returns:
-        The manifest as a plain dict (YAML/JSON serialisable).
-
-    Raises:
-        DeployError: The name, version, percent or tracking URI cannot be used.
-    """
-    name = isvc_name(serving.model_name)
-    if not str(model_version).isdigit():
-        raise DeployError(f"model_version must be a registry version number, got {model_version!r}")
-    if canary_percent is not None and not 0 <= canary_percent <= 100:
-        raise DeployError(f"canary_percent must be between 0 and 100, got {canary_percent}")
-    _check_tracking_uri(tracking_uri)
-    mode = KSERVE_MODE[serving.deployment_mode]
-    knative = mode == "Knative"
-
+    """A predictor block (custom ctpipe container) pinned to one registry version."""
     args = [
         "--model-name",
         serving.model_name,
@@ -117,9 +89,9 @@ def render_inference_service(
         str(CONTAINER_PORT),
         "--poll-seconds",
         str(POLL_SECONDS_IN_CLUSTER),
+        "--model-version",  # each traffic target serves exactly one version
+        version,
     ]
-    if knative:
-        args += ["--model-version", str(model_version)]
     ready_path = f"/v2/models/{serving.model_name}/ready"
     readiness: dict[str, Any] = {
         "httpGet": {"path": ready_path},
@@ -145,7 +117,7 @@ def render_inference_service(
             {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
             {"name": "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "value": "false"},
             {"name": "CTPIPE_MODEL_NAME", "value": serving.model_name},
-            {"name": "CTPIPE_MODEL_VERSION", "value": str(model_version)},
+            {"name": "CTPIPE_MODEL_VERSION", "value": version},
             {"name": "HOME", "value": "/tmp"},
         ],
         "ports": [{"containerPort": CONTAINER_PORT, "name": "http1", "protocol": "TCP"}],
@@ -166,13 +138,67 @@ def render_inference_service(
     if credentials_secret:
         container["envFrom"] = [{"secretRef": {"name": credentials_secret}}]
 
-    predictor: dict[str, Any] = {
+    return {
         "minReplicas": 1,
         "maxReplicas": 3,
         "containers": [container],
         "volumes": [{"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}}],
         "securityContext": {"runAsNonRoot": True, "fsGroup": 1000, "seccompProfile": {"type": "RuntimeDefault"}},
     }
+
+
+def render_inference_service(
+    serving: ServingSpec,
+    image: str,
+    model_version: str,
+    tracking_uri: str,
+    canary_percent: int | None,
+    credentials_secret: str | None = None,
+    resources: dict[str, dict[str, str]] | None = None,
+    stable_version: str | None = None,
+) -> dict[str, Any]:
+    """Render a KServe v1beta1 InferenceService for one registered model version.
+
+    Args:
+        serving: Model name, namespace and deployment mode.
+        image: The ctpipe serving image (pin by digest in production).
+        model_version: The registry version being deployed.
+        tracking_uri: MLflow URI the pods read the registry and artifacts from.
+        canary_percent: Share of traffic for the new version; None sends all traffic to it
+            (first deployment or promotion).
+        credentials_secret: Name of a Secret whose keys become environment variables
+            (e.g. ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``, S3 keys).
+        resources: Container requests and limits; defaults to :data:`DEFAULT_RESOURCES`.
+        stable_version: The version keeping the rest of the traffic during a canary (the
+            champion). Needed in Standard mode, where ``spec.predictor`` stays on it and
+            ``spec.canary`` carries ``model_version``; Knative keeps the last ready revision itself.
+
+    Returns:
+        The manifest as a plain dict (YAML/JSON serialisable).
+
+    Raises:
+        DeployError: The name, version, percent or tracking URI cannot be used.
+    """
+    name = isvc_name(serving.model_name)
+    if not str(model_version).isdigit():
+        raise DeployError(f"model_version must be a registry version number, got {model_version!r}")
+    if canary_percent is not None and not 0 <= canary_percent <= 100:
+        raise DeployError(f"canary_percent must be between 0 and 100, got {canary_percent}")
+    _check_tracking_uri(tracking_uri)
+    mode = KSERVE_MODE[serving.deployment_mode]
+    knative = mode == "Knative"
+    split = canary_percent is not None and not knative
+    if split and not str(stable_version or "").isdigit():
+        raise DeployError(
+            f"Standard mode renders a canary as spec.canary and needs the stable (champion) version, "
+            f"got {stable_version!r}"
+        )
+
+    def pinned_predictor(version: str) -> dict[str, Any]:
+        """The predictor block serving exactly ``version`` (one per traffic target)."""
+        return _predictor(serving, image, version, tracking_uri, knative, credentials_secret, resources)
+
+    predictor = pinned_predictor(str(stable_version) if split else str(model_version))
     annotations = {
         DEPLOYMENT_MODE_ANNOTATION: mode,
         "ctpipe.io/model-name": serving.model_name,
@@ -183,9 +209,7 @@ def render_inference_service(
             predictor["canaryTrafficPercent"] = int(canary_percent)
         annotations["ctpipe.io/traffic"] = "knative-revisions"
     else:
-        annotations["ctpipe.io/traffic"] = "in-process: registered-model tag ctpipe.canary_percent"
-        if canary_percent is not None:
-            annotations["ctpipe.io/canary-percent"] = str(int(canary_percent))
+        annotations["ctpipe.io/traffic"] = "spec.canary"
 
     return {
         "apiVersion": API_VERSION,
@@ -196,5 +220,12 @@ def render_inference_service(
             "labels": {"app.kubernetes.io/name": name, "app.kubernetes.io/managed-by": "ctpipe"},
             "annotations": annotations,
         },
-        "spec": {"predictor": predictor},
+        "spec": {
+            "predictor": predictor,
+            **(
+                {"canary": [{"predictor": pinned_predictor(str(model_version)), "trafficPercent": int(canary_percent)}]}
+                if split and canary_percent is not None
+                else {}
+            ),
+        },
     }

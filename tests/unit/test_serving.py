@@ -794,7 +794,7 @@ def test_manifest_validates_against_crd(crd_validator: Any, mode: str, canary: i
 
     spec = ServingSpec(model_name="churn-model", deployment_mode=mode, namespace="ml")  # type: ignore[arg-type]
     manifest = render_inference_service(
-        spec, "registry.example/ctpipe/serving:0.1.0", "7", "http://mlflow:5000", canary
+        spec, "registry.example/ctpipe/serving:0.1.0", "7", "http://mlflow:5000", canary, stable_version="6"
     )
     errors = sorted(crd_validator.iter_errors(manifest), key=lambda e: list(e.path))
     assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
@@ -813,9 +813,24 @@ def test_manifest_validates_against_crd(crd_validator: Any, mode: str, canary: i
         assert predictor.get("canaryTrafficPercent") == canary
     else:
         assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
-        assert "--model-version" not in container["args"]
         assert "canaryTrafficPercent" not in predictor
-        assert annotations.get("ctpipe.io/canary-percent") == (None if canary is None else "20")
+        if canary is None:  # all traffic to the new version
+            assert container["args"][-2:] == ["--model-version", "7"]
+            assert "canary" not in manifest["spec"]
+        else:  # the champion keeps spec.predictor; spec.canary pins the new version with its share
+            assert container["args"][-2:] == ["--model-version", "6"]
+            (entry,) = manifest["spec"]["canary"]
+            assert entry["trafficPercent"] == 20
+            assert entry["predictor"]["containers"][0]["args"][-2:] == ["--model-version", "7"]
+            assert {"name": "CTPIPE_MODEL_VERSION", "value": "7"} in entry["predictor"]["containers"][0]["env"]
+
+
+def test_standard_mode_canary_needs_the_stable_version() -> None:
+    from serving.manifests import render_inference_service
+
+    spec = ServingSpec(model_name="m", deployment_mode="Standard")
+    with pytest.raises(DeployError, match="stable"):
+        render_inference_service(spec, "img:1", "7", "http://mlflow:5000", 20)
 
 
 def test_strict_crd_check_catches_a_misspelled_field(crd_validator: Any) -> None:
