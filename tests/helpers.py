@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+import functools
+import os
 import socket
 from pathlib import Path
+from typing import Any
 
+import pytest
 import yaml
 
 from components.specs import DatasetSpec
@@ -44,3 +48,48 @@ def small_config(workspace: Path, rows: int = 800) -> CtpipeConfig:
     config = parse_config(raw, ROOT)
     generate(config.dataset.source, windows=3, rows_per_window=rows, seed=11, drift=DriftSpec(start_window=2))
     return config
+
+
+KSERVE_CRD = "serving.kserve.io_inferenceservices.yaml"
+
+
+@functools.cache
+def _strict_kserve_schema(crd_file: Path) -> dict[str, Any]:
+    crd = yaml.load(crd_file.read_text(), Loader=yaml.CSafeLoader)
+    schema: dict[str, Any] = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"][
+        "openAPIV3Schema"
+    ]
+
+    def close(node: Any) -> None:  # the API server prunes unknown fields silently; make them errors here
+        if isinstance(node, dict):
+            if (
+                node.get("type") == "object"
+                and "properties" in node
+                and "additionalProperties" not in node
+                and not node.get("x-kubernetes-preserve-unknown-fields")
+            ):
+                node["additionalProperties"] = False
+            for value in node.values():
+                close(value)
+        elif isinstance(node, list):
+            for value in node:
+                close(value)
+
+    close(schema["properties"]["spec"])
+    return schema
+
+
+def kserve_crd_validator() -> Any:
+    """A strict Draft 7 validator for InferenceServices from the KServe CRD in ``shared/schemas/kserve``.
+
+    The folder sits beside the checkout (a git worktree may sit deeper, so every ancestor is
+    tried), or where ``CTPIPE_KSERVE_SCHEMAS`` points. Skips the test when it is absent.
+    """
+    from jsonschema import Draft7Validator
+
+    override = os.environ.get("CTPIPE_KSERVE_SCHEMAS")
+    folders = [Path(override)] if override else [p / "shared" / "schemas" / "kserve" for p in ROOT.parents]
+    crd_file = next((f / KSERVE_CRD for f in folders if (f / KSERVE_CRD).is_file()), None)
+    if crd_file is None:
+        pytest.skip(f"KServe CRD {KSERVE_CRD} not found in shared/schemas/kserve beside the checkout")
+    return Draft7Validator(_strict_kserve_schema(crd_file))

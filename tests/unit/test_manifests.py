@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -13,20 +12,13 @@ import yaml
 
 from pipelines.config import load_config, parse_config
 from pipelines.images import image_tags
+from tests.helpers import kserve_crd_validator
 from tests.manifest_policy import violations
 from tests.servers import ensure_debian_package
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 MANIFESTS = REPO_ROOT / "manifests"
 OVERLAYS = sorted(p.parent.name for p in (MANIFESTS / "overlays").glob("*/kustomization.yaml"))
-CRD_NAME = "serving.kserve.io_inferenceservices.yaml"
-
-
-def kserve_crd() -> Path | None:
-    """The KServe CRD from ``shared/schemas/kserve`` beside the checkout or an ancestor of it."""
-    override = os.environ.get("CTPIPE_KSERVE_SCHEMAS")
-    folders = [Path(override)] if override else [p / "shared" / "schemas" / "kserve" for p in REPO_ROOT.parents]
-    return next((f / CRD_NAME for f in folders if (f / CRD_NAME).is_file()), None)
 
 
 @pytest.fixture(scope="module")
@@ -135,31 +127,7 @@ def test_mounted_config_is_a_valid_cluster_config(rendered: dict[str, list[dict[
 
 
 def test_inference_services_validate_against_the_kserve_crd(rendered: dict[str, list[dict[str, Any]]]) -> None:
-    from jsonschema import Draft7Validator
-
-    crd_file = kserve_crd()
-    if crd_file is None:
-        pytest.skip(f"KServe CRD {CRD_NAME} not found in shared/schemas/kserve beside the checkout")
-    crd = yaml.load(crd_file.read_text(), Loader=yaml.CSafeLoader)
-    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
-
-    def close(node: Any) -> None:  # unknown fields are errors here (the API server would drop them)
-        if isinstance(node, dict):
-            if (
-                node.get("type") == "object"
-                and "properties" in node
-                and "additionalProperties" not in node
-                and not node.get("x-kubernetes-preserve-unknown-fields")
-            ):
-                node["additionalProperties"] = False
-            for value in node.values():
-                close(value)
-        elif isinstance(node, list):
-            for value in node:
-                close(value)
-
-    close(schema["properties"]["spec"])
-    validator = Draft7Validator(schema)
+    validator = kserve_crd_validator()
     for overlay, docs in rendered.items():
         for isvc in by_kind(docs, "InferenceService"):
             errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(isvc)]

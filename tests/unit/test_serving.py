@@ -34,14 +34,9 @@ from components.common.errors import DeployError
 from components.specs import ServingSpec
 from serving import CANARY_TAG, CANARY_VERSION_TAG
 from serving.server import LocalServer, start_local_server, stop_local_server
+from tests.helpers import kserve_crd_validator
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
-# ../shared/schemas/kserve beside the checkout; a git worktree may sit deeper, so look upwards.
-CRD_DIR = next(
-    (p / "shared" / "schemas" / "kserve" for p in REPO_ROOT.parents if (p / "shared" / "schemas" / "kserve").is_dir()),
-    REPO_ROOT.parent / "shared" / "schemas" / "kserve",
-)
-CRD_FILE = CRD_DIR / "serving.kserve.io_inferenceservices.yaml"
 FEATURES = ["tenure", "charges", "calls", "plan"]
 POLL = 0.2
 MAX_ROWS = 50  # serving.max_batch_rows of the shared server, so an oversized batch is cheap to send
@@ -751,40 +746,9 @@ def test_frame_from_v2_rejects_duplicates_and_bad_shapes() -> None:
 # Manifests and the cluster seam
 
 
-def _crd_schema(strict: bool) -> dict[str, Any]:
-    import yaml
-
-    if not CRD_FILE.is_file():
-        pytest.skip(f"KServe CRD schemas not found at {CRD_DIR} (../shared/schemas/kserve from the repo root)")
-    with CRD_FILE.open() as handle:
-        crd = yaml.load(handle, Loader=yaml.CSafeLoader)
-    schema = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"]["openAPIV3Schema"]
-    if strict:  # the API server prunes unknown fields silently; make them errors here
-
-        def close(node: Any) -> None:
-            if isinstance(node, dict):
-                if (
-                    node.get("type") == "object"
-                    and "properties" in node
-                    and "additionalProperties" not in node
-                    and not node.get("x-kubernetes-preserve-unknown-fields")
-                ):
-                    node["additionalProperties"] = False
-                for value in node.values():
-                    close(value)
-            elif isinstance(node, list):
-                for value in node:
-                    close(value)
-
-        close(schema["properties"]["spec"])
-    return dict(schema)
-
-
 @pytest.fixture(scope="module")
 def crd_validator() -> Any:
-    from jsonschema import Draft7Validator
-
-    return Draft7Validator(_crd_schema(strict=True))
+    return kserve_crd_validator()
 
 
 @pytest.mark.parametrize("mode", ["Serverless", "Standard"])
