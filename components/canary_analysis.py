@@ -29,12 +29,13 @@ are recorded as tags on the challenger version (``ctpipe.canary_decision``,
 from __future__ import annotations
 
 import json
-from typing import Any, Literal
+from typing import Literal
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
+from components.common import tracking
 from components.common.errors import DataError
 from components.common.inference_log import read_window
 from components.common.io import read_table, write_json, write_text
@@ -89,15 +90,6 @@ class CanaryAnalysisResult(BaseModel):
     prediction_psi: float | None = None
     acted: bool = False
     action: str = ""
-
-
-def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    from components.common import tracking
-
-    tracking.configure(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _stats(rows: pd.DataFrame, version: str) -> VersionStats:
@@ -243,7 +235,7 @@ def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str) 
     from components.register import promote
 
     name, version = serving.model_name, str(result.challenger_version)
-    client = _client(tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     client.set_model_version_tag(name, version, DECISION_TAG, result.decision)
     client.set_model_version_tag(name, version, REASON_TAG, result.reason[:4000])
     if result.decision == "promote":
@@ -291,7 +283,7 @@ def canary_analysis(
     end = pd.Timestamp.now(tz="UTC") if now is None or now == "" else pd.Timestamp(now)
     end = end.tz_localize("UTC") if end.tzinfo is None else end.tz_convert("UTC")
     start = end - pd.Timedelta(minutes=limits.window_minutes)
-    client = _client(tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     aliases = {k: str(v) for k, v in (client.get_registered_model(serving.model_name).aliases or {}).items()}
     champion_version, challenger_version = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
     result = CanaryAnalysisResult(

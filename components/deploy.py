@@ -26,6 +26,7 @@ import requests
 import yaml
 from pydantic import BaseModel
 
+from components.common import tracking
 from components.common.errors import DeployError, ModelNotFound
 from components.common.io import write_text
 from components.common.logs import get_logger
@@ -48,15 +49,6 @@ class DeployResult(BaseModel):
     manifest_path: str | None = None
     dry_run: bool = False
     message: str = ""
-
-
-def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
-    from components.common import tracking
-
-    tracking.configure(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 
 
 def _registered_model(client: Any, model_name: str, tracking_uri: str) -> Any:
@@ -95,7 +87,7 @@ def set_traffic(model_name: str, tracking_uri: str, canary_percent: int) -> None
     """
     if isinstance(canary_percent, bool) or not isinstance(canary_percent, int) or not 0 <= canary_percent <= 100:
         raise DeployError(f"canary_percent must be an integer between 0 and 100, got {canary_percent!r}")
-    client = _client(tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     registered = _registered_model(client, model_name, tracking_uri)
     challenger = _aliases(registered).get(CHALLENGER_ALIAS)
 
@@ -212,7 +204,7 @@ def _deploy_local(
     from serving.server import endpoint_url, start_local_server
 
     name = serving.model_name
-    client = _client(tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     registered = _registered_model(client, name, tracking_uri)
     aliases = _aliases(registered)
     champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
@@ -280,7 +272,7 @@ def _deploy_cluster(
     name = isvc_name(serving.model_name)
     notes: list[str] = []
     try:
-        client = _client(tracking_uri)
+        client = tracking.registry_client(tracking_uri)
         registered = _registered_model(client, serving.model_name, tracking_uri)
         aliases = _aliases(registered)
         try:

@@ -164,12 +164,9 @@ def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataF
 
 
 def _record_tag(model_name: str, version: str, tracking_uri: str, blessed: bool) -> None:
-    from mlflow import MlflowClient
-
     from components.common import tracking
 
-    tracking.configure(tracking_uri)
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     client.set_model_version_tag(model_name, version, INFRA_BLESSED_TAG, "true" if blessed else "false")
 
 

@@ -111,11 +111,8 @@ class AliasChange(BaseModel):
 
 
 def _client(tracking_uri: str) -> Any:
-    from mlflow import MlflowClient
-
     quiet_mlflow()
-    tracking.configure(tracking_uri)
-    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    return tracking.registry_client(tracking_uri)
 
 
 def _is_missing(exc: Exception) -> bool:

@@ -30,6 +30,14 @@ def configure(tracking_uri: str, registry_uri: str | None = None) -> None:
     mlflow.set_registry_uri(registry_uri or tracking_uri)
 
 
+def registry_client(tracking_uri: str) -> Any:
+    """An MlflowClient for ``tracking_uri`` (tracking and registry), with MLflow configured for it."""
+    from mlflow import MlflowClient
+
+    configure(tracking_uri)
+    return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+
+
 def default_artifact_root(tracking_uri: str) -> str | None:
     """Artifact folder beside a sqlite tracking database; None for a server that serves artifacts.
 
