@@ -23,7 +23,11 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Registry:
     return build_registry(tmp_path_factory.mktemp("canary-registry"))
 
 
-def run_canary(registry: Registry, name: str, challenger: str, workspace: Path, requests_sent: int = 160) -> Path:
+# Enough requests that the PSI between the two versions' answers is not sampling noise.
+REQUESTS = 400
+
+
+def run_canary(registry: Registry, name: str, challenger: str, workspace: Path, requests_sent: int = REQUESTS) -> Path:
     """Serve champion 'a' and ``challenger`` at 50%, send real requests, return the inference log folder."""
     registry.create(name, ["a", challenger], {"champion": 1, "challenger": 2})
     client = registry.client()
@@ -76,7 +80,7 @@ def test_similar_challenger_is_promoted(registry: Registry, tmp_path: Path) -> N
     assert result.decision == "promote", result.reason
     assert {c.name for c in result.checks} == {"error_rate", "latency_p95", "prediction_psi", "accuracy"}
     assert result.champion is not None and result.challenger is not None
-    assert result.champion.requests + result.challenger.requests == 160
+    assert result.champion.requests + result.challenger.requests == REQUESTS
     assert result.challenger.labeled >= 20 and result.challenger.accuracy is not None
     aliases = {k: str(v) for k, v in registry.client().get_registered_model("can-good").aliases.items()}
     assert aliases.get("champion") == "2" and "challenger" not in aliases
