@@ -149,7 +149,24 @@ def repo_config(feast: FeastSpec, workspace: str) -> RepoConfig:
     """
     from feast.repo_config import RepoConfig
 
+    _restore_feast_sqlite_timestamps()
     return RepoConfig(**store_settings(feast, workspace), repo_path=str(feast_root(workspace)))
+
+
+def _restore_feast_sqlite_timestamps() -> None:
+    """Make sqlite's process-wide ``timestamp`` converter Feast's again if another library replaced it.
+
+    Feast's sqlite online store writes event times as epoch seconds and registers a converter
+    for them when it is imported; IPython (imported later by notebooks, nbclient or GX) replaces
+    that converter with an ISO-8601 parser, and every online read then fails on ``'1767398400'``.
+    """
+    import sqlite3
+
+    from feast.infra.online_stores import sqlite as feast_sqlite
+
+    if sqlite3.converters.get("TIMESTAMP") is not feast_sqlite.convert_timestamp:
+        logger.warning("sqlite's timestamp converter was replaced by another library; restoring Feast's")
+        sqlite3.register_converter("timestamp", feast_sqlite.convert_timestamp)
 
 
 def _fingerprint(spec: DatasetSpec, feast: FeastSpec, source_path: str) -> str:

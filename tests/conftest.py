@@ -25,6 +25,23 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 SMALL_ROWS = 600
 
 
+@pytest.fixture(autouse=True)
+def isolated_mlflow_uris(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each test starts with no process-wide MLflow tracking or registry URI.
+
+    ``mlflow.set_tracking_uri`` and ``set_registry_uri`` keep module globals and also export
+    ``MLFLOW_TRACKING_URI`` / ``MLFLOW_REGISTRY_URI``, so without this a client built later
+    with only a tracking URI would read the model registry of an earlier test's database.
+    """
+    from mlflow.tracking._model_registry import utils as registry_utils
+    from mlflow.tracking._tracking_service import utils as tracking_utils
+
+    for name in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setattr(tracking_utils, "_tracking_uri", None)
+    monkeypatch.setattr(registry_utils, "_registry_uri", None)
+
+
 @pytest.fixture(scope="session")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Window]]:
     """Three small windows, with covariate and concept drift from window 2 on. Read-only."""

@@ -12,7 +12,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-from mlflow import MlflowClient
 
 from components.common import tracking
 from components.register import BLESSED_TAG, CHALLENGER, CHAMPION, lineage, promote, register
@@ -48,7 +47,7 @@ def test_training_pipeline_against_an_mlflow_server_on_postgresql(
     assert report.succeeded, report.error
     assert report.outputs["blessed"] is True
 
-    client = MlflowClient(mlflow_server.uri)
+    client = tracking.registry_client(mlflow_server.uri)
     version = client.get_model_version_by_alias(name, CHALLENGER)
     assert str(version.version) == report.outputs["version"]
     assert version.status == "READY" and version.tags[BLESSED_TAG] == "true"

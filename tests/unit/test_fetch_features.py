@@ -1,5 +1,7 @@
 """fetch_features against a real embedded Feast: file offline store, sqlite online store, local registry."""
 
+from datetime import datetime
+
 import pandas as pd
 import pytest
 from feast import FeatureStore
@@ -191,6 +193,25 @@ def test_online_lookup_returns_latest_values_in_one_call(demo_frame, demo_data, 
         assert row["tenure_months"] == pytest.approx(latest.loc[entity, "tenure_months"])
         assert row["tenure_months"] != pytest.approx(first.loc[entity, "tenure_months"])
         assert row["plan"] == latest.loc[entity, "plan"]
+
+
+def test_online_lookup_survives_ipython_replacing_the_sqlite_timestamp_converter(
+    demo_frame, demo_data, dataset_spec, tmp_path, monkeypatch
+):
+    """IPython registers an ISO-8601 ``timestamp`` converter process-wide; Feast stores epoch seconds."""
+    import sqlite3
+
+    workspace = str(tmp_path / "ws")
+    window = _window(demo_frame, demo_data, 1)
+    window.to_parquet(tmp_path / "w1.parquet")
+    build_training_set(str(tmp_path / "w1.parquet"), dataset_spec, FEAST, workspace, str(tmp_path / "t1"))
+    # What `import IPython` does (monkeypatch puts Feast's converter back after the test).
+    monkeypatch.setitem(sqlite3.converters, "TIMESTAMP", lambda value: datetime.fromisoformat(value.decode()))
+
+    ids = window.customer_id.head(3).tolist()
+    found = online_features(ids, dataset_spec, FEAST, workspace)
+
+    assert [row["customer_id"] for row in found.rows] == ids and found.missing == []
 
 
 def test_online_lookup_before_training_names_the_registry(dataset_spec, tmp_path):
