@@ -36,6 +36,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
+from components.common import tracking
 from components.common.errors import ConfigError, DataError, ModelNotFound
 from components.common.io import atomic_path
 from components.common.logs import get_logger
@@ -65,6 +66,9 @@ _SESSION_CONF = {
     "spark.sql.legacy.parquet.nanosAsLong": "true",
     "spark.sql.parquet.outputTimestampType": "TIMESTAMP_MICROS",
     "spark.sql.execution.arrow.maxRecordsPerBatch": str(ARROW_BATCH_ROWS),
+    # A task writing a few date partitions keeps one open writer per date instead of sorting
+    # all its rows by date first (Spark's default); it falls back to sorting past this many.
+    "spark.sql.maxConcurrentOutputFileWriters": "64",
 }
 
 # Models loaded in this Python process, keyed by a token of the job (one load per executor worker).
@@ -148,20 +152,30 @@ def batch_predict(
         # cloudpickle, as MLflow stores tree models: classes defined in a notebook travel by value.
         model_bytes = cloudpickle.dumps(model)
 
+        from pyspark.sql import Observation
+        from pyspark.sql import functions as F
+
         with _session(spark, spark_master) as session:
             shipped = session.sparkContext.broadcast(model_bytes)
             _spread_input(session, input_path)
             raw = _read(session, input_path, nanos_columns)
             reason = _reject_reason(raw, spec)
             rejected = raw.filter(reason != "").select(*raw.columns, reason.alias(REJECT_REASON))
-            good = raw.filter(reason == "").select(
-                raw[spec.entity_column],
-                _timestamp(raw[spec.timestamp_column]).alias(spec.timestamp_column),
-                *[_feature(raw, c, spec).alias(c) for c in features],
+            # Counted while the scoring job reads the input, so a clean input is read only once.
+            counted = Observation("rejected")
+            checked = raw.withColumn(REJECT_REASON, reason).observe(
+                counted, F.sum((F.col(REJECT_REASON) != "").cast("long")).alias("rows")
             )
-            if good.rdd.getNumPartitions() < session.sparkContext.defaultParallelism:
-                # A small file is one partition; spread it so every core scores.
-                good = good.repartition(session.sparkContext.defaultParallelism)
+            good = checked.filter(F.col(REJECT_REASON) == "").select(
+                checked[spec.entity_column],
+                _timestamp(checked[spec.timestamp_column]).alias(spec.timestamp_column),
+                *[_feature(checked, c, spec).alias(c) for c in features],
+            )
+            parallelism = session.sparkContext.defaultParallelism
+            if good.rdd.getNumPartitions() < parallelism:
+                # A file of one row group is one partition; spread it so every core scores. Hash
+                # partitioning by entity is deterministic, so unlike round robin it needs no sort.
+                good = good.repartition(parallelism, spec.entity_column)
             scored = _score(good, spec, features, shipped, prediction_type, model_name, model_version, scored_at)
 
             _remove_abandoned(Path(output_path))
@@ -170,9 +184,10 @@ def batch_predict(
                 (tmp.parent / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
                 try:
                     scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
-                    bad_rows = rejected.count()
+                    bad_rows = int(counted.get.get("rows") or 0)
                     if bad_rows:
                         rejected.write.parquet(str(tmp / REJECTED_DIR))
+                        bad_rows = _count_rows(tmp / REJECTED_DIR)
                 except Exception:
                     # Other tasks of a failed job may still be writing; stop them before the folder is removed.
                     _stop_running_tasks(session)
@@ -362,6 +377,8 @@ def _download_model(model_uri: str, tracking_uri: str, dst: Path) -> Path:
     import mlflow.artifacts
     from mlflow.exceptions import MlflowException
 
+    # MLflow resolves models:/ URIs with the process-wide registry URI, not the registry_uri argument.
+    tracking.configure(tracking_uri)
     try:
         local = Path(
             mlflow.artifacts.download_artifacts(
@@ -572,12 +589,16 @@ def _score(
 
 def _summarise(folder: Path) -> tuple[int, list[str]]:
     """Rows written (from Parquet footers) and the date partitions, read back from the folder."""
-    import pyarrow.dataset as ds
-
     partitions = sorted(
         p.name.split("=", 1)[1] for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{PARTITION_COLUMN}=")
     )
     if not partitions:
         return 0, []
-    rows = ds.dataset(str(folder), format="parquet", partitioning="hive").count_rows()
-    return int(rows), partitions
+    return _count_rows(folder), partitions
+
+
+def _count_rows(folder: Path) -> int:
+    """Rows in a folder of Parquet files, from their footers (folders starting with ``_`` are skipped)."""
+    import pyarrow.dataset as ds
+
+    return int(ds.dataset(str(folder), format="parquet", partitioning="hive").count_rows())

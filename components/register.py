@@ -231,7 +231,10 @@ def registry_lock(client: Any, model_name: str, wait_seconds: float | None = Non
             )
             break
         except MlflowException as exc:
-            if getattr(exc, "error_code", "") not in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS"):
+            # "Not found" from a create: the insert clashed with the holder's lock, which was released
+            # before MLflow's store read it back to report the clash. Taken either way: retry.
+            taken = getattr(exc, "error_code", "") in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+            if not taken and not _is_missing(exc):
                 raise
         _break_if_stale(client, lock_name)
         if time.monotonic() > deadline:

@@ -92,10 +92,21 @@ def load_sklearn_model(model_uri: str, tracking_uri: str | None = None) -> Any:
     return mlflow.sklearn.load_model(model_uri)
 
 
-def download_run_artifact(run_id: str, artifact_path: str, dst_dir: str | os.PathLike[str]) -> Path:
-    """Download one artifact of a run into ``dst_dir`` and return its local path."""
+def download_run_artifact(
+    run_id: str, artifact_path: str, dst_dir: str | os.PathLike[str], tracking_uri: str | None = None
+) -> Path:
+    """Download one artifact of a run into ``dst_dir`` and return its local path.
+
+    Args:
+        run_id: The MLflow run.
+        artifact_path: Path of the artifact inside the run.
+        dst_dir: Folder to download into (created if missing).
+        tracking_uri: Tracking server or database; default: the one MLflow is configured with.
+    """
     import mlflow.artifacts
 
     Path(dst_dir).mkdir(parents=True, exist_ok=True)
-    local = mlflow.artifacts.download_artifacts(run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_dir))
+    local = mlflow.artifacts.download_artifacts(
+        run_id=run_id, artifact_path=artifact_path, dst_path=str(dst_dir), tracking_uri=tracking_uri
+    )
     return Path(local)

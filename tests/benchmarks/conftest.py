@@ -29,7 +29,13 @@ def record_bench():
         payload = {
             "benchmark": name,
             "when": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-            "machine": {"cpus": os.cpu_count(), "python": platform.python_version(), "platform": platform.platform()},
+            "machine": {
+                "cpus": os.cpu_count(),
+                "python": platform.python_version(),
+                "platform": platform.platform(),
+                # Other work on the machine skews every figure; a load near the core count means a busy machine.
+                "load_average_1m_at_end": round(os.getloadavg()[0], 2),
+            },
             **result,
         }
         path = out_dir / f"{name}.json"

@@ -74,9 +74,10 @@ class Registry:
     rows: pd.DataFrame
 
     def client(self) -> Any:
-        from mlflow import MlflowClient
+        from components.common import tracking
 
-        return MlflowClient(tracking_uri=self.tracking_uri, registry_uri=self.tracking_uri)
+        # Also sets MLflow's process-wide URIs: create_model_version resolves models:/m-... with them.
+        return tracking.registry_client(self.tracking_uri)
 
     def create(self, name: str, versions: list[str], aliases: dict[str, int]) -> None:
         """Register ``name`` with one version per key in ``versions`` and set the aliases."""

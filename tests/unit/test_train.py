@@ -35,6 +35,12 @@ def module_tracking_uri(workspace: Path) -> str:
     return f"sqlite:///{workspace / 'mlflow.db'}"
 
 
+@pytest.fixture(autouse=True)
+def mlflow_uses_the_module_database(module_tracking_uri: str) -> None:
+    """Tests here also call MLflow's module-level API (get_logged_model, get_model_info)."""
+    tracking.configure(module_tracking_uri)
+
+
 @pytest.fixture(scope="module")
 def trained(
     demo_data: tuple[Path, list], workspace: Path, module_tracking_uri: str
@@ -192,9 +198,11 @@ def test_run_has_params_metrics_tags_and_artifacts(
     assert len(tags["ctpipe.suite_sha256"]) == 64
     assert "ctpipe.suite_sha256" not in client.get_run(second.run_id).data.tags
 
-    suite = tracking.download_run_artifact(result.run_id, tracking.SUITE_ARTIFACT, tmp_path)
+    suite = tracking.download_run_artifact(result.run_id, tracking.SUITE_ARTIFACT, tmp_path, module_tracking_uri)
     assert json.loads(suite.read_text())["name"] == "churn"
-    reference = pd.read_parquet(tracking.download_run_artifact(result.run_id, tracking.REFERENCE_ARTIFACT, tmp_path))
+    reference = pd.read_parquet(
+        tracking.download_run_artifact(result.run_id, tracking.REFERENCE_ARTIFACT, tmp_path, module_tracking_uri)
+    )
     assert len(reference) == result.train_rows
     expected_columns = [spec.entity_column, spec.timestamp_column, *spec.feature_columns, spec.label_column]
     assert list(reference.columns) == expected_columns
@@ -246,7 +254,11 @@ def test_reference_is_a_seeded_sample_when_the_training_set_is_large(
         for i in range(2)
     ]
     samples = [
-        pd.read_parquet(tracking.download_run_artifact(r.run_id, tracking.REFERENCE_ARTIFACT, tmp_path / r.run_id))
+        pd.read_parquet(
+            tracking.download_run_artifact(
+                r.run_id, tracking.REFERENCE_ARTIFACT, tmp_path / r.run_id, module_tracking_uri
+            )
+        )
         for r in results
     ]
     assert len(samples[0]) == 100
