@@ -19,6 +19,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -487,7 +489,6 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     Raises:
         DataError: An id does not match the entity type, or the feature view is not registered yet.
     """
-    from feast import FeatureStore
     from feast.errors import FeastObjectNotFoundException
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
@@ -501,14 +502,18 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     )
     if not registry.is_file():
         raise not_registered
-    store = FeatureStore(config=repo_config(feast, workspace))
+    store = _online_store(feast, workspace)
+    features = [f"{view}:{c}" for c in spec.feature_columns]
+    entity_rows = [{spec.entity_column: entity_id} for entity_id in ids]
     try:
-        response = store.get_online_features(
-            features=[f"{view}:{c}" for c in spec.feature_columns],
-            entity_rows=[{spec.entity_column: entity_id} for entity_id in ids],
-        )
-    except FeastObjectNotFoundException as exc:
-        raise not_registered from exc
+        response = store.get_online_features(features=features, entity_rows=entity_rows)
+    except FeastObjectNotFoundException:
+        # Applied since this store last read the registry: read it again, once.
+        store.refresh_registry()
+        try:
+            response = store.get_online_features(features=features, entity_rows=entity_rows)
+        except FeastObjectNotFoundException as exc:
+            raise not_registered from exc
     values = response.to_dict()
     names = list(response.proto.metadata.feature_names.val)
     statuses = {name: response.proto.results[i].statuses for i, name in enumerate(names)}
@@ -524,6 +529,38 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
         else:
             missing.append(entity_id)
     return OnlineFeatures(rows=rows, missing=missing)
+
+
+# One FeatureStore per thread and store settings: building one reads the registry and opens
+# the online store (milliseconds per request otherwise), and Feast's sqlite online store keeps
+# one connection per store that concurrent requests must not share.
+_ONLINE_STORES = threading.local()
+_ONLINE_STORES_PER_THREAD = 8
+
+
+def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore:
+    """This thread's cached FeatureStore for these settings (built on first use).
+
+    A registry applied later (a new or changed feature view) is still seen: Feast's file
+    registry, in its default ``sync`` cache mode, re-reads the file whenever its modification
+    time changed, and :func:`online_features` also refreshes once when a view is not found.
+    """
+    from feast import FeatureStore
+
+    key = json.dumps(store_settings(feast, workspace), sort_keys=True)
+    stores: OrderedDict[str, FeatureStore] | None = getattr(_ONLINE_STORES, "stores", None)
+    if stores is None:
+        stores = _ONLINE_STORES.stores = OrderedDict()
+    store = stores.get(key)
+    if store is None:
+        store = FeatureStore(config=repo_config(feast, workspace))
+        stores[key] = store
+        while len(stores) > _ONLINE_STORES_PER_THREAD:
+            stores.popitem(last=False)  # least recently used; its connection closes with it
+    else:
+        _restore_feast_sqlite_timestamps()  # repo_config does this for a new store
+    stores.move_to_end(key)
+    return store
 
 
 def _typed_ids(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec) -> list[Any]:

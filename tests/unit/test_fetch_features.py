@@ -214,6 +214,43 @@ def test_online_lookup_survives_ipython_replacing_the_sqlite_timestamp_converter
     assert [row["customer_id"] for row in found.rows] == ids and found.missing == []
 
 
+def test_online_store_is_kept_per_thread_and_sees_views_applied_later(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.fetch_features import _online_store
+
+    workspace = str(tmp_path / "ws")
+    users = _tiny_spec(tmp_path)
+    rows = [(1, "2026-01-01", 0.5, 0), (2, "2026-01-02", 1.5, 1)]
+    build_training_set(_write(tmp_path, "users", rows), users, FEAST, workspace, str(tmp_path / "a"))
+    first = online_features([1, 2, 3], users, FEAST, workspace)
+    assert first.rows == [{"user": 1, "signal": 0.5}, {"user": 2, "signal": 1.5}] and first.missing == [3]
+    store = _online_store(FEAST, workspace)
+    assert _online_store(FEAST, workspace) is store  # the lookup above built it; it is reused
+
+    # Requests from a thread pool (as the model server makes them) each get a correct answer
+    # from their thread's own store: Feast's sqlite store holds one connection per store.
+    def lookup(_):
+        return online_features([1, 2, 3], users, FEAST, workspace), _online_store(FEAST, workspace)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lookup, range(16)))
+    assert all(found == first for found, _ in answers)
+    assert all(other is not store for _, other in answers)
+
+    # A new feature view applied afterwards (by another FeatureStore, as a training run in another
+    # process would) is found by the store this thread already holds.
+    accounts = users.model_copy(update={"entity_column": "account"})
+    frame = pd.DataFrame({"account": [10], "ts": pd.to_datetime(["2026-01-03"], utc=True), "signal": [7.0]})
+    frame.assign(label=1).to_parquet(tmp_path / "accounts.parquet")
+    build_training_set(str(tmp_path / "accounts.parquet"), accounts, FEAST, workspace, str(tmp_path / "b"))
+    assert feature_view_name(accounts) != feature_view_name(users)
+    found = online_features([10, 11], accounts, FEAST, workspace)
+    assert found.rows == [{"account": 10, "signal": 7.0}] and found.missing == [11]
+    assert _online_store(FEAST, workspace) is store
+    assert online_features([1, 2, 3], users, FEAST, workspace) == first
+
+
 def test_online_lookup_before_training_names_the_registry(dataset_spec, tmp_path):
     with pytest.raises(DataError, match=r"customer_id_features.*registry\.db"):
         online_features([1], dataset_spec, FEAST, str(tmp_path / "ws"))
