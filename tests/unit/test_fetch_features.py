@@ -128,6 +128,82 @@ def test_point_in_time_across_snapshots(tmp_path):
     assert pd.read_parquet(tmp_path / "q")["signal"].tolist() == [0.5]
 
 
+LEAKAGE_CASE = [
+    (1, "2026-01-01", 0.5, 0),
+    (1, "2026-01-02", None, 1),
+    (1, "2026-01-03", 1.0, 1),
+    (1, "2026-01-04", None, 1),
+    (2, "2026-01-02", None, 0),
+    (2, "2026-01-05", 7.0, 0),
+]
+
+
+def _as_written_before_microseconds(spec, workspace) -> list:
+    """Rewrite the offline files with nanosecond timestamps, as ctpipe wrote them before."""
+    import pyarrow.parquet as pq
+
+    files = sorted(offline_folder(spec, workspace).glob("*.parquet"))
+    for path in files:
+        frame = pd.read_parquet(path)
+        frame.assign(ts=frame.ts.astype("datetime64[ns, UTC]")).to_parquet(path)
+        assert str(pq.read_schema(path).field("ts").type) == "timestamp[ns, tz=UTC]"
+    return files
+
+
+def test_offline_files_are_microseconds_and_old_nanosecond_files_are_migrated_in_place(tmp_path):
+    import pyarrow.parquet as pq
+
+    spec = _tiny_spec(tmp_path)
+    workspace = str(tmp_path / "ws")
+    snapshot = _write(tmp_path, "snapshot", LEAKAGE_CASE)
+    first = build_training_set(snapshot, spec, FEAST, workspace, str(tmp_path / "a"))
+    [written] = _as_written_before_microseconds(spec, workspace)
+
+    again = build_training_set(snapshot, spec, FEAST, workspace, str(tmp_path / "b"))
+    # The same file, under the same name (no second copy of the snapshot), now in microseconds.
+    assert sorted(offline_folder(spec, workspace).glob("*.parquet")) == [written]
+    assert str(pq.read_schema(written).field("ts").type) == "timestamp[us, tz=UTC]"
+    assert again.missing_entities == first.missing_entities == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b"), pd.read_parquet(tmp_path / "a"))
+    assert not list((feast_root(workspace) / "staging").glob("*.parquet"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The spark (offline store|data source API) is an experimental feature")
+def test_spark_offline_store_gives_the_file_stores_training_set(tmp_path):
+    """get_historical_features through Feast's Spark offline store, on a local Spark session."""
+    from pyspark.sql import SparkSession
+
+    spec = _tiny_spec(tmp_path)
+    snapshot = _write(tmp_path, "snapshot", LEAKAGE_CASE)
+    via_file = build_training_set(snapshot, spec, FEAST, str(tmp_path / "file"), str(tmp_path / "a"))
+    # The Spark workspace starts with the snapshot stored by an earlier version (nanoseconds,
+    # which Spark 4 refuses): the run migrates it first.
+    spark_ws = str(tmp_path / "spark")
+    build_training_set(snapshot, spec, FEAST, spark_ws, str(tmp_path / "unused"))
+    _as_written_before_microseconds(spec, spark_ws)
+    on_spark = FeastSpec(
+        offline_store="spark",
+        spark_conf={
+            "spark.master": "local[1]",
+            "spark.sql.shuffle.partitions": "1",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+        },
+    )
+    existing = SparkSession.getActiveSession()
+    try:
+        via_spark = build_training_set(snapshot, spec, on_spark, spark_ws, str(tmp_path / "b"))
+    finally:
+        session = SparkSession.getActiveSession()
+        if existing is None and session is not None:  # Feast started it; leave no JVM for later tests
+            session.stop()
+
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b"), pd.read_parquet(tmp_path / "a"))
+    assert via_spark.missing_entities == via_file.missing_entities == 1
+    assert pd.read_parquet(tmp_path / "b").signal.tolist() == [0.5, 0.5, 1.0, 1.0, 7.0]
+
+
 def test_rerun_is_idempotent(window1, dataset_spec, tmp_path):
     path, _ = window1
     workspace = str(tmp_path / "ws")
