@@ -7,7 +7,8 @@ inline, so this renders just the validation-results page with GX's own renderer
 stand on its own:
 
 - links and images that point into the rest of a Data Docs site (home, the suite page, the
-  favicon) are replaced, since there is no site around the file;
+  favicon) are replaced, since there is no site around the file, and so is the navbar logo,
+  which GX loads from its own asset bucket (with a timestamp) each time the page is opened;
 - a first section, in GX's own content blocks, gives ctpipe's verdict and lists the failures
   with their severity (blocking / warning) and message, what was skipped and what was
   quarantined (GX 1.x's per-expectation ``meta_properties_to_render`` column fails validation of
@@ -43,6 +44,10 @@ _ICON_CSS = """
 """
 
 _SITE_LINK = re.compile(r'href="(?:\.\./)+[^"]*"')
+# The navbar logo (an image, and a CSS background in dark mode) comes from GX's asset bucket,
+# the image with a timestamp query: a request to GX each time the page is opened.
+_GX_LOGO = re.compile(r'<img\s+class="NO-CACHE"[^>]*great-expectations-web-assets[^>]*/?>', re.S)
+_GX_LOGO_CSS = re.compile(r"url\('https://great-expectations-web-assets[^']*'\)")
 _FAVICON = re.compile(r'<link rel="shortcut icon" href="(?:\.\./)+[^"]*"[^>]*/>')
 
 
@@ -155,4 +160,6 @@ def render_validation_page(
     # No Data Docs site around this file: links into it would be dead.
     page = _FAVICON.sub("", page)
     page = _SITE_LINK.sub('href="#"', page)
+    page = _GX_LOGO.sub("<b>Great Expectations</b>", page)
+    page = _GX_LOGO_CSS.sub("none", page)
     return page.replace("</head>", f"<style>{_ICON_CSS}</style></head>", 1)

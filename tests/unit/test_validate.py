@@ -344,6 +344,7 @@ def test_data_docs_page_is_gx_rendering_showing_every_warning(windows, spec, sui
     # One file: no markup from the data, no links into a Data Docs site that is not there.
     assert "<i>mars</i>" not in page
     assert not re.search(r'(href|src)="\.\./', page)
+    assert "great-expectations-web-assets" not in page  # no request to GX when the page is opened
 
 
 def test_extra_column_is_a_warning(windows, spec, suite, tmp_path):
