@@ -593,7 +593,14 @@ def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore:
     """
     from feast import FeatureStore
 
-    key = json.dumps(store_settings(feast, workspace), sort_keys=True)
+    # With the registry file's identity: a workspace deleted and built again (a notebook, a test)
+    # gets a new store, not one holding a connection to the deleted online database. Feast
+    # rewrites the registry in place, so applying definitions keeps the same store.
+    registry = feast_root(workspace) / "registry.db"
+    identity = registry.stat() if registry.exists() else None
+    key = json.dumps(
+        [store_settings(feast, workspace), identity and [identity.st_dev, identity.st_ino]], sort_keys=True
+    )
     stores: OrderedDict[str, FeatureStore] | None = getattr(_ONLINE_STORES, "stores", None)
     if stores is None:
         stores = _ONLINE_STORES.stores = OrderedDict()

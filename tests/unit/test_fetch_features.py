@@ -1,5 +1,6 @@
 """fetch_features against a real embedded Feast: file offline store, sqlite online store, local registry."""
 
+import shutil
 from datetime import datetime
 
 import pandas as pd
@@ -325,6 +326,12 @@ def test_online_store_is_kept_per_thread_and_sees_views_applied_later(tmp_path):
     assert found.rows == [{"account": 10, "signal": 7.0}] and found.missing == [11]
     assert _online_store(FEAST, workspace) is store
     assert online_features([1, 2, 3], users, FEAST, workspace) == first
+
+    # The workspace deleted and built again with other values: not the old store's answer.
+    shutil.rmtree(workspace)
+    rows = [(1, "2026-01-01", 9.5, 0)]
+    build_training_set(_write(tmp_path, "rebuilt", rows), users, FEAST, workspace, str(tmp_path / "c"))
+    assert online_features([1, 2], users, FEAST, workspace).rows == [{"user": 1, "signal": 9.5}]
 
 
 def test_online_lookup_before_training_names_the_registry(dataset_spec, tmp_path):
