@@ -3,9 +3,11 @@
 The Feast entity, source and feature view are generated from the dataset spec, so a new
 dataset needs no Python. Each snapshot's feature rows go into the offline store as one
 Parquet file named by its content hash (``snapshot=<hash>.parquet``), so a re-run adds
-nothing. The training set comes from ``get_historical_features``, which is point-in-time
-correct: a row sees only the newest feature value at or before its own timestamp and no
-older than the TTL. The online store is then materialized for serving.
+nothing; its timestamps are microseconds, which both Feast's file (Dask) and Spark offline
+stores read (files from earlier versions, in nanoseconds, are migrated in place). The
+training set comes from ``get_historical_features``, which is point-in-time correct: a row
+sees only the newest feature value at or before its own timestamp and no older than the TTL.
+The online store is then materialized for serving.
 
 Feast's file (Dask) offline store handles entity rows without a feature value inside the
 TTL in two silent ways: it returns them with null features (the entity has no feature
@@ -19,6 +21,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import threading
+from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -323,20 +327,63 @@ def _feature_rows(snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec) -
     return rows.reset_index(drop=True)
 
 
+def _microseconds(rows: pd.DataFrame, column: str) -> pd.DataFrame:
+    """``rows`` with ``column`` in microseconds (UTC), for the offline files.
+
+    Spark 4 refuses Parquet nanosecond timestamps (``PARQUET_TYPE_ILLEGAL``), so the Spark
+    offline store can read only microseconds; Feast's Dask reader takes either, but not a mix.
+    Anything below a microsecond is floored away, so a row still sees its own value.
+    """
+    stamps = pd.to_datetime(rows[column], utc=True).dt.floor("us").astype("datetime64[us, UTC]")
+    return rows.assign(**{column: stamps})
+
+
 def _store_offline(rows: pd.DataFrame, spec: DatasetSpec, workspace: str) -> Path:
     """Add ``rows`` to the offline source folder once: the file name is the content hash."""
     folder = offline_folder(spec, workspace)
+    # Hashed as read (nanoseconds), as before timestamps were stored in microseconds, so a
+    # snapshot stored by an earlier version keeps its name and is not added a second time.
     part = folder / f"snapshot={frame_sha256(rows)[:16]}.parquet"
     if part.exists():
         logger.info("snapshot already in the offline store", extra={"path": str(part)})
         return part
-    # Feast's Dask reader lists every Parquet file under the folder, hidden ones included, so the
-    # temporary file is written outside it and renamed in (atomic on one filesystem).
-    staged = write_parquet(feast_root(workspace) / "staging" / part.name, rows)
-    folder.mkdir(parents=True, exist_ok=True)
-    os.replace(staged, part)
+    _stage_into(_microseconds(rows, spec.timestamp_column), part, workspace)
     logger.info("snapshot added to the offline store", extra={"path": str(part), "rows": len(rows)})
     return part
+
+
+def _stage_into(rows: pd.DataFrame, part: Path, workspace: str) -> None:
+    """Write an offline file atomically: outside the folder, then renamed in.
+
+    Feast's Dask reader lists every Parquet file under the folder, hidden ones included, so the
+    temporary file cannot live inside it (a rename is atomic on one filesystem).
+    """
+    staged = write_parquet(feast_root(workspace) / "staging" / part.name, rows)
+    part.parent.mkdir(parents=True, exist_ok=True)
+    os.replace(staged, part)
+
+
+def _migrate_offline_files(spec: DatasetSpec, workspace: str) -> int:
+    """Rewrite offline files that hold nanosecond timestamps (earlier versions) in microseconds.
+
+    Each file is replaced atomically under its own name, so a reader sees the old or the new
+    file and an interrupted migration is finished by the next run. Returns the files rewritten.
+    """
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    migrated = 0
+    for path in sorted(offline_folder(spec, workspace).glob("*.parquet")):
+        schema = pq.read_schema(path)
+        if spec.timestamp_column not in schema.names:
+            continue  # _check_offline_files names it
+        kind = schema.field(spec.timestamp_column).type
+        if pa.types.is_timestamp(kind) and kind.unit == "ns":
+            _stage_into(_microseconds(pd.read_parquet(path), spec.timestamp_column), path, workspace)
+            migrated += 1
+    if migrated:
+        logger.info("offline files rewritten with microsecond timestamps", extra={"files": migrated})
+    return migrated
 
 
 def _check_offline_files(spec: DatasetSpec, workspace: str) -> None:
@@ -412,6 +459,7 @@ def build_training_set(
     snapshot = snapshot.assign(**{spec.timestamp_column: stamps})
     rows = _feature_rows(snapshot, spec, feast)
     _check_offline_files(spec, workspace)
+    _migrate_offline_files(spec, workspace)
     if not rows.empty:
         _store_offline(rows, spec, workspace)
     elif not any(offline_folder(spec, workspace).glob("*.parquet")):
@@ -487,7 +535,6 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     Raises:
         DataError: An id does not match the entity type, or the feature view is not registered yet.
     """
-    from feast import FeatureStore
     from feast.errors import FeastObjectNotFoundException
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
@@ -501,14 +548,18 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     )
     if not registry.is_file():
         raise not_registered
-    store = FeatureStore(config=repo_config(feast, workspace))
+    store = _online_store(feast, workspace)
+    features = [f"{view}:{c}" for c in spec.feature_columns]
+    entity_rows = [{spec.entity_column: entity_id} for entity_id in ids]
     try:
-        response = store.get_online_features(
-            features=[f"{view}:{c}" for c in spec.feature_columns],
-            entity_rows=[{spec.entity_column: entity_id} for entity_id in ids],
-        )
-    except FeastObjectNotFoundException as exc:
-        raise not_registered from exc
+        response = store.get_online_features(features=features, entity_rows=entity_rows)
+    except FeastObjectNotFoundException:
+        # Applied since this store last read the registry: read it again, once.
+        store.refresh_registry()
+        try:
+            response = store.get_online_features(features=features, entity_rows=entity_rows)
+        except FeastObjectNotFoundException as exc:
+            raise not_registered from exc
     values = response.to_dict()
     names = list(response.proto.metadata.feature_names.val)
     statuses = {name: response.proto.results[i].statuses for i, name in enumerate(names)}
@@ -524,6 +575,45 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
         else:
             missing.append(entity_id)
     return OnlineFeatures(rows=rows, missing=missing)
+
+
+# One FeatureStore per thread and store settings: building one reads the registry and opens
+# the online store (milliseconds per request otherwise), and Feast's sqlite online store keeps
+# one connection per store that concurrent requests must not share.
+_ONLINE_STORES = threading.local()
+_ONLINE_STORES_PER_THREAD = 8
+
+
+def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore:
+    """This thread's cached FeatureStore for these settings (built on first use).
+
+    A registry applied later (a new or changed feature view) is still seen: Feast's file
+    registry, in its default ``sync`` cache mode, re-reads the file whenever its modification
+    time changed, and :func:`online_features` also refreshes once when a view is not found.
+    """
+    from feast import FeatureStore
+
+    # With the registry file's identity: a workspace deleted and built again (a notebook, a test)
+    # gets a new store, not one holding a connection to the deleted online database. Feast
+    # rewrites the registry in place, so applying definitions keeps the same store.
+    registry = feast_root(workspace) / "registry.db"
+    identity = registry.stat() if registry.exists() else None
+    key = json.dumps(
+        [store_settings(feast, workspace), identity and [identity.st_dev, identity.st_ino]], sort_keys=True
+    )
+    stores: OrderedDict[str, FeatureStore] | None = getattr(_ONLINE_STORES, "stores", None)
+    if stores is None:
+        stores = _ONLINE_STORES.stores = OrderedDict()
+    store = stores.get(key)
+    if store is None:
+        store = FeatureStore(config=repo_config(feast, workspace))
+        stores[key] = store
+        while len(stores) > _ONLINE_STORES_PER_THREAD:
+            stores.popitem(last=False)  # least recently used; its connection closes with it
+    else:
+        _restore_feast_sqlite_timestamps()  # repo_config does this for a new store
+    stores.move_to_end(key)
+    return store
 
 
 def _typed_ids(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec) -> list[Any]:

@@ -33,6 +33,7 @@ from components.common import report
 from components.common.errors import ConfigError, DataError, ValidationFailed
 from components.common.io import read_table, write_json, write_parquet, write_text
 from components.common.logs import get_logger
+from components.data_docs import render_validation_page
 from components.specs import DatasetSpec
 
 # Must be set before great_expectations is first imported, so it never sends usage statistics.
@@ -334,6 +335,53 @@ def load_suite(path: str) -> dict[str, Any]:
     return suite
 
 
+SuiteOrigin = Literal["champion", "inferred"]
+
+
+def suite_for_run(
+    snapshot: pd.DataFrame,
+    spec: DatasetSpec,
+    champion_run_id: str,
+    tracking_uri: str,
+    reinfer: bool = False,
+) -> tuple[dict[str, Any], SuiteOrigin]:
+    """The suite a training run validates its snapshot against, and where it came from.
+
+    The champion's suite (logged with it at ``tracking.SUITE_ARTIFACT``), so new data is held
+    to what the model in production was trained on. A suite is inferred from ``snapshot``
+    instead when there is no champion yet, or on purpose with ``reinfer`` (the data changed
+    intentionally, e.g. a new category or a wider range): the model trained on this run is
+    then logged with the new suite, which becomes the reference once it is promoted.
+
+    Args:
+        snapshot: The run's training snapshot.
+        spec: The dataset spec.
+        champion_run_id: The champion's MLflow run id; empty if there is no champion.
+        tracking_uri: MLflow tracking URI.
+        reinfer: Infer from ``snapshot`` even if there is a champion.
+
+    Returns:
+        The suite and ``"champion"`` or ``"inferred"``.
+
+    Raises:
+        ValidationFailed: A suite must be inferred and ``snapshot`` contradicts the config
+            (see :func:`infer_suite`).
+        DataError: The champion's suite file is missing or not a suite.
+    """
+    if champion_run_id and not reinfer:
+        import tempfile
+
+        from components.common import tracking
+
+        tracking.configure(tracking_uri)
+        with tempfile.TemporaryDirectory(prefix="ctpipe-suite-") as folder:
+            local = tracking.download_run_artifact(champion_run_id, tracking.SUITE_ARTIFACT, folder)
+            return load_suite(str(local)), "champion"
+    if champion_run_id:
+        logger.info("re-inferring the suite on purpose", extra={"champion_run_id": champion_run_id})
+    return infer_suite(snapshot, spec), "inferred"
+
+
 # ---------------------------------------------------------------------------------------------
 # Running a suite
 # ---------------------------------------------------------------------------------------------
@@ -529,8 +577,9 @@ def validate(
     quarantine_path: str | None = None,
     raise_on_blocking: bool = True,
     source_name: str | None = None,
+    data_docs_path: str | None = None,
 ) -> ValidationResult:
-    """Validate a dataset against a suite; write the result, an HTML report and quarantined rows.
+    """Validate a dataset against a suite; write the result, HTML reports and quarantined rows.
 
     Expectations on a missing column are skipped (its ``expect_column_to_exist`` fails), and
     so are range and set checks on a column of the wrong type; the report lists what was
@@ -549,6 +598,8 @@ def validate(
         raise_on_blocking: Raise after writing the result and report if a blocking expectation failed.
         source_name: The name messages and the report give the data; default the file name of
             ``data_path`` (a pipeline passes the ingested source's, not the snapshot artifact's).
+        data_docs_path: Where to write GX's own Data Docs page for this run (one self-contained
+            HTML file, see :mod:`components.data_docs`), with a severity on every expectation.
 
     Returns:
         The result: every expectation's outcome, the blocking failures and the warnings.
@@ -676,6 +727,16 @@ def validate(
     # Result and report first: the run summary and the KFP UI need them even when this step fails.
     write_json(result_path, outcome.model_dump(mode="json"))
     write_text(report_path, _render(outcome, source, skipped))
+    if data_docs_path:
+        order = sorted(results)
+        page = render_validation_page(
+            [results[i] for i in order],
+            [_severity(items[i]) for i in order],
+            str(suite.get("name") or "ctpipe"),
+            source,
+            _docs_summary(outcome, skipped),
+        )
+        write_text(data_docs_path, page)
     logger.info(
         "validated",
         extra={
@@ -697,14 +758,49 @@ def validate(
     return outcome
 
 
+def _status(result: ValidationResult) -> str:
+    """The run's verdict in words."""
+    if not result.success:
+        return "BLOCKED"
+    return f"PASSED WITH {len(result.warnings)} WARNINGS" if result.warnings else "PASSED"
+
+
+def _docs_summary(
+    result: ValidationResult, skipped: list[tuple[dict[str, Any], str]]
+) -> list[tuple[str, list[list[str]]]]:
+    """The ctpipe part of the Data Docs page: the verdict, the failures with messages, skips, quarantine."""
+    verdict = [
+        ["Status", "Rows", "Blocking", "Warnings", "Quarantined rows", "Suite hash"],
+        [
+            _status(result),
+            str(result.rows),
+            str(len(result.blocking)),
+            str(len(result.warnings)),
+            str(result.quarantined_rows),
+            result.suite_hash,
+        ],
+    ]
+    failures = [["Severity", "Column", "Expectation", "Unexpected", "Message"]] + [
+        [o.severity, o.column or "", o.expectation, str(o.unexpected_count), o.message]
+        for o in [*result.blocking, *result.warnings]
+    ]
+    skips = [["Expectation", "Column", "Why skipped"]] + [
+        [str(item.get("type")), ", ".join(sorted(targets_of(item))), why] for item, why in skipped
+    ]
+    quarantine = [["Rows", "File (with the reason in _ctpipe_reason)"]]
+    if result.quarantined_rows:
+        quarantine.append([str(result.quarantined_rows), result.quarantine_path or ""])
+    return [
+        ("Verdict", verdict),
+        (f"Failures ({len(failures) - 1})", failures),
+        (f"Skipped ({len(skipped)})", skips),
+        ("Quarantine", quarantine),
+    ]
+
+
 def _render(result: ValidationResult, source: str, skipped: list[tuple[dict[str, Any], str]]) -> str:
     """A self-contained HTML page: status, blocking failures, warnings, skipped checks, every expectation."""
-    if not result.success:
-        status = report.badge("BLOCKED", "bad")
-    elif result.warnings:
-        status = report.badge(f"PASSED WITH {len(result.warnings)} WARNINGS", "warn")
-    else:
-        status = report.badge("PASSED", "ok")
+    status = report.badge(_status(result), "bad" if not result.success else ("warn" if result.warnings else "ok"))
 
     def rows_of(outcomes: list[ExpectationOutcome]) -> list[dict[str, Any]]:
         rows = []

@@ -140,6 +140,7 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
     if not blessing["blessed"]:
         raise DemoFailed(f"the first model was not blessed: {_failed_checks(blessing)}")
     _keep_report(first, "validation_report", reports, "window1-validation")
+    _keep_report(first, "validation_data_docs", reports, "window1-validation-data-docs")
     _keep_report(first, "evaluation_report", reports, "window1-evaluation")
 
     _step(3, "Promote it to champion and serve it")
@@ -171,6 +172,7 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
     _say(f"candidate version {second_version} vs champion {first_version}: blessed={blessing['blessed']}")
     _say(_metrics_line(blessing))
     _keep_report(second, "validation_report", reports, "window2-validation")
+    _keep_report(second, "validation_data_docs", reports, "window2-validation-data-docs")
     _keep_report(second, "evaluation_report", reports, "window2-evaluation")
     if not blessing["blessed"]:
         raise DemoFailed(f"the retrained model was not blessed: {_failed_checks(blessing)}")

@@ -105,39 +105,46 @@ def validate(
     dataset: str,
     champion_run_id: str,
     tracking_uri: str,
+    reinfer_suite: bool,
     suite: Output[Artifact],
     result: Output[Artifact],
     report: Output[HTML],
+    data_docs: Output[HTML],
     quarantine: Output[Dataset],
 ) -> str:
     """Validate a snapshot against the champion's suite (or one inferred from it); returns the suite hash.
 
-    Raises on blocking failures, which stops the pipeline before training.
+    ``report`` is ctpipe's summary (verdict, failures with messages, skipped checks);
+    ``data_docs`` is Great Expectations' Data Docs page of the same run, every expectation
+    with its observed values. Raises on blocking failures, which stops the pipeline before training.
     """
     import os
-    import tempfile
 
     import pandas as pd
 
-    from components.common import tracking
     from components.specs import DatasetSpec
-    from components.validate import infer_suite, load_suite, save_suite
+    from components.validate import save_suite, suite_for_run
     from components.validate import validate as run_validate
     from pipelines.artifacts import attach, ensure_file
 
     spec = DatasetSpec.model_validate_json(dataset)
-    if champion_run_id:
-        tracking.configure(tracking_uri)
-        local = tracking.download_run_artifact(champion_run_id, tracking.SUITE_ARTIFACT, tempfile.mkdtemp())
-        suite_dict = load_suite(str(local))
-    else:
-        suite_dict = infer_suite(pd.read_parquet(snapshot.path), spec)
+    suite_dict, origin = suite_for_run(
+        pd.read_parquet(snapshot.path), spec, champion_run_id, tracking_uri, reinfer=reinfer_suite
+    )
     suite_hash = save_suite(suite_dict, suite.path)
     suite.metadata["suite_hash"] = suite_hash
+    suite.metadata["origin"] = origin
     # Messages name the file the user gave, not the snapshot artifact.
     source_name = os.path.basename(str(snapshot.metadata.get("source") or "")) or None
     outcome = run_validate(
-        snapshot.path, spec, suite_dict, result.path, report.path, quarantine.path, source_name=source_name
+        snapshot.path,
+        spec,
+        suite_dict,
+        result.path,
+        report.path,
+        quarantine.path,
+        source_name=source_name,
+        data_docs_path=data_docs.path,
     )
     attach(result, {"success": outcome.success, "warnings": len(outcome.warnings), "rows": outcome.rows})
     # On the report too: it is a pipeline output, so the run summary can show the warnings.

@@ -36,6 +36,9 @@ DESCRIPTIONS: dict[str, str] = {
     "log_dir": "Serving inference log folder with the canary's live traffic.",
     "labels_path": "Ground truth for logged requests (joined on request id and row); empty for none.",
     "act": "Promote or close the canary as decided; false only records the decision.",
+    "reinfer_suite": "Validate against a suite inferred from this window instead of the champion's, and log it "
+    "with the new model: for an intended change in the data (a new category, a wider range). Blocking checks "
+    "against the config (columns, types, keys) still apply.",
     "reports_dir": "Folder the exit handler also writes the run summary to; empty for the artifact only.",
 }
 

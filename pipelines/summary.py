@@ -15,7 +15,11 @@ def _value(value: Any) -> str:
 
 
 def key_facts(metadata: dict[str, Any]) -> list[str]:
-    """The lines worth reading in an output's metadata: metrics against the champion, failed checks, decisions."""
+    """The lines worth reading in an output's metadata.
+
+    Metrics against the champion, failed checks, entity rows left out for want of features (a
+    training set's ``missing_entities``, with its share) and decisions.
+    """
     lines = []
     candidate = {k[len("candidate_") :]: v for k, v in metadata.items() if k.startswith("candidate_")}
     if candidate:
@@ -25,6 +29,14 @@ def key_facts(metadata: dict[str, Any]) -> list[str]:
             pairs.append(f"{name} {value:.4g}" + (f" (champion {champion:.4g})" if champion is not None else ""))
         lines.append("metrics: " + "; ".join(pairs))
     lines.extend(f"failed check: {reason}" for reason in metadata.get("failed_checks") or [])
+    missing = int(metadata.get("missing_entities") or 0)  # KFP metadata numbers come back as floats
+    if missing:
+        # fetch_features leaves these rows out of the training set; say so rather than lose them quietly.
+        total = missing + int(metadata.get("rows") or 0)
+        lines.append(
+            f"missing entities: {missing} of {total} entity rows ({100 * missing / total:.1f}%) had no feature "
+            "value inside the TTL and were left out of the training set"
+        )
     if "decision" in metadata:
         reasons = metadata.get("reasons") or ([metadata["reason"]] if metadata.get("reason") else [])
         lines.append(f"decision: {metadata['decision']}" + (f" ({'; '.join(map(str, reasons))})" if reasons else ""))

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any, NamedTuple
 
 from kfp import dsl
-from kfp.dsl import HTML, Artifact
+from kfp.dsl import HTML, Artifact, Dataset
 from kfp.dsl.pipeline_task import PipelineTask
 
 from pipelines.config import CtpipeConfig
@@ -56,6 +56,7 @@ def add_training_tasks(
     serving_image: Value,
     dry_run: Value,
     lineage: Value,
+    reinfer_suite: Value = False,
 ) -> TrainingTasks:
     """Add validate → features → train → evaluate → register → (if blessed) infra validation → canary.
 
@@ -75,6 +76,7 @@ def add_training_tasks(
         serving_image: Predictor image.
         dry_run: Deploy writes manifests only.
         lineage: Lineage tags.
+        reinfer_suite: Validate against a suite inferred from this snapshot, not the champion's.
 
     Returns:
         The tasks it added.
@@ -84,6 +86,7 @@ def add_training_tasks(
         dataset=dataset,
         champion_run_id=champion.outputs["run_id"],
         tracking_uri=tracking_uri,
+        reinfer_suite=reinfer_suite,
     )
     features = ops.fetch_features(
         snapshot=snapshot.outputs["snapshot"], dataset=dataset, feast=feast, workspace=workspace
@@ -176,6 +179,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,
         lineage: dict = lineage_default,
+        reinfer_suite: bool = False,
     ) -> NamedTuple(  # type: ignore[valid-type]
         "TrainingOutputs",
         [
@@ -183,6 +187,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             ("blessed", bool),
             ("blessing", Artifact),
             ("validation_report", HTML),
+            ("validation_data_docs", HTML),
+            ("training_set", Dataset),
             ("evaluation_report", HTML),
         ],
     ):
@@ -206,6 +212,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             serving_image=serving_image,
             dry_run=dry_run,
             lineage=lineage,
+            reinfer_suite=reinfer_suite,
         )
         finish(config)
         TrainingOutputs = NamedTuple(
@@ -215,6 +222,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
                 ("blessed", bool),
                 ("blessing", Artifact),
                 ("validation_report", HTML),
+                ("validation_data_docs", HTML),
+                ("training_set", Dataset),
                 ("evaluation_report", HTML),
             ],
         )
@@ -223,6 +232,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             tasks.registered.outputs["blessed"],
             tasks.evaluated.outputs["blessing"],
             tasks.validated.outputs["report"],
+            tasks.validated.outputs["data_docs"],
+            tasks.features.outputs["training_set"],
             tasks.evaluated.outputs["report"],
         )
 

@@ -93,3 +93,22 @@ def kserve_crd_validator() -> Any:
     if crd_file is None:
         pytest.skip(f"KServe CRD {KSERVE_CRD} not found in shared/schemas/kserve beside the checkout")
     return Draft7Validator(_strict_kserve_schema(crd_file))
+
+
+def data_docs_sections(page: str) -> dict[str, str]:
+    """The sections of a GX Data Docs page (``components.data_docs``) by title, as their HTML.
+
+    GX renders one ``ge-section`` per column (titled with the column name), one for table-level
+    expectations, an ``Overview`` and ctpipe's own section first.
+    """
+    import re
+
+    starts = list(re.finditer(r'<div id="section-\d+" class="ge-section[^"]*">', page))
+    sections = {}
+    for start, end in zip(starts, [*starts[1:], None], strict=True):
+        body = page[start.end() : end.start() if end else len(page)]
+        title = re.sub(r"<[^>]+>", " ", body).split()[0] if body.strip() else ""
+        if title == "Table-Level":
+            title = "Table-Level Expectations"
+        sections[title] = body
+    return sections

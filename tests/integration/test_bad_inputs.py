@@ -4,7 +4,7 @@ A champion (trained on a clean window, with its suite logged to MLflow) exists f
 data is validated against the champion's suite, as in production. Each blocking case must
 exit non-zero before ``train`` runs and leave the registry with the champion only; the
 warning cases (one run carrying several of them) must complete and show every warning in
-the run summary and in the HTML report.
+the run summary, in the HTML report and in GX's Data Docs page.
 """
 
 import re
@@ -26,7 +26,7 @@ from components.register import promote, register
 from components.train import train
 from components.validate import infer_suite, save_suite
 from pipelines.runner import window_params
-from tests.helpers import small_config
+from tests.helpers import data_docs_sections, small_config
 
 pytestmark = pytest.mark.slow
 
@@ -173,4 +173,16 @@ def test_warnings_let_the_run_finish_and_are_shown_in_the_summary_and_report(set
         assert text.replace("'", "&#x27;") in page, text
     # Validated against the champion's suite, not one inferred from this data.
     assert f"suite {setup['suite_hash']}" in page
+    # GX's Data Docs page of the same run: GX shows each failed expectation in its column's section.
+    docs_path = re.search(r"output validation_data_docs: (\S+)", summary).group(1)
+    docs = data_docs_sections(Path(docs_path).read_text())
+    assert "10000" in docs["tenure_months"] and "mars" in docs["region"]
+    assert "100 unexpected values found" in docs["satisfaction_score"]
+    for column in ("tenure_months", "region", "event_timestamp"):
+        assert "1 unexpected values found" in docs[column], column
+    for column in ("tenure_months", "region", "satisfaction_score", "event_timestamp"):
+        assert "fa-times text-danger" in docs[column], column
+    assert "fa-times" not in docs["plan"]
+    for text in expected:
+        assert text.replace("'", "&#x27;") in docs["ctpipe"], text
     assert len(_versions(setup["config"])) == 2

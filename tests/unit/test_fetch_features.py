@@ -1,5 +1,6 @@
 """fetch_features against a real embedded Feast: file offline store, sqlite online store, local registry."""
 
+import shutil
 from datetime import datetime
 
 import pandas as pd
@@ -128,6 +129,82 @@ def test_point_in_time_across_snapshots(tmp_path):
     assert pd.read_parquet(tmp_path / "q")["signal"].tolist() == [0.5]
 
 
+LEAKAGE_CASE = [
+    (1, "2026-01-01", 0.5, 0),
+    (1, "2026-01-02", None, 1),
+    (1, "2026-01-03", 1.0, 1),
+    (1, "2026-01-04", None, 1),
+    (2, "2026-01-02", None, 0),
+    (2, "2026-01-05", 7.0, 0),
+]
+
+
+def _as_written_before_microseconds(spec, workspace) -> list:
+    """Rewrite the offline files with nanosecond timestamps, as ctpipe wrote them before."""
+    import pyarrow.parquet as pq
+
+    files = sorted(offline_folder(spec, workspace).glob("*.parquet"))
+    for path in files:
+        frame = pd.read_parquet(path)
+        frame.assign(ts=frame.ts.astype("datetime64[ns, UTC]")).to_parquet(path)
+        assert str(pq.read_schema(path).field("ts").type) == "timestamp[ns, tz=UTC]"
+    return files
+
+
+def test_offline_files_are_microseconds_and_old_nanosecond_files_are_migrated_in_place(tmp_path):
+    import pyarrow.parquet as pq
+
+    spec = _tiny_spec(tmp_path)
+    workspace = str(tmp_path / "ws")
+    snapshot = _write(tmp_path, "snapshot", LEAKAGE_CASE)
+    first = build_training_set(snapshot, spec, FEAST, workspace, str(tmp_path / "a"))
+    [written] = _as_written_before_microseconds(spec, workspace)
+
+    again = build_training_set(snapshot, spec, FEAST, workspace, str(tmp_path / "b"))
+    # The same file, under the same name (no second copy of the snapshot), now in microseconds.
+    assert sorted(offline_folder(spec, workspace).glob("*.parquet")) == [written]
+    assert str(pq.read_schema(written).field("ts").type) == "timestamp[us, tz=UTC]"
+    assert again.missing_entities == first.missing_entities == 1
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b"), pd.read_parquet(tmp_path / "a"))
+    assert not list((feast_root(workspace) / "staging").glob("*.parquet"))
+
+
+@pytest.mark.slow
+@pytest.mark.filterwarnings("ignore:The spark (offline store|data source API) is an experimental feature")
+def test_spark_offline_store_gives_the_file_stores_training_set(tmp_path):
+    """get_historical_features through Feast's Spark offline store, on a local Spark session."""
+    from pyspark.sql import SparkSession
+
+    spec = _tiny_spec(tmp_path)
+    snapshot = _write(tmp_path, "snapshot", LEAKAGE_CASE)
+    via_file = build_training_set(snapshot, spec, FEAST, str(tmp_path / "file"), str(tmp_path / "a"))
+    # The Spark workspace starts with the snapshot stored by an earlier version (nanoseconds,
+    # which Spark 4 refuses): the run migrates it first.
+    spark_ws = str(tmp_path / "spark")
+    build_training_set(snapshot, spec, FEAST, spark_ws, str(tmp_path / "unused"))
+    _as_written_before_microseconds(spec, spark_ws)
+    on_spark = FeastSpec(
+        offline_store="spark",
+        spark_conf={
+            "spark.master": "local[1]",
+            "spark.sql.shuffle.partitions": "1",
+            "spark.ui.enabled": "false",
+            "spark.ui.showConsoleProgress": "false",
+        },
+    )
+    existing = SparkSession.getActiveSession()
+    try:
+        via_spark = build_training_set(snapshot, spec, on_spark, spark_ws, str(tmp_path / "b"))
+    finally:
+        session = SparkSession.getActiveSession()
+        if existing is None and session is not None:  # Feast started it; leave no JVM for later tests
+            session.stop()
+
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b"), pd.read_parquet(tmp_path / "a"))
+    assert via_spark.missing_entities == via_file.missing_entities == 1
+    assert pd.read_parquet(tmp_path / "b").signal.tolist() == [0.5, 0.5, 1.0, 1.0, 7.0]
+
+
 def test_rerun_is_idempotent(window1, dataset_spec, tmp_path):
     path, _ = window1
     workspace = str(tmp_path / "ws")
@@ -212,6 +289,49 @@ def test_online_lookup_survives_ipython_replacing_the_sqlite_timestamp_converter
     found = online_features(ids, dataset_spec, FEAST, workspace)
 
     assert [row["customer_id"] for row in found.rows] == ids and found.missing == []
+
+
+def test_online_store_is_kept_per_thread_and_sees_views_applied_later(tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from components.fetch_features import _online_store
+
+    workspace = str(tmp_path / "ws")
+    users = _tiny_spec(tmp_path)
+    rows = [(1, "2026-01-01", 0.5, 0), (2, "2026-01-02", 1.5, 1)]
+    build_training_set(_write(tmp_path, "users", rows), users, FEAST, workspace, str(tmp_path / "a"))
+    first = online_features([1, 2, 3], users, FEAST, workspace)
+    assert first.rows == [{"user": 1, "signal": 0.5}, {"user": 2, "signal": 1.5}] and first.missing == [3]
+    store = _online_store(FEAST, workspace)
+    assert _online_store(FEAST, workspace) is store  # the lookup above built it; it is reused
+
+    # Requests from a thread pool (as the model server makes them) each get a correct answer
+    # from their thread's own store: Feast's sqlite store holds one connection per store.
+    def lookup(_):
+        return online_features([1, 2, 3], users, FEAST, workspace), _online_store(FEAST, workspace)
+
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lookup, range(16)))
+    assert all(found == first for found, _ in answers)
+    assert all(other is not store for _, other in answers)
+
+    # A new feature view applied afterwards (by another FeatureStore, as a training run in another
+    # process would) is found by the store this thread already holds.
+    accounts = users.model_copy(update={"entity_column": "account"})
+    frame = pd.DataFrame({"account": [10], "ts": pd.to_datetime(["2026-01-03"], utc=True), "signal": [7.0]})
+    frame.assign(label=1).to_parquet(tmp_path / "accounts.parquet")
+    build_training_set(str(tmp_path / "accounts.parquet"), accounts, FEAST, workspace, str(tmp_path / "b"))
+    assert feature_view_name(accounts) != feature_view_name(users)
+    found = online_features([10, 11], accounts, FEAST, workspace)
+    assert found.rows == [{"account": 10, "signal": 7.0}] and found.missing == [11]
+    assert _online_store(FEAST, workspace) is store
+    assert online_features([1, 2, 3], users, FEAST, workspace) == first
+
+    # The workspace deleted and built again with other values: not the old store's answer.
+    shutil.rmtree(workspace)
+    rows = [(1, "2026-01-01", 9.5, 0)]
+    build_training_set(_write(tmp_path, "rebuilt", rows), users, FEAST, workspace, str(tmp_path / "c"))
+    assert online_features([1, 2], users, FEAST, workspace).rows == [{"user": 1, "signal": 9.5}]
 
 
 def test_online_lookup_before_training_names_the_registry(dataset_spec, tmp_path):

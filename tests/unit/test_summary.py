@@ -49,3 +49,23 @@ def test_summary_shows_metrics_against_the_champion_failed_checks_and_decisions(
     assert "metrics: roc_auc_score 0.7123 (champion 0.8); log_loss 0.6\n" in text
     assert "failed check: roc_auc_score dropped 0.088 against the champion (allowed -0.005)" in text
     assert "result: decision: retrain (support_calls PSI 1.9)" in text
+
+
+def test_summary_shows_entity_rows_left_out_for_missing_features():
+    out = io.StringIO()
+    report = _report({"warnings": []})
+    # As a training_set output comes back from kfp.local: numbers as floats.
+    report.outputs["training_set"] = {"path": "/ts", "metadata": {"rows": 570.0, "missing_entities": 30.0}}
+    print_run(report, out)
+    assert (
+        "  training_set: missing entities: 30 of 600 entity rows (5.0%) had no feature value inside the TTL "
+        "and were left out of the training set\n"
+    ) in out.getvalue()
+
+
+def test_summary_is_silent_when_every_entity_has_features():
+    out = io.StringIO()
+    report = _report({"warnings": []})
+    report.outputs["training_set"] = {"path": "/ts", "metadata": {"rows": 600.0, "missing_entities": 0.0}}
+    print_run(report, out)
+    assert "missing entities" not in out.getvalue()

@@ -1,5 +1,7 @@
+import html
 import json
 import os
+import re
 
 import numpy as np
 import pandas as pd
@@ -16,6 +18,7 @@ from components.validate import (
     suite_hash,
     validate,
 )
+from tests.helpers import data_docs_sections
 
 
 @pytest.fixture(scope="module")
@@ -39,12 +42,15 @@ def suite(windows, spec):
     return infer_suite(windows[0], spec)
 
 
-def run(frame, spec, suite, tmp_path, name="data.parquet", **kwargs):
+def run(frame, spec, suite, tmp_path, name="data.parquet", docs=False, **kwargs):
+    """Validate ``frame`` written to ``tmp_path``; with ``docs`` also GX's Data Docs page (docs.html)."""
     path = tmp_path / name
     if name.endswith(".csv"):
         frame.to_csv(path, index=False)
     else:
         frame.to_parquet(path)
+    if docs:
+        kwargs["data_docs_path"] = str(tmp_path / "docs.html")
     return validate(
         str(path), spec, suite, str(tmp_path / "r.json"), str(tmp_path / "r.html"), str(tmp_path / "q"), **kwargs
     )
@@ -215,7 +221,7 @@ def test_blocking_failures_name_the_file_column_and_expectation(
     windows, spec, suite, tmp_path, mutate, column, expectation, message
 ):
     with pytest.raises(ValidationFailed) as err:
-        run(mutate(windows[0].copy()), spec, suite, tmp_path)
+        run(mutate(windows[0].copy()), spec, suite, tmp_path, docs=True)
     text = str(err.value)
     assert text.startswith("data.parquet: ") and message in text and text.endswith("; 1 blocking failure")
     # The result and the report are written before the error, for the run summary and the UI.
@@ -228,6 +234,10 @@ def test_blocking_failures_name_the_file_column_and_expectation(
     assert "BLOCKED" in page and expectation in page
     if column:
         assert f"column &#x27;{column}&#x27;" in page
+    # GX's Data Docs page too: its overview says the run failed, ctpipe's section says why.
+    docs = data_docs_sections((tmp_path / "docs.html").read_text())
+    assert "Failed" in docs["Overview"] and "Succeeded" not in docs["Overview"]
+    assert "BLOCKED" in docs["ctpipe"] and html.escape(blocking.message) in docs["ctpipe"]
 
 
 def test_missing_columns_skip_their_expectations_and_are_all_named(windows, spec, suite, tmp_path):
@@ -303,6 +313,38 @@ def test_warnings_are_recorded_and_rows_quarantined(windows, spec, suite, tmp_pa
     page = (tmp_path / "r.html").read_text()
     assert "PASSED WITH 4 WARNINGS" in page and "Warnings (4)" in page
     assert "platinum" in page and "tenure_months" in page and "Quarantine" in page
+
+
+def test_data_docs_page_is_gx_rendering_showing_every_warning(windows, spec, suite, tmp_path):
+    frame = windows[0].copy()
+    frame.loc[0, "tenure_months"] = 10_000.0  # out of range
+    frame.loc[1, "region"] = "<i>mars</i>"  # unseen category, with markup the page must escape
+    frame.loc[:299, "satisfaction_score"] = np.nan  # null rate up (none in training)
+    result = run(frame, spec, suite, tmp_path, docs=True)
+    assert result.success and len(result.warnings) == 3
+
+    page = (tmp_path / "docs.html").read_text()
+    assert "Data documentation compiled by Great Expectations" in page  # GX's page template
+    docs = data_docs_sections(page)
+    assert {"ctpipe", "Overview", "Table-Level Expectations", *spec.feature_columns} <= set(docs)
+    assert "Succeeded" in docs["Overview"]
+    # GX's own rendering of each failure: its failure icon, the count and the unexpected values.
+    tenure, region, nulls = docs["tenure_months"], docs["region"], docs["satisfaction_score"]
+    assert "1 unexpected values found" in tenure and "10000" in tenure
+    assert "1 unexpected values found" in region and "&lt;i&gt;mars&lt;/i&gt;" in region
+    assert "300 unexpected values found. 50% of 600 total rows" in re.sub(r"\s+", " ", nulls)
+    for body in (tenure, region, nulls):
+        assert "fa-times text-danger" in body
+    assert "fa-times" not in docs["plan"] and "fa-check-circle" in docs["plan"]
+    # ctpipe's section: the verdict and every warning with its severity and message.
+    assert "PASSED WITH 3 WARNINGS" in docs["ctpipe"]
+    for warning in result.warnings:
+        assert html.escape(warning.message) in docs["ctpipe"]
+    assert docs["ctpipe"].count(">warning<") == 3
+    # One file: no markup from the data, no links into a Data Docs site that is not there.
+    assert "<i>mars</i>" not in page
+    assert not re.search(r'(href|src)="\.\./', page)
+    assert "great-expectations-web-assets" not in page  # no request to GX when the page is opened
 
 
 def test_extra_column_is_a_warning(windows, spec, suite, tmp_path):
@@ -406,3 +448,30 @@ def test_validation_settings_come_from_the_dataset_spec(windows, spec, tmp_path)
         run(windows[0], strict, suite, tmp_path)
     with pytest.raises(ValueError, match="min_row_ratio"):
         ValidationSpec(min_row_ratio=2, max_row_ratio=1)
+
+
+# --- which suite a run uses ---------------------------------------------------------------------
+
+
+def test_a_run_uses_the_champions_suite_unless_told_to_reinfer(windows, spec, suite, tracking_uri):
+    import mlflow
+
+    from components.common import tracking
+    from components.validate import suite_for_run
+
+    tracking.configure(tracking_uri)
+    with mlflow.start_run(experiment_id=tracking.ensure_experiment("suites", tracking_uri)) as champion_run:
+        mlflow.log_dict(suite, tracking.SUITE_ARTIFACT)
+    newer = windows[1]  # drifted: its own suite has other ranges
+    own = infer_suite(newer, spec)
+    assert suite_hash(own) != suite_hash(suite)
+
+    kept, origin = suite_for_run(newer, spec, champion_run.info.run_id, tracking_uri)
+    assert origin == "champion" and suite_hash(kept) == suite_hash(suite)
+    fresh, origin = suite_for_run(newer, spec, champion_run.info.run_id, tracking_uri, reinfer=True)
+    assert origin == "inferred" and fresh == own
+    first, origin = suite_for_run(newer, spec, "", tracking_uri)  # no champion yet
+    assert origin == "inferred" and first == own
+    # Re-inferring still refuses data that contradicts the config.
+    with pytest.raises(ValidationFailed, match="lacks column"):
+        suite_for_run(newer.drop(columns=["plan"]), spec, champion_run.info.run_id, tracking_uri, reinfer=True)
