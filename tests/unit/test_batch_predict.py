@@ -388,3 +388,31 @@ def test_sigkill_midway_leaves_no_partial_output_and_rerun_writes_one_complete_o
     assert not rescored.duplicated([ENTITY, TIMESTAMP]).any()
     assert rescored["scored_at"].nunique() == 1
     assert sorted(p.name for p in out.parent.iterdir()) == ["predictions"]
+
+
+def test_reject_reasons_quote_awkward_column_names(spark: Any) -> None:
+    """The reasons are one SQL expression: names with quotes, backticks or spaces must stay names."""
+    from pyspark.sql import functions as F
+
+    spec = DatasetSpec(
+        source="unused.parquet",
+        entity_column="id",
+        timestamp_column="seen at",
+        label_column="y",
+        numeric_features=["it's", "a`b"],
+        categorical_features=["c\\d"],
+    )
+    rows = [
+        (1, "2026-01-01", 1.0, "2", "x"),
+        (2, "not a time", None, "abc", None),
+        (3, "2026-01-01", float("inf"), "NaN", "x"),
+    ]
+    frame = spark.createDataFrame(rows, ["id", "seen at", "it's", "a`b", "c\\d"])
+    reasons = [
+        row[0] for row in frame.select(F.expr(batch_predict_module._reject_reason(spec))).orderBy(F.col("id")).collect()
+    ]
+    assert reasons == [
+        "",
+        "seen at is not a timestamp; it's is null; a`b is not numeric; c\\d is null",
+        "it's is infinite; a`b is NaN",
+    ]
