@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import os
 import re
@@ -66,6 +67,8 @@ BUILD_REQUIREMENTS = ("setuptools", "wheel")
 # What the build context holds besides the wheelhouse (kept small: it is sent to the daemon).
 CONTEXT_ITEMS = ("pyproject.toml", "README.md", "components", "pipelines", "serving", "containers")
 WHEELHOUSE_MARKER = ".ctpipe-wheelhouse"
+# The oldest interpreter the images may run (Debian bookworm's python3.11); markers are checked for it too.
+IMAGE_PYTHON_OLDEST = "3.11.0"
 _LOCK_LINE = re.compile(r"^([A-Za-z0-9][A-Za-z0-9._-]*)==([^\s;#]+)\s*$")
 
 
@@ -80,8 +83,13 @@ def project_requirements(pyproject: Path = REPO_ROOT / "pyproject.toml") -> list
 
 
 def _closure(roots: Iterable[Requirement]) -> dict[str, str]:
-    """Every distribution ``roots`` pull in, with the version installed in this environment."""
-    environment = {str(key): str(value) for key, value in default_environment().items()}
+    """Every distribution ``roots`` pull in, with the version installed in this environment.
+
+    Markers are evaluated for this interpreter and for the oldest Python 3.11 an image may have
+    (Debian's is 3.11.2), so a dependency only older interpreters need is locked too.
+    """
+    here = {str(key): str(value) for key, value in default_environment().items()}
+    oldest = {**here, "python_full_version": IMAGE_PYTHON_OLDEST, "python_version": "3.11"}
     pins: dict[str, str] = {}
     todo: list[Requirement] = list(roots)
     seen: set[tuple[str, frozenset[str]]] = set()
@@ -96,7 +104,8 @@ def _closure(roots: Iterable[Requirement]) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             raise ConfigError(
                 f"{requirement.name} is required (by {requirement}) but not installed in {sys.prefix}",
-                hint="Install the project first (make installs .venv), then run the lock step again.",
+                hint="Install the project first (make installs .venv), then run the lock step again; a "
+                "dependency only an older Python needs must be listed in pyproject.toml to be installed here.",
             ) from None
         pins[_canonical(dist.metadata["Name"])] = dist.version
         for text in dist.requires or []:
@@ -104,7 +113,7 @@ def _closure(roots: Iterable[Requirement]) -> dict[str, str]:
             if child.marker is None:
                 todo.append(child)
                 continue
-            for extra in ("", *requirement.extras):
+            for extra, environment in itertools.product(("", *requirement.extras), (here, oldest)):
                 if child.marker.evaluate({**environment, "extra": extra}):
                     todo.append(child)
                     break
