@@ -373,9 +373,8 @@ def suite_for_run(
 
         from components.common import tracking
 
-        tracking.configure(tracking_uri)
         with tempfile.TemporaryDirectory(prefix="ctpipe-suite-") as folder:
-            local = tracking.download_run_artifact(champion_run_id, tracking.SUITE_ARTIFACT, folder)
+            local = tracking.download_run_artifact(champion_run_id, tracking.SUITE_ARTIFACT, folder, tracking_uri)
             return load_suite(str(local)), "champion"
     if champion_run_id:
         logger.info("re-inferring the suite on purpose", extra={"champion_run_id": champion_run_id})
@@ -599,7 +598,8 @@ def validate(
         source_name: The name messages and the report give the data; default the file name of
             ``data_path`` (a pipeline passes the ingested source's, not the snapshot artifact's).
         data_docs_path: Where to write GX's own Data Docs page for this run (one self-contained
-            HTML file, see :mod:`components.data_docs`), with a severity on every expectation.
+            HTML file, see :mod:`components.data_docs`), headed by ctpipe's verdict and the
+            severity of every failure.
 
     Returns:
         The result: every expectation's outcome, the blocking failures and the warnings.
