@@ -345,11 +345,10 @@ def _resolve_model(model_uri: str, tracking_uri: str, model_version: str | None)
     """Pin ``model_uri`` to a fixed version: returns (uri to download, model name, version)."""
     if not model_uri.startswith("models:/"):
         return model_uri, model_uri, model_version
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
     rest = model_uri.removeprefix("models:/")
-    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     if "@" in rest:
         name, alias = rest.split("@", 1)
         if model_version is None:

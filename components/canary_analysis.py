@@ -17,10 +17,10 @@ that answered, its latency and its status. :func:`canary_analysis` reads the las
 
 With fewer than ``min_requests`` logged requests for either version the decision is ``wait``
 and nothing changes. Otherwise every check passing gives ``promote``
-(``components.register.promote``: the challenger becomes champion and takes all traffic) and
+(``components.common.registry.promote``: the challenger becomes champion and takes all traffic) and
 any failing check gives ``rollback``: the canary closes (challenger share 0, the ``challenger``
 alias removed), so the champion, which never stopped being champion, answers every request.
-``components.register.rollback`` is not the right tool here: it moves ``champion`` back one
+``components.common.registry.rollback`` is not the right tool here: it moves ``champion`` back one
 promotion, and during a canary the champion is the good model. The decision and its reasons
 are recorded as tags on the challenger version (``ctpipe.canary_decision``,
 ``ctpipe.canary_reason``) and in a JSON result and a Markdown report.
@@ -36,18 +36,25 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from components.common import tracking
+from components.common.drift import population_stability_index
 from components.common.errors import DataError
 from components.common.inference_log import read_window
 from components.common.io import read_table, write_json, write_text
 from components.common.logs import get_logger
+from components.common.registry import (
+    CANARY_DECISION_TAG,
+    CANARY_REASON_TAG,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    promote,
+    redact_uri,
+    set_traffic,
+)
 from components.specs import DatasetSpec, ServingSpec
-from serving import CHALLENGER_ALIAS, CHAMPION_ALIAS, redact_uri
 
 logger = get_logger("canary_analysis")
 
 Decision = Literal["promote", "rollback", "wait", "no_canary"]
-DECISION_TAG = "ctpipe.canary_decision"
-REASON_TAG = "ctpipe.canary_reason"
 PSI_BINS = 10
 
 
@@ -231,13 +238,10 @@ def _report(result: CanaryAnalysisResult) -> str:
 
 
 def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str) -> str:
-    from components.deploy import set_traffic
-    from components.register import promote
-
     name, version = serving.model_name, str(result.challenger_version)
     client = tracking.registry_client(tracking_uri)
-    client.set_model_version_tag(name, version, DECISION_TAG, result.decision)
-    client.set_model_version_tag(name, version, REASON_TAG, result.reason[:4000])
+    client.set_model_version_tag(name, version, CANARY_DECISION_TAG, result.decision)
+    client.set_model_version_tag(name, version, CANARY_REASON_TAG, result.reason[:4000])
     if result.decision == "promote":
         change = promote(name, tracking_uri, version)
         return f"promoted version {version} to champion (was {change.previous}); it now takes all traffic"
@@ -320,8 +324,6 @@ def canary_analysis(
                 v: rows.loc[rows["status"] == "ok", "prediction"].to_numpy(dtype=float)
                 for v, rows in by_version.items()
             }
-            from components.monitor import population_stability_index
-
             psi = population_stability_index(scores[champion_version], scores[challenger_version], PSI_BINS)
             result.prediction_psi = psi
             has_labels = labels_path is not None and labels_path != ""

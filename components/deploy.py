@@ -1,22 +1,24 @@
 """Deploy: give a registered challenger a share of live traffic, locally or on KServe.
 
 The registry decides what is served. ``register`` points the alias ``challenger`` at a blessed
-version; the model server (``serving.server``) loads it in the background but sends it no
+version; the model server (``python -m serving.server``) loads it in the background but sends it no
 traffic until deploy sets the canary percent for that exact version (registered-model tags
-``ctpipe.canary_percent`` and ``ctpipe.canary_version``). ``promote`` later moves ``champion``.
+``ctpipe.canary_percent`` and ``ctpipe.canary_version``, set by
+:func:`components.common.registry.set_traffic`). ``promote`` later moves ``champion``.
 
 - ``embedded`` profile: make sure the local server runs (start it detached, or reuse it),
   open the canary and wait until the server reports the new challenger. If the challenger
   cannot be loaded or the wait times out, the canary goes back to 0 so the champion keeps all
   traffic, and :class:`~components.common.errors.DeployError` says why.
-- ``cluster`` profile: render the InferenceService (``serving.manifests``), write it to
-  ``<workspace>/manifests/<name>.yaml`` and apply it through ``serving.cluster.KServeSeam``;
+- ``cluster`` profile: render the InferenceService (``components.common.kserve.manifests``), write it to
+  ``<workspace>/manifests/<name>.yaml`` and apply it through ``components.common.kserve.cluster.KServeSeam``;
   ``dry_run`` writes the manifest and records the call without touching a cluster.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import time
 from pathlib import Path
 from typing import Any, Literal
@@ -28,11 +30,19 @@ from pydantic import BaseModel
 
 from components.common import tracking
 from components.common.errors import DeployError, ModelNotFound
+from components.common.feast import EntityLookup
 from components.common.io import write_text
 from components.common.logs import get_logger
+from components.common.registry import (
+    CANARY_TAG,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    INFRA_BLESSED_TAG,
+    STATUS_ROUTE,
+    require_registered_model,
+    set_traffic,
+)
 from components.specs import ServingSpec
-from serving import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, STATUS_ROUTE, redact_uri
-from serving.lookup import EntityLookup
 
 logger = get_logger("deploy")
 
@@ -49,62 +59,6 @@ class DeployResult(BaseModel):
     manifest_path: str | None = None
     dry_run: bool = False
     message: str = ""
-
-
-def _registered_model(client: Any, model_name: str, tracking_uri: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(model_name)
-    except MlflowException as exc:
-        if getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST":
-            raise ModelNotFound(
-                f"registered model {model_name!r} does not exist in {redact_uri(tracking_uri)}"
-            ) from None
-        raise DeployError(
-            f"cannot read registered model {model_name!r} from {redact_uri(tracking_uri)}: {exc}"
-        ) from exc
-
-
-def _aliases(registered: Any) -> dict[str, str]:
-    return {alias: str(version) for alias, version in (registered.aliases or {}).items()}
-
-
-def set_traffic(model_name: str, tracking_uri: str, canary_percent: int) -> None:
-    """Set the share of requests the current challenger gets (0 gives the champion everything).
-
-    The percent is bound to the version behind ``challenger`` now, so a later challenger does
-    not inherit it; the model server applies the change within one poll interval.
-
-    Args:
-        model_name: Registered model name.
-        tracking_uri: MLflow tracking/registry URI.
-        canary_percent: 0-100.
-
-    Raises:
-        DeployError: The percent is outside 0-100.
-        ModelNotFound: The registered model does not exist.
-    """
-    if isinstance(canary_percent, bool) or not isinstance(canary_percent, int) or not 0 <= canary_percent <= 100:
-        raise DeployError(f"canary_percent must be an integer between 0 and 100, got {canary_percent!r}")
-    client = tracking.registry_client(tracking_uri)
-    registered = _registered_model(client, model_name, tracking_uri)
-    challenger = _aliases(registered).get(CHALLENGER_ALIAS)
-
-    def bind_version() -> None:
-        if challenger is not None:
-            client.set_registered_model_tag(model_name, CANARY_VERSION_TAG, challenger)
-        elif CANARY_VERSION_TAG in (registered.tags or {}):
-            client.delete_registered_model_tag(model_name, CANARY_VERSION_TAG)
-
-    # The server reads both tags at once: lower the percent before rebinding, raise it after.
-    if canary_percent == 0:
-        client.set_registered_model_tag(model_name, CANARY_TAG, "0")
-        bind_version()
-    else:
-        bind_version()
-        client.set_registered_model_tag(model_name, CANARY_TAG, str(canary_percent))
-    logger.info("traffic set", extra={"model": model_name, "challenger": challenger, "canary_percent": canary_percent})
 
 
 def wait_for_serving(
@@ -178,8 +132,6 @@ def check_infra_blessing(client: Any, model_name: str, version: str) -> None:
     Raises:
         DeployError: The version's sandbox run failed.
     """
-    from components.infra_validate import INFRA_BLESSED_TAG
-
     try:
         tags = dict(client.get_model_version(model_name, version).tags or {})
     except Exception:  # a missing version is reported by the caller with its own message
@@ -201,12 +153,12 @@ def _deploy_local(
     dry_run: bool,
     entity_lookup: EntityLookup | None,
 ) -> DeployResult:
-    from serving.server import endpoint_url, start_local_server
+    from components.common.server_process import endpoint_url, start_local_server
 
     name = serving.model_name
     client = tracking.registry_client(tracking_uri)
-    registered = _registered_model(client, name, tracking_uri)
-    aliases = _aliases(registered)
+    registered = require_registered_model(client, name, tracking_uri)
+    aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
     champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
     if challenger != version:
         raise DeployError(
@@ -221,14 +173,17 @@ def _deploy_local(
         message = f"challenger version {version} gets {effective}% of requests, champion version {champion} the rest"
 
     endpoint = endpoint_url(serving.host, serving.port)
+    local_result = functools.partial(
+        DeployResult,
+        mode="local",
+        endpoint=endpoint,
+        model_name=name,
+        champion_version=champion,
+        challenger_version=version,
+        canary_percent=effective,
+    )
     if dry_run:  # checked the registry; change nothing
-        return DeployResult(
-            mode="local",
-            endpoint=endpoint,
-            model_name=name,
-            champion_version=champion,
-            challenger_version=version,
-            canary_percent=effective,
+        return local_result(
             dry_run=True,
             message=f"dry run: would set {CANARY_TAG}={serving.canary_percent}, start or reuse the server; {message}",
         )
@@ -245,13 +200,7 @@ def _deploy_local(
         if isinstance(exc, DeployError):
             raise
         raise DeployError(f"deploying version {version} of {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    result = DeployResult(
-        mode="local",
-        endpoint=endpoint,
-        model_name=name,
-        champion_version=champion,
-        challenger_version=version,
-        canary_percent=effective,
+    result = local_result(
         message=message + (" (server reused)" if server.reused else f" (server started, pid {server.pid})"),
     )
     logger.info("deployed", extra={"result": result.model_dump()})
@@ -266,15 +215,15 @@ def _is_local_uri(uri: str) -> bool:
 def _deploy_cluster(
     version: str, serving: ServingSpec, tracking_uri: str, workspace: str, image: str, dry_run: bool
 ) -> DeployResult:
-    from serving.cluster import KServeSeam
-    from serving.manifests import isvc_name, render_inference_service
+    from components.common.kserve.cluster import KServeSeam
+    from components.common.kserve.manifests import isvc_name, render_inference_service
 
     name = isvc_name(serving.model_name)
     notes: list[str] = []
     try:
         client = tracking.registry_client(tracking_uri)
-        registered = _registered_model(client, serving.model_name, tracking_uri)
-        aliases = _aliases(registered)
+        registered = require_registered_model(client, serving.model_name, tracking_uri)
+        aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
         try:
             client.get_model_version(serving.model_name, version)
         except Exception as exc:

@@ -20,7 +20,7 @@ import html
 import json
 import math
 from collections.abc import Callable
-from typing import Any, Literal
+from typing import Any, Literal, NamedTuple
 
 import numpy as np
 import pandas as pd
@@ -30,8 +30,8 @@ from components.common import report, tracking
 from components.common.errors import ConfigError, DataError, ModelNotFound
 from components.common.io import read_table, write_json, write_text
 from components.common.logs import get_logger
+from components.common.model_input import positive_scores, prepare_features, require_columns
 from components.specs import DatasetSpec, EvaluationSpec, MetricSpec, import_object
-from components.train import positive_scores, prepare_features, quiet_mlflow, require_columns
 
 log = get_logger("evaluate")
 
@@ -146,13 +146,24 @@ def _fmt_change(value: float, relative: bool) -> str:
     return f"{value:+.2%}" if relative else f"{value:+.4g}"
 
 
-def _value_checks(metric: MetricSpec, value: float, where: str, slice_key: str | None) -> list[Check]:
+class _Outcome(NamedTuple):
+    """One bound applied to one metric: the fields of a :class:`Check` that depend on the bound."""
+
+    kind: CheckKind
+    value: float
+    bound: float
+    baseline: float | None
+    passed: bool
+    reason: str
+
+
+def _value_checks(metric: MetricSpec, value: float, where: str) -> list[_Outcome]:
     threshold = metric.threshold
     if threshold is None:
         return []
     name = metric.short_name
     finite = math.isfinite(value)
-    checks: list[Check] = []
+    checks: list[_Outcome] = []
     # (kind, bound, passes, verdict if it passes, verdict if it fails, bound's name)
     sides: list[tuple[Literal["value_lower", "value_upper"], float | None, Callable[[float], bool], str, str, str]] = [
         ("value_lower", threshold.lower_bound, lambda b: value >= b - TOLERANCE, "at or above", "below", "lower"),
@@ -168,18 +179,7 @@ def _value_checks(metric: MetricSpec, value: float, where: str, slice_key: str |
             if finite
             else f"{where}{name} is {value}, which cannot meet the {side} bound {_fmt(bound)}."
         )
-        checks.append(
-            Check(
-                metric=name,
-                kind=kind,
-                slice=slice_key,
-                value=value,
-                bound=bound,
-                baseline=None,
-                passed=passed,
-                reason=reason,
-            )
-        )
+        checks.append(_Outcome(kind, value, bound, None, passed, reason))
     return checks
 
 
@@ -191,16 +191,14 @@ def relative_change(candidate: float, champion: float) -> float:
     return difference / abs(champion)
 
 
-def _change_checks(
-    metric: MetricSpec, candidate: float, champion: float, where: str, slice_key: str | None
-) -> list[Check]:
+def _change_checks(metric: MetricSpec, candidate: float, champion: float, where: str) -> list[_Outcome]:
     change = metric.change
     if change is None:
         return []
     name = metric.short_name
     higher = metric.higher_is_better
     direction = "higher is better" if higher else "lower is better"
-    checks: list[Check] = []
+    checks: list[_Outcome] = []
     bounds: list[tuple[CheckKind, float | None, bool]] = [
         ("change_absolute", change.absolute, False),
         ("change_relative", change.relative, True),
@@ -222,18 +220,7 @@ def _change_checks(
             f"({_fmt(champion)} -> {_fmt(candidate)}); it must be {limit} {_fmt_change(bound, relative)} "
             f"({direction}), so it {'passes' if passed else 'fails'}."
         )
-        checks.append(
-            Check(
-                metric=name,
-                kind=kind,
-                slice=slice_key,
-                value=value,
-                bound=bound,
-                baseline=champion,
-                passed=passed,
-                reason=reason,
-            )
-        )
+        checks.append(_Outcome(kind, value, bound, champion, passed, reason))
     return checks
 
 
@@ -261,9 +248,10 @@ def make_checks(
     checks: list[Check] = []
     for metric in metrics:
         name = metric.short_name
-        checks.extend(_value_checks(metric, candidate[name], where, label))
+        outcomes = _value_checks(metric, candidate[name], where)
         if champion is not None:
-            checks.extend(_change_checks(metric, candidate[name], champion[name], where, label))
+            outcomes += _change_checks(metric, candidate[name], champion[name], where)
+        checks += [Check(metric=name, slice=label, **outcome._asdict()) for outcome in outcomes]
     return checks
 
 
@@ -378,7 +366,7 @@ def evaluate(
         DataError: The evaluation data lacks columns, is empty or a metric is undefined on it.
         ConfigError: A metric is misconfigured.
     """
-    quiet_mlflow()
+    tracking.quiet_mlflow()
     frame = read_table(eval_path)
     if frame.empty:
         raise DataError(f"evaluation data {eval_path} has no rows")

@@ -1,13 +1,13 @@
-"""Fetch features: point-in-time training sets and online lookups through Feast.
+"""Fetch features: point-in-time training sets through Feast, and the online store materialized for serving.
 
-The Feast entity, source and feature view are generated from the dataset spec, so a new
-dataset needs no Python. Each snapshot's feature rows go into the offline store as one
-Parquet file named by its content hash (``snapshot=<hash>.parquet``), so a re-run adds
-nothing; its timestamps are microseconds, which both Feast's file (Dask) and Spark offline
-stores read (files from earlier versions, in nanoseconds, are migrated in place). The
-training set comes from ``get_historical_features``, which is point-in-time correct: a row
-sees only the newest feature value at or before its own timestamp and no older than the TTL.
-The online store is then materialized for serving.
+Each snapshot's feature rows go into the offline store as one Parquet file named by its
+content hash (``snapshot=<hash>.parquet``), so a re-run adds nothing; its timestamps are
+microseconds, which both Feast's file (Dask) and Spark offline stores read (files from
+earlier versions, in nanoseconds, are migrated in place). The training set comes from
+``get_historical_features``, which is point-in-time correct: a row sees only the newest
+feature value at or before its own timestamp and no older than the TTL. The online store is
+then materialized for serving. The Feast definitions, settings and online lookups are in
+:mod:`components.common.feast`.
 
 Feast's file (Dask) offline store handles entity rows without a feature value inside the
 TTL in two silent ways: it returns them with null features (the entity has no feature
@@ -18,34 +18,24 @@ through Feast: it is joined back from the snapshot by (entity, timestamp).
 
 from __future__ import annotations
 
-import hashlib
-import json
 import os
-import threading
-from collections import OrderedDict
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pandas as pd
 from pydantic import BaseModel
 
 from components.common.errors import DataError
+from components.common.feast import ensure_definitions, feast_root, feature_view_name, offline_folder
 from components.common.io import frame_sha256, read_table, write_parquet
 from components.common.logs import get_logger
 from components.specs import DatasetSpec, FeastSpec
 
 if TYPE_CHECKING:
     from feast import FeatureStore
-    from feast.repo_config import RepoConfig
 
-# Feast is imported inside the functions (it is slow to import); this must precede that.
-os.environ.setdefault("FEAST_USAGE", "False")
 logger = get_logger("fetch_features")
-
-# Bump when ``definitions`` changes in a way the inputs of its fingerprint do not show.
-_DEFINITIONS_VERSION = "1"
-_FINGERPRINT_TAG = "ctpipe.definitions"
 
 
 class FeatureSetResult(BaseModel):
@@ -58,216 +48,6 @@ class FeatureSetResult(BaseModel):
     """Entity rows with no feature value inside the TTL; they are not in the training set."""
     materialized_until: str | None
     """Newest event time the online store holds values up to (ISO-8601, UTC)."""
-
-
-class OnlineFeatures(BaseModel):
-    """Online feature values for a list of entity ids."""
-
-    rows: list[dict[str, Any]]
-    """One row per id found: the entity column, then the features in spec order."""
-    missing: list[Any]
-    """Ids with no value in the online store, in request order."""
-
-
-def feature_view_name(spec: DatasetSpec) -> str:
-    """Name of the feature view generated for a dataset: ``<entity_column>_features``."""
-    return f"{spec.entity_column}_features"
-
-
-def feast_root(workspace: str) -> Path:
-    """Folder of the embedded Feast state (registry, online store, offline files) in a workspace."""
-    return Path(workspace).resolve() / "feast"
-
-
-def offline_folder(spec: DatasetSpec, workspace: str) -> Path:
-    """Folder of Parquet files that is the feature view's offline source (embedded profile)."""
-    return feast_root(workspace) / "offline" / feature_view_name(spec)
-
-
-def store_settings(feast: FeastSpec, workspace: str, relative_to: str | None = None) -> dict[str, Any]:
-    """The Feast configuration for the profile in ``feast``, as the mapping ``feature_store.yaml`` holds.
-
-    The registry (and the sqlite online store) live under ``<workspace>/feast``; Redis and
-    Spark are named by ``feast.redis_connection_string`` and ``feast.spark_conf``.
-
-    Args:
-        feast: Feast settings: project, online store (sqlite or redis), offline store (file or spark).
-        workspace: Folder of the embedded stores; the registry always lives here.
-        relative_to: Write paths relative to this folder (the folder of a ``feature_store.yaml``).
-
-    Returns:
-        ``project``, ``provider``, ``registry``, ``online_store``, ``offline_store`` and
-        ``entity_key_serialization_version``, ready for ``yaml.safe_dump`` or ``RepoConfig(**...)``.
-    """
-    root = feast_root(workspace)
-
-    def where(path: Path) -> str:
-        return os.path.relpath(path, Path(relative_to).resolve()) if relative_to else str(path)
-
-    online: dict[str, Any] = {"type": "sqlite", "path": where(root / "online.db")}
-    if feast.online_store == "redis":
-        online = {"type": "redis", "connection_string": feast.redis_connection_string}
-    offline: dict[str, Any] = {"type": "file"}
-    if feast.offline_store == "spark":
-        # SparkOfflineStoreConfig. UTC sessions, so timestamps mean the same as in the file store.
-        offline = {"type": "spark", "spark_conf": {"spark.sql.session.timeZone": "UTC", **feast.spark_conf}}
-    return {
-        "project": feast.project,
-        "provider": "local",
-        "registry": where(root / "registry.db"),
-        "online_store": online,
-        "offline_store": offline,
-        "entity_key_serialization_version": 3,  # the only non-deprecated version in Feast 0.67
-    }
-
-
-def feature_store_yaml(feast: FeastSpec, workspace: str, relative_to: str | None = None) -> str:
-    """``feature_store.yaml`` for the profile in ``feast``, for the Feast CLI (``feast apply``, ``feast ui``).
-
-    Args:
-        feast: Feast settings.
-        workspace: Folder of the embedded stores.
-        relative_to: Write paths relative to this folder (where the file will live).
-
-    Returns:
-        The YAML text, with a header saying it is generated.
-    """
-    import yaml
-
-    header = (
-        "# Generated by feature_repo/render.py from the feast section of the ctpipe configuration;\n"
-        "# the pipelines build the same settings in code (components/fetch_features.py: store_settings).\n"
-    )
-    return header + yaml.safe_dump(store_settings(feast, workspace, relative_to), sort_keys=False)
-
-
-def repo_config(feast: FeastSpec, workspace: str) -> RepoConfig:
-    """The Feast configuration for the profile in ``feast``, with its state under ``<workspace>/feast``.
-
-    Args:
-        feast: Feast settings: project, online store (sqlite or redis), offline store (file or spark).
-        workspace: Folder of the embedded stores; the registry always lives here.
-
-    Returns:
-        A ``RepoConfig`` (:func:`store_settings`, validated by Feast); nothing is written yet.
-    """
-    from feast.repo_config import RepoConfig
-
-    _restore_feast_sqlite_timestamps()
-    return RepoConfig(**store_settings(feast, workspace), repo_path=str(feast_root(workspace)))
-
-
-def _restore_feast_sqlite_timestamps() -> None:
-    """Make sqlite's process-wide ``timestamp`` converter Feast's again if another library replaced it.
-
-    Feast's sqlite online store writes event times as epoch seconds and registers a converter
-    for them when it is imported; IPython (imported later by notebooks, nbclient or GX) replaces
-    that converter with an ISO-8601 parser, and every online read then fails on ``'1767398400'``.
-    """
-    import sqlite3
-
-    from feast.infra.online_stores import sqlite as feast_sqlite
-
-    if sqlite3.converters.get("TIMESTAMP") is not feast_sqlite.convert_timestamp:
-        logger.warning("sqlite's timestamp converter was replaced by another library; restoring Feast's")
-        sqlite3.register_converter("timestamp", feast_sqlite.convert_timestamp)
-
-
-def _fingerprint(spec: DatasetSpec, feast: FeastSpec, source_path: str) -> str:
-    payload = {
-        "version": _DEFINITIONS_VERSION,
-        "entity": [spec.entity_column, feast.entity_type],
-        "timestamp": spec.timestamp_column,
-        "numeric": spec.numeric_features,
-        "categorical": spec.categorical_features,
-        "ttl_days": feast.ttl_days,
-        "source": [feast.offline_store, source_path],
-    }
-    return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
-
-
-def definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> list[Any]:
-    """The Feast entity and feature view for ``spec`` (also what ``feature_repo/features.py`` exposes).
-
-    Numeric features are ``Float64`` and categorical features ``String``; the label is never
-    part of the feature view. The view carries a fingerprint tag of its inputs, so
-    :func:`feature_store` re-applies only when something changed.
-
-    Args:
-        spec: The dataset spec (entity, timestamp and feature columns).
-        feast: Feast settings (entity type, TTL, offline store).
-        workspace: Folder whose ``feast/offline/<feature_view>`` holds the source Parquet files.
-
-    Returns:
-        ``[entity, feature_view]``.
-    """
-    from feast import Entity, FeatureView, Field, FileSource, ValueType
-    from feast.types import Float64, String
-
-    value_type = ValueType.INT64 if feast.entity_type == "int64" else ValueType.STRING
-    entity = Entity(name=spec.entity_column, join_keys=[spec.entity_column], value_type=value_type)
-    path = str(offline_folder(spec, workspace))
-    name = f"{feature_view_name(spec)}_source"
-    if feast.offline_store == "spark":
-        from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
-
-        source: Any = SparkSource(name=name, path=path, file_format="parquet", timestamp_field=spec.timestamp_column)
-    else:
-        source = FileSource(name=name, path=path, timestamp_field=spec.timestamp_column)
-    schema = [Field(name=c, dtype=Float64) for c in spec.numeric_features]
-    schema += [Field(name=c, dtype=String) for c in spec.categorical_features]
-    view = FeatureView(
-        name=feature_view_name(spec),
-        entities=[entity],
-        ttl=timedelta(days=feast.ttl_days),
-        schema=schema,
-        source=source,
-        online=True,
-        tags={_FINGERPRINT_TAG: _fingerprint(spec, feast, path)},
-    )
-    return [entity, view]
-
-
-def _is_applied(store: FeatureStore, entity: Any, view: Any) -> bool:
-    from feast.errors import FeastObjectNotFoundException
-
-    try:
-        registered = store.get_feature_view(view.name)
-        store.get_entity(entity.name)
-    except FeastObjectNotFoundException:
-        return False
-    return bool(registered.tags.get(_FINGERPRINT_TAG) == view.tags[_FINGERPRINT_TAG])
-
-
-def feature_store(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> FeatureStore:
-    """A Feast store for the profile in ``feast``, with the generated definitions applied.
-
-    Applying is idempotent and skipped when the registry already holds definitions with the
-    same fingerprint.
-
-    Args:
-        spec: The dataset spec.
-        feast: Feast settings.
-        workspace: Folder of the embedded stores (``<workspace>/feast``).
-
-    Returns:
-        The ``feast.FeatureStore``.
-    """
-    return _feature_store(spec, feast, workspace)[0]
-
-
-def _feature_store(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> tuple[FeatureStore, bool]:
-    """The store, and whether the definitions were (re)applied just now."""
-    from feast import FeatureStore
-
-    offline_folder(spec, workspace).mkdir(parents=True, exist_ok=True)
-    store = FeatureStore(config=repo_config(feast, workspace))
-    entity, view = definitions(spec, feast, workspace)
-    if _is_applied(store, entity, view):
-        return store, False
-    store.apply([entity, view])
-    logger.info("feast definitions applied", extra={"feature_view": view.name, "project": feast.project})
-    return store, True
 
 
 def _check_snapshot(snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec, source: str) -> pd.Series:
@@ -467,7 +247,7 @@ def build_training_set(
             f"{snapshot_path}: every row has all feature columns {spec.feature_columns} empty "
             f"and the offline store {offline_folder(spec, workspace)} is empty; no feature values to join"
         )
-    store, applied = _feature_store(spec, feast, workspace)
+    store, applied = ensure_definitions(spec, feast, workspace)
     view = feature_view_name(spec)
 
     # Ask Feast once per distinct (entity, timestamp); it collapses duplicates anyway.
@@ -517,118 +297,3 @@ def build_training_set(
     )
     logger.info("training set written", extra=result.model_dump())
     return result
-
-
-def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, workspace: str) -> OnlineFeatures:
-    """Latest online feature values for ``entity_ids``, fetched in one call.
-
-    Args:
-        entity_ids: Ids to look up (ints for ``entity_type: int64``, strings otherwise).
-        spec: The dataset spec.
-        feast: Feast settings.
-        workspace: Folder of the embedded stores.
-
-    Returns:
-        One row per id found (entity column, then features in spec order), and the ids with
-        no online value.
-
-    Raises:
-        DataError: An id does not match the entity type, or the feature view is not registered yet.
-    """
-    from feast.errors import FeastObjectNotFoundException
-    from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
-
-    ids = _typed_ids(entity_ids, spec, feast)
-    if not ids:
-        return OnlineFeatures(rows=[], missing=[])
-    view = feature_view_name(spec)
-    registry = feast_root(workspace) / "registry.db"
-    not_registered = DataError(
-        f"feature view {view!r} is not registered in {registry}; run the training pipeline (build_training_set) first"
-    )
-    if not registry.is_file():
-        raise not_registered
-    store = _online_store(feast, workspace)
-    features = [f"{view}:{c}" for c in spec.feature_columns]
-    entity_rows = [{spec.entity_column: entity_id} for entity_id in ids]
-    try:
-        response = store.get_online_features(features=features, entity_rows=entity_rows)
-    except FeastObjectNotFoundException:
-        # Applied since this store last read the registry: read it again, once.
-        store.refresh_registry()
-        try:
-            response = store.get_online_features(features=features, entity_rows=entity_rows)
-        except FeastObjectNotFoundException as exc:
-            raise not_registered from exc
-    values = response.to_dict()
-    names = list(response.proto.metadata.feature_names.val)
-    statuses = {name: response.proto.results[i].statuses for i, name in enumerate(names)}
-    rows, missing = [], []
-    for index, entity_id in enumerate(ids):
-        # sqlite marks an unknown id NOT_FOUND, Redis marks it PRESENT with every value null. A stored
-        # row always has a value (rows with every feature empty are not stored), so both mean "missing".
-        found = any(
-            statuses[c][index] == FieldStatus.PRESENT and values[c][index] is not None for c in spec.feature_columns
-        )
-        if found:
-            rows.append({spec.entity_column: entity_id, **{c: values[c][index] for c in spec.feature_columns}})
-        else:
-            missing.append(entity_id)
-    return OnlineFeatures(rows=rows, missing=missing)
-
-
-# One FeatureStore per thread and store settings: building one reads the registry and opens
-# the online store (milliseconds per request otherwise), and Feast's sqlite online store keeps
-# one connection per store that concurrent requests must not share.
-_ONLINE_STORES = threading.local()
-_ONLINE_STORES_PER_THREAD = 8
-
-
-def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore:
-    """This thread's cached FeatureStore for these settings (built on first use).
-
-    A registry applied later (a new or changed feature view) is still seen: Feast's file
-    registry, in its default ``sync`` cache mode, re-reads the file whenever its modification
-    time changed, and :func:`online_features` also refreshes once when a view is not found.
-    """
-    from feast import FeatureStore
-
-    # With the registry file's identity: a workspace deleted and built again (a notebook, a test)
-    # gets a new store, not one holding a connection to the deleted online database. Feast
-    # rewrites the registry in place, so applying definitions keeps the same store.
-    registry = feast_root(workspace) / "registry.db"
-    identity = registry.stat() if registry.exists() else None
-    key = json.dumps(
-        [store_settings(feast, workspace), identity and [identity.st_dev, identity.st_ino]], sort_keys=True
-    )
-    stores: OrderedDict[str, FeatureStore] | None = getattr(_ONLINE_STORES, "stores", None)
-    if stores is None:
-        stores = _ONLINE_STORES.stores = OrderedDict()
-    store = stores.get(key)
-    if store is None:
-        store = FeatureStore(config=repo_config(feast, workspace))
-        stores[key] = store
-        while len(stores) > _ONLINE_STORES_PER_THREAD:
-            stores.popitem(last=False)  # least recently used; its connection closes with it
-    else:
-        _restore_feast_sqlite_timestamps()  # repo_config does this for a new store
-    stores.move_to_end(key)
-    return store
-
-
-def _typed_ids(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec) -> list[Any]:
-    typed: list[Any] = []
-    for entity_id in entity_ids:
-        if feast.entity_type == "string":
-            typed.append(str(entity_id))
-            continue
-        try:
-            if isinstance(entity_id, bool) or int(entity_id) != entity_id:
-                raise ValueError
-        except (TypeError, ValueError):
-            raise DataError(
-                f"entity id {entity_id!r} for column {spec.entity_column!r} is not an integer "
-                "(feast.entity_type is 'int64')"
-            ) from None
-        typed.append(int(entity_id))
-    return typed

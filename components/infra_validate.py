@@ -31,12 +31,11 @@ from pydantic import BaseModel, Field
 from components.common.errors import DataError, DeployError
 from components.common.io import read_table, write_json
 from components.common.logs import get_logger
+from components.common.registry import INFRA_BLESSED_TAG, redact_uri
 from components.specs import DatasetSpec, ServingSpec
-from serving import redact_uri
 
 logger = get_logger("infra_validate")
 
-INFRA_BLESSED_TAG = "ctpipe.infra_blessed"
 REQUEST_TIMEOUT = 30.0
 
 
@@ -197,7 +196,7 @@ def infra_validate(
     Raises:
         DataError: The evaluation data cannot be read or has no complete row.
     """
-    from serving.server import start_sandbox_server, stop_sandbox_server
+    from components.common.server_process import start_sandbox_server, stop_sandbox_server
 
     version = str(version)
     settings = serving.infra_validation

@@ -13,6 +13,7 @@ from pydantic import BaseModel
 from components.common.errors import DataError
 from components.common.io import frame_sha256, read_table, write_parquet
 from components.common.logs import get_logger
+from components.common.timestamps import parse_string_timestamps
 from components.specs import DatasetSpec
 
 logger = get_logger("ingest")
@@ -75,18 +76,13 @@ def parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series
             "(datetimes or ISO-8601 strings); convert epoch numbers to datetimes before ingesting"
         )
     else:
-        parsed = pd.to_datetime(raw, utc=True, errors="coerce", format="ISO8601")
-        retry = parsed.isna() & raw.notna()
-        if retry.any():
-            # Non-ISO spellings ("05/01/2026 10:00", date objects): parse only those, leniently.
-            parsed = parsed.where(~retry, pd.to_datetime(raw[retry], utc=True, errors="coerce", format="mixed"))
-    bad = parsed.isna() & raw.notna()
-    if bad.any():
-        example = raw[bad].head(1).tolist()[0]
-        raise DataError(
-            f"{source}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps, "
-            f"e.g. {example!r} in row {int(bad.to_numpy().nonzero()[0][0])}"
-        )
+        parsed, bad = parse_string_timestamps(raw)
+        if bad.any():
+            example = raw[bad].head(1).tolist()[0]
+            raise DataError(
+                f"{source}: column {column!r} has {int(bad.sum())} value(s) that are not timestamps, "
+                f"e.g. {example!r} in row {int(bad.to_numpy().nonzero()[0][0])}"
+            )
     if parsed.isna().any():
         first = int(parsed.isna().to_numpy().nonzero()[0][0])
         raise DataError(

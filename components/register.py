@@ -1,46 +1,15 @@
-"""Register candidates in the MLflow model registry and move the ``champion`` alias safely.
+"""Register candidates in the MLflow model registry with their lineage, and trace that lineage back.
 
-Aliases, not stages (deprecated in MLflow 3), mark roles:
-
-- ``challenger``: the newest blessed version, waiting for promotion (e.g. after a canary);
-- ``champion``: the version that serves.
-
-Safety rules:
-
-- every version carries ``ctpipe.blessed`` (``true``/``false``) from the moment it is created,
-  before any alias can point at it;
-- only a blessed version gets ``challenger``, and ``promote`` refuses an unblessed version;
-- each promotion pushes the previous champion onto a history kept in the registered-model
-  tag ``ctpipe.champion_history`` (a JSON list of versions, oldest first), so ``rollback``
-  can step back one promotion at a time.
-
-Registry writes are safe against races and crashes:
-
-- every alias move (``register``'s challenger, ``promote``, ``rollback``) happens under a
-  registry lock: a registered model ``<name>.ctpipe-lock`` whose creation is atomic in every
-  MLflow backend (sqlite, PostgreSQL behind a server), so two training runs cannot interleave
-  their read-check-write of the aliases. A lock left by a crashed holder is broken when its
-  process is gone (same host) or after ``LOCK_STALE_SECONDS``;
-- under the lock an alias is only pointed at a version that the registry itself reports as
-  ``READY`` and tagged ``ctpipe.blessed=true`` (re-read, not taken from the caller), and
-  ``challenger`` never moves back to an older version than the blessed one it holds, so
-  racing registrations end with the newest blessed candidate as challenger;
-- writes are ordered so that a crash between any two of them leaves no alias on an
-  unblessed version: a new version is created with its blessing tag in the same call; an
-  alias is removed before its version is marked unblessed, and set only after it is marked
-  blessed.
+A version is created once per training run, carrying ``ctpipe.blessed`` from the moment it
+exists; a blessed one becomes ``challenger`` under the registry lock. The alias rules and
+the operations that move aliases (``promote``, ``rollback``) are in
+:mod:`components.common.registry`.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
-import random
-import socket
 import time
-import uuid
-from collections.abc import Iterator
 from typing import Any
 
 from pydantic import BaseModel, Field
@@ -48,47 +17,32 @@ from pydantic import BaseModel, Field
 from components.common import tracking
 from components.common.errors import CtpipeError, ModelNotFound
 from components.common.logs import get_logger
-from components.train import quiet_mlflow
+from components.common.registry import (
+    BLESSED_TAG,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    CODE_VERSION_TAG,
+    CONFIG_HASH_TAG,
+    DATA_SNAPSHOT_TAG,
+    FEATURES_TAG,
+    PIPELINE_RUN_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    RESERVED_TAGS,
+    RUN_ID_TAG,
+    TRAINING_SET_HASH_TAG,
+    aliases_of,
+    blessing,
+    get_version,
+    is_missing,
+    registered_model,
+    registry_lock,
+    set_alias,
+    suite_hash_of,
+)
 
 log = get_logger("register")
 
-CHAMPION = "champion"
-CHALLENGER = "challenger"
-BLESSED_TAG = "ctpipe.blessed"
-RUN_ID_TAG = "ctpipe.run_id"
-#: Model-version tag: the champion version this version replaced when promoted ("" if none).
-PREVIOUS_CHAMPION_TAG = "ctpipe.previous_champion"
-#: Model-version tag set on a version that lost the champion alias through a rollback.
-ROLLED_BACK_TAG = "ctpipe.rolled_back"
-#: Registered-model tag: JSON list of previous champion versions, oldest first.
-HISTORY_TAG = "ctpipe.champion_history"
-_RESERVED_TAGS = (BLESSED_TAG, RUN_ID_TAG, PREVIOUS_CHAMPION_TAG, ROLLED_BACK_TAG)
 _READY_TIMEOUT_SECONDS = 300
-# Lineage tags the training pipeline writes on every version (pipelines/kfp_components.register).
-PIPELINE_RUN_TAG = "pipeline_run"
-DATA_SNAPSHOT_TAG = "data_snapshot"
-SUITE_HASH_TAG = "suite_hash"
-CONFIG_HASH_TAG = "config_hash"
-CODE_VERSION_TAG = "code_version"
-#: Suffix of the registered model that serves as the registry lock of a model.
-LOCK_SUFFIX = ".ctpipe-lock"
-_LOCK_HOLDER_TAG = "ctpipe.lock_holder"
-_LOCK_SINCE_TAG = "ctpipe.lock_acquired_at"
-#: A lock held longer than this is considered left behind by a crash and broken.
-LOCK_STALE_SECONDS = 120.0
-#: How long a writer waits for the lock before giving up.
-LOCK_WAIT_SECONDS = 300.0
-
-
-class ModelRef(BaseModel):
-    """A registered model version found through an alias (``found`` False if there is none)."""
-
-    name: str
-    found: bool
-    version: str | None = None
-    model_uri: str | None = None
-    run_id: str | None = None
-    alias: str | None = None
 
 
 class RegisterResult(BaseModel):
@@ -101,203 +55,10 @@ class RegisterResult(BaseModel):
     created: bool
 
 
-class AliasChange(BaseModel):
-    """Which version an alias pointed to before and after a promotion or rollback."""
-
-    name: str
-    alias: str
-    previous: str | None
-    current: str | None
-
-
-def _client(tracking_uri: str) -> Any:
-    quiet_mlflow()
-    return tracking.registry_client(tracking_uri)
-
-
-def _is_missing(exc: Exception) -> bool:
-    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
-
-
-def _registered_model(client: Any, model_name: str) -> Any | None:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_registered_model(model_name)
-    except MlflowException as exc:
-        if _is_missing(exc):
-            return None
-        raise
-
-
-def _aliases(client: Any, model_name: str) -> dict[str, str]:
-    model = _registered_model(client, model_name)
-    return {str(k): str(v) for k, v in (model.aliases or {}).items()} if model is not None else {}
-
-
-def _version(client: Any, model_name: str, version: str) -> Any:
-    from mlflow.exceptions import MlflowException
-
-    try:
-        return client.get_model_version(model_name, version)
-    except MlflowException as exc:
-        if _is_missing(exc):
-            raise ModelNotFound(f"model {model_name!r} has no version {version}") from exc
-        raise
-
-
-def _history(client: Any, model_name: str) -> list[str]:
-    model = _registered_model(client, model_name)
-    raw = (model.tags or {}).get(HISTORY_TAG) if model is not None else None
-    if not raw:
-        return []
-    try:
-        history = json.loads(raw)
-    except json.JSONDecodeError as exc:
-        raise CtpipeError(f"model {model_name!r}: tag {HISTORY_TAG} is not valid JSON: {raw!r}") from exc
-    return [str(version) for version in history]
-
-
-def _blessing(version: Any) -> str:
-    return str((version.tags or {}).get(BLESSED_TAG, "missing"))
-
-
-def _holder_alive(holder: str) -> bool:
-    """False only when the holder ran on this host and its process is gone."""
-    host, _, rest = holder.partition("|")
-    pid_text = rest.partition("|")[0]
-    if host != socket.gethostname() or not pid_text.isdigit():
-        return True
-    try:
-        os.kill(int(pid_text), 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-def _break_if_stale(client: Any, lock_name: str) -> None:
-    from mlflow.exceptions import MlflowException
-
-    lock = _registered_model(client, lock_name)
-    if lock is None:
-        return
-    tags = lock.tags or {}
-    holder = tags.get(_LOCK_HOLDER_TAG, "")
-    try:
-        age = time.time() - float(tags.get(_LOCK_SINCE_TAG, "0"))
-    except ValueError:
-        age = LOCK_STALE_SECONDS + 1
-    if age <= LOCK_STALE_SECONDS and _holder_alive(holder):
-        return
-    log.warning("breaking a stale registry lock", extra={"lock": lock_name, "holder": holder, "age": round(age, 1)})
-    try:
-        client.delete_registered_model(lock_name)
-    except MlflowException as exc:
-        if not _is_missing(exc):
-            raise
-
-
-@contextlib.contextmanager
-def registry_lock(client: Any, model_name: str, wait_seconds: float | None = None) -> Iterator[str]:
-    """Hold the registry lock of ``model_name`` (the registered model ``<name>.ctpipe-lock``).
-
-    Creating a registered model fails for the second of two creators in every MLflow backend,
-    which makes it a lock that works the same on sqlite and on a tracking server.
-
-    Args:
-        client: An ``MlflowClient``.
-        model_name: The model whose aliases are about to change.
-        wait_seconds: Give up after this long; default ``LOCK_WAIT_SECONDS``.
-
-    Yields:
-        The holder id written on the lock.
-
-    Raises:
-        CtpipeError: The lock stayed taken for ``wait_seconds``.
-    """
-    from mlflow.exceptions import MlflowException
-
-    lock_name = f"{model_name}{LOCK_SUFFIX}"
-    holder = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
-    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds)
-    while True:
-        try:
-            client.create_registered_model(
-                lock_name,
-                tags={_LOCK_HOLDER_TAG: holder, _LOCK_SINCE_TAG: f"{time.time():.3f}"},
-                description=f"ctpipe registry lock of {model_name!r} (not a model; deleted when released)",
-            )
-            break
-        except MlflowException as exc:
-            # "Not found" from a create: the insert clashed with the holder's lock, which was released
-            # before MLflow's store read it back to report the clash. Taken either way: retry.
-            taken = getattr(exc, "error_code", "") in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
-            if not taken and not _is_missing(exc):
-                raise
-        _break_if_stale(client, lock_name)
-        if time.monotonic() > deadline:
-            raise CtpipeError(
-                f"registry lock {lock_name!r} stayed taken for {wait_seconds or LOCK_WAIT_SECONDS:.0f}s",
-                hint="Another training run or promotion is writing; if none is, delete that registered model.",
-            )
-        time.sleep(random.uniform(0.05, 0.25))
-    try:
-        yield holder
-    finally:
-        lock = _registered_model(client, lock_name)
-        # Never release a lock someone else took after breaking ours as stale.
-        if lock is not None and (lock.tags or {}).get(_LOCK_HOLDER_TAG) == holder:
-            try:
-                client.delete_registered_model(lock_name)
-            except MlflowException as exc:
-                if not _is_missing(exc):
-                    raise
-
-
-def _set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
-    """Point ``alias`` at ``version``, which the registry must report READY and blessed right now."""
-    current = _version(client, model_name, version)
-    if current.status != "READY" or _blessing(current) != "true":
-        raise CtpipeError(
-            f"refusing to point {model_name}@{alias} at version {version}: it is {current.status} "
-            f"with {BLESSED_TAG}={_blessing(current)!r}"
-        )
-    client.set_registered_model_alias(model_name, alias, version)
-
-
-def resolve_alias(model_name: str, alias: str, tracking_uri: str) -> ModelRef:
-    """Resolve ``alias`` of a registered model to a fixed version.
-
-    Args:
-        model_name: Registered model name.
-        alias: Alias, e.g. ``champion``.
-        tracking_uri: MLflow tracking (and registry) URI.
-
-    Returns:
-        The version with ``model_uri`` ``models:/NAME/VERSION``, or ``found=False`` when the
-        model or the alias does not exist.
-    """
-    client = _client(tracking_uri)
-    version = _aliases(client, model_name).get(alias)
-    if version is None:
-        return ModelRef(name=model_name, found=False, alias=alias)
-    model_version = _version(client, model_name, version)
-    return ModelRef(
-        name=model_name,
-        found=True,
-        version=str(model_version.version),
-        model_uri=f"models:/{model_name}/{model_version.version}",
-        run_id=model_version.run_id,
-        alias=alias,
-    )
-
-
 def _ensure_registered_model(client: Any, model_name: str) -> None:
     from mlflow.exceptions import MlflowException
 
-    if _registered_model(client, model_name) is not None:
+    if registered_model(client, model_name) is not None:
         return
     try:
         client.create_registered_model(model_name)
@@ -377,13 +138,13 @@ def register(
             registration failed, or an unblessed decision targets the serving champion.
     """
     lineage = {str(key): str(value) for key, value in (lineage or {}).items()}
-    clashes = sorted(set(lineage) & set(_RESERVED_TAGS))
+    clashes = sorted(set(lineage) & set(RESERVED_TAGS))
     if clashes:
         raise CtpipeError(f"lineage keys {clashes} are reserved for ctpipe's own version tags")
-    blessing = str(blessed).lower()
-    tags = {**lineage, BLESSED_TAG: blessing, RUN_ID_TAG: run_id}
+    blessed_tag = str(blessed).lower()
+    tags = {**lineage, BLESSED_TAG: blessed_tag, RUN_ID_TAG: run_id}
 
-    client = _client(tracking_uri)
+    client = tracking.registry_client(tracking_uri)
     _ensure_registered_model(client, model_name)
     existing = _existing_version(client, model_name, run_id)
     if existing is None:
@@ -397,36 +158,36 @@ def register(
                 client.set_model_version_tag(model_name, version, key, value)
         if blessed:
             # Blessed first, alias after (below): no alias ever sees a stale "false".
-            client.set_model_version_tag(model_name, version, BLESSED_TAG, blessing)
+            client.set_model_version_tag(model_name, version, BLESSED_TAG, blessed_tag)
     _wait_ready(client, model_name, version)
 
     with registry_lock(client, model_name):
-        aliases = _aliases(client, model_name)
+        aliases = aliases_of(client, model_name)
         if blessed:
-            holder = aliases.get(CHALLENGER)
+            holder = aliases.get(CHALLENGER_ALIAS)
             if (
                 holder is not None
                 and int(holder) > int(version)
-                and _blessing(_version(client, model_name, holder)) == "true"
+                and blessing(get_version(client, model_name, holder)) == "true"
             ):
                 log.info(
                     "a newer blessed challenger is waiting; leaving it",
                     extra={"model": model_name, "version": version, "challenger": holder},
                 )
             else:
-                _set_alias(client, model_name, CHALLENGER, version)
+                set_alias(client, model_name, CHALLENGER_ALIAS, version)
         elif not created:
-            if aliases.get(CHAMPION) == version:
+            if aliases.get(CHAMPION_ALIAS) == version:
                 raise CtpipeError(
-                    f"model {model_name!r} version {version} serves as {CHAMPION}; "
+                    f"model {model_name!r} version {version} serves as {CHAMPION_ALIAS}; "
                     "refusing to mark it unblessed in place",
                     hint="Roll back or promote another version first.",
                 )
             # Alias off first, then the tag: a crash in between leaves a blessed version without alias.
-            if aliases.get(CHALLENGER) == version:
-                client.delete_registered_model_alias(model_name, CHALLENGER)
-            client.set_model_version_tag(model_name, version, BLESSED_TAG, blessing)
-        final_aliases = sorted(alias for alias, v in _aliases(client, model_name).items() if v == version)
+            if aliases.get(CHALLENGER_ALIAS) == version:
+                client.delete_registered_model_alias(model_name, CHALLENGER_ALIAS)
+            client.set_model_version_tag(model_name, version, BLESSED_TAG, blessed_tag)
+        final_aliases = sorted(alias for alias, v in aliases_of(client, model_name).items() if v == version)
     log.info(
         "registered",
         extra={
@@ -438,119 +199,6 @@ def register(
         },
     )
     return RegisterResult(name=model_name, version=version, blessed=blessed, aliases=final_aliases, created=created)
-
-
-def promote(model_name: str, tracking_uri: str, version: str | None = None) -> AliasChange:
-    """Make a blessed version the ``champion``; by default the current ``challenger``.
-
-    The replaced champion is recorded in the new version's ``ctpipe.previous_champion`` tag
-    and pushed onto the model's ``ctpipe.champion_history`` before the alias moves. The
-    ``challenger`` alias is removed when it pointed to the promoted version. Promoting the
-    current champion again changes nothing.
-
-    Args:
-        model_name: Registered model name.
-        tracking_uri: MLflow tracking (and registry) URI.
-        version: Version to promote; defaults to the ``challenger``.
-
-    Returns:
-        The champion alias before and after.
-
-    Raises:
-        ModelNotFound: The model, version or challenger alias does not exist.
-        CtpipeError: The version is not blessed.
-    """
-    client = _client(tracking_uri)
-    if _registered_model(client, model_name) is None:
-        raise ModelNotFound(f"no registered model named {model_name!r}")
-    with registry_lock(client, model_name):
-        return _promote_locked(client, model_name, version)
-
-
-def _promote_locked(client: Any, model_name: str, version: str | None) -> AliasChange:
-    aliases = _aliases(client, model_name)
-    if version is None:
-        version = aliases.get(CHALLENGER)
-        if version is None:
-            raise ModelNotFound(
-                f"model {model_name!r} has no {CHALLENGER} alias to promote",
-                hint="Register a blessed version first, or pass the version explicitly.",
-            )
-    version = str(version)
-    model_version = _version(client, model_name, version)
-    if _blessing(model_version) != "true":
-        raise CtpipeError(
-            f"refusing to make model {model_name!r} version {version} {CHAMPION}: "
-            f"its {BLESSED_TAG} tag is {_blessing(model_version)!r}, not 'true'",
-            hint="Only versions that passed evaluation can serve; retrain or promote a blessed version.",
-        )
-    previous = aliases.get(CHAMPION)
-    if previous != version:
-        client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, previous or "")
-        if previous is not None:
-            history = _history(client, model_name)
-            client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps([*history, previous]))
-        _set_alias(client, model_name, CHAMPION, version)
-    if aliases.get(CHALLENGER) == version:
-        client.delete_registered_model_alias(model_name, CHALLENGER)
-    log.info("promoted", extra={"model": model_name, "previous": previous, "current": version})
-    return AliasChange(name=model_name, alias=CHAMPION, previous=previous, current=version)
-
-
-def rollback(model_name: str, tracking_uri: str) -> AliasChange:
-    """Point ``champion`` back at the version it had before the last promotion.
-
-    Steps back one promotion per call, so two rollbacks undo two promotions. History entries
-    equal to the current champion (left by an interrupted promotion) or whose version was
-    deleted are skipped. The demoted version gets the tag ``ctpipe.rolled_back=true``.
-
-    Args:
-        model_name: Registered model name.
-        tracking_uri: MLflow tracking (and registry) URI.
-
-    Returns:
-        The champion alias before and after.
-
-    Raises:
-        ModelNotFound: The model has no champion, or no previous champion is recorded.
-    """
-    client = _client(tracking_uri)
-    if _registered_model(client, model_name) is None:
-        raise ModelNotFound(f"no registered model named {model_name!r}")
-    with registry_lock(client, model_name):
-        return _rollback_locked(client, model_name)
-
-
-def _rollback_locked(client: Any, model_name: str) -> AliasChange:
-    current = _aliases(client, model_name).get(CHAMPION)
-    if current is None:
-        raise ModelNotFound(f"model {model_name!r} has no {CHAMPION} alias, so there is nothing to roll back")
-    history = _history(client, model_name)
-    target: str | None = None
-    while history and target is None:
-        candidate = history.pop()
-        if candidate == current:
-            continue
-        try:
-            _version(client, model_name, candidate)
-        except ModelNotFound:
-            log.warning(
-                "skipping deleted version in champion history", extra={"model": model_name, "version": candidate}
-            )
-            continue
-        target = candidate
-    if target is None:
-        raise ModelNotFound(
-            f"model {model_name!r}: no previous {CHAMPION} is recorded to roll back to "
-            f"(the {CHAMPION} is version {current})",
-            hint="Promote an earlier version explicitly with promote(..., version=...).",
-        )
-    # Alias first: if the history write is lost, the next rollback skips the entry equal to the champion.
-    _set_alias(client, model_name, CHAMPION, target)
-    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history))
-    client.set_model_version_tag(model_name, current, ROLLED_BACK_TAG, "true")
-    log.info("rolled back", extra={"model": model_name, "previous": current, "current": target})
-    return AliasChange(name=model_name, alias=CHAMPION, previous=current, current=target)
 
 
 class LineageLink(BaseModel):
@@ -597,15 +245,12 @@ def lineage(model_name: str, version: str, tracking_uri: str) -> Lineage:
     """
     from mlflow.exceptions import MlflowException
 
-    from components.train import FEATURES_TAG, TRAINING_SET_HASH_TAG
-    from components.train import SUITE_HASH_TAG as RUN_SUITE_HASH_TAG
-
-    client = _client(tracking_uri)
-    if _registered_model(client, model_name) is None:
+    client = tracking.registry_client(tracking_uri)
+    if registered_model(client, model_name) is None:
         raise ModelNotFound(f"no registered model named {model_name!r}")
-    model_version = _version(client, model_name, str(version))
+    model_version = get_version(client, model_name, str(version))
     tags = dict(model_version.tags or {})
-    aliases = sorted(alias for alias, v in _aliases(client, model_name).items() if v == str(model_version.version))
+    aliases = sorted(alias for alias, v in aliases_of(client, model_name).items() if v == str(model_version.version))
     model_details = {
         "blessed": tags.get(BLESSED_TAG, "missing"),
         "aliases": ",".join(aliases) or "none",
@@ -621,7 +266,7 @@ def lineage(model_name: str, version: str, tracking_uri: str) -> Lineage:
         try:
             run = client.get_run(run_id)
         except MlflowException as exc:
-            if not _is_missing(exc):
+            if not is_missing(exc):
                 raise
             run_details["missing"] = "the run was deleted"
         else:
@@ -640,9 +285,8 @@ def lineage(model_name: str, version: str, tracking_uri: str) -> Lineage:
         return tags.get(key) or run_tags.get(key) or None
 
     data_details = {"training_set_sha256": run_tags[TRAINING_SET_HASH_TAG]} if TRAINING_SET_HASH_TAG in run_tags else {}
-    suite_details = {"file_sha256": run_tags[RUN_SUITE_HASH_TAG]} if RUN_SUITE_HASH_TAG in run_tags else {}
-    if run_id and RUN_SUITE_HASH_TAG in run_tags:
-        suite_details["artifact"] = f"runs:/{run_id}/{tracking.SUITE_ARTIFACT}"
+    # train logs the suite (and tags its hash) only when it was given one.
+    suite_details = {"artifact": f"runs:/{run_id}/{tracking.SUITE_ARTIFACT}"} if suite_hash_of(run_tags) else {}
     config_details = {
         "code_version": tag(CODE_VERSION_TAG) or "unknown",
         "pipeline_run": tag(PIPELINE_RUN_TAG) or "unknown",
@@ -651,7 +295,7 @@ def lineage(model_name: str, version: str, tracking_uri: str) -> Lineage:
         LineageLink(kind="model", id=f"{model_name}/{model_version.version}", details=model_details),
         LineageLink(kind="run", id=run_id, details=run_details),
         LineageLink(kind="data snapshot", id=tag(DATA_SNAPSHOT_TAG), details=data_details),
-        LineageLink(kind="suite", id=tag(SUITE_HASH_TAG), details=suite_details),
+        LineageLink(kind="suite", id=suite_hash_of(tags) or suite_hash_of(run_tags), details=suite_details),
         LineageLink(kind="config", id=tag(CONFIG_HASH_TAG), details=config_details),
     ]
     return Lineage(name=model_name, version=str(model_version.version), chain=chain)

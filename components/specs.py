@@ -50,7 +50,7 @@ def import_object(path: str) -> Any:
 
 
 class ValidationSpec(StrictModel):
-    """How the schema suite is inferred from a training snapshot (``validate.infer_suite``)."""
+    """How the schema suite is inferred from a training snapshot (``suites.infer_suite``)."""
 
     tolerance: float = Field(
         default=0.1,

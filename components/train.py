@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import shutil
 import tempfile
 import time
@@ -31,8 +30,12 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from components.common import tracking
 from components.common.errors import ConfigError, DataError
-from components.common.io import file_sha256, frame_sha256, read_table, write_parquet
+from components.common.io import frame_sha256, read_table, write_parquet
 from components.common.logs import get_logger
+from components.common.model_input import positive_scores, prepare_features, require_columns
+from components.common.registry import FEATURES_TAG, SUITE_HASH_TAG, TRAINING_SET_HASH_TAG
+from components.common.suites import load_suite, suite_hash
+from components.common.timestamps import parse_string_timestamps
 from components.specs import DatasetSpec, ModelSpec, SearchSpec, import_object
 
 log = get_logger("train")
@@ -43,10 +46,6 @@ REFERENCE_MAX_ROWS = 20_000
 INPUT_EXAMPLE_ROWS = 5
 #: Estimator modules whose models split on thresholds, so scaling numeric features is pointless.
 _TREE_MODULES = ("sklearn.tree", "sklearn.ensemble", "xgboost", "lightgbm", "catboost")
-#: Run tag names written by ``train`` (the caller's ``tags`` are added as given).
-FEATURES_TAG = "ctpipe.features"
-SUITE_HASH_TAG = "ctpipe.suite_sha256"
-TRAINING_SET_HASH_TAG = "ctpipe.training_set_sha256"
 
 
 class TrainResult(BaseModel):
@@ -66,66 +65,17 @@ class TrainResult(BaseModel):
     params: dict[str, Any] = Field(default_factory=dict, description="Estimator parameters of the final model.")
 
 
-def quiet_mlflow() -> None:
-    """Turn off MLflow telemetry and download progress bars unless the caller chose otherwise."""
-    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
-    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
-
-def require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
-    """Raise DataError naming every column of ``columns`` that ``frame`` lacks.
-
-    Args:
-        frame: The table to check.
-        columns: Columns it must have.
-        what: Name of the table for the message, e.g. ``"training set train.parquet"``.
-    """
-    missing = [column for column in dict.fromkeys(columns) if column not in frame.columns]
-    if missing:
-        raise DataError(
-            f"{what} lacks column(s) {missing}; it has {list(frame.columns)}",
-            hint="Check the dataset section of the config against the data.",
-        )
-
-
-def prepare_features(frame: pd.DataFrame, spec: DatasetSpec, columns: list[str] | None = None) -> pd.DataFrame:
-    """The feature columns as the model sees them: numeric as float64, missing categories as NaN.
-
-    Float numeric columns keep the model signature valid for missing values, and turning
-    ``None`` into NaN lets the categorical imputer see every missing value.
-
-    Args:
-        frame: Rows with at least the feature columns.
-        spec: Dataset spec naming numeric and categorical features.
-        columns: Feature columns to select, defaults to ``spec.feature_columns``.
-
-    Returns:
-        A new frame with only the feature columns, in order.
-    """
-    columns = list(columns if columns is not None else spec.feature_columns)
-    require_columns(frame, columns, "data")
-    features = frame[columns].copy()
-    numeric = set(spec.numeric_features)
-    for column in columns:
-        if column in numeric:
-            try:
-                features[column] = pd.to_numeric(features[column]).astype("float64")
-            except (ValueError, TypeError) as exc:
-                raise DataError(f"numeric feature {column!r} has non-numeric values: {exc}") from exc
-        elif column in spec.categorical_features:
-            values = features[column].astype(object)
-            features[column] = values.where(values.notna(), np.nan)
-    return features
-
-
 def _sort_key(frame: pd.DataFrame, spec: DatasetSpec) -> pd.Series:
     timestamps = frame[spec.timestamp_column]
     if pd.api.types.is_datetime64_any_dtype(timestamps) or pd.api.types.is_numeric_dtype(timestamps):
         return timestamps
-    try:
-        return pd.to_datetime(timestamps, utc=True)
-    except (ValueError, TypeError) as exc:
-        raise DataError(f"timestamp column {spec.timestamp_column!r} has values that are not times: {exc}") from exc
+    parsed, bad = parse_string_timestamps(timestamps)
+    if bad.any():
+        raise DataError(
+            f"timestamp column {spec.timestamp_column!r} has values that are not times, "
+            f"e.g. {timestamps[bad].head(3).tolist()}"
+        )
+    return parsed
 
 
 def split_by_time(frame: pd.DataFrame, spec: DatasetSpec, eval_fraction: float) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -237,11 +187,6 @@ def _check_label(frame: pd.DataFrame, spec: DatasetSpec, what: str) -> None:
             )
     elif not pd.api.types.is_numeric_dtype(labels):
         raise DataError(f"{what}: label column {spec.label_column!r} is {labels.dtype}; regression needs numbers")
-
-
-def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
-    """Probability of the positive class (the last of ``model.classes_``) for each row."""
-    return np.asarray(model.predict_proba(features))[:, -1]
 
 
 def basic_metrics(model: Any, features: pd.DataFrame, labels: pd.Series, task: str) -> dict[str, float]:
@@ -408,7 +353,7 @@ def train(
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    quiet_mlflow()
+    tracking.quiet_mlflow()
     started = time.perf_counter()
     frame = read_table(training_set_path)
     what = f"training set {training_set_path}"
@@ -439,7 +384,7 @@ def train(
 
     run_tags = {FEATURES_TAG: json.dumps(spec.feature_columns), TRAINING_SET_HASH_TAG: frame_sha256(frame)}
     if suite_path is not None:
-        run_tags[SUITE_HASH_TAG] = file_sha256(suite_path)
+        run_tags[SUITE_HASH_TAG] = suite_hash(load_suite(suite_path))
     run_tags.update(tags or {})
 
     experiment_id = tracking.ensure_experiment(experiment, tracking_uri)
@@ -518,8 +463,6 @@ __all__ = [
     "TrainResult",
     "basic_metrics",
     "build_pipeline",
-    "positive_scores",
-    "prepare_features",
     "search_params",
     "split_by_time",
     "train",

@@ -3,14 +3,14 @@
 Usage: ``python feature_repo/render.py [CONFIG] > feature_repo/feature_store.yaml``; CONFIG
 defaults to ``ctpipe.yaml`` (or ``CTPIPE_CONFIG``). Paths are written relative to this
 folder, where the Feast CLI runs. The pipelines never read the file: they build the same
-settings in code (``components.fetch_features.store_settings``).
+settings in code (``components.common.feast.store_settings``).
 """
 
 import os
 import sys
 from pathlib import Path
 
-from components.fetch_features import feature_store_yaml
+from components.common.feast import feature_store_yaml
 from pipelines.config import load_config
 
 HERE = Path(__file__).resolve().parent

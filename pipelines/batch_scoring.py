@@ -27,11 +27,18 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         window_start: str = "",
         window_end: str = "",
         dataset: str = config.dataset.model_dump_json(),
+        serving: str = config.serving.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
         spark_master: str = config.infra.spark_master,
     ) -> Dataset:
         champion, snapshot = ops.champion_and_snapshot(
-            config.serving.model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
+            serving=serving,
+            tracking_uri=tracking_uri,
+            source=source,
+            source_fingerprint=source_fingerprint,
+            dataset=dataset,
+            window_start=window_start,
+            window_end=window_end,
         )
         # Scoring is keyed on the resolved version, never on the moving alias.
         scored = ops.batch_predict(

@@ -18,6 +18,11 @@ from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
 
+# The pipeline's outputs, declared once: KFP reads the annotation, the body returns an instance.
+CanaryAnalysisOutputs = NamedTuple(
+    "CanaryAnalysisOutputs", [("decision", str), ("result", Artifact), ("report", Markdown)]
+)
+
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
     """Return the canary analysis pipeline with every parameter defaulting to ``config``."""
@@ -35,9 +40,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         log_dir: str = str(config.workspace / "inference_log"),
         labels_path: str = "",
         act: bool = True,
-    ) -> NamedTuple(  # type: ignore[valid-type]
-        "CanaryAnalysisOutputs", [("decision", str), ("result", Artifact), ("report", Markdown)]
-    ):
+    ) -> CanaryAnalysisOutputs:
         analysed = ops.canary_analysis(
             serving=serving,
             dataset=dataset,
@@ -48,9 +51,6 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         )
         analysed.set_display_name("canary analysis")
         finish(config)  # never cached (it moves aliases), cluster settings
-        CanaryAnalysisOutputs = NamedTuple(
-            "CanaryAnalysisOutputs", [("decision", str), ("result", Artifact), ("report", Markdown)]
-        )
         return CanaryAnalysisOutputs(analysed.outputs["Output"], analysed.outputs["result"], analysed.outputs["report"])
 
     return canary_analysis

@@ -98,7 +98,7 @@ def _parse_params(pairs: tuple[str, ...]) -> dict[str, Any]:
 @click.option("--verbose", is_flag=True, help="Show tracebacks and task logs.")
 @click.pass_context
 def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
-    r"""ctpipe: continuous training on Kubeflow, runnable on one machine.
+    """ctpipe: continuous training on Kubeflow, runnable on one machine.
 
     \b
     Examples:
@@ -116,7 +116,7 @@ def main(ctx: click.Context, config_path: str, verbose: bool) -> None:
 
 @main.group()
 def data() -> None:
-    r"""Generate demo data.
+    """Generate demo data.
 
     \b
     Example:
@@ -134,13 +134,14 @@ def data() -> None:
 @click.pass_context
 @_friendly_errors
 def data_generate(ctx: click.Context, out: str | None, windows: int, rows: int, drift_from: int, seed: int) -> None:
-    r"""Write a deterministic synthetic churn dataset with optional drift.
+    """Write a deterministic synthetic churn dataset with optional drift.
 
     \b
     Example:
       ctpipe data generate --windows 4 --rows 5000 --drift-from 2
     """
-    from pipelines.demo_data import DriftSpec, generate, manifest_path
+    from pipelines.demo_data import DriftSpec, generate
+    from pipelines.windows import manifest_path
 
     target = out or _config(ctx).dataset.source
     drift = DriftSpec(start_window=drift_from or None)
@@ -157,7 +158,7 @@ def data_generate(ctx: click.Context, out: str | None, windows: int, rows: int, 
 @click.pass_context
 @_friendly_errors
 def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_json: bool) -> None:
-    r"""Compile the pipelines to KFP IR YAML (one file per pipeline).
+    """Compile the pipelines to KFP IR YAML (one file per pipeline).
 
     \b
     Example:
@@ -185,7 +186,7 @@ def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_jso
 def run_command(
     ctx: click.Context, pipeline: str, window: int | None, params: tuple[str, ...], no_cache: bool, as_json: bool
 ) -> None:
-    r"""Run a pipeline locally with kfp.local (SubprocessRunner, caching on).
+    """Run a pipeline locally with kfp.local (SubprocessRunner, caching on).
 
     \b
     Examples:
@@ -250,7 +251,7 @@ def submit_command(
     dry_run: bool,
     as_json: bool,
 ) -> None:
-    r"""Upload a pipeline to Kubeflow Pipelines as a new version and create a run or a recurring run.
+    """Upload a pipeline to Kubeflow Pipelines as a new version and create a run or a recurring run.
 
     The endpoint is infra.kfp_host or KF_PIPELINES_ENDPOINT; the token is read from the
     file infra.kfp.token_file or KF_PIPELINES_TOKEN_FILE (else the in-cluster token).
@@ -294,7 +295,7 @@ def submit_command(
 def loop_command(
     ctx: click.Context, window: int | None, params: tuple[str, ...], no_cache: bool, dry_run: bool, as_json: bool
 ) -> None:
-    r"""Monitor a window; on a retrain decision, train on it (embedded: here; cluster: a KFP run).
+    """Monitor a window; on a retrain decision, train on it (embedded: here; cluster: a KFP run).
 
     \b
     Examples:
@@ -323,10 +324,10 @@ def loop_command(
 
 def _alias_command(action: str) -> Callable[..., None]:
     def command(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
-        from components import register
+        from components.common import registry
 
         config = _config(ctx)
-        func = register.promote if action == "promote" else register.rollback
+        func = registry.promote if action == "promote" else registry.rollback
         change = func(config.serving.model_name, config.tracking_uri, **kwargs)
         if as_json:
             click.echo(change.model_dump_json())
@@ -343,7 +344,7 @@ def _alias_command(action: str) -> Callable[..., None]:
 @click.pass_context
 @_friendly_errors
 def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> None:
-    r"""Make the challenger (or --version) the champion; it then serves 100% of traffic.
+    """Make the challenger (or --version) the champion; it then serves 100% of traffic.
 
     \b
     Examples:
@@ -359,7 +360,7 @@ def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> N
 @click.pass_context
 @_friendly_errors
 def rollback_command(ctx: click.Context, as_json: bool) -> None:
-    r"""Return the champion alias (and all traffic) to the previous champion.
+    """Return the champion alias (and all traffic) to the previous champion.
 
     \b
     Example:
@@ -376,7 +377,7 @@ def rollback_command(ctx: click.Context, as_json: bool) -> None:
 @click.pass_context
 @_friendly_errors
 def lineage_command(ctx: click.Context, name: str, version: str, as_json: bool) -> None:
-    r"""Print where a model version came from: model ← run ← data snapshot ← suite ← config.
+    """Print where a model version came from: model ← run ← data snapshot ← suite ← config.
 
     \b
     Examples:
@@ -396,7 +397,7 @@ def lineage_command(ctx: click.Context, name: str, version: str, as_json: bool) 
 @click.pass_context
 @_friendly_errors
 def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
-    r"""Serve the champion (and a canary challenger) with the KServe model server on serving.host:port.
+    """Serve the champion (and a canary challenger) with the KServe model server on serving.host:port.
 
     \b
     Examples:
@@ -404,14 +405,15 @@ def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
       curl -s localhost:8080/v1/models/churn:predict -d '{"instances": [...]}'
       ctpipe serve --stop
     """
+    from components.common import server_process
     from serving import server
 
     config = _config(ctx)
     if stop:
-        stopped = server.stop_local_server(str(config.workspace))
+        stopped = server_process.stop_local_server(str(config.workspace))
         click.echo("stopped the local model server" if stopped else "no local model server was running")
     elif detach:
-        local = server.start_local_server(config.serving, config.tracking_uri, str(config.workspace))
+        local = server_process.start_local_server(config.serving, config.tracking_uri, str(config.workspace))
         click.echo(f"serving {config.serving.model_name} at {local.endpoint}")
     else:
         server.serve(config.serving.model_name, config.tracking_uri, config.serving.host, config.serving.port)
@@ -424,7 +426,7 @@ def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
 @click.pass_context
 @_friendly_errors
 def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
-    r"""Run the whole continuous-training loop on the embedded default.
+    """Run the whole continuous-training loop on the embedded default.
 
     Generates data, trains and serves a first champion, scores and monitors a drifted
     window, retrains, evaluates against the champion, rolls out a canary and promotes it.
@@ -445,7 +447,7 @@ def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
 @click.pass_context
 @_friendly_errors
 def config_command(ctx: click.Context) -> None:
-    r"""Validate the configuration file and print it with defaults filled in.
+    """Validate the configuration file and print it with defaults filled in.
 
     \b
     Example:

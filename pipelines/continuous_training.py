@@ -2,9 +2,10 @@
 
 monitoring → (if the decision is ``retrain``) the training DAG → (if blessed) canary, all
 inside an exit handler that writes a Markdown run summary whether the run succeeded or
-failed. The retrain branch reuses the monitored window's snapshot and the training DAG of
-:mod:`pipelines.training` (one DAG, built by ``add_training_tasks``), so the candidate is
-trained on exactly the newer data that triggered it.
+failed. Monitoring is built by :func:`pipelines.monitoring.add_monitoring_tasks` and the
+training DAG by :func:`pipelines.training.add_training_tasks`, the helpers the monitoring and
+training pipelines use, so each step gets the same arguments here as there. The retrain
+branch trains on the monitored window's snapshot: exactly the newer data that triggered it.
 
 It needs a champion to monitor against: train and promote a first model with the
 ``training`` pipeline.
@@ -18,6 +19,7 @@ from kfp import dsl
 
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
+from pipelines.monitoring import add_monitoring_tasks
 from pipelines.params import describe
 from pipelines.platform import finish
 from pipelines.training import add_training_tasks, lineage_defaults
@@ -49,6 +51,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         feast: str = config.feast.model_dump_json(),
         monitoring: str = config.monitoring.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
+        inference_log_dir: str = str(config.workspace / "inference_log"),
         workspace: str = str(config.workspace),
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
@@ -56,28 +59,27 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         lineage: dict = lineage_default,
         reports_dir: str = str(config.workspace / "reports"),
     ):
-        model_name = config.serving.model_name
         summary = ops.notify(pipeline=PIPELINE_NAME, reports_dir=reports_dir)
         summary.set_display_name("run summary")
         with dsl.ExitHandler(summary, name="monitor-then-retrain"):
-            champion, snapshot = ops.champion_and_snapshot(
-                model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
-            )
-            checked = ops.monitor(
-                current=snapshot.outputs["snapshot"],
+            monitored = add_monitoring_tasks(
+                ops,
+                serving=serving,
+                tracking_uri=tracking_uri,
+                source=source,
+                source_fingerprint=source_fingerprint,
                 dataset=dataset,
+                window_start=window_start,
+                window_end=window_end,
                 monitoring=monitoring,
                 evaluation=evaluation,
-                champion_run_id=champion.outputs["run_id"],
-                champion_uri=champion.outputs["model_uri"],
-                tracking_uri=tracking_uri,
+                inference_log_dir=inference_log_dir,
             )
-            with dsl.If(checked.outputs["Output"] == RETRAIN, name="drift-retrain"):
+            with dsl.If(monitored.monitor.outputs["Output"] == RETRAIN, name="drift-retrain"):
                 add_training_tasks(
                     ops,
-                    model_name,
-                    champion,
-                    snapshot,
+                    monitored.champion,
+                    monitored.snapshot,
                     dataset=dataset,
                     model=model,
                     evaluation=evaluation,
@@ -89,6 +91,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
                     serving_image=serving_image,
                     dry_run=dry_run,
                     lineage=lineage,
+                    reinfer_suite=False,  # drift is not an intended change: validate against the champion's suite
                 )
         finish(config)
 

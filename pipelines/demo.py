@@ -69,16 +69,12 @@ def _keep_report(report: RunReport, key: str, reports: Path, name: str) -> Path:
 
 def _reset_story(config: CtpipeConfig) -> None:
     """Start the story with no champion: stop the demo's server, clear aliases, traffic and history."""
-    from mlflow import MlflowClient
     from mlflow.exceptions import MlflowException
 
-    from components import register
-    from components.common import tracking
-    from serving import server
+    from components.common import registry, server_process, tracking
 
-    server.stop_local_server(str(config.workspace))
-    tracking.configure(config.tracking_uri)
-    client = MlflowClient()
+    server_process.stop_local_server(str(config.workspace))
+    client = tracking.registry_client(config.tracking_uri)
     name = config.serving.model_name
     try:
         model = client.get_registered_model(name)
@@ -87,7 +83,7 @@ def _reset_story(config: CtpipeConfig) -> None:
     for alias in model.aliases or {}:
         client.delete_registered_model_alias(name, alias)
     for tag in model.tags or {}:
-        if tag.startswith("ctpipe.") and tag != register.BLESSED_TAG:
+        if tag.startswith("ctpipe.") and tag != registry.BLESSED_TAG:
             client.delete_registered_model_tag(name, tag)
 
 
@@ -114,9 +110,8 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
     Returns:
         What the demo produced: versions, decision, paths and the endpoint.
     """
-    from components import register
+    from components.common import registry, server_process
     from components.deploy import wait_for_serving
-    from serving import server
 
     workspace = config.workspace
     reports = workspace / "reports"
@@ -144,7 +139,7 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
     _keep_report(first, "evaluation_report", reports, "window1-evaluation")
 
     _step(3, "Promote it to champion and serve it")
-    change = register.promote(name, config.tracking_uri)
+    change = registry.promote(name, config.tracking_uri)
     wait_for_serving(endpoint, name, first_version, None, timeout=30)
     _say(f"{name}@champion: {change.previous or '-'} → {change.current}; serving at {endpoint}")
 
@@ -184,12 +179,12 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
     _say(f"400 live requests: {dict(seen)} → challenger answered {share:.0f}%")
 
     _step(8, f"Promote version {second_version} to champion")
-    change = register.promote(name, config.tracking_uri)
+    change = registry.promote(name, config.tracking_uri)
     wait_for_serving(endpoint, name, second_version, None, timeout=30)
     _say(f"{name}@champion: {change.previous} → {change.current}; it now serves 100%")
 
     if not keep_serving:
-        server.stop_local_server(str(workspace))
+        server_process.stop_local_server(str(workspace))
     summary = {
         "champion": second_version,
         "previous_champion": first_version,

@@ -16,7 +16,6 @@ should not trigger retraining.
 
 from __future__ import annotations
 
-import json
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -24,7 +23,8 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from components.common.io import write_json, write_parquet
+from components.common.io import write_parquet
+from pipelines.windows import Window, write_manifest
 
 NUMERIC_FEATURES = [
     "tenure_months",
@@ -56,16 +56,6 @@ class DriftSpec:
     )
     # Multiplier on the effect of monthly charges: 1.0 keeps the concept unchanged.
     concept_shift: float = 3.0
-
-
-@dataclass(frozen=True)
-class Window:
-    """One time window of the generated data, [start, end)."""
-
-    window: int
-    start: str
-    end: str
-    rows: int
 
 
 def _window_frame(rng: np.random.Generator, window: int, rows: int, window_days: int, drift: DriftSpec) -> pd.DataFrame:
@@ -175,19 +165,5 @@ def generate(
         )
     output = Path(output)
     write_parquet(output, pd.concat(frames, ignore_index=True))
-    write_json(manifest_path(output), {"windows": [asdict(w) for w in manifest], "drift": asdict(drift)})
+    write_manifest(output, manifest, drift=asdict(drift))
     return manifest
-
-
-def manifest_path(source: str | Path) -> Path:
-    """Where ``generate`` writes the window manifest for a source file."""
-    source = Path(source)
-    return source.with_name(f"{source.stem}.windows.json")
-
-
-def load_windows(source: str | Path) -> list[Window]:
-    """Read the window manifest written beside a generated source file."""
-    path = manifest_path(source)
-    if not path.is_file():
-        raise FileNotFoundError(f"{path}: no window manifest; run 'ctpipe data generate' first")
-    return [Window(**w) for w in json.loads(path.read_text())["windows"]]

@@ -25,8 +25,8 @@ from typing import Any
 from pipelines.config import reference_markdown
 
 DOCS = Path(__file__).resolve().parents[1] / "docs"
-# How a wrapper names the plain function it calls: `from components.x import y [as z]`.
-_CORE_IMPORT = re.compile(r"from (components\.\w+) import (\w+)")
+# How a wrapper names the plain function it calls: `from components.x import y [as z]` (or components.common.x).
+_CORE_IMPORT = re.compile(r"from (components(?:\.\w+)+) import (\w+)")
 _SECTION = re.compile(r"^(Args|Returns|Raises|Yields):\s*$")
 _KFP_TYPES = {"String": "str", "Integer": "int", "Float": "float", "Boolean": "bool", "Struct": "dict", "List": "list"}
 

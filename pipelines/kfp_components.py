@@ -62,17 +62,23 @@ def fingerprint_source(source: str, declared: str) -> str:
     return declared or source_fingerprint(source)
 
 
-def current_champion(model_name: str, tracking_uri: str) -> NamedTuple(  # type: ignore[valid-type]
-    "Champion", [("found", bool), ("version", str), ("model_uri", str), ("run_id", str)]
+def current_champion(serving: str, tracking_uri: str) -> NamedTuple(  # type: ignore[valid-type]
+    "Champion", [("found", bool), ("version", str), ("model_uri", str), ("run_id", str), ("model_name", str)]
 ):
-    """Resolve the registry alias ``champion`` to a fixed version, so later steps cache on it."""
+    """Resolve the registry alias ``champion`` to a fixed version, so later steps cache on it.
+
+    The model is ``serving``'s ``model_name``, the spec deploy, infra validation and canary
+    analysis read it from too; the name is an output, so train and register use the same one.
+    """
     from collections import namedtuple
 
-    from components.register import resolve_alias
+    from components.common.registry import resolve_alias
+    from components.specs import ServingSpec
 
+    model_name = ServingSpec.model_validate_json(serving).model_name
     ref = resolve_alias(model_name, "champion", tracking_uri)
-    Champion = namedtuple("Champion", ["found", "version", "model_uri", "run_id"])
-    return Champion(ref.found, ref.version or "", ref.model_uri or "", ref.run_id or "")
+    Champion = namedtuple("Champion", ["found", "version", "model_uri", "run_id", "model_name"])
+    return Champion(ref.found, ref.version or "", ref.model_uri or "", ref.run_id or "", model_name)
 
 
 def ingest(
@@ -122,8 +128,8 @@ def validate(
 
     import pandas as pd
 
+    from components.common.suites import save_suite, suite_for_run
     from components.specs import DatasetSpec
-    from components.validate import save_suite, suite_for_run
     from components.validate import validate as run_validate
     from pipelines.artifacts import attach, ensure_file
 
@@ -189,15 +195,12 @@ def train(
 ) -> str:
     """Train the scikit-learn pipeline and log it to MLflow with lineage tags; returns the model URI."""
     from components.common.io import write_json
+    from components.common.registry import lineage_tags
     from components.specs import DatasetSpec, ModelSpec
     from components.train import train as run_train
     from pipelines.artifacts import attach, write_metrics
 
-    tags = {
-        **{key: str(value) for key, value in lineage.items()},
-        "data_snapshot": snapshot_hash,
-        "suite_hash": suite_hash,
-    }
+    tags = lineage_tags(lineage, snapshot_hash, suite_hash)
     result = run_train(
         training_set.path,
         DatasetSpec.model_validate_json(dataset),
@@ -266,11 +269,11 @@ def register(
     from collections import namedtuple
 
     from components.common.io import write_text
+    from components.common.registry import PIPELINE_RUN_TAG, lineage_tags
     from components.register import register as run_register
     from pipelines.artifacts import markdown_table
 
-    tags = {key: str(value) for key, value in lineage.items()}
-    tags.update(data_snapshot=snapshot_hash, suite_hash=suite_hash, pipeline_run=pipeline_run)
+    tags = {**lineage_tags(lineage, snapshot_hash, suite_hash), PIPELINE_RUN_TAG: pipeline_run}
     result = run_register(
         trained_model.metadata["model_uri"], trained_model.metadata["run_id"], model_name, blessed, tracking_uri, tags
     )
@@ -295,11 +298,11 @@ def deploy(
 
     With ``dataset`` and ``feast`` a local server this starts also answers requests by entity id.
     """
+    from components.common.feast import EntityLookup
     from components.common.io import write_text
     from components.deploy import deploy as run_deploy
     from components.specs import DatasetSpec, FeastSpec, ServingSpec
     from pipelines.artifacts import markdown_table
-    from serving.lookup import EntityLookup
 
     spec = ServingSpec.model_validate_json(serving)
     lookup = None
@@ -495,7 +498,8 @@ class Components:
 
     def champion_and_snapshot(
         self,
-        model_name: str,
+        *,
+        serving: str,
         tracking_uri: str,
         source: str,
         source_fingerprint: str,
@@ -505,11 +509,14 @@ class Components:
     ) -> tuple[PipelineTask, PipelineTask]:
         """The first steps of every pipeline: resolve the champion and snapshot the window.
 
+        The champion task reads the model name from ``serving`` (the pipeline's ``serving``
+        parameter) and outputs it as ``model_name``, for every later task that needs it.
+
         An uncached task fingerprints the source when the run starts (``source_fingerprint``,
         if not empty, is a version the caller declares instead), so ingest is keyed on the
         data it reads: a schedule whose parameters never change still sees new data.
         """
-        champion = self.current_champion(model_name=model_name, tracking_uri=tracking_uri)
+        champion = self.current_champion(serving=serving, tracking_uri=tracking_uri)
         champion.set_display_name("current champion")
         fingerprint = self.fingerprint_source(source=source, declared=source_fingerprint)
         fingerprint.set_display_name("fingerprint source")

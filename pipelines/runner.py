@@ -25,8 +25,8 @@ from components.common import errors
 from components.common.errors import ConfigError
 from pipelines import batch_scoring, canary_analysis, continuous_training, monitoring, training
 from pipelines.config import CtpipeConfig
-from pipelines.demo_data import load_windows
 from pipelines.kfp_components import build_components
+from pipelines.windows import load_windows
 
 PIPELINES: dict[str, Callable[..., Callable[..., Any]]] = {
     "training": training.build,
@@ -91,7 +91,7 @@ def source_fingerprint(source: str) -> str:
 
 
 def window_params(config: CtpipeConfig, window: int) -> dict[str, str]:
-    """Bounds of window ``window`` (1-based) from the manifest written beside the generated source."""
+    """Bounds of window ``window`` (1-based) from the window manifest beside the source (:mod:`pipelines.windows`)."""
     windows = load_windows(config.dataset.source)
     for item in windows:
         if item.window == window:
@@ -213,7 +213,7 @@ def run_pipeline(
     """Run a pipeline locally with kfp.local (SubprocessRunner, caching on by default).
 
     Args:
-        name: 'training', 'batch_scoring' or 'monitoring'.
+        name: A pipeline in :data:`PIPELINES`.
         config: The configuration; pipeline parameters default to it.
         params: Overrides of pipeline parameters (e.g. window bounds).
         enable_cache: Whether unchanged tasks are served from the cache.

@@ -18,12 +18,28 @@ from kfp import dsl
 from kfp.dsl import HTML, Artifact, Dataset
 from kfp.dsl.pipeline_task import PipelineTask
 
+from components.common.registry import CODE_VERSION_TAG, CONFIG_HASH_TAG
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
 
 Value = Any  # a constant or a pipeline channel (str, bool or dict at run time)
+
+
+# The pipeline's outputs, declared once: KFP reads the annotation, the body returns an instance.
+TrainingOutputs = NamedTuple(
+    "TrainingOutputs",
+    [
+        ("version", str),
+        ("blessed", bool),
+        ("blessing", Artifact),
+        ("validation_report", HTML),
+        ("validation_data_docs", HTML),
+        ("training_set", Dataset),
+        ("evaluation_report", HTML),
+    ],
+)
 
 
 @dataclass
@@ -41,7 +57,6 @@ class TrainingTasks:
 
 def add_training_tasks(
     ops: Components,
-    model_name: str,
     champion: PipelineTask,
     snapshot: PipelineTask,
     *,
@@ -56,13 +71,17 @@ def add_training_tasks(
     serving_image: Value,
     dry_run: Value,
     lineage: Value,
-    reinfer_suite: Value = False,
+    reinfer_suite: Value,
 ) -> TrainingTasks:
     """Add validate → features → train → evaluate → register → (if blessed) infra validation → canary.
 
+    The registered model's name (train's MLflow experiment, register's model) is the
+    champion task's ``model_name`` output: ``serving.model_name`` of the run's ``serving``
+    parameter, the spec infra validation and deploy read, so all steps agree on the model
+    even when ``serving`` is overridden at run time.
+
     Args:
         ops: The components.
-        model_name: Registered model name.
         champion: The ``current_champion`` task.
         snapshot: The ``ingest`` task whose snapshot is trained on.
         dataset: Dataset section (JSON).
@@ -98,7 +117,7 @@ def add_training_tasks(
         dataset=dataset,
         model=model,
         tracking_uri=tracking_uri,
-        experiment=model_name,
+        experiment=champion.outputs["model_name"],
         lineage=lineage,
         snapshot_hash=snapshot.outputs["Output"],
         suite_hash=checked.outputs["Output"],
@@ -114,7 +133,7 @@ def add_training_tasks(
     registered = ops.register(
         trained_model=trained.outputs["trained_model"],
         blessed=evaluated.outputs["Output"],
-        model_name=model_name,
+        model_name=champion.outputs["model_name"],
         tracking_uri=tracking_uri,
         lineage=lineage,
         snapshot_hash=snapshot.outputs["Output"],
@@ -150,7 +169,7 @@ def add_training_tasks(
 
 def lineage_defaults(config: CtpipeConfig, code_version: str) -> dict[str, str]:
     """The default ``lineage`` parameter: the config's hash and the code version."""
-    return {"config_hash": config.section_hash(), "code_version": code_version}
+    return {CONFIG_HASH_TAG: config.section_hash(), CODE_VERSION_TAG: code_version}
 
 
 def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
@@ -180,25 +199,18 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         dry_run: bool = False,
         lineage: dict = lineage_default,
         reinfer_suite: bool = False,
-    ) -> NamedTuple(  # type: ignore[valid-type]
-        "TrainingOutputs",
-        [
-            ("version", str),
-            ("blessed", bool),
-            ("blessing", Artifact),
-            ("validation_report", HTML),
-            ("validation_data_docs", HTML),
-            ("training_set", Dataset),
-            ("evaluation_report", HTML),
-        ],
-    ):
-        model_name = config.serving.model_name
+    ) -> TrainingOutputs:
         champion, snapshot = ops.champion_and_snapshot(
-            model_name, tracking_uri, source, source_fingerprint, dataset, window_start, window_end
+            serving=serving,
+            tracking_uri=tracking_uri,
+            source=source,
+            source_fingerprint=source_fingerprint,
+            dataset=dataset,
+            window_start=window_start,
+            window_end=window_end,
         )
         tasks = add_training_tasks(
             ops,
-            model_name,
             champion,
             snapshot,
             dataset=dataset,
@@ -215,18 +227,6 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             reinfer_suite=reinfer_suite,
         )
         finish(config)
-        TrainingOutputs = NamedTuple(
-            "TrainingOutputs",
-            [
-                ("version", str),
-                ("blessed", bool),
-                ("blessing", Artifact),
-                ("validation_report", HTML),
-                ("validation_data_docs", HTML),
-                ("training_set", Dataset),
-                ("evaluation_report", HTML),
-            ],
-        )
         return TrainingOutputs(
             tasks.registered.outputs["version"],
             tasks.registered.outputs["blessed"],

@@ -1,36 +1,19 @@
-"""Model serving: a KServe model server that follows the MLflow registry aliases.
+"""Model serving: the KServe model server that follows the MLflow registry aliases.
+
+Everything here runs inside the model server process (``python -m serving.server``), in the
+embedded profile and in the serving image alike:
 
 - ``serving.model``: ``CtpipeModel``, a ``kserve.Model`` that serves the versions behind the
   ``champion`` and ``challenger`` aliases, splits traffic by the canary percent and swaps
   versions atomically when the aliases move.
-- ``serving.server``: runs kserve's REST app on a chosen host (127.0.0.1 by default), the
-  ``python -m serving.server`` entry point, and a detached local server for the embedded profile.
-- ``serving.manifests``: KServe ``InferenceService`` manifests for the cluster profile.
-- ``serving.cluster``: the one seam that talks to a cluster, with a dry-run mode.
+- ``serving.decoding``: turns V1 and V2 request bodies into the validated DataFrame a version
+  scores, and rejects what does not fit its features with a message that names the problem.
+- ``serving.server``: runs kserve's REST app on a chosen host (127.0.0.1 by default); the
+  ``python -m serving.server`` entry point.
+- ``serving.observability``: Prometheus metrics and the inference log writer.
+
+What starts and stops a server process (``components.common.server_process``), renders its
+InferenceService and talks to KServe (``components.common.kserve``) lives in ``components``:
+imports run one way, components <- serving <- pipelines, and this package imports only
+``components.common`` and ``components.specs``.
 """
-
-from __future__ import annotations
-
-from urllib.parse import urlsplit, urlunsplit
-
-# Registry conventions shared by the server, deploy and register (kept here so importing them
-# does not import kserve).
-CHAMPION_ALIAS = "champion"
-CHALLENGER_ALIAS = "challenger"
-# Registered-model tag with the share of requests (0-100) the challenger gets; absent means 0.
-CANARY_TAG = "ctpipe.canary_percent"
-# Registered-model tag naming the challenger version the canary percent was set for. When the
-# challenger alias moves to another version, the old percent does not apply to it (it gets 0)
-# until deploy opens traffic for it.
-CANARY_VERSION_TAG = "ctpipe.canary_version"
-# JSON route of the model server that reports what it serves.
-STATUS_ROUTE = "/ctpipe/status"
-
-
-def redact_uri(uri: str) -> str:
-    """Drop a password from a URI so it can be logged or reported."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))

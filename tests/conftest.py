@@ -1,17 +1,17 @@
-"""Shared fixtures: small generated data, a dataset spec that describes it, and a sqlite MLflow."""
+"""Shared fixtures: small generated data (``tests.data``), a dataset spec that describes it, and a sqlite MLflow."""
 
 from __future__ import annotations
 
 import os
 import sys
+from collections.abc import Iterable
 from pathlib import Path
 
 import pandas as pd
 import pytest
 
 from components.specs import DatasetSpec
-from pipelines.demo_data import DriftSpec, Window, generate
-from tests.helpers import demo_spec
+from tests.data import Drift, Window, churn_spec, write_churn
 
 # Spark workers and kfp.local subprocesses must use this interpreter, not whatever is on PATH.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -23,6 +23,50 @@ os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
 SMALL_ROWS = 600
+ROOT = Path(__file__).resolve().parents[1]
+
+# --- nothing stray in the repository root -------------------------------------------------------
+# What a test run may add to the repository root: pytest's and hypothesis's caches, and out/ in a run
+# that selects the benchmarks or the containers tier (they keep their results there). Anything else a
+# test writes belongs under its tmp_path; MLflow, for one, creates ./mlflow.db (or mlruns/, mlartifacts/)
+# in the working directory when it is given no tracking URI.
+ROOT_CACHES = frozenset({".pytest_cache", ".hypothesis"})
+ROOT_OUTPUTS = {"out": frozenset({"bench", "containers"})}  # entry -> markers of the tests that write it
+_ROOT_BEFORE = pytest.StashKey[set[str]]()
+_ROOT_STRAY = pytest.StashKey[list[str]]()
+
+
+def stray_root_entries(before: set[str], after: set[str], markers: Iterable[str]) -> list[str]:
+    """Entries of the root that a run with tests of ``markers`` added and may not leave behind."""
+    allowed = ROOT_CACHES | {name for name, tiers in ROOT_OUTPUTS.items() if tiers & set(markers)}
+    return sorted(after - before - allowed)
+
+
+def pytest_sessionstart(session: pytest.Session) -> None:
+    # Before collection, so that a test module writing at import time is caught too.
+    session.config.stash[_ROOT_BEFORE] = {p.name for p in ROOT.iterdir()}
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    before = session.config.stash.get(_ROOT_BEFORE, None)
+    if before is None:
+        return
+    markers = {marker.name for item in session.items for marker in item.iter_markers()}
+    stray = stray_root_entries(before, {p.name for p in ROOT.iterdir()}, markers)
+    if stray:
+        session.config.stash[_ROOT_STRAY] = stray
+        session.exitstatus = pytest.ExitCode.TESTS_FAILED
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter, config: pytest.Config) -> None:
+    stray = config.stash.get(_ROOT_STRAY, [])
+    if stray:
+        terminalreporter.section("files left in the repository root", red=True, bold=True)
+        terminalreporter.line(
+            f"This test run created {', '.join(stray)} in {ROOT}, so the run fails. A test must write under its "
+            "tmp_path (and give MLflow a tracking URI there). Delete the entries after fixing the test.",
+            red=True,
+        )
 
 
 @pytest.fixture(autouse=True)
@@ -43,23 +87,23 @@ def isolated_mlflow_uris(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture(scope="session")
-def demo_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Window]]:
-    """Three small windows, with covariate and concept drift from window 2 on. Read-only."""
+def churn_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Window]]:
+    """Three weekly windows of 600 rows, with covariate and concept drift from window 2 on. Read-only."""
     path = tmp_path_factory.mktemp("data") / "churn.parquet"
-    windows = generate(path, windows=3, rows_per_window=SMALL_ROWS, seed=3, drift=DriftSpec(start_window=2))
+    windows = write_churn(path, windows=3, rows=SMALL_ROWS, seed=3, drift=Drift(start=2))
     return path, windows
 
 
 @pytest.fixture(scope="session")
-def demo_frame(demo_data: tuple[Path, list[Window]]) -> pd.DataFrame:
+def churn_frame(churn_data: tuple[Path, list[Window]]) -> pd.DataFrame:
     """The generated data as a DataFrame (copy it before changing it)."""
-    return pd.read_parquet(demo_data[0])
+    return pd.read_parquet(churn_data[0])
 
 
 @pytest.fixture
-def dataset_spec(demo_data: tuple[Path, list[Window]]) -> DatasetSpec:
-    """A dataset spec describing ``demo_data``."""
-    return demo_spec(demo_data[0])
+def dataset_spec(churn_data: tuple[Path, list[Window]]) -> DatasetSpec:
+    """A dataset spec describing ``churn_data``."""
+    return churn_spec(churn_data[0])
 
 
 @pytest.fixture
@@ -73,7 +117,7 @@ def stop_server():
     """Register a workspace; its local model server (if a test started one) is stopped afterwards."""
     workspaces: list[Path] = []
     yield workspaces.append
-    from serving.server import stop_local_server
+    from components.common.server_process import stop_local_server
 
     for workspace in workspaces:
         stop_local_server(str(workspace))

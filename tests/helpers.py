@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 import os
-import socket
 from pathlib import Path
 from typing import Any
 
@@ -12,30 +11,19 @@ import pytest
 import yaml
 
 from components.specs import DatasetSpec
-from pipelines.config import CtpipeConfig, parse_config
-from pipelines.demo_data import CATEGORICAL_FEATURES, ENTITY, LABEL, NUMERIC_FEATURES, TIMESTAMP, DriftSpec, generate
+from pipelines.config import CtpipeConfig, load_config, parse_config
+from tests.servers.process import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def demo_spec(source: str | Path) -> DatasetSpec:
-    """A dataset spec describing data written by ``pipelines.demo_data.generate``."""
-    return DatasetSpec(
-        source=str(source),
-        entity_column=ENTITY,
-        timestamp_column=TIMESTAMP,
-        label_column=LABEL,
-        numeric_features=list(NUMERIC_FEATURES),
-        categorical_features=list(CATEGORICAL_FEATURES),
-        task="binary_classification",
-    )
+    """The dataset of the repository's ctpipe.yaml (it describes the demo's data) read from ``source``.
 
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    For the tests that use the demo's data on purpose (benchmarks, the demo itself); component
+    tests use ``tests.data`` and its ``churn_spec``.
+    """
+    return load_config(ROOT / "ctpipe.yaml").dataset.model_copy(update={"source": str(source)})
 
 
 def small_config(workspace: Path, rows: int = 800) -> CtpipeConfig:
@@ -46,6 +34,9 @@ def small_config(workspace: Path, rows: int = 800) -> CtpipeConfig:
     raw["serving"]["port"] = free_port()
     raw["model"]["params"] = {"max_iter": 60, "learning_rate": 0.1, "max_leaf_nodes": 15}
     config = parse_config(raw, ROOT)
+    # Whole pipelines run on the demo's data: ctpipe.yaml describes it, and the runner reads its windows.
+    from pipelines.demo_data import DriftSpec, generate
+
     generate(config.dataset.source, windows=3, rows_per_window=rows, seed=11, drift=DriftSpec(start_window=2))
     return config
 
@@ -96,7 +87,7 @@ def kserve_crd_validator() -> Any:
 
 
 def data_docs_sections(page: str) -> dict[str, str]:
-    """The sections of a GX Data Docs page (``components.data_docs``) by title, as their HTML.
+    """The sections of a GX Data Docs page (``components.common.data_docs``) by title, as their HTML.
 
     GX renders one ``ge-section`` per column (titled with the column name), one for table-level
     expectations, an ``Overview`` and ctpipe's own section first.

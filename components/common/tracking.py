@@ -17,6 +17,12 @@ SUITE_ARTIFACT = "schema/suite.json"
 REFERENCE_ARTIFACT = "reference/reference.parquet"
 
 
+def quiet_mlflow() -> None:
+    """Turn off MLflow telemetry and download progress bars unless the caller chose otherwise."""
+    os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+
 def configure(tracking_uri: str, registry_uri: str | None = None) -> None:
     """Point the MLflow client at a tracking server or database.
 
@@ -34,6 +40,7 @@ def registry_client(tracking_uri: str) -> Any:
     """An MlflowClient for ``tracking_uri`` (tracking and registry), with MLflow configured for it."""
     from mlflow import MlflowClient
 
+    quiet_mlflow()
     configure(tracking_uri)
     return MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
 

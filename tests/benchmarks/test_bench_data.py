@@ -6,16 +6,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from components.fetch_features import (
-    _feature_rows,
-    _store_offline,
-    build_training_set,
-    feature_store,
-    feature_view_name,
-    online_features,
-)
+from components.common.feast import feature_store, feature_view_name, online_features
+from components.common.suites import infer_suite
+from components.fetch_features import _feature_rows, _store_offline, build_training_set
 from components.specs import FeastSpec
-from components.validate import infer_suite, validate
+from components.validate import validate
 from pipelines.demo_data import generate
 from tests.benchmarks.conftest import bench_rows
 

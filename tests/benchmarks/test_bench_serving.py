@@ -11,10 +11,11 @@ import numpy as np
 import pytest
 import requests
 
+from components.common.server_process import start_local_server, stop_local_server
 from components.specs import ServingSpec
-from serving.server import start_local_server, stop_local_server
 from tests.benchmarks.conftest import bench_rows
-from tests.unit.test_serving import POLL, build_registry, columnar, free_port, instances
+from tests.helpers import free_port
+from tests.serving_helpers import POLL, build_registry, columnar, instances
 
 pytestmark = pytest.mark.bench
 

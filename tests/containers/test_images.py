@@ -13,9 +13,9 @@ import pytest
 import requests
 
 from pipelines.config import CtpipeConfig, package_version
-from pipelines.demo_data import Window
 from tests.containers.conftest import CA_MARKER
-from tests.helpers import demo_spec, free_port
+from tests.data import Window, churn_spec
+from tests.helpers import free_port
 from tests.servers import DockerDaemon
 
 pytestmark = [pytest.mark.containers, pytest.mark.server]
@@ -96,7 +96,7 @@ def test_component_runs_in_its_image_with_the_kfp_docker_runner(
     docker: DockerDaemon,
     images: dict[str, str],
     config: CtpipeConfig,
-    demo_data: tuple[Path, list[Window]],
+    churn_data: tuple[Path, list[Window]],
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -111,12 +111,12 @@ def test_component_runs_in_its_image_with_the_kfp_docker_runner(
     root = tmp_path / "pipeline-root"
     (root / "data").mkdir(parents=True)
     source = root / "data" / "churn.parquet"
-    source.write_bytes(demo_data[0].read_bytes())
+    source.write_bytes(churn_data[0].read_bytes())
     for path in (root, root / "data"):
         path.chmod(0o777)
     source.chmod(0o644)
-    window = demo_data[1][0]
-    spec = demo_spec(source)
+    window = churn_data[1][0]
+    spec = churn_spec(source)
 
     monkeypatch.setenv("DOCKER_HOST", docker.host)
     local.init(runner=local.DockerRunner(network_mode="none"), pipeline_root=str(root))
@@ -143,7 +143,7 @@ def test_serving_image_answers_v2_infer(
     docker: DockerDaemon, images: dict[str, str], tmp_path_factory: pytest.TempPathFactory
 ) -> None:
     """The predictor image serves a registered model from a mounted sqlite MLflow, read-only root, no caps."""
-    from tests.unit.test_serving import build_registry, columnar
+    from tests.serving_helpers import build_registry, columnar
 
     folder = tmp_path_factory.mktemp("registry")
     registry = build_registry(folder)

@@ -20,11 +20,12 @@ import yaml
 from mlflow import MlflowClient
 
 from components.common import tracking
+from components.common.registry import promote
+from components.common.suites import infer_suite, save_suite
 from components.fetch_features import build_training_set
 from components.ingest import ingest
-from components.register import promote, register
+from components.register import register
 from components.train import train
-from components.validate import infer_suite, save_suite
 from pipelines.runner import window_params
 from tests.helpers import data_docs_sections, small_config
 

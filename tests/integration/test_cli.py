@@ -29,6 +29,30 @@ def test_every_command_has_help_with_examples(command):
     assert "Example" in result.output, f"`ctpipe {' '.join(command)} --help` shows no example"
 
 
+def _example_lines(command: tuple[str, ...]) -> list[str]:
+    """The lines of a command's docstring from its ``Example(s):`` line to the end of that paragraph."""
+    node: click.Command = main
+    for name in command:
+        assert isinstance(node, click.Group)
+        node = node.commands[name]
+    lines = [line.strip() for line in (node.help or "").splitlines()]
+    start = next(i for i, line in enumerate(lines) if line.startswith("Example"))
+    block = lines[start:]
+    return block[: block.index("")] if "" in block else block
+
+
+@pytest.mark.parametrize("command", _commands(main), ids=lambda c: " ".join(c) or "ctpipe")
+def test_help_shows_each_example_on_its_own_line(command):
+    result = CliRunner().invoke(main, [*command, "--help"])
+    assert result.exit_code == 0, result.output
+    assert "\\b" not in result.output and "\b" not in result.output  # the no-rewrap marker is not printed
+    shown = [line.strip() for line in result.output.splitlines()]
+    examples = _example_lines(command)
+    assert len(examples) >= 2, examples  # "Example(s):" and at least one example
+    for line in examples:
+        assert line in shown, f"`ctpipe {' '.join(command)} --help` wrapped {line!r} into a paragraph"
+
+
 def test_a_failure_with_json_is_json_too(tmp_path):
     missing = tmp_path / "absent.yaml"
     result = CliRunner().invoke(main, ["--config", str(missing), "compile", "--out", str(tmp_path), "--json"])

@@ -130,6 +130,50 @@ def test_every_parameter_has_a_default_and_a_description(compiled, name):
         assert parameter.get("isOptional") and "defaultValue" in parameter, key
 
 
+def _parameter_source(parameter):
+    """Where a task's input comes from: (producer task, output key), ("", pipeline parameter) or a constant."""
+    if "taskOutputParameter" in parameter:
+        source = parameter["taskOutputParameter"]
+        return source["producerTask"], source["outputParameterKey"]
+    if "componentInputParameter" in parameter:
+        # Inside a condition or an exit handler, KFP passes values on as pipelinechannel--TASK-KEY or --PARAM.
+        name = parameter["componentInputParameter"].removeprefix("pipelinechannel--")
+        if name.startswith("current-champion-"):
+            return "current-champion", name.removeprefix("current-champion-")
+        return "", name
+    return "constant", str(parameter.get("runtimeValue"))
+
+
+@pytest.mark.parametrize("name", sorted(CACHEABLE))
+def test_the_model_name_comes_only_from_the_serving_parameter(tmp_path, name):
+    """Nothing bakes the model name in beside ``serving``: a run-time override of it reaches every step."""
+    sentinel = "model-name-sentinel"
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw["serving"]["model_name"] = sentinel
+    (path,) = compile_pipelines(parse_config(raw, tmp_path), tmp_path, [name])
+    spec = yaml.safe_load(path.read_text())
+    found = []
+
+    def walk(node, where):
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, (*where, key))
+        elif isinstance(node, list):
+            for index, value in enumerate(node):
+                walk(value, (*where, index))
+        elif isinstance(node, str) and sentinel in node:
+            found.append(".".join(map(str, where)))
+
+    walk(spec, ())
+    assert found == ["root.inputDefinitions.parameters.serving.defaultValue"]
+    tasks = _tasks(spec)
+    if "current-champion" in tasks:  # it reads the name from serving and hands it on
+        assert _parameter_source(tasks["current-champion"]["inputs"]["parameters"]["serving"]) == ("", "serving")
+    for task, key in (("train", "experiment"), ("register", "model_name")):
+        if task in tasks:
+            assert _parameter_source(tasks[task]["inputs"]["parameters"][key]) == ("current-champion", "model_name")
+
+
 def test_run_and_compile_use_the_very_same_builders():
     from pipelines import batch_scoring, canary_analysis, continuous_training, monitoring, training
 

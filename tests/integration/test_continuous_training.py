@@ -1,10 +1,13 @@
 """The continuous-training pipeline on kfp.local: a drifted window retrains, a calm one does not."""
 
-import pytest
-from mlflow import MlflowClient
+import json
 
-from components import register
-from components.common import tracking
+import numpy as np
+import pandas as pd
+import pytest
+
+from components.common import registry, tracking
+from components.common.inference_log import append_batch
 from components.ingest import ingest
 from pipelines.retrain import retrain_on_drift
 from pipelines.runner import run_pipeline, window_params
@@ -15,14 +18,29 @@ pytestmark = pytest.mark.slow
 TRAINING = {"validate", "fetch-features", "train", "evaluate", "register"}
 
 
-def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(tmp_path, stop_server):
-    config = small_config(tmp_path)
-    stop_server(tmp_path)
-    first = run_pipeline("training", config, window_params(config, 1), progress=None)
-    assert first.succeeded, first.error
-    register.promote(config.serving.model_name, config.tracking_uri)
-    tracking.configure(config.tracking_uri)
-    client = MlflowClient()
+@pytest.fixture(scope="module")
+def champion_config(tmp_path_factory):
+    """A small workspace whose champion the training pipeline trained on window 1, shared by the tests here.
+
+    The tests may add versions and a canary but never move the champion alias; the local model
+    server the training pipeline's canary step started is stopped at the end.
+    """
+    from components.common.server_process import stop_local_server
+
+    workspace = tmp_path_factory.mktemp("continuous-training")
+    config = small_config(workspace)
+    try:
+        first = run_pipeline("training", config, window_params(config, 1), progress=None)
+        assert first.succeeded, first.error
+        registry.promote(config.serving.model_name, config.tracking_uri)
+        yield config
+    finally:
+        stop_local_server(str(workspace))
+
+
+def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(champion_config, tmp_path):
+    config = champion_config
+    client = tracking.registry_client(config.tracking_uri)
     before = {v.version for v in client.search_model_versions(f"name='{config.serving.model_name}'")}
 
     # The champion's own window: no drift, so training is skipped and nothing is registered.
@@ -33,7 +51,7 @@ def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(tmp_path
     assert not TRAINING & {name for name, status in statuses.items() if status in ("ran", "cached")}
     assert statuses["notify"] == "ran"  # the exit handler runs every time
     assert {v.version for v in client.search_model_versions(f"name='{config.serving.model_name}'")} == before
-    summary = (tmp_path / "reports" / "ctpipe-continuous-training-last-run.md").read_text()
+    summary = (config.workspace / "reports" / "ctpipe-continuous-training-last-run.md").read_text()
     assert "SUCCEEDED" in summary
 
     # Window 2 drifted: monitor decides retrain, the training branch runs on window 2 and
@@ -60,3 +78,56 @@ def _loop_in_cluster_profile_plans_a_training_run(config, window):
     assert run.method == "run_pipeline"
     assert run.kwargs["params"] == window
     assert result.submitted.calls[2].kwargs["pipeline_version_name"] == "abc123"
+
+
+def test_monitoring_inside_continuous_training_reads_the_inference_log_of_the_window(champion_config, tmp_path):
+    """``monitoring.current_source: inference_log``: the monitor step reads what the server answered in the window.
+
+    Window 2's snapshot drifted (monitoring it decides retrain, see above). The log holds requests
+    like the champion's training data: most answered inside window 2, some the day before it. If
+    monitoring read the log of the window, it saw only those requests, found no drift and trained nothing.
+    """
+    config = champion_config.model_copy(deep=True)
+    config.monitoring.current_source = "inference_log"
+    spec, name = config.dataset, config.serving.model_name
+    window = window_params(config, 2)
+    start = pd.Timestamp(window["window_start"])
+    frame = pd.read_parquet(spec.source)
+    calm = frame[pd.to_datetime(frame[spec.timestamp_column], utc=True) < start].reset_index(drop=True)
+    champion = registry.resolve_alias(name, "champion", config.tracking_uri)
+    served = tracking.load_sklearn_model(champion.model_uri, config.tracking_uri).predict_proba(
+        calm[spec.feature_columns]
+    )[:, 1]
+    before_window = 100
+    minutes = pd.to_timedelta(np.arange(len(calm)), unit="min")
+    log_dir = tmp_path / "inference_log"
+    append_batch(
+        log_dir,
+        calm[[spec.entity_column, *spec.feature_columns]].assign(
+            # No ground truth arrived for these customers, so drift alone decides (no live performance).
+            **{spec.entity_column: calm[spec.entity_column] + 1_000_000},
+            request_id=[f"r{i}" for i in range(len(calm))],
+            timestamp=np.where(
+                np.arange(len(calm)) < before_window, start - pd.Timedelta(days=1) + minutes, start + minutes
+            ),
+            model_name=name,
+            model_version=champion.version,
+            prediction=served,
+            status="ok",
+        ),
+    )
+    runs = config.workspace / "kfp" / "runs"
+    earlier = set(runs.iterdir())
+
+    report = run_pipeline("continuous_training", config, {**window, "inference_log_dir": str(log_dir)}, progress=None)
+
+    assert report.succeeded, report.error
+    statuses = {t.name: t.status for t in report.tasks}
+    assert statuses["monitor"] == "ran"
+    assert not TRAINING & {task for task, status in statuses.items() if status in ("ran", "cached")}, statuses
+    (run,) = set(runs.iterdir()) - earlier
+    result = json.loads((run / "monitor" / "result").read_text())
+    # The requests answered in window 2, not the window's 800-row drifted snapshot nor the whole log.
+    assert result["rows_current"] == len(calm) - before_window
+    assert result["decision"] == "ok", result["reasons"]
+    assert result["performance"] is None

@@ -14,7 +14,18 @@ import mlflow
 import pytest
 
 from components.common import tracking
-from components.register import BLESSED_TAG, CHALLENGER, CHAMPION, lineage, promote, register
+from components.common.registry import (
+    BLESSED_TAG,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    CODE_VERSION_TAG,
+    CONFIG_HASH_TAG,
+    DATA_SNAPSHOT_TAG,
+    PIPELINE_RUN_TAG,
+    SUITE_HASH_TAG,
+    promote,
+)
+from components.register import lineage, register
 from pipelines.runner import run_pipeline, window_params
 from tests.helpers import small_config
 from tests.servers import MlflowServer, PostgresServer
@@ -48,10 +59,10 @@ def test_training_pipeline_against_an_mlflow_server_on_postgresql(
     assert report.outputs["blessed"] is True
 
     client = tracking.registry_client(mlflow_server.uri)
-    version = client.get_model_version_by_alias(name, CHALLENGER)
+    version = client.get_model_version_by_alias(name, CHALLENGER_ALIAS)
     assert str(version.version) == report.outputs["version"]
     assert version.status == "READY" and version.tags[BLESSED_TAG] == "true"
-    for key in ("pipeline_run", "data_snapshot", "suite_hash", "config_hash", "code_version"):
+    for key in (PIPELINE_RUN_TAG, DATA_SNAPSHOT_TAG, SUITE_HASH_TAG, CONFIG_HASH_TAG, CODE_VERSION_TAG):
         assert version.tags[key], key
 
     # The metadata is in PostgreSQL, not in a local file.
@@ -71,7 +82,7 @@ def test_training_pipeline_against_an_mlflow_server_on_postgresql(
     suite = tracking.download_run_artifact(version.run_id, tracking.SUITE_ARTIFACT, tmp_path / "suite")
     assert suite.stat().st_size > 0
     assert list(mlflow_server.artifacts.rglob("MLmodel"))
-    model = tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER}", mlflow_server.uri)
+    model = tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER_ALIAS}", mlflow_server.uri)
     assert hasattr(model, "predict_proba")
 
     # Promotion, an unblessed re-registration and the lineage work the same on the server.
@@ -82,4 +93,4 @@ def test_training_pipeline_against_an_mlflow_server_on_postgresql(
     assert logged is not None
     again = register(f"models:/{logged}", version.run_id, name, True, mlflow_server.uri)
     assert not again.created and again.version == str(version.version)
-    assert client.get_model_version_by_alias(name, CHAMPION).version == version.version
+    assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == version.version

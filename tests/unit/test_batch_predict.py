@@ -17,7 +17,7 @@ from components.batch_predict import REJECT_REASON, REJECTED_DIR, batch_predict
 from components.common import tracking
 from components.common.errors import DataError
 from components.specs import DatasetSpec
-from pipelines.demo_data import CATEGORICAL_FEATURES, ENTITY, NUMERIC_FEATURES, TIMESTAMP
+from tests.data import CATEGORICAL_FEATURES, ENTITY, NUMERIC_FEATURES, TIMESTAMP
 
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 POISON = -999.0
@@ -74,10 +74,10 @@ def _register(model: Any, tracking_uri: str, name: str, alias: str | None = None
 
 
 @pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory, demo_frame: pd.DataFrame) -> dict[str, Any]:
+def registry(tmp_path_factory: pytest.TempPathFactory, churn_frame: pd.DataFrame) -> dict[str, Any]:
     """A champion model and a model that raises on a poisoned row, registered in one sqlite MLflow."""
     uri = f"sqlite:///{tmp_path_factory.mktemp('mlflow') / 'mlflow.db'}"
-    model = _fit(demo_frame[demo_frame[TIMESTAMP] < demo_frame[TIMESTAMP].min() + pd.Timedelta(days=7)])
+    model = _fit(churn_frame[churn_frame[TIMESTAMP] < churn_frame[TIMESTAMP].min() + pd.Timedelta(days=7)])
 
     class Poisoned:
         """Delegates to the real model but fails on a row with the poison value (pickled by value)."""
@@ -109,9 +109,9 @@ def _read_output(path: Path) -> pd.DataFrame:
 
 
 def test_scores_equal_model_and_output_is_partitioned_by_date(
-    spark: Any, registry: dict[str, Any], demo_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
-    source = demo_data[0]
+    source = churn_data[0]
     out = tmp_path / "predictions"
     result = batch_predict(str(source), dataset_spec, "models:/churn@champion", registry["uri"], str(out), spark=spark)
 
@@ -137,13 +137,13 @@ def test_scores_equal_model_and_output_is_partitioned_by_date(
 
 
 def test_rerun_replaces_output_without_duplicates(
-    spark: Any, registry: dict[str, Any], demo_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
     out = tmp_path / "predictions"
     uri = f"models:/churn/{registry['champion']}"
-    first = batch_predict(str(demo_data[0]), dataset_spec, uri, registry["uri"], str(out), spark=spark)
+    first = batch_predict(str(churn_data[0]), dataset_spec, uri, registry["uri"], str(out), spark=spark)
     stamp = _read_output(out)["scored_at"].iloc[0]
-    second = batch_predict(str(demo_data[0]), dataset_spec, uri, registry["uri"], str(out), spark=spark)
+    second = batch_predict(str(churn_data[0]), dataset_spec, uri, registry["uri"], str(out), spark=spark)
 
     scored = _read_output(out)
     assert first.rows == second.rows == len(scored)
@@ -153,10 +153,10 @@ def test_rerun_replaces_output_without_duplicates(
 
 
 def test_missing_feature_column_is_named_before_spark_starts(
-    registry: dict[str, Any], demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+    registry: dict[str, Any], churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
     source = tmp_path / "no_plan.parquet"
-    demo_frame.drop(columns=["plan", "support_calls"]).to_parquet(source)
+    churn_frame.drop(columns=["plan", "support_calls"]).to_parquet(source)
     with pytest.raises(DataError, match=r"no_plan\.parquet.*missing column\(s\) \['support_calls', 'plan'\]"):
         # No session passed and none active would start Spark; the check fails first.
         batch_predict(str(source), dataset_spec, "models:/churn@champion", registry["uri"], str(tmp_path / "out"))
@@ -164,12 +164,12 @@ def test_missing_feature_column_is_named_before_spark_starts(
 
 
 def test_bad_rows_are_counted_and_written_aside(
-    spark: Any, registry: dict[str, Any], demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
     import pyarrow as pa
     import pyarrow.parquet as pq
 
-    frame = demo_frame.copy()
+    frame = churn_frame.copy()
     frame.loc[[0, 1], "monthly_charges"] = np.nan
     frame.loc[3, "tenure_months"] = np.inf
     frame.loc[[4, 5], "plan"] = None
@@ -200,9 +200,9 @@ def test_bad_rows_are_counted_and_written_aside(
 
 
 def test_csv_with_non_numeric_value_is_rejected(
-    spark: Any, registry: dict[str, Any], demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
-    frame = demo_frame.head(200).astype({"support_calls": object})
+    frame = churn_frame.head(200).astype({"support_calls": object})
     frame.loc[7, "support_calls"] = "three"
     source = tmp_path / "window.csv"
     frame.to_csv(source, index=False)
@@ -219,9 +219,9 @@ def test_csv_with_non_numeric_value_is_rejected(
 
 
 def test_failed_job_leaves_previous_output_and_no_partial_output(
-    spark: Any, registry: dict[str, Any], demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
-    frame = demo_frame.copy()
+    frame = churn_frame.copy()
     frame.loc[len(frame) - 1, "marketing_score"] = POISON  # the last row, in the last date partition
     source = tmp_path / "poisoned.parquet"
     frame.to_parquet(source)
@@ -245,7 +245,7 @@ def test_failed_job_leaves_previous_output_and_no_partial_output(
 def test_model_is_loaded_once_per_process_not_per_batch(
     spark: Any,
     registry: dict[str, Any],
-    demo_data: tuple[Path, Any],
+    churn_data: tuple[Path, Any],
     dataset_spec: DatasetSpec,
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
@@ -276,7 +276,12 @@ def test_model_is_loaded_once_per_process_not_per_batch(
     # 1800 rows in Arrow batches of 100: at least 18 batches over the two worker processes.
     monkeypatch.setitem(batch_predict_module._SESSION_CONF, "spark.sql.execution.arrow.maxRecordsPerBatch", "100")
     result = batch_predict(
-        str(demo_data[0]), dataset_spec, f"models:/churn/{version}", registry["uri"], str(tmp_path / "out"), spark=spark
+        str(churn_data[0]),
+        dataset_spec,
+        f"models:/churn/{version}",
+        registry["uri"],
+        str(tmp_path / "out"),
+        spark=spark,
     )
 
     assert result.rows == 1800
@@ -287,13 +292,13 @@ def test_model_is_loaded_once_per_process_not_per_batch(
 
 
 def test_pinned_version_may_be_given_as_int(
-    spark: Any, registry: dict[str, Any], demo_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_data: tuple[Path, Any], dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
     """MLflow's client returns versions as int, KFP passes them as str: both pin the same version."""
     uri = f"models:/churn/{registry['champion']}"
     out = tmp_path / "predictions"
     result = batch_predict(
-        str(demo_data[0]),
+        str(churn_data[0]),
         dataset_spec,
         uri,
         registry["uri"],
@@ -308,7 +313,7 @@ HANG = -777.0
 
 
 def test_sigkill_midway_leaves_no_partial_output_and_rerun_writes_one_complete_output(
-    spark: Any, registry: dict[str, Any], demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+    spark: Any, registry: dict[str, Any], churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
     import signal
     import subprocess
@@ -333,7 +338,7 @@ def test_sigkill_midway_leaves_no_partial_output_and_rerun_writes_one_complete_o
                 time.sleep(3600)
             return self.inner.predict_proba(frame)
 
-    frame = demo_frame.copy()
+    frame = churn_frame.copy()
     frame.loc[len(frame) // 2, "marketing_score"] = HANG
     source = tmp_path / "window.parquet"
     frame.to_parquet(source)
@@ -344,8 +349,8 @@ def test_sigkill_midway_leaves_no_partial_output_and_rerun_writes_one_complete_o
     def kill_midway() -> None:
         """Score in a child process; SIGKILL its process group (driver, JVM, workers) while a task hangs."""
         script = (
-            "import sys; from components.batch_predict import batch_predict; from tests.helpers import demo_spec; "
-            "batch_predict(sys.argv[1], demo_spec(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], 'local[2]')"
+            "import sys; from components.batch_predict import batch_predict; from tests.data import churn_spec; "
+            "batch_predict(sys.argv[1], churn_spec(sys.argv[1]), sys.argv[2], sys.argv[3], sys.argv[4], 'local[2]')"
         )
         child = subprocess.Popen(
             [sys.executable, "-c", script, str(source), f"models:/churn/{hanging}", registry["uri"], str(out)],

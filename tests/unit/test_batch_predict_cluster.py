@@ -14,7 +14,7 @@ import pytest
 
 from components.batch_predict import batch_predict
 from components.specs import DatasetSpec
-from pipelines.demo_data import ENTITY, TIMESTAMP
+from tests.data import ENTITY, TIMESTAMP
 from tests.servers import SparkStandaloneCluster
 from tests.unit.test_batch_predict import _fit, _register
 
@@ -37,8 +37,8 @@ def _read(path: Path) -> pd.DataFrame:
 
 def test_standalone_cluster_scores_exactly_like_local_mode(
     spark_cluster: SparkStandaloneCluster,
-    demo_frame: pd.DataFrame,
-    demo_data: tuple[Path, Any],
+    churn_frame: pd.DataFrame,
+    churn_data: tuple[Path, Any],
     dataset_spec: DatasetSpec,
     tmp_path: Path,
 ) -> None:
@@ -46,8 +46,8 @@ def test_standalone_cluster_scores_exactly_like_local_mode(
 
     assert SparkSession.getActiveSession() is None  # batch_predict must start its own session on the cluster
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    version = _register(_fit(demo_frame), uri, "churn", alias="champion")
-    source = str(demo_data[0])
+    version = _register(_fit(churn_frame), uri, "churn", alias="champion")
+    source = str(churn_data[0])
 
     local = batch_predict(source, dataset_spec, "models:/churn@champion", uri, str(tmp_path / "local"), "local[2]")
     remote = batch_predict(
@@ -56,7 +56,7 @@ def test_standalone_cluster_scores_exactly_like_local_mode(
 
     assert remote.model_version == local.model_version == version
     assert (remote.rows, remote.bad_rows, remote.partitions) == (local.rows, local.bad_rows, local.partitions)
-    assert remote.rows == len(demo_frame)
+    assert remote.rows == len(churn_frame)
     # Row for row, every column equal (the scoring time differs by construction).
     pd.testing.assert_frame_equal(_read(tmp_path / "cluster"), _read(tmp_path / "local"), check_exact=True)
     # The work ran in executors on both workers, not in the driver.

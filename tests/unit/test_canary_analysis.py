@@ -9,13 +9,14 @@ import pandas as pd
 import pytest
 import requests
 
-from components.canary_analysis import DECISION_TAG, canary_analysis
+from components.canary_analysis import canary_analysis
+from components.common.registry import CANARY_DECISION_TAG, CANARY_TAG, CANARY_VERSION_TAG
+from components.common.server_process import start_local_server, stop_local_server
 from components.specs import CanaryAnalysisSpec, ServingSpec
-from serving import CANARY_TAG, CANARY_VERSION_TAG
-from serving.server import start_local_server, stop_local_server
+from tests.helpers import free_port
+from tests.serving_helpers import POLL, Registry, build_registry, instances, make_frame
+from tests.serving_helpers import wait_for_log as wait_for_logged
 from tests.unit.test_infra_validate import DATASET
-from tests.unit.test_serving import POLL, Registry, build_registry, free_port, instances, make_frame
-from tests.unit.test_serving import wait_for_log as wait_for_logged
 
 
 @pytest.fixture(scope="module")
@@ -84,7 +85,7 @@ def test_similar_challenger_is_promoted(registry: Registry, tmp_path: Path) -> N
     assert result.challenger.labeled >= 20 and result.challenger.accuracy is not None
     aliases = {k: str(v) for k, v in registry.client().get_registered_model("can-good").aliases.items()}
     assert aliases.get("champion") == "2" and "challenger" not in aliases
-    assert registry.client().get_model_version("can-good", "2").tags[DECISION_TAG] == "promote"
+    assert registry.client().get_model_version("can-good", "2").tags[CANARY_DECISION_TAG] == "promote"
     assert json.loads((tmp_path / "result.json").read_text())["decision"] == "promote"
     assert "Decision: promote" in (tmp_path / "report.md").read_text()
 
@@ -103,7 +104,7 @@ def test_shifted_challenger_is_rolled_back(registry: Registry, tmp_path: Path) -
     aliases = {k: str(v) for k, v in model.aliases.items()}
     assert aliases == {"champion": "1"}, "the champion stays; the challenger alias is gone"
     assert model.tags[CANARY_TAG] == "0"
-    assert registry.client().get_model_version("can-bad", "2").tags[DECISION_TAG] == "rollback"
+    assert registry.client().get_model_version("can-bad", "2").tags[CANARY_DECISION_TAG] == "rollback"
 
 
 def test_too_little_traffic_waits(registry: Registry, tmp_path: Path) -> None:

@@ -2,7 +2,8 @@ import numpy as np
 import pandas as pd
 
 from components.common.io import file_sha256
-from pipelines.demo_data import CATEGORICAL_FEATURES, NUMERIC_FEATURES, DriftSpec, generate, load_windows
+from pipelines.demo_data import CATEGORICAL_FEATURES, NUMERIC_FEATURES, DriftSpec, generate
+from pipelines.windows import load_windows
 
 
 def test_generate_is_deterministic_and_windowed(tmp_path):

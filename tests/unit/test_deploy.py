@@ -11,11 +11,12 @@ import requests
 import yaml
 
 from components.common.errors import DeployError, ModelNotFound
-from components.deploy import DeployResult, deploy, set_traffic, wait_for_serving
+from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG, set_traffic
+from components.common.server_process import stop_local_server
+from components.deploy import DeployResult, deploy, wait_for_serving
 from components.specs import ServingSpec
-from serving import CANARY_TAG, CANARY_VERSION_TAG
-from serving.server import stop_local_server
-from tests.unit.test_serving import GOOD, Registry, build_registry, free_port
+from tests.helpers import free_port
+from tests.serving_helpers import GOOD, Registry, build_registry
 
 
 @pytest.fixture(scope="module")

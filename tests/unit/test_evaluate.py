@@ -16,7 +16,7 @@ from components.common.tracking import load_sklearn_model
 from components.evaluate import EvaluationResult, compute_metrics, evaluate, make_checks, relative_change
 from components.specs import ChangeThreshold, DatasetSpec, EvaluationSpec, MetricSpec, ModelSpec, ValueThreshold
 from components.train import TrainResult, train
-from tests.helpers import demo_spec
+from tests.data import ENTITY, TIMESTAMP, churn_spec
 
 LOGISTIC = ModelSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 500})
 
@@ -31,12 +31,12 @@ class Models:
 
 
 @pytest.fixture(scope="module")
-def models(demo_data: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Models:
+def models(churn_data: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Models:
     """A good model and one trained on shuffled labels, both logged to one sqlite MLflow."""
     workspace = tmp_path_factory.mktemp("evaluate")
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
-    source = demo_data[0]
-    spec = demo_spec(source)
+    source = churn_data[0]
+    spec = churn_spec(source)
     good = train(str(source), spec, LOGISTIC, uri, "evaluate-tests", str(workspace / "eval.parquet"))
     frame = pd.read_parquet(source)
     rng = np.random.default_rng(0)
@@ -287,11 +287,9 @@ def test_missing_champion_is_model_not_found(models: Models) -> None:
         )
 
 
-def test_regression_evaluation_has_residual_plots(demo_frame: pd.DataFrame, tmp_path: Path) -> None:
-    from pipelines.demo_data import ENTITY, TIMESTAMP
-
+def test_regression_evaluation_has_residual_plots(churn_frame: pd.DataFrame, tmp_path: Path) -> None:
     source = tmp_path / "regression.parquet"
-    demo_frame.to_parquet(source)
+    churn_frame.to_parquet(source)
     spec = DatasetSpec(
         source=str(source),
         entity_column=ENTITY,
@@ -355,7 +353,8 @@ def test_each_slice_has_its_own_thresholds_from_config(models: Models) -> None:
 def test_the_gate_end_to_end_shuffled_labels_never_get_an_alias(models: Models) -> None:
     """The repository's own evaluation config, evaluate, then register: what the pipeline does."""
     from components.common.errors import CtpipeError
-    from components.register import CHALLENGER, CHAMPION, promote, register, resolve_alias
+    from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, promote, resolve_alias
+    from components.register import register
     from pipelines.config import load_config
     from tests.helpers import ROOT
 
@@ -370,10 +369,10 @@ def test_the_gate_end_to_end_shuffled_labels_never_get_an_alias(models: Models) 
     assert not shuffled.blessed
     rejected = register(models.shuffled.model_uri, models.shuffled.run_id, name, shuffled.blessed, models.uri)
     assert rejected.aliases == []
-    assert not resolve_alias(name, CHALLENGER, models.uri).found
+    assert not resolve_alias(name, CHALLENGER_ALIAS, models.uri).found
     with pytest.raises(CtpipeError, match="not 'true'"):
         promote(name, models.uri, version=rejected.version)
-    assert resolve_alias(name, CHAMPION, models.uri).version == champion
+    assert resolve_alias(name, CHAMPION_ALIAS, models.uri).version == champion
 
     # A candidate at least as good as the champion (here: the same model retrained) is blessed.
     retrained = train(
@@ -382,4 +381,4 @@ def test_the_gate_end_to_end_shuffled_labels_never_get_an_alias(models: Models) 
     equal = _run(models, retrained, models.good, gate, "e2e-equal")
     assert equal.blessed
     accepted = register(retrained.model_uri, retrained.run_id, name, equal.blessed, models.uri)
-    assert accepted.aliases == [CHALLENGER]
+    assert accepted.aliases == [CHALLENGER_ALIAS]

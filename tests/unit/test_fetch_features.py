@@ -8,28 +8,25 @@ import pytest
 from feast import FeatureStore
 
 from components.common.errors import DataError
+from components.common.feast import feast_root, feature_view_name, offline_folder, online_features
 from components.fetch_features import (
     build_training_set,
-    feast_root,
-    feature_view_name,
-    offline_folder,
-    online_features,
 )
 from components.specs import DatasetSpec, FeastSpec
 
 FEAST = FeastSpec()
 
 
-def _window(demo_frame, demo_data, number: int) -> pd.DataFrame:
-    window = demo_data[1][number - 1]
-    stamps = demo_frame.event_timestamp
+def _window(churn_frame, churn_data, number: int) -> pd.DataFrame:
+    window = churn_data[1][number - 1]
+    stamps = churn_frame.event_timestamp
     in_window = (stamps >= pd.Timestamp(window.start)) & (stamps < pd.Timestamp(window.end))
-    return demo_frame[in_window].reset_index(drop=True)
+    return churn_frame[in_window].reset_index(drop=True)
 
 
 @pytest.fixture
-def window1(demo_frame, demo_data, tmp_path):
-    frame = _window(demo_frame, demo_data, 1)
+def window1(churn_frame, churn_data, tmp_path):
+    frame = _window(churn_frame, churn_data, 1)
     path = tmp_path / "window1.parquet"
     frame.to_parquet(path)
     return path, frame
@@ -240,9 +237,9 @@ def test_entities_without_a_value_inside_the_ttl_are_counted_and_left_out(tmp_pa
     assert list(zip(kept.user, kept.ts.dt.day, kept.signal, strict=True)) == [(7, 1, 3.0), (7, 11, 3.0), (8, 11, 1.0)]
 
 
-def test_online_lookup_returns_latest_values_in_one_call(demo_frame, demo_data, dataset_spec, tmp_path, monkeypatch):
+def test_online_lookup_returns_latest_values_in_one_call(churn_frame, churn_data, dataset_spec, tmp_path, monkeypatch):
     workspace = str(tmp_path / "ws")
-    windows = [_window(demo_frame, demo_data, n) for n in (1, 2)]
+    windows = [_window(churn_frame, churn_data, n) for n in (1, 2)]
     for number, frame in enumerate(windows, start=1):
         frame.to_parquet(tmp_path / f"w{number}.parquet")
     build_training_set(str(tmp_path / "w1.parquet"), dataset_spec, FEAST, workspace, str(tmp_path / "t1"))
@@ -273,13 +270,13 @@ def test_online_lookup_returns_latest_values_in_one_call(demo_frame, demo_data, 
 
 
 def test_online_lookup_survives_ipython_replacing_the_sqlite_timestamp_converter(
-    demo_frame, demo_data, dataset_spec, tmp_path, monkeypatch
+    churn_frame, churn_data, dataset_spec, tmp_path, monkeypatch
 ):
     """IPython registers an ISO-8601 ``timestamp`` converter process-wide; Feast stores epoch seconds."""
     import sqlite3
 
     workspace = str(tmp_path / "ws")
-    window = _window(demo_frame, demo_data, 1)
+    window = _window(churn_frame, churn_data, 1)
     window.to_parquet(tmp_path / "w1.parquet")
     build_training_set(str(tmp_path / "w1.parquet"), dataset_spec, FEAST, workspace, str(tmp_path / "t1"))
     # What `import IPython` does (monkeypatch puts Feast's converter back after the test).
@@ -294,7 +291,7 @@ def test_online_lookup_survives_ipython_replacing_the_sqlite_timestamp_converter
 def test_online_store_is_kept_per_thread_and_sees_views_applied_later(tmp_path):
     from concurrent.futures import ThreadPoolExecutor
 
-    from components.fetch_features import _online_store
+    from components.common.feast import _online_store
 
     workspace = str(tmp_path / "ws")
     users = _tiny_spec(tmp_path)
@@ -384,11 +381,11 @@ def redis_server(tmp_path_factory):
 
 @pytest.mark.server
 def test_redis_online_store_gives_the_same_results_as_sqlite(
-    demo_frame, demo_data, dataset_spec, redis_server, tmp_path
+    churn_frame, churn_data, dataset_spec, redis_server, tmp_path
 ):
     import redis
 
-    windows = [_window(demo_frame, demo_data, n) for n in (1, 2)]
+    windows = [_window(churn_frame, churn_data, n) for n in (1, 2)]
     for number, frame in enumerate(windows, start=1):
         frame.to_parquet(tmp_path / f"w{number}.parquet")
     on_redis = FeastSpec(online_store="redis", redis_connection_string=redis_server.connection_string)
@@ -431,7 +428,7 @@ def test_spark_and_redis_profile_renders_a_config_feast_accepts(tmp_path):
     from feast.infra.online_stores.redis import RedisOnlineStoreConfig
     from feast.repo_config import RepoConfig
 
-    from components.fetch_features import definitions, feature_store_yaml
+    from components.common.feast import definitions, feature_store_yaml
 
     feast = FeastSpec(
         online_store="redis",

@@ -9,12 +9,13 @@ import pytest
 import requests
 
 from components.common.errors import DeployError
+from components.common.registry import CANARY_TAG, INFRA_BLESSED_TAG
+from components.common.server_process import start_local_server, stop_local_server
 from components.deploy import deploy, wait_for_serving
-from components.infra_validate import INFRA_BLESSED_TAG, infra_validate
+from components.infra_validate import infra_validate
 from components.specs import DatasetSpec, ServingSpec
-from serving import CANARY_TAG
-from serving.server import start_local_server, stop_local_server
-from tests.unit.test_serving import FEATURES, GOOD, POLL, Registry, build_registry, free_port
+from tests.helpers import free_port
+from tests.serving_helpers import FEATURES, GOOD, POLL, Registry, build_registry
 
 DATASET = DatasetSpec(
     source="unused.parquet",

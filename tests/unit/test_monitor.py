@@ -11,16 +11,11 @@ import pandas as pd
 import pytest
 
 from components.common import tracking
+from components.common.drift import categorical_psi, population_stability_index
 from components.common.errors import DataError
-from components.monitor import (
-    IMPORTANCE_FLOOR,
-    MonitorResult,
-    categorical_psi,
-    monitor,
-    population_stability_index,
-)
+from components.monitor import IMPORTANCE_FLOOR, MonitorResult, monitor
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec, ValueThreshold
-from pipelines.demo_data import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, START, TIMESTAMP, generate
+from tests.data import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, START, TIMESTAMP, Drift, write_churn
 
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
 METRICS = [MetricSpec(name="roc_auc_score"), MetricSpec(name="log_loss"), MetricSpec(name="accuracy_score")]
@@ -73,7 +68,7 @@ def test_categorical_psi_matches_hand_computation_including_unseen_categories() 
     assert categorical_psi(reference, unseen) == pytest.approx(expected, rel=1e-12)
 
 
-# --- monitor on the demo data -------------------------------------------------------------
+# --- monitor on the generated data -------------------------------------------------------------
 
 
 @pytest.fixture(scope="module")
@@ -88,7 +83,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from sklearn.preprocessing import OneHotEncoder
 
     folder = tmp_path_factory.mktemp("champion")
-    generate(folder / "history.parquet", windows=1, rows_per_window=3000, seed=11)
+    write_churn(folder / "history.parquet", windows=1, rows=3000, seed=11)
     history = pd.read_parquet(folder / "history.parquet")
     encoder = make_column_transformer(
         (OneHotEncoder(handle_unknown="ignore"), CATEGORICAL_FEATURES), remainder="passthrough"
@@ -111,9 +106,9 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
 
 
 @pytest.fixture(scope="module")
-def windows(demo_frame: pd.DataFrame) -> dict[int, pd.DataFrame]:
-    week = (demo_frame[TIMESTAMP] - START).dt.days // 7 + 1
-    return {int(w): demo_frame[week == w].reset_index(drop=True) for w in sorted(week.unique())}
+def windows(churn_frame: pd.DataFrame) -> dict[int, pd.DataFrame]:
+    week = (churn_frame[TIMESTAMP] - START).dt.days // 7 + 1
+    return {int(w): churn_frame[week == w].reset_index(drop=True) for w in sorted(week.unique())}
 
 
 def _run(
@@ -257,7 +252,7 @@ def test_few_current_rows_cap_the_decision_at_warn(
 def stationary(tmp_path_factory: pytest.TempPathFactory) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Two labelled windows of 1200 rows from the champion's distribution (enough labels to act on)."""
     path = tmp_path_factory.mktemp("stationary") / "churn.parquet"
-    generate(path, windows=2, rows_per_window=1200, seed=12)
+    write_churn(path, windows=2, rows=1200, seed=12)
     frame = pd.read_parquet(path)
     first = frame[TIMESTAMP] < START + pd.Timedelta(days=7)
     return frame[first].reset_index(drop=True), frame[~first].reset_index(drop=True)
@@ -444,11 +439,9 @@ def test_generated_drift_of_equal_size_retrains_only_for_an_important_feature(
     tmp_path: Path, dataset_spec: DatasetSpec, champion: dict[str, str], feature: str, expected: str
 ) -> None:
     """The generator shifts one feature by 1.5 standard deviations from window 2 on, the concept unchanged."""
-    from pipelines.demo_data import DriftSpec
-
     path = tmp_path / "generated.parquet"
-    drift = DriftSpec(start_window=2, covariate_shift={feature: 1.5}, concept_shift=1.0)
-    generate(path, windows=2, rows_per_window=1200, seed=21, drift=drift)
+    drift = Drift(start=2, shift={feature: 1.5}, price=1.0)
+    write_churn(path, windows=2, rows=1200, seed=21, drift=drift)
     frame = pd.read_parquet(path)
     first = frame[TIMESTAMP] < START + pd.Timedelta(days=7)
     reference, current = frame[first].reset_index(drop=True), frame[~first].reset_index(drop=True)

@@ -12,17 +12,18 @@ from mlflow import MlflowClient
 
 from components.common import tracking
 from components.common.errors import CtpipeError, ModelNotFound
-from components.register import (
+from components.common.registry import (
     BLESSED_TAG,
-    CHALLENGER,
-    CHAMPION,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
     HISTORY_TAG,
     PREVIOUS_CHAMPION_TAG,
+    SUITE_HASH_TAG,
     promote,
-    register,
     resolve_alias,
     rollback,
 )
+from components.register import register
 from components.specs import DatasetSpec, ModelSpec
 from components.train import TrainResult, train
 
@@ -36,14 +37,14 @@ class Runs:
 
 
 @pytest.fixture(scope="module")
-def runs(demo_data: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Runs:
+def runs(churn_data: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory) -> Runs:
     """Four training runs (different seeds) in one sqlite MLflow."""
-    from pipelines.demo_data import CATEGORICAL_FEATURES, ENTITY, LABEL, NUMERIC_FEATURES, TIMESTAMP
+    from tests.data import CATEGORICAL_FEATURES, ENTITY, LABEL, NUMERIC_FEATURES, TIMESTAMP
 
     workspace = tmp_path_factory.mktemp("register")
     uri = f"sqlite:///{workspace / 'mlflow.db'}"
     spec = DatasetSpec(
-        source=str(demo_data[0]),
+        source=str(churn_data[0]),
         entity_column=ENTITY,
         timestamp_column=TIMESTAMP,
         label_column=LABEL,
@@ -52,7 +53,7 @@ def runs(demo_data: tuple[Path, list], tmp_path_factory: pytest.TempPathFactory)
     )
     results = [
         train(
-            str(demo_data[0]),
+            str(churn_data[0]),
             spec,
             ModelSpec(estimator="sklearn.linear_model.LogisticRegression", random_seed=seed),
             uri,
@@ -76,14 +77,14 @@ def _register(runs: Runs, index: int, name: str, blessed: bool = True, **lineage
 
 
 def _champion(runs: Runs, name: str) -> str | None:
-    return resolve_alias(name, CHAMPION, runs.uri).version
+    return resolve_alias(name, CHAMPION_ALIAS, runs.uri).version
 
 
 def test_resolve_alias_missing_model_or_alias(runs: Runs, name: str) -> None:
-    missing_model = resolve_alias(name, CHAMPION, runs.uri)
+    missing_model = resolve_alias(name, CHAMPION_ALIAS, runs.uri)
     assert not missing_model.found and missing_model.version is None and missing_model.name == name
     _register(runs, 0, name, blessed=False)
-    assert not resolve_alias(name, CHAMPION, runs.uri).found
+    assert not resolve_alias(name, CHAMPION_ALIAS, runs.uri).found
 
 
 def test_register_tags_lineage_and_is_idempotent_by_run(runs: Runs, name: str) -> None:
@@ -91,7 +92,7 @@ def test_register_tags_lineage_and_is_idempotent_by_run(runs: Runs, name: str) -
     assert first.created and first.version == "1" and first.blessed
     again = _register(runs, 0, name, data_snapshot="abc123", git_commit="deadbeef")
     assert not again.created and again.version == "1"
-    assert again.aliases == [CHALLENGER]
+    assert again.aliases == [CHALLENGER_ALIAS]
     client = MlflowClient(runs.uri)
     assert len(client.search_model_versions(f"name='{name}'")) == 1
     version = client.get_model_version(name, "1")
@@ -108,19 +109,19 @@ def test_unblessed_version_gets_no_alias(runs: Runs, name: str) -> None:
     result = _register(runs, 0, name, blessed=False)
     assert result.created and not result.blessed and result.aliases == []
     assert MlflowClient(runs.uri).get_model_version(name, result.version).tags[BLESSED_TAG] == "false"
-    assert not resolve_alias(name, CHALLENGER, runs.uri).found
+    assert not resolve_alias(name, CHALLENGER_ALIAS, runs.uri).found
 
 
 def test_blessed_version_becomes_challenger(runs: Runs, name: str) -> None:
     first = _register(runs, 0, name)
-    ref = resolve_alias(name, CHALLENGER, runs.uri)
+    ref = resolve_alias(name, CHALLENGER_ALIAS, runs.uri)
     assert ref.found and ref.version == first.version and ref.run_id == runs.runs[0].run_id
-    assert ref.model_uri == f"models:/{name}/{first.version}" and ref.alias == CHALLENGER
+    assert ref.model_uri == f"models:/{name}/{first.version}" and ref.alias == CHALLENGER_ALIAS
     second = _register(runs, 1, name)
-    assert resolve_alias(name, CHALLENGER, runs.uri).version == second.version == "2"
+    assert resolve_alias(name, CHALLENGER_ALIAS, runs.uri).version == second.version == "2"
     # Re-registering the first run unblessed must not leave an alias on it.
     _register(runs, 1, name, blessed=False)
-    assert not resolve_alias(name, CHALLENGER, runs.uri).found
+    assert not resolve_alias(name, CHALLENGER_ALIAS, runs.uri).found
 
 
 def test_reserved_lineage_keys_are_rejected(runs: Runs, name: str) -> None:
@@ -131,8 +132,8 @@ def test_reserved_lineage_keys_are_rejected(runs: Runs, name: str) -> None:
 def test_promote_moves_champion_and_records_previous(runs: Runs, name: str) -> None:
     v1 = _register(runs, 0, name).version
     change = promote(name, runs.uri)
-    assert (change.previous, change.current, change.alias) == (None, v1, CHAMPION)
-    assert not resolve_alias(name, CHALLENGER, runs.uri).found  # challenger consumed
+    assert (change.previous, change.current, change.alias) == (None, v1, CHAMPION_ALIAS)
+    assert not resolve_alias(name, CHALLENGER_ALIAS, runs.uri).found  # challenger consumed
 
     v2 = _register(runs, 1, name).version
     change = promote(name, runs.uri)
@@ -155,7 +156,7 @@ def test_rollback_restores_the_exact_previous_version(runs: Runs, name: str) -> 
     promote(name, runs.uri)
     change = rollback(name, runs.uri)
     assert (change.previous, change.current) == (v2, v1)
-    champion = resolve_alias(name, CHAMPION, runs.uri)
+    champion = resolve_alias(name, CHAMPION_ALIAS, runs.uri)
     assert champion.version == v1 and champion.run_id == runs.runs[0].run_id
     assert MlflowClient(runs.uri).get_model_version(name, v2).tags["ctpipe.rolled_back"] == "true"
 
@@ -183,7 +184,7 @@ def test_promote_refuses_an_unblessed_version(runs: Runs, name: str) -> None:
         promote(name, runs.uri, version=v1)
     with pytest.raises(ModelNotFound, match="no challenger"):
         promote(name, runs.uri)
-    assert not resolve_alias(name, CHAMPION, runs.uri).found
+    assert not resolve_alias(name, CHAMPION_ALIAS, runs.uri).found
 
 
 def test_champion_cannot_be_unblessed_in_place(runs: Runs, name: str) -> None:
@@ -213,21 +214,23 @@ def test_errors_name_the_problem(runs: Runs, name: str) -> None:
 def test_register_accepts_a_runs_uri(runs: Runs, name: str) -> None:
     run = runs.runs[2]
     result = register(f"runs:/{run.run_id}/{tracking.MODEL_ARTIFACT}", run.run_id, name, True, runs.uri)
-    assert result.created and result.aliases == [CHALLENGER]
-    assert resolve_alias(name, CHALLENGER, runs.uri).run_id == run.run_id
-    assert tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER}", runs.uri) is not None
+    assert result.created and result.aliases == [CHALLENGER_ALIAS]
+    assert resolve_alias(name, CHALLENGER_ALIAS, runs.uri).run_id == run.run_id
+    assert tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER_ALIAS}", runs.uri) is not None
 
 
 # --- lineage ---------------------------------------------------------------------------------
 
 
-def test_lineage_follows_model_run_snapshot_suite_config(runs: Runs, name: str) -> None:
+# The suite hash tag, and the name it had before (versions registered earlier keep it).
+@pytest.mark.parametrize("suite_tag", [SUITE_HASH_TAG, "suite_hash"])
+def test_lineage_follows_model_run_snapshot_suite_config(runs: Runs, name: str, suite_tag: str) -> None:
     from components.register import lineage
 
     run = runs.runs[1]
     tags = {
         "data_snapshot": "snap123",
-        "suite_hash": "suite456",
+        suite_tag: "suite456",
         "config_hash": "cfg789",
         "code_version": "abc1234",
         "pipeline_run": "ctpipe-training-1",
@@ -238,7 +241,7 @@ def test_lineage_follows_model_run_snapshot_suite_config(runs: Runs, name: str) 
     assert [link.kind for link in chain.chain] == ["model", "run", "data snapshot", "suite", "config"]
     model, run_link, data, suite, config = chain.chain
     assert model.id == f"{name}/{version}"
-    assert model.details["blessed"] == "true" and model.details["aliases"] == CHAMPION
+    assert model.details["blessed"] == "true" and model.details["aliases"] == CHAMPION_ALIAS
     assert run_link.id == run.run_id
     assert run_link.details["estimator"] == "sklearn.linear_model.LogisticRegression"
     assert float(run_link.details["roc_auc"]) == pytest.approx(run.metrics["roc_auc"], rel=1e-3)
@@ -277,11 +280,11 @@ def test_cli_promote_rollback_and_lineage(runs: Runs, name: str, tmp_path: Path)
     assert cli.invoke(main, ["--config", config, "promote"]).exit_code == 0
     v2 = _register(runs, 1, name, config_hash="c2").version
     promoted = cli.invoke(main, ["--config", config, "promote", "--json"])
-    assert json.loads(promoted.stdout) == {"name": name, "alias": CHAMPION, "previous": v1, "current": v2}
+    assert json.loads(promoted.stdout) == {"name": name, "alias": CHAMPION_ALIAS, "previous": v1, "current": v2}
 
     rolled = cli.invoke(main, ["--config", config, "rollback"])
     assert rolled.exit_code == 0, rolled.output
-    assert rolled.stdout.strip() == f"{name}@{CHAMPION}: version {v2} → {v1}"
+    assert rolled.stdout.strip() == f"{name}@{CHAMPION_ALIAS}: version {v2} → {v1}"
     assert _champion(runs, name) == v1
 
     shown = cli.invoke(main, ["--config", config, "lineage", name, v1, "--json"])
@@ -359,7 +362,7 @@ def _assert_aliases_safe(uri: str, name: str) -> dict[str, str]:
 
 
 def test_racing_registrations_leave_the_newest_blessed_version_as_challenger(runs: Runs) -> None:
-    from components.register import LOCK_SUFFIX
+    from components.common.registry import LOCK_SUFFIX
 
     context = _processes()
     for round_ in range(2):
@@ -387,7 +390,7 @@ def test_racing_registrations_leave_the_newest_blessed_version_as_challenger(run
             assert by_run[run.run_id].tags["worker"] == run.run_id
         aliases = _assert_aliases_safe(runs.uri, name)
         newest_blessed = max(int(v.version) for v in versions if v.tags[BLESSED_TAG] == "true")
-        assert aliases == {CHALLENGER: str(newest_blessed)}
+        assert aliases == {CHALLENGER_ALIAS: str(newest_blessed)}
         assert client.search_registered_models(f"name='{name}{LOCK_SUFFIX}'") == []  # lock released
 
 
@@ -406,7 +409,7 @@ def _crash_at_every_write(runs: Runs, name: str, index: int, blessed: bool, rese
         _assert_aliases_safe(runs.uri, name)
         # The next registration recovers: it breaks the dead holder's lock and finishes the job.
         result = register(run.model_uri, run.run_id, name, blessed, runs.uri)
-        assert (CHALLENGER in result.aliases) == blessed
+        assert (CHALLENGER_ALIAS in result.aliases) == blessed
         _assert_aliases_safe(runs.uri, name)
         if worker.exitcode == 0:
             return die_at - 1
@@ -419,9 +422,9 @@ def test_a_crash_at_any_write_leaves_no_alias_on_an_unblessed_version(runs: Runs
     # A new blessed candidate: killed before each write (create version, lock, alias, unlock).
     writes = _crash_at_every_write(runs, name, 1, True, lambda: None)
     assert writes >= 3
-    assert resolve_alias(name, CHALLENGER, runs.uri).run_id == runs.runs[1].run_id
+    assert resolve_alias(name, CHALLENGER_ALIAS, runs.uri).run_id == runs.runs[1].run_id
 
     # The challenger re-evaluated as not blessed: the alias must go before its tag says false.
     writes = _crash_at_every_write(runs, name, 1, False, lambda: _register(runs, 1, name))
     assert writes >= 4
-    assert not resolve_alias(name, CHALLENGER, runs.uri).found
+    assert not resolve_alias(name, CHALLENGER_ALIAS, runs.uri).found

@@ -16,17 +16,21 @@ from sklearn.preprocessing import StandardScaler
 from components import train as train_module
 from components.common import tracking
 from components.common.errors import ConfigError, DataError
+from components.common.registry import SUITE_HASH_TAG
+from components.common.suites import suite_hash
 from components.specs import DatasetSpec, ModelSpec
 from components.train import TrainResult, build_pipeline, split_by_time, train
-from tests.helpers import demo_spec
+from tests.data import ENTITY, TIMESTAMP, churn_spec, write_churn
 
 LOGISTIC = ModelSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 500})
+
+SUITE = {"name": "churn", "expectations": []}
 
 
 @pytest.fixture(scope="module")
 def workspace(tmp_path_factory: pytest.TempPathFactory) -> Path:
     path = tmp_path_factory.mktemp("train")
-    (path / "suite.json").write_text(json.dumps({"name": "churn", "expectations": []}))
+    (path / "suite.json").write_text(json.dumps(SUITE))
     return path
 
 
@@ -43,10 +47,10 @@ def mlflow_uses_the_module_database(module_tracking_uri: str) -> None:
 
 @pytest.fixture(scope="module")
 def trained(
-    demo_data: tuple[Path, list], workspace: Path, module_tracking_uri: str
+    churn_data: tuple[Path, list], workspace: Path, module_tracking_uri: str
 ) -> tuple[TrainResult, TrainResult, DatasetSpec]:
-    source = demo_data[0]
-    spec = demo_spec(source)
+    source = churn_data[0]
+    spec = churn_spec(source)
     first = train(
         str(source),
         spec,
@@ -64,15 +68,15 @@ def trained(
 # --- split_by_time -------------------------------------------------------------------------
 
 
-def test_split_holds_out_the_newest_rows(demo_frame: pd.DataFrame, dataset_spec: DatasetSpec) -> None:
-    shuffled = demo_frame.sample(frac=1.0, random_state=0)
+def test_split_holds_out_the_newest_rows(churn_frame: pd.DataFrame, dataset_spec: DatasetSpec) -> None:
+    shuffled = churn_frame.sample(frac=1.0, random_state=0)
     train_part, eval_part = split_by_time(shuffled, dataset_spec, 0.25)
 
-    assert len(eval_part) == round(len(demo_frame) * 0.25)
-    assert len(train_part) + len(eval_part) == len(demo_frame)
+    assert len(eval_part) == round(len(churn_frame) * 0.25)
+    assert len(train_part) + len(eval_part) == len(churn_frame)
     ts = dataset_spec.timestamp_column
     assert train_part[ts].max() <= eval_part[ts].min()
-    newest = demo_frame.nlargest(len(eval_part), ts)
+    newest = churn_frame.nlargest(len(eval_part), ts)
     assert set(eval_part[ts]) == set(newest[ts])
     assert eval_part[ts].is_monotonic_increasing
 
@@ -88,22 +92,22 @@ def test_split_breaks_timestamp_ties_by_entity_whatever_the_input_order(dataset_
         assert eval_part[entity].tolist() == expected_eval
 
 
-def test_split_keeps_at_least_one_row_each_side(dataset_spec: DatasetSpec, demo_frame: pd.DataFrame) -> None:
-    train_part, eval_part = split_by_time(demo_frame.head(3), dataset_spec, 0.01)
+def test_split_keeps_at_least_one_row_each_side(dataset_spec: DatasetSpec, churn_frame: pd.DataFrame) -> None:
+    train_part, eval_part = split_by_time(churn_frame.head(3), dataset_spec, 0.01)
     assert (len(train_part), len(eval_part)) == (2, 1)
-    train_part, eval_part = split_by_time(demo_frame.head(3), dataset_spec, 0.99)
+    train_part, eval_part = split_by_time(churn_frame.head(3), dataset_spec, 0.99)
     assert (len(train_part), len(eval_part)) == (1, 2)
     with pytest.raises(DataError, match="at least 2"):
-        split_by_time(demo_frame.head(1), dataset_spec, 0.5)
+        split_by_time(churn_frame.head(1), dataset_spec, 0.5)
     with pytest.raises(ValueError, match="eval_fraction"):
-        split_by_time(demo_frame, dataset_spec, 1.0)
+        split_by_time(churn_frame, dataset_spec, 1.0)
 
 
-def test_split_parses_string_timestamps(dataset_spec: DatasetSpec, demo_frame: pd.DataFrame) -> None:
-    frame = demo_frame.copy()
+def test_split_parses_string_timestamps(dataset_spec: DatasetSpec, churn_frame: pd.DataFrame) -> None:
+    frame = churn_frame.copy()
     frame[dataset_spec.timestamp_column] = frame[dataset_spec.timestamp_column].astype(str)
     _, eval_part = split_by_time(frame.iloc[::-1], dataset_spec, 0.1)
-    _, expected = split_by_time(demo_frame, dataset_spec, 0.1)
+    _, expected = split_by_time(churn_frame, dataset_spec, 0.1)
     assert eval_part[dataset_spec.entity_column].tolist() == expected[dataset_spec.entity_column].tolist()
 
 
@@ -135,10 +139,10 @@ def test_pipeline_rejects_unknown_params(dataset_spec: DatasetSpec) -> None:
         build_pipeline(dataset_spec, spec)
 
 
-def test_pipeline_handles_missing_and_unseen_values(dataset_spec: DatasetSpec, demo_frame: pd.DataFrame) -> None:
-    from components.train import prepare_features
+def test_pipeline_handles_missing_and_unseen_values(dataset_spec: DatasetSpec, churn_frame: pd.DataFrame) -> None:
+    from components.common.model_input import prepare_features
 
-    frame = demo_frame.head(200).copy()
+    frame = churn_frame.head(200).copy()
     frame.loc[frame.index[:20], "plan"] = None
     frame.loc[frame.index[:20], "tenure_months"] = np.nan
     pipeline = build_pipeline(dataset_spec, LOGISTIC)
@@ -166,15 +170,15 @@ def test_train_is_reproducible(trained: tuple[TrainResult, TrainResult, DatasetS
 
 
 def test_train_writes_the_newest_rows_for_evaluation(
-    trained: tuple[TrainResult, TrainResult, DatasetSpec], demo_frame: pd.DataFrame
+    trained: tuple[TrainResult, TrainResult, DatasetSpec], churn_frame: pd.DataFrame
 ) -> None:
     result, _, spec = trained
     held_out = pd.read_parquet(result.eval_path)
-    assert len(held_out) == result.eval_rows == round(len(demo_frame) * LOGISTIC.eval_fraction)
-    assert result.train_rows + result.eval_rows == len(demo_frame)
-    assert list(held_out.columns) == list(demo_frame.columns)
+    assert len(held_out) == result.eval_rows == round(len(churn_frame) * LOGISTIC.eval_fraction)
+    assert result.train_rows + result.eval_rows == len(churn_frame)
+    assert list(held_out.columns) == list(churn_frame.columns)
     cutoff = held_out[spec.timestamp_column].min()
-    assert (demo_frame[spec.timestamp_column] > cutoff).sum() == len(held_out) - 1
+    assert (churn_frame[spec.timestamp_column] > cutoff).sum() == len(held_out) - 1
 
 
 def test_run_has_params_metrics_tags_and_artifacts(
@@ -195,8 +199,8 @@ def test_run_has_params_metrics_tags_and_artifacts(
     tags = run.data.tags
     assert json.loads(tags["ctpipe.features"]) == spec.feature_columns
     assert tags["pipeline_run"] == "run-1"
-    assert len(tags["ctpipe.suite_sha256"]) == 64
-    assert "ctpipe.suite_sha256" not in client.get_run(second.run_id).data.tags
+    assert tags[SUITE_HASH_TAG] == suite_hash(SUITE)  # the same hash the pipeline's validate step reports
+    assert SUITE_HASH_TAG not in client.get_run(second.run_id).data.tags
 
     suite = tracking.download_run_artifact(result.run_id, tracking.SUITE_ARTIFACT, tmp_path, module_tracking_uri)
     assert json.loads(suite.read_text())["name"] == "churn"
@@ -245,12 +249,12 @@ def test_log_model_time_is_measured(
 
 
 def test_reference_is_a_seeded_sample_when_the_training_set_is_large(
-    demo_data: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module_tracking_uri: str
+    churn_data: tuple[Path, list], tmp_path: Path, monkeypatch: pytest.MonkeyPatch, module_tracking_uri: str
 ) -> None:
     monkeypatch.setattr(train_module, "REFERENCE_MAX_ROWS", 100)
-    spec = demo_spec(demo_data[0])
+    spec = churn_spec(churn_data[0])
     results = [
-        train(str(demo_data[0]), spec, LOGISTIC, module_tracking_uri, "train-tests", str(tmp_path / f"eval{i}"))
+        train(str(churn_data[0]), spec, LOGISTIC, module_tracking_uri, "train-tests", str(tmp_path / f"eval{i}"))
         for i in range(2)
     ]
     samples = [
@@ -267,28 +271,28 @@ def test_reference_is_a_seeded_sample_when_the_training_set_is_large(
     assert len(pd.read_parquet(tmp_path / "eval0")) == results[0].eval_rows
 
 
-def test_missing_columns_are_named(demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path) -> None:
+def test_missing_columns_are_named(churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path) -> None:
     source = tmp_path / "broken.parquet"
-    demo_frame.drop(columns=["plan", "support_calls"]).to_parquet(source)
+    churn_frame.drop(columns=["plan", "support_calls"]).to_parquet(source)
     with pytest.raises(DataError, match=r"\['support_calls', 'plan'\]"):
         train(str(source), dataset_spec, LOGISTIC, "sqlite:///unused.db", "x", str(tmp_path / "eval.parquet"))
     assert not (tmp_path / "eval.parquet").exists()
 
 
 def test_single_class_label_is_a_data_error(
-    demo_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
+    churn_frame: pd.DataFrame, dataset_spec: DatasetSpec, tmp_path: Path
 ) -> None:
     source = tmp_path / "one-class.parquet"
-    demo_frame.assign(**{dataset_spec.label_column: 0}).to_parquet(source)
+    churn_frame.assign(**{dataset_spec.label_column: 0}).to_parquet(source)
     with pytest.raises(DataError, match="single class"):
         train(str(source), dataset_spec, LOGISTIC, "sqlite:///unused.db", "x", str(tmp_path / "eval.parquet"))
 
 
-def test_missing_suite_file_is_a_data_error(demo_data: tuple[Path, list], tmp_path: Path) -> None:
-    spec = demo_spec(demo_data[0])
+def test_missing_suite_file_is_a_data_error(churn_data: tuple[Path, list], tmp_path: Path) -> None:
+    spec = churn_spec(churn_data[0])
     with pytest.raises(DataError, match="suite file"):
         train(
-            str(demo_data[0]),
+            str(churn_data[0]),
             spec,
             LOGISTIC,
             "sqlite:///unused.db",
@@ -298,11 +302,9 @@ def test_missing_suite_file_is_a_data_error(demo_data: tuple[Path, list], tmp_pa
         )
 
 
-def test_regression_task(demo_frame: pd.DataFrame, tmp_path: Path) -> None:
-    from pipelines.demo_data import ENTITY, TIMESTAMP
-
+def test_regression_task(churn_frame: pd.DataFrame, tmp_path: Path) -> None:
     source = tmp_path / "regression.csv"
-    demo_frame.to_csv(source, index=False)
+    churn_frame.to_csv(source, index=False)
     spec = DatasetSpec(
         source=str(source),
         entity_column=ENTITY,
@@ -321,15 +323,13 @@ def test_regression_task(demo_frame: pd.DataFrame, tmp_path: Path) -> None:
 
 
 def test_train_timing_on_a_5k_window(tmp_path: Path) -> None:
-    """Measure (not assert) a default-estimator training on one 5,000-row demo window."""
-    from pipelines.demo_data import generate
-
+    """Measure (not assert) a default-estimator training on one 5,000-row window."""
     source = tmp_path / "churn.parquet"
-    generate(source, windows=1, rows_per_window=5000, seed=11)
+    write_churn(source, windows=1, rows=5000, seed=11)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.ensure_experiment("timing", uri)  # create the database outside the measurement
     started = time.perf_counter()
-    result = train(str(source), demo_spec(source), ModelSpec(), uri, "timing", str(tmp_path / "eval.parquet"))
+    result = train(str(source), churn_spec(source), ModelSpec(), uri, "timing", str(tmp_path / "eval.parquet"))
     elapsed = time.perf_counter() - started
     log_model = MlflowClient(uri).get_run(result.run_id).data.metrics["log_model_seconds"]
     print(f"train on 5k rows (HistGradientBoosting defaults): {elapsed:.2f}s, log_model {log_model:.2f}s")
@@ -347,11 +347,11 @@ def test_same_data_and_config_give_the_same_predictions(
     np.testing.assert_array_equal(predictions[0], predictions[1])
 
 
-def test_hyper_parameter_search_logs_child_runs_and_trains_the_best(demo_data: tuple[Path, list], tmp_path: Path):
+def test_hyper_parameter_search_logs_child_runs_and_trains_the_best(churn_data: tuple[Path, list], tmp_path: Path):
     from components.specs import SearchSpec
 
-    source = demo_data[0]
-    spec = demo_spec(source)
+    source = churn_data[0]
+    spec = churn_spec(source)
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     # C=1e-4 all but silences the features, so the search must not pick it.
     search = SearchSpec(kind="grid", space={"C": [1e-4, 1.0]}, folds=2)

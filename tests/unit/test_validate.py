@@ -8,33 +8,25 @@ import pandas as pd
 import pytest
 
 from components.common.errors import ConfigError, DataError, ValidationFailed
-from components.validate import (
-    BETWEEN,
-    QUARANTINE_REASON,
-    ValidationResult,
-    infer_suite,
-    load_suite,
-    save_suite,
-    suite_hash,
-    validate,
-)
+from components.common.suites import BETWEEN, infer_suite, load_suite, save_suite, suite_hash
+from components.validate import QUARANTINE_REASON, ValidationResult, validate
 from tests.helpers import data_docs_sections
 
 
 @pytest.fixture(scope="module")
-def windows(demo_frame, demo_data):
-    bounds = demo_data[1]
-    stamp = demo_frame.event_timestamp
-    first = demo_frame[stamp < bounds[0].end].reset_index(drop=True)
-    second = demo_frame[(stamp >= bounds[1].start) & (stamp < bounds[1].end)].reset_index(drop=True)
+def windows(churn_frame, churn_data):
+    bounds = churn_data[1]
+    stamp = churn_frame.event_timestamp
+    first = churn_frame[stamp < bounds[0].end].reset_index(drop=True)
+    second = churn_frame[(stamp >= bounds[1].start) & (stamp < bounds[1].end)].reset_index(drop=True)
     return first, second
 
 
 @pytest.fixture(scope="module")
-def spec(demo_data):
-    from tests.helpers import demo_spec
+def spec(churn_data):
+    from tests.data import churn_spec
 
-    return demo_spec(demo_data[0])
+    return churn_spec(churn_data[0])
 
 
 @pytest.fixture(scope="module")
@@ -457,7 +449,7 @@ def test_a_run_uses_the_champions_suite_unless_told_to_reinfer(windows, spec, su
     import mlflow
 
     from components.common import tracking
-    from components.validate import suite_for_run
+    from components.common.suites import suite_for_run
 
     tracking.configure(tracking_uri)
     with mlflow.start_run(experiment_id=tracking.ensure_experiment("suites", tracking_uri)) as champion_run:

@@ -16,7 +16,7 @@ from pydantic import BaseModel, Field
 from components.common.errors import DeployError
 from components.common.logs import get_logger
 
-logger = get_logger("serving.cluster")
+logger = get_logger("kserve")
 
 Verb = Literal["apply", "get", "delete"]
 

@@ -1,0 +1,525 @@
+"""The model registry's conventions, and the alias moves that must follow them.
+
+One place for every name ctpipe writes into the MLflow registry (aliases, tags) and for the
+operations that move aliases safely. The steps (register, deploy, canary analysis), the CLI
+and the model server all read these names from here.
+
+Aliases, not stages (deprecated in MLflow 3), mark roles:
+
+- ``challenger``: the newest blessed version, waiting for promotion (e.g. after a canary);
+- ``champion``: the version that serves.
+
+Safety rules:
+
+- every version carries ``ctpipe.blessed`` (``true``/``false``) from the moment it is created,
+  before any alias can point at it;
+- only a blessed version gets ``challenger``, and ``promote`` refuses an unblessed version;
+- each promotion pushes the previous champion onto a history kept in the registered-model
+  tag ``ctpipe.champion_history`` (a JSON list of versions, oldest first), so ``rollback``
+  can step back one promotion at a time.
+
+Registry writes are safe against races and crashes:
+
+- every alias move (``register``'s challenger, ``promote``, ``rollback``) happens under a
+  registry lock: a registered model ``<name>.ctpipe-lock`` whose creation is atomic in every
+  MLflow backend (sqlite, PostgreSQL behind a server), so two training runs cannot interleave
+  their read-check-write of the aliases. A lock left by a crashed holder is broken when its
+  process is gone (same host) or after ``LOCK_STALE_SECONDS``;
+- under the lock an alias is only pointed at a version that the registry itself reports as
+  ``READY`` and tagged ``ctpipe.blessed=true`` (re-read, not taken from the caller), and
+  ``challenger`` never moves back to an older version than the blessed one it holds, so
+  racing registrations end with the newest blessed candidate as challenger;
+- writes are ordered so that a crash between any two of them leaves no alias on an
+  unblessed version: a new version is created with its blessing tag in the same call; an
+  alias is removed before its version is marked unblessed, and set only after it is marked
+  blessed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import random
+import socket
+import time
+import uuid
+from collections.abc import Iterator, Mapping
+from typing import Any
+from urllib.parse import urlsplit, urlunsplit
+
+from pydantic import BaseModel
+
+from components.common import tracking
+from components.common.errors import CtpipeError, DeployError, ModelNotFound
+from components.common.logs import get_logger
+
+log = get_logger("registry")
+
+# --- Aliases ------------------------------------------------------------------------------------
+CHAMPION_ALIAS = "champion"
+CHALLENGER_ALIAS = "challenger"
+
+# --- Registered-model tags ----------------------------------------------------------------------
+#: The share of requests (0-100) the challenger gets; absent means 0.
+CANARY_TAG = "ctpipe.canary_percent"
+#: The challenger version the canary percent was set for. When the challenger alias moves to
+#: another version, the old percent does not apply to it (it gets 0) until deploy opens traffic for it.
+CANARY_VERSION_TAG = "ctpipe.canary_version"
+#: JSON list of previous champion versions, oldest first.
+HISTORY_TAG = "ctpipe.champion_history"
+
+# --- Model-version tags -------------------------------------------------------------------------
+BLESSED_TAG = "ctpipe.blessed"
+RUN_ID_TAG = "ctpipe.run_id"
+#: The champion version this version replaced when promoted ("" if none).
+PREVIOUS_CHAMPION_TAG = "ctpipe.previous_champion"
+#: Set on a version that lost the champion alias through a rollback.
+ROLLED_BACK_TAG = "ctpipe.rolled_back"
+#: ``true``/``false``: whether the version served requests in a sandbox server (infra validation).
+INFRA_BLESSED_TAG = "ctpipe.infra_blessed"
+#: The canary analysis decision on a challenger, and why.
+CANARY_DECISION_TAG = "ctpipe.canary_decision"
+CANARY_REASON_TAG = "ctpipe.canary_reason"
+#: Tags only ctpipe writes; a caller's lineage may not use them.
+RESERVED_TAGS = (BLESSED_TAG, RUN_ID_TAG, PREVIOUS_CHAMPION_TAG, ROLLED_BACK_TAG)
+
+# --- Lineage tags: on the training run (written by train) and on the version (by register) --------
+PIPELINE_RUN_TAG = "pipeline_run"
+DATA_SNAPSHOT_TAG = "data_snapshot"
+CONFIG_HASH_TAG = "config_hash"
+CODE_VERSION_TAG = "code_version"
+#: The content hash of the expectation suite the training data passed (``suite_hash`` of the suite).
+SUITE_HASH_TAG = "ctpipe.suite_hash"
+#: Names the suite hash had before it was one tag: ``suite_hash`` on versions (the content hash)
+#: and ``ctpipe.suite_sha256`` on runs (the suite file's SHA-256). Read, never written.
+LEGACY_SUITE_HASH_TAGS = ("suite_hash", "ctpipe.suite_sha256")
+#: JSON list of the feature columns the model was trained on (run tag).
+FEATURES_TAG = "ctpipe.features"
+#: SHA-256 of the training set's content (run tag).
+TRAINING_SET_HASH_TAG = "ctpipe.training_set_sha256"
+
+# --- Model server ---------------------------------------------------------------------------------
+#: JSON route of the model server that reports what it serves.
+STATUS_ROUTE = "/ctpipe/status"
+
+# --- Registry lock --------------------------------------------------------------------------------
+#: Suffix of the registered model that serves as the registry lock of a model.
+LOCK_SUFFIX = ".ctpipe-lock"
+_LOCK_HOLDER_TAG = "ctpipe.lock_holder"
+_LOCK_SINCE_TAG = "ctpipe.lock_acquired_at"
+#: A lock held longer than this is considered left behind by a crash and broken.
+LOCK_STALE_SECONDS = 120.0
+#: How long a writer waits for the lock before giving up.
+LOCK_WAIT_SECONDS = 300.0
+
+
+def redact_uri(uri: str) -> str:
+    """Drop a password from a URI so it can be logged or reported."""
+    parts = urlsplit(uri)
+    if parts.password is None:
+        return uri
+    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
+def lineage_tags(lineage: Mapping[str, Any], snapshot_hash: str, suite_hash: str) -> dict[str, str]:
+    """The lineage tags the training pipeline writes on the training run and on its registered version.
+
+    Args:
+        lineage: Tags every run of the pipeline carries (config hash, code version).
+        snapshot_hash: Content hash of the data snapshot trained on.
+        suite_hash: Content hash of the expectation suite that data passed.
+    """
+    return {
+        **{str(key): str(value) for key, value in lineage.items()},
+        DATA_SNAPSHOT_TAG: snapshot_hash,
+        SUITE_HASH_TAG: suite_hash,
+    }
+
+
+def suite_hash_of(tags: Mapping[str, str]) -> str | None:
+    """The suite hash recorded in run or version ``tags``, under its name or a legacy one."""
+    for key in (SUITE_HASH_TAG, *LEGACY_SUITE_HASH_TAGS):
+        if tags.get(key):
+            return tags[key]
+    return None
+
+
+class ModelRef(BaseModel):
+    """A registered model version found through an alias (``found`` False if there is none)."""
+
+    name: str
+    found: bool
+    version: str | None = None
+    model_uri: str | None = None
+    run_id: str | None = None
+    alias: str | None = None
+
+
+class AliasChange(BaseModel):
+    """Which version an alias pointed to before and after a promotion or rollback."""
+
+    name: str
+    alias: str
+    previous: str | None
+    current: str | None
+
+
+def is_missing(exc: Exception) -> bool:
+    """Whether an MLflow error says the model, version or run does not exist."""
+    return getattr(exc, "error_code", "") == "RESOURCE_DOES_NOT_EXIST"
+
+
+def registered_model(client: Any, model_name: str) -> Any | None:
+    """The registered model, or None when it does not exist."""
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_registered_model(model_name)
+    except MlflowException as exc:
+        if is_missing(exc):
+            return None
+        raise
+
+
+def aliases_of(client: Any, model_name: str) -> dict[str, str]:
+    """Alias -> version of a registered model; empty when the model does not exist."""
+    model = registered_model(client, model_name)
+    return {str(k): str(v) for k, v in (model.aliases or {}).items()} if model is not None else {}
+
+
+def get_version(client: Any, model_name: str, version: str) -> Any:
+    """A model version.
+
+    Raises:
+        ModelNotFound: The version does not exist.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return client.get_model_version(model_name, version)
+    except MlflowException as exc:
+        if is_missing(exc):
+            raise ModelNotFound(f"model {model_name!r} has no version {version}") from exc
+        raise
+
+
+def _history(client: Any, model_name: str) -> list[str]:
+    model = registered_model(client, model_name)
+    raw = (model.tags or {}).get(HISTORY_TAG) if model is not None else None
+    if not raw:
+        return []
+    try:
+        history = json.loads(raw)
+    except json.JSONDecodeError as exc:
+        raise CtpipeError(f"model {model_name!r}: tag {HISTORY_TAG} is not valid JSON: {raw!r}") from exc
+    return [str(version) for version in history]
+
+
+def blessing(version: Any) -> str:
+    """A version's ``ctpipe.blessed`` tag: ``true``, ``false`` or ``missing``."""
+    return str((version.tags or {}).get(BLESSED_TAG, "missing"))
+
+
+def _holder_alive(holder: str) -> bool:
+    """False only when the holder ran on this host and its process is gone."""
+    host, _, rest = holder.partition("|")
+    pid_text = rest.partition("|")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return True
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _break_if_stale(client: Any, lock_name: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    lock = registered_model(client, lock_name)
+    if lock is None:
+        return
+    tags = lock.tags or {}
+    holder = tags.get(_LOCK_HOLDER_TAG, "")
+    try:
+        age = time.time() - float(tags.get(_LOCK_SINCE_TAG, "0"))
+    except ValueError:
+        age = LOCK_STALE_SECONDS + 1
+    if age <= LOCK_STALE_SECONDS and _holder_alive(holder):
+        return
+    log.warning("breaking a stale registry lock", extra={"lock": lock_name, "holder": holder, "age": round(age, 1)})
+    try:
+        client.delete_registered_model(lock_name)
+    except MlflowException as exc:
+        if not is_missing(exc):
+            raise
+
+
+@contextlib.contextmanager
+def registry_lock(client: Any, model_name: str, wait_seconds: float | None = None) -> Iterator[str]:
+    """Hold the registry lock of ``model_name`` (the registered model ``<name>.ctpipe-lock``).
+
+    Creating a registered model fails for the second of two creators in every MLflow backend,
+    which makes it a lock that works the same on sqlite and on a tracking server.
+
+    Args:
+        client: An ``MlflowClient``.
+        model_name: The model whose aliases are about to change.
+        wait_seconds: Give up after this long; default ``LOCK_WAIT_SECONDS``.
+
+    Yields:
+        The holder id written on the lock.
+
+    Raises:
+        CtpipeError: The lock stayed taken for ``wait_seconds``.
+    """
+    from mlflow.exceptions import MlflowException
+
+    lock_name = f"{model_name}{LOCK_SUFFIX}"
+    holder = f"{socket.gethostname()}|{os.getpid()}|{uuid.uuid4().hex[:8]}"
+    deadline = time.monotonic() + (LOCK_WAIT_SECONDS if wait_seconds is None else wait_seconds)
+    while True:
+        try:
+            client.create_registered_model(
+                lock_name,
+                tags={_LOCK_HOLDER_TAG: holder, _LOCK_SINCE_TAG: f"{time.time():.3f}"},
+                description=f"ctpipe registry lock of {model_name!r} (not a model; deleted when released)",
+            )
+            break
+        except MlflowException as exc:
+            # "Not found" from a create: the insert clashed with the holder's lock, which was released
+            # before MLflow's store read it back to report the clash. Taken either way: retry.
+            taken = getattr(exc, "error_code", "") in ("RESOURCE_ALREADY_EXISTS", "ALREADY_EXISTS")
+            if not taken and not is_missing(exc):
+                raise
+        _break_if_stale(client, lock_name)
+        if time.monotonic() > deadline:
+            raise CtpipeError(
+                f"registry lock {lock_name!r} stayed taken for {wait_seconds or LOCK_WAIT_SECONDS:.0f}s",
+                hint="Another training run or promotion is writing; if none is, delete that registered model.",
+            )
+        time.sleep(random.uniform(0.05, 0.25))
+    try:
+        yield holder
+    finally:
+        lock = registered_model(client, lock_name)
+        # Never release a lock someone else took after breaking ours as stale.
+        if lock is not None and (lock.tags or {}).get(_LOCK_HOLDER_TAG) == holder:
+            try:
+                client.delete_registered_model(lock_name)
+            except MlflowException as exc:
+                if not is_missing(exc):
+                    raise
+
+
+def set_alias(client: Any, model_name: str, alias: str, version: str) -> None:
+    """Point ``alias`` at ``version``, which the registry must report READY and blessed right now."""
+    current = get_version(client, model_name, version)
+    if current.status != "READY" or blessing(current) != "true":
+        raise CtpipeError(
+            f"refusing to point {model_name}@{alias} at version {version}: it is {current.status} "
+            f"with {BLESSED_TAG}={blessing(current)!r}"
+        )
+    client.set_registered_model_alias(model_name, alias, version)
+
+
+def resolve_alias(model_name: str, alias: str, tracking_uri: str) -> ModelRef:
+    """Resolve ``alias`` of a registered model to a fixed version.
+
+    Args:
+        model_name: Registered model name.
+        alias: Alias, e.g. ``champion``.
+        tracking_uri: MLflow tracking (and registry) URI.
+
+    Returns:
+        The version with ``model_uri`` ``models:/NAME/VERSION``, or ``found=False`` when the
+        model or the alias does not exist.
+    """
+    client = tracking.registry_client(tracking_uri)
+    version = aliases_of(client, model_name).get(alias)
+    if version is None:
+        return ModelRef(name=model_name, found=False, alias=alias)
+    model_version = get_version(client, model_name, version)
+    return ModelRef(
+        name=model_name,
+        found=True,
+        version=str(model_version.version),
+        model_uri=f"models:/{model_name}/{model_version.version}",
+        run_id=model_version.run_id,
+        alias=alias,
+    )
+
+
+def promote(model_name: str, tracking_uri: str, version: str | None = None) -> AliasChange:
+    """Make a blessed version the ``champion``; by default the current ``challenger``.
+
+    The replaced champion is recorded in the new version's ``ctpipe.previous_champion`` tag
+    and pushed onto the model's ``ctpipe.champion_history`` before the alias moves. The
+    ``challenger`` alias is removed when it pointed to the promoted version. Promoting the
+    current champion again changes nothing.
+
+    Args:
+        model_name: Registered model name.
+        tracking_uri: MLflow tracking (and registry) URI.
+        version: Version to promote; defaults to the ``challenger``.
+
+    Returns:
+        The champion alias before and after.
+
+    Raises:
+        ModelNotFound: The model, version or challenger alias does not exist.
+        CtpipeError: The version is not blessed.
+    """
+    client = tracking.registry_client(tracking_uri)
+    if registered_model(client, model_name) is None:
+        raise ModelNotFound(f"no registered model named {model_name!r}")
+    with registry_lock(client, model_name):
+        return _promote_locked(client, model_name, version)
+
+
+def _promote_locked(client: Any, model_name: str, version: str | None) -> AliasChange:
+    aliases = aliases_of(client, model_name)
+    if version is None:
+        version = aliases.get(CHALLENGER_ALIAS)
+        if version is None:
+            raise ModelNotFound(
+                f"model {model_name!r} has no {CHALLENGER_ALIAS} alias to promote",
+                hint="Register a blessed version first, or pass the version explicitly.",
+            )
+    version = str(version)
+    model_version = get_version(client, model_name, version)
+    if blessing(model_version) != "true":
+        raise CtpipeError(
+            f"refusing to make model {model_name!r} version {version} {CHAMPION_ALIAS}: "
+            f"its {BLESSED_TAG} tag is {blessing(model_version)!r}, not 'true'",
+            hint="Only versions that passed evaluation can serve; retrain or promote a blessed version.",
+        )
+    previous = aliases.get(CHAMPION_ALIAS)
+    if previous != version:
+        client.set_model_version_tag(model_name, version, PREVIOUS_CHAMPION_TAG, previous or "")
+        if previous is not None:
+            history = _history(client, model_name)
+            client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps([*history, previous]))
+        set_alias(client, model_name, CHAMPION_ALIAS, version)
+    if aliases.get(CHALLENGER_ALIAS) == version:
+        client.delete_registered_model_alias(model_name, CHALLENGER_ALIAS)
+    log.info("promoted", extra={"model": model_name, "previous": previous, "current": version})
+    return AliasChange(name=model_name, alias=CHAMPION_ALIAS, previous=previous, current=version)
+
+
+def rollback(model_name: str, tracking_uri: str) -> AliasChange:
+    """Point ``champion`` back at the version it had before the last promotion.
+
+    Steps back one promotion per call, so two rollbacks undo two promotions. History entries
+    equal to the current champion (left by an interrupted promotion) or whose version was
+    deleted are skipped. The demoted version gets the tag ``ctpipe.rolled_back=true``.
+
+    Args:
+        model_name: Registered model name.
+        tracking_uri: MLflow tracking (and registry) URI.
+
+    Returns:
+        The champion alias before and after.
+
+    Raises:
+        ModelNotFound: The model has no champion, or no previous champion is recorded.
+    """
+    client = tracking.registry_client(tracking_uri)
+    if registered_model(client, model_name) is None:
+        raise ModelNotFound(f"no registered model named {model_name!r}")
+    with registry_lock(client, model_name):
+        return _rollback_locked(client, model_name)
+
+
+def _rollback_locked(client: Any, model_name: str) -> AliasChange:
+    current = aliases_of(client, model_name).get(CHAMPION_ALIAS)
+    if current is None:
+        raise ModelNotFound(f"model {model_name!r} has no {CHAMPION_ALIAS} alias, so there is nothing to roll back")
+    history = _history(client, model_name)
+    target: str | None = None
+    while history and target is None:
+        candidate = history.pop()
+        if candidate == current:
+            continue
+        try:
+            get_version(client, model_name, candidate)
+        except ModelNotFound:
+            log.warning(
+                "skipping deleted version in champion history", extra={"model": model_name, "version": candidate}
+            )
+            continue
+        target = candidate
+    if target is None:
+        raise ModelNotFound(
+            f"model {model_name!r}: no previous {CHAMPION_ALIAS} is recorded to roll back to "
+            f"(the {CHAMPION_ALIAS} is version {current})",
+            hint="Promote an earlier version explicitly with promote(..., version=...).",
+        )
+    # Alias first: if the history write is lost, the next rollback skips the entry equal to the champion.
+    set_alias(client, model_name, CHAMPION_ALIAS, target)
+    client.set_registered_model_tag(model_name, HISTORY_TAG, json.dumps(history))
+    client.set_model_version_tag(model_name, current, ROLLED_BACK_TAG, "true")
+    log.info("rolled back", extra={"model": model_name, "previous": current, "current": target})
+    return AliasChange(name=model_name, alias=CHAMPION_ALIAS, previous=current, current=target)
+
+
+def require_registered_model(client: Any, model_name: str, tracking_uri: str) -> Any:
+    """The registered model, for callers that cannot go on without it.
+
+    Raises:
+        ModelNotFound: It does not exist.
+        DeployError: The registry could not be read.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        found = registered_model(client, model_name)
+    except MlflowException as exc:
+        raise DeployError(
+            f"cannot read registered model {model_name!r} from {redact_uri(tracking_uri)}: {exc}"
+        ) from exc
+    if found is None:
+        raise ModelNotFound(f"registered model {model_name!r} does not exist in {redact_uri(tracking_uri)}")
+    return found
+
+
+def set_traffic(model_name: str, tracking_uri: str, canary_percent: int) -> None:
+    """Set the share of requests the current challenger gets (0 gives the champion everything).
+
+    The percent is bound to the version behind ``challenger`` now, so a later challenger does
+    not inherit it; the model server applies the change within one poll interval.
+
+    Args:
+        model_name: Registered model name.
+        tracking_uri: MLflow tracking/registry URI.
+        canary_percent: 0-100.
+
+    Raises:
+        DeployError: The percent is outside 0-100.
+        ModelNotFound: The registered model does not exist.
+    """
+    if isinstance(canary_percent, bool) or not isinstance(canary_percent, int) or not 0 <= canary_percent <= 100:
+        raise DeployError(f"canary_percent must be an integer between 0 and 100, got {canary_percent!r}")
+    client = tracking.registry_client(tracking_uri)
+    registered = require_registered_model(client, model_name, tracking_uri)
+    challenger = (registered.aliases or {}).get(CHALLENGER_ALIAS)
+    challenger = None if challenger is None else str(challenger)
+
+    def bind_version() -> None:
+        if challenger is not None:
+            client.set_registered_model_tag(model_name, CANARY_VERSION_TAG, challenger)
+        elif CANARY_VERSION_TAG in (registered.tags or {}):
+            client.delete_registered_model_tag(model_name, CANARY_VERSION_TAG)
+
+    # The server reads both tags at once: lower the percent before rebinding, raise it after.
+    if canary_percent == 0:
+        client.set_registered_model_tag(model_name, CANARY_TAG, "0")
+        bind_version()
+    else:
+        bind_version()
+        client.set_registered_model_tag(model_name, CANARY_TAG, str(canary_percent))
+    log.info("traffic set", extra={"model": model_name, "challenger": challenger, "canary_percent": canary_percent})

@@ -1,0 +1,168 @@
+"""Seeded churn-like data for the component tests: small, fast, and shaped by what the tests check.
+
+The tests own this data rather than borrowing the demo's generator (``pipelines.demo_data``), so
+the demo can change without moving the tests' thresholds. What the tests rely on:
+
+- weekly windows from :data:`START`, ``rows`` customers in each; the ids are ``1..rows`` in every
+  window, so a later window updates the same entities (Feast's latest value), and the
+  (entity, timestamp) key is unique;
+- seven numeric and two categorical features and a binary label driven by some of them:
+  ``support_calls`` and ``satisfaction_score`` matter, ``marketing_score`` is noise (drift in it
+  should not ask for retraining), and ``total_charges`` is about tenure times monthly charges
+  (a regression target);
+- from :attr:`Drift.start` on, shifted feature means (covariate drift) and a stronger effect of
+  the monthly charges on churn (concept drift), so a model of the first window gets worse.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from components.specs import DatasetSpec
+
+ENTITY, TIMESTAMP, LABEL = "customer_id", "event_timestamp", "churned"
+NUMERIC_FEATURES = [
+    "tenure_months",
+    "monthly_charges",
+    "total_charges",
+    "support_calls",
+    "payment_delays",
+    "satisfaction_score",
+    "marketing_score",
+]
+CATEGORICAL_FEATURES = ["plan", "region"]
+START = pd.Timestamp("2026-01-05", tz="UTC")
+WEEK = pd.Timedelta(days=7)
+
+# Plan -> (share of customers, base monthly charge).
+PLANS = {"basic": (0.5, 30.0), "standard": (0.35, 60.0), "premium": (0.15, 95.0)}
+REGIONS = ["north", "south", "east", "west"]
+# Churn log-odds per standard unit of a feature: (weight, centre, unit). Fixed units, so that a
+# shifted feature really moves the label. Features not listed have no effect on churn.
+CHURN_EFFECTS = {
+    "tenure_months": (-1.3, 24.0, 17.0),
+    "monthly_charges": (0.8, 52.0, 22.0),
+    "support_calls": (1.2, 1.5, 1.2),
+    "payment_delays": (0.8, 0.4, 0.65),
+    "satisfaction_score": (-1.0, 7.0, 1.5),
+}
+BASE_LOG_ODDS = -1.2
+PREMIUM_LOG_ODDS = -0.4
+
+
+@dataclass(frozen=True)
+class Drift:
+    """Drift from window ``start`` (1-based) on."""
+
+    start: int = 2
+    # Shift of a feature's mean in units of its standard deviation in that window.
+    shift: dict[str, float] = field(default_factory=lambda: {"support_calls": 1.0, "satisfaction_score": -1.0})
+    # Factor on the effect of the monthly charges (1.0: the concept does not change).
+    price: float = 3.0
+
+
+@dataclass(frozen=True)
+class Window:
+    """One window of the data: number (1-based), [start, end) as ISO timestamps, and its row count."""
+
+    window: int
+    start: str
+    end: str
+    rows: int
+
+
+def _features(rng: np.random.Generator, rows: int) -> pd.DataFrame:
+    plan = rng.choice(list(PLANS), rows, p=[share for share, _ in PLANS.values()])
+    tenure = np.clip(rng.gamma(2.0, 12.0, rows), 1, 120)
+    monthly = pd.Series(plan).map({name: base for name, (_, base) in PLANS.items()}).to_numpy()
+    monthly = monthly + rng.normal(0.0, 8.0, rows)
+    return pd.DataFrame(
+        {
+            "tenure_months": tenure,
+            "monthly_charges": monthly,
+            "total_charges": tenure * monthly * rng.uniform(0.9, 1.05, rows),
+            "support_calls": rng.poisson(1.5, rows).astype(float),
+            "payment_delays": rng.poisson(0.4, rows).astype(float),
+            "satisfaction_score": np.clip(rng.normal(7.0, 1.5, rows), 0, 10),
+            "marketing_score": rng.normal(50.0, 10.0, rows),
+            "plan": plan,
+            "region": rng.choice(REGIONS, rows),
+        }
+    )
+
+
+def _churn(rng: np.random.Generator, features: pd.DataFrame, price: float) -> np.ndarray:
+    log_odds = np.full(len(features), BASE_LOG_ODDS) + np.where(features["plan"] == "premium", PREMIUM_LOG_ODDS, 0.0)
+    for name, (weight, centre, unit) in CHURN_EFFECTS.items():
+        factor = price if name == "monthly_charges" else 1.0
+        log_odds += factor * weight * (features[name].to_numpy() - centre) / unit
+    return (rng.random(len(features)) < 1.0 / (1.0 + np.exp(-log_odds))).astype("int64")
+
+
+def churn_frame(
+    windows: int = 3, rows: int = 600, seed: int = 3, drift: Drift | None = None
+) -> tuple[pd.DataFrame, list[Window]]:
+    """``windows`` weekly windows of ``rows`` customers each, sorted by time; the same seed gives the same data.
+
+    Args:
+        windows: Number of weekly windows.
+        rows: Customers (rows) per window.
+        seed: Random seed.
+        drift: Drift to inject, or None for stationary data.
+
+    Returns:
+        The data and its windows.
+    """
+    rng = np.random.default_rng(seed)
+    parts, bounds = [], []
+    for number in range(1, windows + 1):
+        start = START + (number - 1) * WEEK
+        drifting = drift is not None and number >= drift.start
+        features = _features(rng, rows)
+        for name, sigmas in drift.shift.items() if drift is not None and drifting else ():
+            features[name] += sigmas * features[name].std(ddof=0)
+        label = _churn(rng, features, drift.price if drift is not None and drifting else 1.0)
+        stamps = start + pd.to_timedelta(rng.choice(WEEK // pd.Timedelta(milliseconds=1), rows, replace=False), "ms")
+        numeric = features[NUMERIC_FEATURES].round(3)
+        parts.append(
+            pd.concat(
+                [
+                    pd.DataFrame({ENTITY: np.arange(1, rows + 1, dtype="int64"), TIMESTAMP: stamps.as_unit("ns")}),
+                    numeric,
+                    features[CATEGORICAL_FEATURES],
+                    pd.DataFrame({LABEL: label}),
+                ],
+                axis=1,
+            )
+        )
+        bounds.append(Window(number, start.isoformat(), (start + WEEK).isoformat(), rows))
+    frame = pd.concat(parts, ignore_index=True).sort_values([TIMESTAMP, ENTITY], ignore_index=True)
+    return frame, bounds
+
+
+def write_churn(
+    path: str | Path, windows: int = 3, rows: int = 600, seed: int = 3, drift: Drift | None = None
+) -> list[Window]:
+    """Write :func:`churn_frame` as one Parquet file (its parent folders created) and return its windows."""
+    frame, bounds = churn_frame(windows, rows, seed, drift)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return bounds
+
+
+def churn_spec(source: str | Path) -> DatasetSpec:
+    """A dataset spec describing data written by :func:`write_churn` at ``source``."""
+    return DatasetSpec(
+        source=str(source),
+        entity_column=ENTITY,
+        timestamp_column=TIMESTAMP,
+        label_column=LABEL,
+        numeric_features=list(NUMERIC_FEATURES),
+        categorical_features=list(CATEGORICAL_FEATURES),
+        task="binary_classification",
+    )

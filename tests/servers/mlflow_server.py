@@ -1,0 +1,71 @@
+"""An ``mlflow server`` on 127.0.0.1 (on the PostgreSQL of :mod:`tests.servers.postgres_server`)."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import time
+from pathlib import Path
+
+from tests.servers.process import ServerProcess, free_port, wait_for_port
+
+
+class MlflowServer:
+    """``mlflow server`` on 127.0.0.1: metadata in a database, artifacts served from a folder."""
+
+    def __init__(self, backend_store_uri: str, base: Path) -> None:
+        """Start the server and wait until its health endpoint answers.
+
+        Args:
+            backend_store_uri: E.g. ``postgresql://user@127.0.0.1:PORT/mlflow``.
+            base: Folder for the artifact store and the log.
+        """
+        import sys
+
+        import requests
+
+        self.port = free_port()
+        self.artifacts = base / "mlflow-artifacts"
+        self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.process = ServerProcess(
+            "mlflow server",
+            [
+                sys.executable,
+                "-m",
+                "mlflow",
+                "server",
+                "--backend-store-uri",
+                backend_store_uri,
+                "--artifacts-destination",
+                str(self.artifacts),
+                "--serve-artifacts",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ],
+            base / "mlflow-server.log",
+            # No job runner: it starts a handful of huey consumers the registry does not need.
+            env={"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+        )
+        self.uri = f"http://127.0.0.1:{self.port}"
+        wait_for_port(self.port, timeout=180, process=self.process)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                if requests.get(f"{self.uri}/health", timeout=5).ok:
+                    return
+            except requests.RequestException:
+                pass
+            if time.monotonic() > deadline or self.process.popen.poll() is not None:
+                raise TimeoutError(f"mlflow server at {self.uri} is not healthy:\n{self.process.log_tail()}")
+            time.sleep(0.5)
+
+    def stop(self) -> None:
+        """Stop the server, then anything of its process group that outlived it."""
+        self.process.stop()
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(self.process.popen.pid, signal.SIGKILL)

@@ -1,0 +1,160 @@
+"""What every test server shares: installing it from Debian, a free port, starting and stopping its process."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import pytest
+
+_APT_UPDATED = False
+# Wait for another apt/dpkg (a parallel test run) instead of failing on its lock.
+_APT_LOCK_WAIT = ["-o", "DPkg::Lock::Timeout=600"]
+
+
+def unavailable(reason: str) -> None:
+    """Skip the test for a missing server, or fail under CI, where every server must run."""
+    if os.environ.get("CI"):
+        pytest.fail(f"CI must run this test but cannot: {reason}")
+    pytest.skip(reason)
+
+
+def ensure_debian_package(command: str, package: str, search_dirs: Sequence[str] = ()) -> str:
+    """The path of ``command``, installing Debian's ``package`` first if it is missing.
+
+    Args:
+        command: Executable name, looked up on PATH and then in ``search_dirs``.
+        package: The Debian package that provides it.
+        search_dirs: Extra folders to look in (e.g. PostgreSQL's versioned ``bin``), globs allowed.
+
+    Returns:
+        The absolute path of the executable.
+    """
+    global _APT_UPDATED
+
+    def find() -> str | None:
+        found = shutil.which(command)
+        if found:
+            return found
+        for pattern in search_dirs:
+            for folder in sorted(Path("/").glob(pattern.lstrip("/")), reverse=True):
+                candidate = folder / command
+                if candidate.is_file() and os.access(candidate, os.X_OK):
+                    return str(candidate)
+        return None
+
+    path = find()
+    if path:
+        return path
+    if os.geteuid() != 0 or not shutil.which("apt-get"):
+        unavailable(f"{command} is not installed and this user cannot apt-get install {package}")
+    env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+    if not _APT_UPDATED:
+        subprocess.run(["apt-get", *_APT_LOCK_WAIT, "update", "-qq"], check=False, env=env, capture_output=True)
+        _APT_UPDATED = True
+    result = subprocess.run(
+        ["apt-get", *_APT_LOCK_WAIT, "install", "-y", "-qq", "--no-install-recommends", package],
+        env=env,
+        capture_output=True,
+        text=True,
+    )
+    path = find()
+    if result.returncode != 0 or not path:
+        unavailable(f"apt-get install {package} failed (exit {result.returncode}): {result.stderr.strip()[-500:]}")
+    assert path is not None
+    return path
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def wait_for_port(
+    port: int, host: str = "127.0.0.1", timeout: float = 60.0, process: ServerProcess | None = None
+) -> None:
+    """Block until something accepts TCP connections on ``host:port``.
+
+    Raises:
+        TimeoutError: Nothing listened in time (or the process exited first); the message has its log tail.
+    """
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if process is not None and process.popen.poll() is not None:
+            raise TimeoutError(f"{process.name} exited with {process.popen.returncode}:\n{process.log_tail()}")
+        with socket.socket() as sock:
+            sock.settimeout(0.5)
+            if sock.connect_ex((host, port)) == 0:
+                return
+        time.sleep(0.2)
+    tail = process.log_tail() if process is not None else ""
+    raise TimeoutError(f"nothing listened on {host}:{port} within {timeout:.0f}s\n{tail}")
+
+
+class ServerProcess:
+    """A server process this test session started, with its output in a log file.
+
+    It runs in its own process group so that :meth:`stop` ends it and its children, and
+    nothing else.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        args: Sequence[str],
+        log_path: Path,
+        env: dict[str, str] | None = None,
+        cwd: Path | None = None,
+        user: str | None = None,
+    ) -> None:
+        """Start ``args`` in the background.
+
+        Args:
+            name: What it is, for messages.
+            args: The command line.
+            log_path: Where its stdout and stderr go.
+            env: Extra environment variables.
+            cwd: Working directory.
+            user: Run as this user (PostgreSQL refuses to run as root).
+        """
+        self.name = name
+        self.log_path = log_path
+        log_path.parent.mkdir(parents=True, exist_ok=True)
+        self._log = log_path.open("ab")
+        self.popen = subprocess.Popen(
+            list(args),
+            stdout=self._log,
+            stderr=subprocess.STDOUT,
+            env={**os.environ, **(env or {})},
+            cwd=cwd,
+            start_new_session=True,
+            user=user,
+        )
+
+    def log_tail(self, lines: int = 30) -> str:
+        """The last lines of the server's log."""
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+    def stop(self, timeout: float = 20.0) -> None:
+        """SIGTERM the process group, then SIGKILL what is left after ``timeout`` seconds."""
+        if self.popen.poll() is None:
+            try:
+                os.killpg(self.popen.pid, signal.SIGTERM)
+                self.popen.wait(timeout=timeout)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.popen.pid, signal.SIGKILL)
+                self.popen.wait(timeout=timeout)
+            except ProcessLookupError:
+                pass
+        self._log.close()

@@ -1,0 +1,121 @@
+"""The cluster side: InferenceService manifests checked against the KServe CRD, and the KServe seam."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import pytest
+
+from components.common.errors import DeployError
+from components.specs import ServingSpec
+from tests.helpers import kserve_crd_validator
+
+
+@pytest.fixture(scope="module")
+def crd_validator() -> Any:
+    return kserve_crd_validator()
+
+
+@pytest.mark.parametrize("mode", ["Serverless", "Standard"])
+@pytest.mark.parametrize("canary", [None, 20])
+def test_manifest_validates_against_crd(crd_validator: Any, mode: str, canary: int | None) -> None:
+    from components.common.kserve.manifests import render_inference_service
+
+    spec = ServingSpec(model_name="churn-model", deployment_mode=mode, namespace="ml")  # type: ignore[arg-type]
+    manifest = render_inference_service(
+        spec, "registry.example/ctpipe/serving:0.1.0", "7", "http://mlflow:5000", canary, stable_version="6"
+    )
+    errors = sorted(crd_validator.iter_errors(manifest), key=lambda e: list(e.path))
+    assert not errors, "\n".join(f"{list(e.path)}: {e.message}" for e in errors)
+
+    predictor = manifest["spec"]["predictor"]
+    container = predictor["containers"][0]
+    annotations = manifest["metadata"]["annotations"]
+    assert container["name"] == "kserve-container"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    assert set(container["resources"]) == {"requests", "limits"}
+    assert {"name": "MLFLOW_TRACKING_URI", "value": "http://mlflow:5000"} in container["env"]
+    assert manifest["metadata"]["namespace"] == "ml"
+    if mode == "Serverless":
+        assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
+        assert container["args"][-2:] == ["--model-version", "7"]
+        assert predictor.get("canaryTrafficPercent") == canary
+    else:
+        assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
+        assert "canaryTrafficPercent" not in predictor
+        if canary is None:  # all traffic to the new version
+            assert container["args"][-2:] == ["--model-version", "7"]
+            assert "canary" not in manifest["spec"]
+        else:  # the champion keeps spec.predictor; spec.canary pins the new version with its share
+            assert container["args"][-2:] == ["--model-version", "6"]
+            (entry,) = manifest["spec"]["canary"]
+            assert entry["trafficPercent"] == 20
+            assert entry["predictor"]["containers"][0]["args"][-2:] == ["--model-version", "7"]
+            assert {"name": "CTPIPE_MODEL_VERSION", "value": "7"} in entry["predictor"]["containers"][0]["env"]
+
+
+def test_standard_mode_canary_needs_the_stable_version() -> None:
+    from components.common.kserve.manifests import render_inference_service
+
+    spec = ServingSpec(model_name="m", deployment_mode="Standard")
+    with pytest.raises(DeployError, match="stable"):
+        render_inference_service(spec, "img:1", "7", "http://mlflow:5000", 20)
+
+
+def test_strict_crd_check_catches_a_misspelled_field(crd_validator: Any) -> None:
+    from components.common.kserve.manifests import render_inference_service
+
+    manifest = render_inference_service(ServingSpec(model_name="m"), "img", "1", "http://mlflow:5000", None)
+    manifest["spec"]["predictor"]["canaryTraficPercent"] = 10
+    assert any("canaryTraficPercent" in e.message for e in crd_validator.iter_errors(manifest))
+
+
+def test_manifest_rejects_what_a_cluster_would() -> None:
+    from components.common.kserve.manifests import render_inference_service
+
+    with pytest.raises(DeployError, match="cannot name an InferenceService"):
+        render_inference_service(ServingSpec(model_name="Churn_Model"), "img", "1", "http://m:5000", None)
+    with pytest.raises(DeployError, match="password"):
+        render_inference_service(ServingSpec(model_name="m"), "img", "1", "http://u:secret@m:5000", None)
+    with pytest.raises(DeployError, match="between 0 and 100"):
+        render_inference_service(ServingSpec(model_name="m"), "img", "1", "http://m:5000", 120)
+
+
+def test_seam_dry_run_records_and_never_builds_a_client(monkeypatch: pytest.MonkeyPatch) -> None:
+    import kserve
+
+    from components.common.kserve.cluster import KServeSeam
+    from components.common.kserve.manifests import render_inference_service
+
+    def forbidden(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("KServeClient must not be constructed in dry-run mode")
+
+    monkeypatch.setattr(kserve, "KServeClient", forbidden)
+    seam = KServeSeam(namespace="ml", dry_run=True, client_factory=forbidden)
+    manifest = render_inference_service(ServingSpec(model_name="m", namespace="ml"), "img", "1", "http://m:5000", 10)
+    assert seam.apply(manifest) is None
+    assert seam.get("m") is None
+    assert seam.delete("m") is False
+    assert [(c.verb, c.name, c.namespace, c.dry_run) for c in seam.calls] == [
+        ("apply", "m", "ml", True),
+        ("get", "m", "ml", True),
+        ("delete", "m", "ml", True),
+    ]
+    assert seam.calls[0].manifest == manifest
+    with pytest.raises(RuntimeError, match="dry-run"):
+        _ = seam.client
+
+
+def test_seam_builds_the_client_lazily() -> None:
+    from components.common.kserve.cluster import KServeSeam
+
+    built: list[int] = []
+
+    def factory() -> str:
+        built.append(1)
+        return "client"
+
+    seam = KServeSeam(client_factory=factory)
+    assert built == []
+    assert seam.client == "client" and seam.client == "client"
+    assert built == [1]
