@@ -39,7 +39,7 @@ from components.common import tracking
 from components.common.drift import population_stability_index
 from components.common.errors import DataError
 from components.common.inference_log import read_window
-from components.common.io import read_table, write_json, write_text
+from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.registry import (
     CANARY_DECISION_TAG,
@@ -50,6 +50,7 @@ from components.common.registry import (
     redact_uri,
     set_traffic,
 )
+from components.common.storage import read_table
 from components.specs import DatasetSpec, ServingSpec
 
 logger = get_logger("canary_analysis")

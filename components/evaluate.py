@@ -28,9 +28,10 @@ from pydantic import BaseModel, Field
 
 from components.common import report, tracking
 from components.common.errors import ConfigError, DataError, ModelNotFound
-from components.common.io import read_table, write_json, write_text
+from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.model_input import positive_scores, prepare_features, require_columns
+from components.common.storage import read_table
 from components.specs import DatasetSpec, EvaluationSpec, MetricSpec, import_object
 
 log = get_logger("evaluate")

@@ -28,8 +28,9 @@ from pydantic import BaseModel
 
 from components.common.errors import DataError
 from components.common.feast import ensure_definitions, feast_root, feature_view_name, offline_folder
-from components.common.io import frame_sha256, read_table, write_parquet
+from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
+from components.common.storage import read_table
 from components.specs import DatasetSpec, FeastSpec
 
 if TYPE_CHECKING:

@@ -29,9 +29,10 @@ import requests
 from pydantic import BaseModel, Field
 
 from components.common.errors import DataError, DeployError
-from components.common.io import read_table, write_json
+from components.common.io import write_json
 from components.common.logs import get_logger
 from components.common.registry import INFRA_BLESSED_TAG, redact_uri
+from components.common.storage import read_table
 from components.specs import DatasetSpec, ServingSpec
 
 logger = get_logger("infra_validate")

@@ -10,9 +10,11 @@ from __future__ import annotations
 import pandas as pd
 from pydantic import BaseModel
 
+from components.common import storage
 from components.common.errors import DataError
-from components.common.io import frame_sha256, read_table, write_parquet
+from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
+from components.common.storage import read_table
 from components.common.timestamps import parse_string_timestamps
 from components.specs import DatasetSpec
 
@@ -110,7 +112,7 @@ def ingest(
     so a missing feature column is reported there with its name. Every column is kept.
 
     Args:
-        source: CSV or Parquet file, or a folder of Parquet files.
+        source: CSV or Parquet file, or a folder of Parquet files: a path or a URI (``s3://...``).
         spec: The dataset spec (entity and timestamp columns).
         output_path: Where to write the snapshot (one Parquet file, written atomically).
         window_start: Inclusive lower bound (ISO-8601); naive means UTC; empty means unbounded.
@@ -127,7 +129,8 @@ def ingest(
     if start is not None and end is not None and start >= end:
         raise DataError(f"window_start {window_start} is not before window_end {window_end}")
     frame = read_table(source)
-    timestamps = parse_timestamps(frame, spec.timestamp_column, str(source))
+    shown = storage.redact(source)  # what messages and the result show: never a credential
+    timestamps = parse_timestamps(frame, spec.timestamp_column, shown)
     frame = frame.assign(**{spec.timestamp_column: timestamps})
     keep = pd.Series(True, index=frame.index)
     if start is not None:
@@ -141,14 +144,14 @@ def ingest(
             if len(frame)
             else "the source has no rows at all"
         )
-        raise DataError(f"{source}: no rows in window [{window_start or '-inf'}, {window_end or '+inf'}); {span}")
+        raise DataError(f"{shown}: no rows in window [{window_start or '-inf'}, {window_end or '+inf'}); {span}")
     # Stable sort on (timestamp, entity): the same rows in any input order give the same bytes.
     order = [spec.timestamp_column] + ([spec.entity_column] if spec.entity_column in snapshot.columns else [])
     try:
         snapshot = snapshot.sort_values(order, kind="stable").reset_index(drop=True)
     except TypeError as exc:
         raise DataError(
-            f"{source}: entity column {spec.entity_column!r} mixes types that cannot be ordered ({exc})"
+            f"{shown}: entity column {spec.entity_column!r} mixes types that cannot be ordered ({exc})"
         ) from exc
     content_hash = frame_sha256(snapshot)
     write_parquet(output_path, snapshot)
@@ -156,7 +159,7 @@ def ingest(
         path=str(output_path),
         rows=len(snapshot),
         content_hash=content_hash,
-        source=str(source),
+        source=shown,
         window_start=window_start or None,
         window_end=window_end or None,
         columns=[str(c) for c in snapshot.columns],
@@ -178,15 +181,16 @@ def source_fingerprint(source: str) -> str:
     """Content hash of the source (a file, or every file below a folder), as ``sha256:<hex>``.
 
     It keys ``ingest``'s cache entry: computed when the pipeline runs (not when it is
-    submitted), so a recurring run whose parameters never change still sees new data.
+    submitted), so a recurring run whose parameters never change still sees new data. The
+    source may be a path or a URI (``s3://...``); the same bytes give the same fingerprint
+    wherever they are.
 
     Raises:
         DataError: The source does not exist.
+        StorageError: The object store refused the request or cannot be reached.
     """
-    from pathlib import Path
-
-    from components.common.io import file_sha256
-
-    if not Path(source).exists():
-        raise DataError(f"{source}: source data not found", hint="Run 'ctpipe data generate' or fix dataset.source.")
-    return f"sha256:{file_sha256(source)}"
+    if not storage.exists(source):
+        raise DataError(
+            f"{storage.redact(source)}: source data not found", hint="Run 'ctpipe data generate' or fix dataset.source."
+        )
+    return f"sha256:{storage.fingerprint(source)}"

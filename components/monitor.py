@@ -46,8 +46,9 @@ from components.common.drift import (
     psi_from_counts,
 )
 from components.common.errors import DataError
-from components.common.io import read_table, write_json, write_text
+from components.common.io import write_json, write_text
 from components.common.logs import get_logger
+from components.common.storage import read_table
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec, import_object
 
 Severity = Literal["ok", "warn", "retrain"]

@@ -1,16 +1,15 @@
 """Notify: the Markdown summary a pipeline's exit handler writes, whether the run failed or not.
 
 It posts nothing anywhere: the summary is a KFP ``Markdown`` artifact (shown in the UI) and,
-when ``reports_dir`` is given, a file beside the other reports, where a CI job or a chat
-hook can pick it up.
+when ``reports_dir`` is given, a file beside the other reports (a folder or an object-store
+prefix such as ``s3://bucket/reports``), where a CI job or a chat hook can pick it up.
 """
 
 from __future__ import annotations
 
-from pathlib import Path
-
 from pydantic import BaseModel
 
+from components.common import storage
 from components.common.io import write_text
 from components.common.logs import get_logger
 
@@ -39,7 +38,7 @@ def run_summary(
         job: The pipeline job (run) name.
         error: The error message when the body failed; empty otherwise.
         summary_path: Where to write the Markdown.
-        reports_dir: Folder for a stable copy; empty for none.
+        reports_dir: Folder (or object-store prefix, ``s3://...``) for a stable copy; empty for none.
 
     Returns:
         The summary and the files written.
@@ -58,6 +57,9 @@ def run_summary(
     markdown = "\n".join(lines) + "\n"
     written = [str(write_text(summary_path, markdown))]
     if reports_dir:
-        written.append(str(write_text(Path(reports_dir) / f"{pipeline}-last-run.md", markdown)))
-    logger.info("run summary written", extra={"pipeline": pipeline, "state": state, "files": written})
+        written.append(storage.write_text(storage.join(reports_dir, f"{pipeline}-last-run.md"), markdown))
+    logger.info(
+        "run summary written",
+        extra={"pipeline": pipeline, "state": state, "files": [storage.redact(file) for file in written]},
+    )
     return RunSummary(pipeline=pipeline, state=state, job=job, error=error, markdown=markdown, written=written)

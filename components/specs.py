@@ -15,6 +15,9 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from components.common.schedule import parse_duration, parse_time
+from components.common.storage import check_location
+
 TaskType = Literal["binary_classification", "regression"]
 
 
@@ -80,7 +83,10 @@ class ValidationSpec(StrictModel):
 class DatasetSpec(StrictModel):
     """What the tabular data looks like; nothing in ctpipe hard-codes a dataset."""
 
-    source: str = Field(description="Path of a CSV or Parquet file (or a folder of Parquet files).")
+    source: str = Field(
+        description="CSV or Parquet file (or a folder of Parquet files): a path, or a URI such as "
+        "s3://bucket/churn.parquet (credentials from the environment)."
+    )
     entity_column: str = Field(description="Column that identifies an entity (the Feast entity key).")
     timestamp_column: str = Field(description="Event timestamp column, used for windows and point-in-time joins.")
     label_column: str = Field(description="Column to predict.")
@@ -88,6 +94,11 @@ class DatasetSpec(StrictModel):
     categorical_features: list[str] = Field(default_factory=list, description="Categorical (string) feature columns.")
     task: TaskType = Field(default="binary_classification", description="Kind of prediction task.")
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
+
+    @field_validator("source")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return check_location(value, "source")
 
     @model_validator(mode="after")
     def _check_columns(self) -> DatasetSpec:
@@ -322,7 +333,13 @@ class ServingSpec(StrictModel):
     inference_log: bool = Field(
         default=True,
         description="Log every answered request (features, prediction, version, request id) to partitioned "
-        "parquet under <workspace>/inference_log, written by a background thread.",
+        "parquet under inference_log_dir, written by a background thread.",
+    )
+    inference_log_dir: str | None = Field(
+        default=None,
+        description="Where the inference log lives, a folder or a URI (s3://bucket/inference_log; credentials "
+        "from the environment): the local model server writes it, monitoring and canary analysis read it. "
+        "Empty means <workspace>/inference_log.",
     )
     inference_log_flush_seconds: float = Field(
         default=2.0, gt=0, description="Longest time a logged request waits in memory before it is written."
@@ -335,6 +352,11 @@ class ServingSpec(StrictModel):
     )
     infra_validation: InfraValidationSpec = Field(default_factory=InfraValidationSpec)
     canary_analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec)
+
+    @field_validator("inference_log_dir")
+    @classmethod
+    def _no_credentials(cls, value: str | None) -> str | None:
+        return None if value is None else check_location(value, "inference_log_dir")
 
 
 class MonitoringSpec(StrictModel):
@@ -351,7 +373,7 @@ class MonitoringSpec(StrictModel):
     current_source: Literal["snapshot", "inference_log"] = Field(
         default="snapshot",
         description="What monitoring compares with the reference: the window's snapshot, or what the model "
-        "server answered in that window (its inference log, <workspace>/inference_log). With the inference log "
+        "server answered in that window (its inference log, serving.inference_log_dir). With the inference log "
         "the served predictions are used for prediction drift, and the window's snapshot supplies the labels "
         "(joined on the entity column) for live performance.",
     )
@@ -361,6 +383,35 @@ class MonitoringSpec(StrictModel):
         if self.psi_warn >= self.psi_retrain:
             raise ValueError(f"psi_warn ({self.psi_warn}) must be below psi_retrain ({self.psi_retrain})")
         return self
+
+
+class ScheduleSpec(StrictModel):
+    """The time windows of scheduled runs: each reads the last complete window before its time (T-1)."""
+
+    window: str = Field(
+        default="7d",
+        description="Window length: a whole number and m, h, d or w (7d, 1w, 24h). A run at time T without "
+        "explicit bounds trains on and monitors T-1, the last complete window ending at or before T, "
+        "against T-2, the window before it.",
+    )
+    anchor: str = Field(
+        default="1970-01-05T00:00:00+00:00",
+        description="A window boundary (ISO-8601; naive means UTC): windows are anchor + k * window, so every "
+        "run for the same window reads the same bounds. The default, a Monday midnight UTC, makes 7d windows "
+        "run Monday to Monday.",
+    )
+
+    @field_validator("window")
+    @classmethod
+    def _length(cls, value: str) -> str:
+        parse_duration(value)
+        return value
+
+    @field_validator("anchor")
+    @classmethod
+    def _boundary(cls, value: str) -> str:
+        parse_time(value)
+        return value
 
 
 class FeastSpec(StrictModel):

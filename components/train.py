@@ -30,10 +30,11 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from components.common import tracking
 from components.common.errors import ConfigError, DataError
-from components.common.io import frame_sha256, read_table, write_parquet
+from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
 from components.common.model_input import positive_scores, prepare_features, require_columns
 from components.common.registry import FEATURES_TAG, SUITE_HASH_TAG, TRAINING_SET_HASH_TAG
+from components.common.storage import read_table
 from components.common.suites import load_suite, suite_hash
 from components.common.timestamps import parse_string_timestamps
 from components.specs import DatasetSpec, ModelSpec, SearchSpec, import_object

@@ -27,8 +27,9 @@ from pydantic import BaseModel
 from components.common import report
 from components.common.data_docs import render_validation_page
 from components.common.errors import ConfigError, ValidationFailed
-from components.common.io import read_table, write_json, write_parquet, write_text
+from components.common.io import write_json, write_parquet, write_text
 from components.common.logs import get_logger
+from components.common.storage import read_table
 from components.common.suites import (
     BETWEEN,
     COLUMN_SET,

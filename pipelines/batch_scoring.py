@@ -11,10 +11,16 @@ from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
+from pipelines.schedule import add_window_task
 
 
-def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
-    """Return the batch scoring pipeline with every parameter defaulting to ``config``."""
+def build(
+    config: CtpipeConfig, ops: Components, code_version: str = "unknown", local: bool = False
+) -> Callable[..., Any]:
+    """Return the batch scoring pipeline with every parameter defaulting to ``config``.
+
+    ``local`` builds it for kfp.local, which has no scheduled time (:mod:`pipelines.schedule`).
+    """
 
     @dsl.pipeline(
         name="ctpipe-batch-scoring",
@@ -26,19 +32,21 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
+        schedule: str = config.schedule.model_dump_json(),
         dataset: str = config.dataset.model_dump_json(),
         serving: str = config.serving.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
         spark_master: str = config.infra.spark_master,
     ) -> Dataset:
+        window = add_window_task(ops, local=local, schedule=schedule, window_start=window_start, window_end=window_end)
         champion, snapshot = ops.champion_and_snapshot(
             serving=serving,
             tracking_uri=tracking_uri,
             source=source,
             source_fingerprint=source_fingerprint,
             dataset=dataset,
-            window_start=window_start,
-            window_end=window_end,
+            window_start=window.outputs["window_start"],
+            window_end=window.outputs["window_end"],
         )
         # Scoring is keyed on the resolved version, never on the moving alias.
         scored = ops.batch_predict(

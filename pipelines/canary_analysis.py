@@ -24,8 +24,13 @@ CanaryAnalysisOutputs = NamedTuple(
 )
 
 
-def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
-    """Return the canary analysis pipeline with every parameter defaulting to ``config``."""
+def build(
+    config: CtpipeConfig, ops: Components, code_version: str = "unknown", local: bool = False
+) -> Callable[..., Any]:
+    """Return the canary analysis pipeline with every parameter defaulting to ``config``.
+
+    It reads no time window, so ``local`` (built for kfp.local) changes nothing.
+    """
 
     @dsl.pipeline(
         name="ctpipe-canary-analysis",
@@ -37,7 +42,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         serving: str = config.serving.model_dump_json(),
         dataset: str = config.dataset.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
-        log_dir: str = str(config.workspace / "inference_log"),
+        log_dir: str = config.inference_log_dir,
         labels_path: str = "",
         act: bool = True,
     ) -> CanaryAnalysisOutputs:

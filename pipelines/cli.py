@@ -23,6 +23,10 @@ F = TypeVar("F", bound=Callable[..., Any])
 
 # The pipelines `run`, `compile` and `submit` know (pipelines.runner.PIPELINES; a test keeps them equal).
 PIPELINE_NAMES = ("training", "batch_scoring", "monitoring", "continuous_training", "canary_analysis")
+AT_HELP = (
+    "Use the last complete window before TIME (ISO-8601, or 'now'): T-1 of schedule.window, and T-2 as the "
+    "monitoring reference."
+)
 
 
 def _friendly_errors(func: F) -> F:
@@ -178,13 +182,20 @@ def compile_command(ctx: click.Context, out: str, names: tuple[str, ...], as_jso
 @config_option
 @click.argument("pipeline", type=click.Choice(PIPELINE_NAMES))
 @click.option("--window", type=int, help="Use the bounds of this generated window (1-based).")
+@click.option("--at", "at", metavar="TIME", help=AT_HELP)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
 @click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.pass_context
 @_friendly_errors
 def run_command(
-    ctx: click.Context, pipeline: str, window: int | None, params: tuple[str, ...], no_cache: bool, as_json: bool
+    ctx: click.Context,
+    pipeline: str,
+    window: int | None,
+    at: str | None,
+    params: tuple[str, ...],
+    no_cache: bool,
+    as_json: bool,
 ) -> None:
     """Run a pipeline locally with kfp.local (SubprocessRunner, caching on).
 
@@ -195,12 +206,13 @@ def run_command(
       ctpipe run continuous_training --window 2    # monitor; retrain and canary on drift
       ctpipe run canary_analysis --json            # promote or close the canary on live traffic
       ctpipe run training --param window_start=2026-01-05T00:00:00+00:00 --no-cache
+      ctpipe run monitoring --at 2026-01-19T03:00:00Z  # T-1 against T-2 of schedule.window
     """
     from pipelines.runner import run_pipeline
     from pipelines.summary import print_run
 
     config = _config(ctx)
-    overrides = _run_params(config, window, params)
+    overrides = _run_params(config, pipeline, window, at, params)
     report = run_pipeline(
         pipeline, config, overrides, enable_cache=not no_cache, progress=None if as_json else sys.stderr
     )
@@ -212,10 +224,17 @@ def run_command(
         sys.exit(1)
 
 
-def _run_params(config: CtpipeConfig, window: int | None, params: tuple[str, ...]) -> dict[str, Any]:
-    from pipelines.runner import window_params
+def _run_params(
+    config: CtpipeConfig, pipeline: str, window: int | None, at: str | None, params: tuple[str, ...]
+) -> dict[str, Any]:
+    """Run parameters: the bounds of ``--window`` or of ``--at`` (T-1, T-2), then every ``--param``."""
+    from pipelines.runner import parse_at, scheduled_params, window_params
 
+    if window and at:
+        raise click.UsageError("--window and --at both set the window; pass one")
     overrides: dict[str, Any] = window_params(config, window) if window else {}
+    if at:
+        overrides = scheduled_params(config, pipeline, parse_at(at))
     overrides.update(_parse_params(params))
     return overrides
 
@@ -226,8 +245,14 @@ def _run_params(config: CtpipeConfig, window: int | None, params: tuple[str, ...
 @click.option("--package", type=click.Path(dir_okay=False), help="Submit this compiled YAML [default: compile now].")
 @click.option("--out", default="out", show_default=True, type=click.Path(file_okay=False), help="Compile into here.")
 @click.option("--window", type=int, help="Run on the bounds of this generated window (1-based).")
+@click.option("--at", "at", metavar="TIME", help=AT_HELP)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="A run parameter (repeatable).")
-@click.option("--version", "version", help="Pipeline version name [default: the git commit].")
+@click.option(
+    "--version",
+    "version",
+    help="Code version the upload is named after [default: $CTPIPE_VERSION, which the images set, else the git "
+    "commit].",
+)
 @click.option("--experiment", help="Experiment name [default: infra.kfp.experiment].")
 @click.option("--run-name", help="Run name [default: PIPELINE-VERSION].")
 @click.option("--schedule", metavar="CRON", help="Create a recurring run on this cron schedule instead of one run.")
@@ -242,6 +267,7 @@ def submit_command(
     package: str | None,
     out: str,
     window: int | None,
+    at: str | None,
     params: tuple[str, ...],
     version: str | None,
     experiment: str | None,
@@ -261,9 +287,10 @@ def submit_command(
       ctpipe submit training --dry-run
       ctpipe submit training --window 2 --experiment churn-ci --json
       ctpipe submit continuous_training --schedule "0 3 * * 1"   # every Monday 03:00
+      ctpipe submit continuous_training --at now                # what the CronJob runs
       ctpipe submit training --package out/training.yaml --version v1.2.0 --no-cache
     """
-    from pipelines.runner import compile_pipelines, git_commit
+    from pipelines.runner import compile_pipelines, resolve_code_version
     from pipelines.submit import submit
 
     config = _config(ctx)
@@ -272,8 +299,8 @@ def submit_command(
         config,
         pipeline,
         path,
-        _run_params(config, window, params),
-        version=version or git_commit(),
+        _run_params(config, pipeline, window, at, params),
+        version=version or resolve_code_version(),
         experiment=experiment,
         run_name=run_name,
         schedule=schedule,
@@ -286,6 +313,7 @@ def submit_command(
 @main.command("loop")
 @config_option
 @click.option("--window", type=int, help="Monitor (and retrain on) this generated window (1-based).")
+@click.option("--at", "at", metavar="TIME", help=AT_HELP)
 @click.option("--param", "params", multiple=True, metavar="KEY=VALUE", help="Override a pipeline parameter.")
 @click.option("--no-cache", is_flag=True, help="Run every task even if its inputs did not change.")
 @click.option("--dry-run", is_flag=True, help="Cluster profile: print the KFP training run, send nothing.")
@@ -293,7 +321,13 @@ def submit_command(
 @click.pass_context
 @_friendly_errors
 def loop_command(
-    ctx: click.Context, window: int | None, params: tuple[str, ...], no_cache: bool, dry_run: bool, as_json: bool
+    ctx: click.Context,
+    window: int | None,
+    at: str | None,
+    params: tuple[str, ...],
+    no_cache: bool,
+    dry_run: bool,
+    as_json: bool,
 ) -> None:
     """Monitor a window; on a retrain decision, train on it (embedded: here; cluster: a KFP run).
 
@@ -307,7 +341,7 @@ def loop_command(
     config = _config(ctx)
     result = retrain_on_drift(
         config,
-        _run_params(config, window, params),
+        _run_params(config, "monitoring", window, at, params),
         enable_cache=not no_cache,
         dry_run=dry_run,
         progress=None if as_json else sys.stderr,

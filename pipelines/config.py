@@ -20,6 +20,7 @@ from typing import Any, Literal
 import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator
 
+from components.common import storage
 from components.common.errors import ConfigError
 from components.specs import (
     DatasetSpec,
@@ -27,6 +28,7 @@ from components.specs import (
     FeastSpec,
     ModelSpec,
     MonitoringSpec,
+    ScheduleSpec,
     ServingSpec,
     StrictModel,
 )
@@ -177,7 +179,20 @@ class InfraSpec(StrictModel):
         default="embedded", description="'embedded': one machine, no cluster. 'cluster': KFP, KServe, servers."
     )
     workspace: str = Field(
-        default=".workspace", description="Folder for local state: MLflow db, Feast stores, reports, outputs."
+        default=".workspace",
+        description="Local folder for local state: MLflow db, Feast stores, kfp.local outputs, and reports and the "
+        "inference log unless infra.reports_dir and serving.inference_log_dir put them elsewhere.",
+    )
+    pipeline_root: str | None = Field(
+        default=None,
+        description="Where Kubeflow Pipelines keeps the artifacts of compiled runs, e.g. s3://bucket/pipeline-root "
+        "(the IR's defaultPipelineRoot); empty leaves it to the KFP deployment. kfp.local (ctpipe run) always "
+        "uses <workspace>/kfp/runs.",
+    )
+    reports_dir: str | None = Field(
+        default=None,
+        description="Folder or URI (s3://bucket/reports) the run summary is copied to; empty means "
+        "<workspace>/reports.",
     )
     tracking_uri: str | None = Field(
         default=None, description="MLflow tracking URI; default sqlite:///<workspace>/mlflow.db."
@@ -193,6 +208,22 @@ class InfraSpec(StrictModel):
         default_factory=KubernetesSpec, description="Secrets, resources and placement on the cluster."
     )
 
+    @field_validator("workspace")
+    @classmethod
+    def _local_workspace(cls, value: str) -> str:
+        if storage.is_remote(value):
+            raise ValueError(
+                f"{storage.redact(value)} is not a local folder: the workspace holds local state (sqlite, Feast's "
+                "stores, a server's pid); put object-store locations in dataset.source, infra.pipeline_root, "
+                "infra.reports_dir and serving.inference_log_dir"
+            )
+        return str(storage.local_path(value)) if storage.protocol(value) else value
+
+    @field_validator("pipeline_root", "reports_dir")
+    @classmethod
+    def _no_credentials(cls, value: str | None, info: ValidationInfo) -> str | None:
+        return None if value is None else storage.check_location(value, str(info.field_name))
+
 
 class CtpipeConfig(StrictModel):
     """The whole configuration file."""
@@ -203,12 +234,23 @@ class CtpipeConfig(StrictModel):
     serving: ServingSpec = Field(default_factory=ServingSpec)
     monitoring: MonitoringSpec = Field(default_factory=MonitoringSpec)
     feast: FeastSpec = Field(default_factory=FeastSpec)
+    schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     infra: InfraSpec = Field(default_factory=InfraSpec)
 
     @property
     def workspace(self) -> Path:
         """Absolute workspace folder."""
         return Path(self.infra.workspace)
+
+    @property
+    def reports_dir(self) -> str:
+        """Where run summaries are copied: ``infra.reports_dir`` (a folder or a URI), else ``<workspace>/reports``."""
+        return self.infra.reports_dir or str(self.workspace / "reports")
+
+    @property
+    def inference_log_dir(self) -> str:
+        """The inference log: ``serving.inference_log_dir`` (a folder or a URI), else ``<workspace>/inference_log``."""
+        return self.serving.inference_log_dir or str(self.workspace / "inference_log")
 
     @property
     def tracking_uri(self) -> str:
@@ -231,7 +273,10 @@ def _format_validation_error(path: Path, exc: ValidationError) -> str:
             lines.append(f"  {key}: required key is missing")
         else:
             found = err.get("input")
-            found_text = "" if isinstance(found, dict) else f" (found {found!r})"
+            said = isinstance(found, dict) or f"found {found!r}" in err["msg"]  # the message names it already
+            # A location with credentials is refused; the message must not repeat them.
+            shown = storage.redact(found) if isinstance(found, str) else found
+            found_text = "" if said else f" (found {shown!r})"
             lines.append(f"  {key}: {err['msg']}{found_text}")
     return "\n".join(lines)
 
@@ -242,6 +287,10 @@ def _resolve_paths(config: CtpipeConfig, base: Path) -> CtpipeConfig:
 
     config.dataset.source = absolute(config.dataset.source)
     config.infra.workspace = absolute(config.infra.workspace)
+    if config.infra.reports_dir:
+        config.infra.reports_dir = absolute(config.infra.reports_dir)
+    if config.serving.inference_log_dir:
+        config.serving.inference_log_dir = absolute(config.serving.inference_log_dir)
     config.feast.repo_path = absolute(config.feast.repo_path)
     return config
 

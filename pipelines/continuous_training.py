@@ -28,8 +28,13 @@ PIPELINE_NAME = "ctpipe-continuous-training"
 RETRAIN = "retrain"  # the monitor component's decision that starts the training branch
 
 
-def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
-    """Return the continuous-training pipeline with every parameter defaulting to ``config``."""
+def build(
+    config: CtpipeConfig, ops: Components, code_version: str = "unknown", local: bool = False
+) -> Callable[..., Any]:
+    """Return the continuous-training pipeline with every parameter defaulting to ``config``.
+
+    ``local`` builds it for kfp.local, which has no scheduled time (:mod:`pipelines.schedule`).
+    """
     lineage_default = lineage_defaults(config, code_version)
 
     @dsl.pipeline(
@@ -44,6 +49,9 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
+        reference_start: str = "",
+        reference_end: str = "",
+        schedule: str = config.schedule.model_dump_json(),
         dataset: str = config.dataset.model_dump_json(),
         model: str = config.model.model_dump_json(),
         evaluation: str = config.evaluation.model_dump_json(),
@@ -51,19 +59,21 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         feast: str = config.feast.model_dump_json(),
         monitoring: str = config.monitoring.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
-        inference_log_dir: str = str(config.workspace / "inference_log"),
+        inference_log_dir: str = config.inference_log_dir,
         workspace: str = str(config.workspace),
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,
         lineage: dict = lineage_default,
-        reports_dir: str = str(config.workspace / "reports"),
+        reports_dir: str = config.reports_dir,
     ):
         summary = ops.notify(pipeline=PIPELINE_NAME, reports_dir=reports_dir)
         summary.set_display_name("run summary")
         with dsl.ExitHandler(summary, name="monitor-then-retrain"):
             monitored = add_monitoring_tasks(
                 ops,
+                local=local,
+                schedule=schedule,
                 serving=serving,
                 tracking_uri=tracking_uri,
                 source=source,
@@ -71,6 +81,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
                 dataset=dataset,
                 window_start=window_start,
                 window_end=window_end,
+                reference_start=reference_start,
+                reference_end=reference_end,
                 monitoring=monitoring,
                 evaluation=evaluation,
                 inference_log_dir=inference_log_dir,

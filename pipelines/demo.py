@@ -22,10 +22,10 @@ from collections import Counter
 from pathlib import Path
 from typing import Any
 
-import pandas as pd
 import requests
 
 from components.common.errors import CtpipeError
+from components.common.storage import read_table
 from pipelines.config import CtpipeConfig
 from pipelines.demo_data import DriftSpec, generate
 from pipelines.runner import RunReport, run_pipeline, window_params
@@ -173,7 +173,7 @@ def run_demo(config: CtpipeConfig, rows_per_window: int = 5000, keep_serving: bo
         raise DemoFailed(f"the retrained model was not blessed: {_failed_checks(blessing)}")
 
     _step(7, f"Canary: version {second_version} takes {config.serving.canary_percent}% of traffic")
-    sample = pd.read_parquet(config.dataset.source).head(50)[config.dataset.feature_columns]
+    sample = read_table(config.dataset.source).head(50)[config.dataset.feature_columns]
     seen = _observe_traffic(endpoint, name, json.loads(sample.to_json(orient="records")), 400)
     share = 100.0 * seen.get(second_version, 0) / sum(seen.values())
     _say(f"400 live requests: {dict(seen)} → challenger answered {share:.0f}%")

@@ -16,14 +16,14 @@ should not trigger retraining.
 
 from __future__ import annotations
 
+import os
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from components.common.io import write_parquet
+from components.common.storage import write_parquet
 from pipelines.windows import Window, write_manifest
 
 NUMERIC_FEATURES = [
@@ -132,7 +132,7 @@ def _window_frame(rng: np.random.Generator, window: int, rows: int, window_days:
 
 
 def generate(
-    output: str | Path,
+    output: str | os.PathLike[str],
     windows: int = 4,
     rows_per_window: int = 5000,
     window_days: int = 7,
@@ -142,7 +142,7 @@ def generate(
     """Write the synthetic dataset as Parquet plus a ``<name>.windows.json`` manifest.
 
     Args:
-        output: Parquet file to write; the manifest goes beside it.
+        output: Parquet file to write, a path or a URI (``s3://...``); the manifest goes beside it.
         windows: Number of consecutive time windows (K).
         rows_per_window: Rows per window; each customer id appears once per window.
         window_days: Length of one window in days.
@@ -163,7 +163,6 @@ def generate(
         manifest.append(
             Window(index, start.isoformat(), (start + timedelta(days=window_days)).isoformat(), rows_per_window)
         )
-    output = Path(output)
     write_parquet(output, pd.concat(frames, ignore_index=True))
     write_manifest(output, manifest, drift=asdict(drift))
     return manifest

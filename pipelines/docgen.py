@@ -5,7 +5,8 @@
 - ``docs/configuration.md`` from the pydantic config models (``pipelines.config``);
 - ``docs/components.md`` from the KFP components and the docstrings of the plain functions
   they wrap: inputs, outputs with their artifact types, what the function returns and how
-  it fails.
+  it fails; and how another team's pipeline uses a component from its YAML
+  (``components/yaml/``, written by :mod:`pipelines.component_yaml`).
 
 ``python -m pipelines.docgen --check`` exits non-zero when a page is stale; the tests run it.
 """
@@ -109,6 +110,8 @@ def components_markdown() -> str:
         "Each component is a plain function in `components/` (call it from a notebook) and a thin",
         "KFP wrapper in `pipelines/kfp_components.py` (what the pipelines and the KFP UI see).",
         "Artifact outputs are typed, so the KFP UI shows datasets, models, metrics, HTML and markdown.",
+        "Each also ships as a KFP component YAML that a pipeline of another team can load without",
+        f"importing ctpipe: see [{REUSE_TITLE}](#{REUSE_ANCHOR}).",
         "",
     ]
     for field in dataclasses.fields(Components):
@@ -116,6 +119,7 @@ def components_markdown() -> str:
         spec = component.component_spec
         wrapper = component.python_func
         lines += [f"## `{field.name}`", "", spec.description or "", ""]
+        lines += [f"Component YAML: `{YAML_FOLDER}/{field.name}.yaml`", ""]
         lines += ["| KFP input | type | default |", "|---|---|---|"]
         for name, item in (spec.inputs or {}).items():
             default = "" if item.default is None else f"`{item.default!r}`"
@@ -141,8 +145,102 @@ def components_markdown() -> str:
             lines += ["**Returns**", "", " ".join(sections["Returns"].split()), ""]
         if "Raises" in sections:
             lines += ["**Failure modes**", "", _bullets(sections["Raises"]), ""]
-    # reStructuredText literals (``x``) as markdown code.
-    return "\n".join(lines).rstrip().replace("``", "`") + "\n"
+    # reStructuredText literals (``x``) as markdown code; the how-to is markdown already (its code fence).
+    reference = "\n".join(lines).rstrip().replace("``", "`")
+    return reference + "\n\n" + "\n".join(reuse_markdown()).rstrip() + "\n"
+
+
+YAML_FOLDER = "components/yaml"
+REUSE_TITLE = "Use a ctpipe component in your own pipeline"
+REUSE_ANCHOR = "use-a-ctpipe-component-in-your-own-pipeline"
+# The how-to's example; tests/integration/test_component_yaml.py runs it and compiles its pipeline.
+REUSE_EXAMPLE = """\
+import json
+
+from kfp import compiler, components, dsl
+
+# From a ctpipe checkout at the version of the image you run.
+fingerprint_source = components.load_component_from_file("ctpipe/components/yaml/fingerprint_source.yaml")
+ingest = components.load_component_from_file("ctpipe/components/yaml/ingest.yaml")
+
+# ctpipe's `dataset` section (docs/configuration.md), passed as a JSON string.
+ORDERS = {
+    "source": "s3://team-data/orders.csv",
+    "entity_column": "order_id",
+    "timestamp_column": "ordered_at",
+    "label_column": "returned",
+    "numeric_features": ["amount"],
+    "categorical_features": ["channel"],
+}
+
+
+@dsl.pipeline(name="orders-weekly-snapshot")
+def orders_weekly_snapshot(source: str, window_start: str, window_end: str):
+    # Keys ingest's cache on the source's content; never cached itself.
+    fingerprint = fingerprint_source(source=source, declared="")
+    fingerprint.set_caching_options(False)
+    snapshot = ingest(
+        source=source,
+        source_fingerprint=fingerprint.output,
+        dataset=json.dumps(ORDERS),
+        window_start=window_start,
+        window_end=window_end,
+    )
+    # snapshot.outputs["snapshot"] is a Dataset (one Parquet file); snapshot.output its content hash.
+
+
+compiler.Compiler().compile(orders_weekly_snapshot, "orders_weekly_snapshot.yaml")
+"""
+
+
+def reuse_markdown() -> list[str]:
+    """The how-to: use a component from its YAML in a pipeline that does not import ctpipe."""
+    from pipelines.component_yaml import DEFAULT_CONFIG
+    from pipelines.config import load_config
+    from pipelines.kfp_components import UNCACHED
+
+    images = load_config(DEFAULT_CONFIG).infra.images
+    overridden = ", ".join(f"`{name}` in `{image}`" for name, image in sorted(images.overrides.items()))
+    uncached = ", ".join(f"`{name}`" for name in UNCACHED)
+    return [
+        f"## {REUSE_TITLE}",
+        "",
+        f"Every component above is also a KFP component YAML, `{YAML_FOLDER}/<name>.yaml`, compiled from",
+        "the same wrapper the pipelines use. It carries the wrapper's code and names the image it runs in:",
+        f"`{images.components}`" + (f" ({overridden})" if overridden else "") + ", the components image that",
+        "`make images` builds, where ctpipe is installed. Your pipeline needs kfp, not ctpipe:",
+        "",
+        "```python",
+        REUSE_EXAMPLE.rstrip(),
+        "```",
+        "",
+        "What to know:",
+        "",
+        f"- **The image.** Mirror `{images.components}` into a registry your cluster pulls from. To",
+        "  have the YAMLs name your copy, set `infra.images.components` in a configuration file and run",
+        "  `python -m pipelines.component_yaml --config your.yaml --out DIR` in a ctpipe checkout.",
+        "- **Spec inputs are JSON strings.** `dataset`, `model`, `evaluation`, `serving`, `monitoring` and",
+        "  `feast` take the configuration section of the same name ([configuration reference](configuration.md))",
+        "  as `json.dumps(...)` of the mapping. They are strings, not KFP dicts, because KFP turns every",
+        "  number in a dict into a float. `lineage` (of `train` and `register`) is a dict of tags.",
+        "- **Locations are read in the container.** `source`, `tracking_uri`, `workspace` and the other",
+        "  locations must be reachable from the task's pod (an object store, the MLflow server), not paths",
+        "  on the machine that compiles the pipeline. Credentials come from the pod's environment: attach",
+        "  your Kubernetes Secrets with kfp-kubernetes (`kubernetes.use_secret_as_env`), as ctpipe's pipelines",
+        "  do from `infra.kubernetes`.",
+        f"- **Caching.** ctpipe's pipelines never cache these components: {uncached}.",
+        "  They have side effects or look up something that changes outside the pipeline; call",
+        "  `set_caching_options(False)` on their tasks too.",
+        "- **`notify`** takes the run's final status: use it as the exit task of a `dsl.ExitHandler`.",
+        "- **Failures.** A component that raises (see *Failure modes* above) fails its task with the",
+        "  message in the task's log, so a blocking validation failure stops your pipeline too.",
+        "- **Versions.** Use the YAML of the same ctpipe version as the image. In ctpipe the YAMLs are",
+        "  regenerated with `make components-yaml`, and the tests fail when one differs from the code.",
+        "",
+        "`tests/other_team.py` is such a pipeline: the tests compile it and run it with kfp.local, and",
+        "`make test-containers` runs it with the DockerRunner in the components image.",
+        "",
+    ]
 
 
 PAGES: dict[str, Callable[[], str]] = {

@@ -49,7 +49,8 @@ LOCK_FILES: dict[Kind, Path] = {
     "serving": CONTAINERS_DIR / "serving.lock",
 }
 # What the serving image needs besides ctpipe's own code: the predictor imports kserve, MLflow
-# (sklearn flavour) and the common helpers; no Spark, Feast, Great Expectations or kfp.
+# (sklearn flavour) and the common helpers; no Spark, Feast, Great Expectations or kfp. s3fs: the
+# inference log may live in an object store (components/common/storage.py).
 SERVING_ROOTS = (
     "kserve",
     "mlflow",
@@ -61,6 +62,7 @@ SERVING_ROOTS = (
     "requests",
     "matplotlib",
     "scipy",
+    "s3fs",
 )
 # Building ctpipe's own wheel inside the image (PEP 517 isolation) needs these from the wheelhouse.
 BUILD_REQUIREMENTS = ("setuptools", "wheel")

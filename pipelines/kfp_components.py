@@ -41,6 +41,7 @@ if TYPE_CHECKING:
 # (moving aliases, changing traffic, notifying) and lookups of things that change outside the
 # pipeline (the champion alias, the source's content). ``pipelines.platform.finish`` applies it.
 UNCACHED = (
+    "schedule_window",
     "current_champion",
     "fingerprint_source",
     "register",
@@ -49,6 +50,45 @@ UNCACHED = (
     "canary_analysis",
     "notify",
 )
+
+
+def schedule_window(
+    scheduled_time: str,
+    window_start: str,
+    window_end: str,
+    reference_start: str,
+    reference_end: str,
+    schedule: str,
+) -> NamedTuple(  # type: ignore[valid-type]
+    "Window",
+    [("window_start", str), ("window_end", str), ("reference_start", str), ("reference_end", str), ("origin", str)],
+):
+    """The window this run reads: its explicit bounds, else T-1 of its scheduled time (and T-2 as reference).
+
+    ``scheduled_time`` is KFP's scheduled-time placeholder on a cluster (a recurring run's
+    scheduled time, a one-off run's creation time) and empty under kfp.local.
+    Never cached: the time is an input that moves outside the pipeline. Ingest is keyed on the
+    bounds it returns, so runs for the same window still share ingest's cache entry.
+    """
+    # No placeholder may be spelled out in this function: KFP ships its source in the task's
+    # command, and kfp.local tries to resolve every placeholder it finds there.
+    from collections import namedtuple
+
+    from components.common.schedule import run_windows
+    from components.specs import ScheduleSpec
+
+    spec = ScheduleSpec.model_validate_json(schedule)
+    resolved = run_windows(
+        scheduled_time, window_start, window_end, reference_start, reference_end, spec.window, spec.anchor
+    )
+    print(
+        f"window [{resolved.window_start or '-inf'}, {resolved.window_end or '+inf'}), "
+        f"reference [{resolved.reference_start or '-'}, {resolved.reference_end or '-'}) ({resolved.origin})"
+    )
+    Window = namedtuple("Window", ["window_start", "window_end", "reference_start", "reference_end", "origin"])
+    return Window(
+        resolved.window_start, resolved.window_end, resolved.reference_start, resolved.reference_end, resolved.origin
+    )
 
 
 def fingerprint_source(source: str, declared: str) -> str:
@@ -367,25 +407,42 @@ def monitor(
     inference_log_dir: str = "",
     window_start: str = "",
     window_end: str = "",
+    source: str = "",
+    source_fingerprint: str = "",
+    reference_start: str = "",
+    reference_end: str = "",
 ) -> str:
-    """Drift of the current window against the champion's training reference; returns ok, warn or retrain.
+    """Drift of the current window against a reference; returns ok, warn or retrain.
 
-    With ``current_source: inference_log`` the requests the server answered in the window are
-    the current data and the window's snapshot supplies the labels.
+    The reference is the window ``[reference_start, reference_end)`` of ``source`` when a
+    bound is given (T-2 in a scheduled run; ``source_fingerprint`` keys the cache on the
+    source's content), else the champion's training reference. With ``current_source:
+    inference_log`` the requests the server answered in the window are the current data and
+    the window's snapshot supplies the labels.
     """
+    import os
     import tempfile
 
     from components.common import tracking
+    from components.ingest import ingest as run_ingest
     from components.monitor import monitor as run_monitor
     from components.specs import DatasetSpec, EvaluationSpec, MonitoringSpec
     from pipelines.artifacts import attach, write_metrics
 
     tracking.configure(tracking_uri)
-    reference = tracking.download_run_artifact(champion_run_id, tracking.REFERENCE_ARTIFACT, tempfile.mkdtemp())
+    if reference_start or reference_end:
+        reference = os.path.join(tempfile.mkdtemp(), "reference.parquet")
+        run_ingest(source, DatasetSpec.model_validate_json(dataset), reference, reference_start, reference_end)
+        reference_note = f"window [{reference_start or '-inf'}, {reference_end or '+inf'}) of the source"
+    else:
+        reference = str(
+            tracking.download_run_artifact(champion_run_id, tracking.REFERENCE_ARTIFACT, tempfile.mkdtemp())
+        )
+        reference_note = f"training reference of the champion (run {champion_run_id})"
     thresholds = MonitoringSpec.model_validate_json(monitoring)
     from_log = thresholds.current_source == "inference_log"
     outcome = run_monitor(
-        str(reference),
+        reference,
         inference_log_dir if from_log else current.path,
         DatasetSpec.model_validate_json(dataset),
         thresholds,
@@ -398,7 +455,7 @@ def monitor(
         window_start=window_start or None,
         window_end=window_end or None,
     )
-    attach(result, {"decision": outcome.decision, "reasons": outcome.reasons})
+    attach(result, {"decision": outcome.decision, "reasons": outcome.reasons, "reference": reference_note})
     values = {f"psi_{f.feature}": f.psi for f in outcome.features}
     if outcome.prediction_psi is not None:
         values["prediction_psi"] = outcome.prediction_psi
@@ -481,6 +538,7 @@ def notify(pipeline: str, reports_dir: str, status: PipelineTaskFinalStatus, sum
 class Components:
     """The KFP components, built for one image."""
 
+    schedule_window: PythonComponent
     current_champion: PythonComponent
     ingest: PythonComponent
     validate: PythonComponent
@@ -544,6 +602,7 @@ def build_components(images: "str | ImagesSpec") -> Components:
         return dsl.component(func, base_image=spec.for_component(func.__name__), install_kfp_package=False)
 
     return Components(
+        schedule_window=make(schedule_window),
         current_champion=make(current_champion),
         ingest=make(ingest),
         validate=make(validate),

@@ -1,8 +1,12 @@
-"""The monitoring pipeline: drift and live performance of a window against the champion's training data.
+"""The monitoring pipeline: drift and live performance of a window against a reference window or the champion's data.
 
-:func:`add_monitoring_tasks` builds its tasks (champion, snapshot, monitor); the monitoring
-pipeline and the ``continuous_training`` pipeline both call it, so both monitor a window
-with the same arguments (the inference log and the window bounds included).
+:func:`add_monitoring_tasks` builds its tasks (window, champion, snapshot, monitor); the
+monitoring pipeline and the ``continuous_training`` pipeline both call it, so both monitor a
+window with the same arguments (the inference log and the window bounds included).
+
+The window comes from :mod:`pipelines.schedule`: explicit bounds, else T-1 of the run's
+scheduled time, monitored against T-2 (explicit bounds without reference bounds: against the
+champion's training reference).
 """
 
 # No `from __future__ import annotations`: KFP reads the annotations at runtime.
@@ -18,6 +22,7 @@ from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
+from pipelines.schedule import add_window_task
 
 Value = Any  # a constant or a pipeline channel (str at run time)
 
@@ -29,6 +34,7 @@ MonitoringOutputs = NamedTuple("MonitoringOutputs", [("decision", str), ("result
 class MonitoringTasks:
     """The tasks that monitor one window, for wiring outputs and further steps."""
 
+    window: PipelineTask
     champion: PipelineTask
     snapshot: PipelineTask
     monitor: PipelineTask
@@ -37,6 +43,8 @@ class MonitoringTasks:
 def add_monitoring_tasks(
     ops: Components,
     *,
+    local: bool,
+    schedule: Value,
     serving: Value,
     tracking_uri: Value,
     source: Value,
@@ -44,21 +52,27 @@ def add_monitoring_tasks(
     dataset: Value,
     window_start: Value,
     window_end: Value,
+    reference_start: Value,
+    reference_end: Value,
     monitoring: Value,
     evaluation: Value,
     inference_log_dir: Value,
 ) -> MonitoringTasks:
-    """Add current champion and snapshot of the window → monitor against the champion.
+    """Add window → current champion and snapshot of the window → monitor against the reference.
 
     Args:
         ops: The components.
+        local: Built for kfp.local (no scheduled time).
+        schedule: Schedule section (JSON): window length and anchor.
         serving: Serving section (JSON); its model name is the champion's.
         tracking_uri: MLflow tracking URI.
         source: Source table.
         source_fingerprint: Declared source version; empty to hash the source.
         dataset: Dataset section (JSON).
-        window_start: Inclusive window start (ISO-8601); empty for unbounded.
-        window_end: Exclusive window end (ISO-8601); empty for unbounded.
+        window_start: Inclusive window start (ISO-8601); empty for the scheduled window.
+        window_end: Exclusive window end (ISO-8601); empty for the scheduled window.
+        reference_start: Inclusive start of the reference window; empty for T-2 or the champion's.
+        reference_end: Exclusive end of the reference window.
         monitoring: Monitoring section (JSON).
         evaluation: Evaluation section (JSON): the metrics of live performance.
         inference_log_dir: Serving inference log, the current data with ``current_source: inference_log``.
@@ -66,14 +80,23 @@ def add_monitoring_tasks(
     Returns:
         The tasks it added; ``monitor.outputs["Output"]`` is the decision.
     """
+    window = add_window_task(
+        ops,
+        local=local,
+        schedule=schedule,
+        window_start=window_start,
+        window_end=window_end,
+        reference_start=reference_start,
+        reference_end=reference_end,
+    )
     champion, snapshot = ops.champion_and_snapshot(
         serving=serving,
         tracking_uri=tracking_uri,
         source=source,
         source_fingerprint=source_fingerprint,
         dataset=dataset,
-        window_start=window_start,
-        window_end=window_end,
+        window_start=window.outputs["window_start"],
+        window_end=window.outputs["window_end"],
     )
     checked = ops.monitor(
         current=snapshot.outputs["snapshot"],
@@ -84,14 +107,24 @@ def add_monitoring_tasks(
         champion_uri=champion.outputs["model_uri"],
         tracking_uri=tracking_uri,
         inference_log_dir=inference_log_dir,
-        window_start=window_start,
-        window_end=window_end,
+        window_start=window.outputs["window_start"],
+        window_end=window.outputs["window_end"],
+        source=source,
+        # The reference window is keyed on the same fingerprint of the source as the snapshot.
+        source_fingerprint=snapshot.inputs["source_fingerprint"],
+        reference_start=window.outputs["reference_start"],
+        reference_end=window.outputs["reference_end"],
     )
-    return MonitoringTasks(champion, snapshot, checked)
+    return MonitoringTasks(window, champion, snapshot, checked)
 
 
-def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
-    """Return the monitoring pipeline with every parameter defaulting to ``config``."""
+def build(
+    config: CtpipeConfig, ops: Components, code_version: str = "unknown", local: bool = False
+) -> Callable[..., Any]:
+    """Return the monitoring pipeline with every parameter defaulting to ``config``.
+
+    ``local`` builds it for kfp.local, which has no scheduled time (:mod:`pipelines.schedule`).
+    """
 
     @dsl.pipeline(
         name="ctpipe-monitoring",
@@ -104,15 +137,20 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
+        reference_start: str = "",
+        reference_end: str = "",
+        schedule: str = config.schedule.model_dump_json(),
         dataset: str = config.dataset.model_dump_json(),
         monitoring: str = config.monitoring.model_dump_json(),
         evaluation: str = config.evaluation.model_dump_json(),
         serving: str = config.serving.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
-        inference_log_dir: str = str(config.workspace / "inference_log"),
+        inference_log_dir: str = config.inference_log_dir,
     ) -> MonitoringOutputs:
         tasks = add_monitoring_tasks(
             ops,
+            local=local,
+            schedule=schedule,
             serving=serving,
             tracking_uri=tracking_uri,
             source=source,
@@ -120,6 +158,8 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
             dataset=dataset,
             window_start=window_start,
             window_end=window_end,
+            reference_start=reference_start,
+            reference_end=reference_end,
             monitoring=monitoring,
             evaluation=evaluation,
             inference_log_dir=inference_log_dir,

@@ -13,11 +13,19 @@ from typing import Any, TypeVar
 F = TypeVar("F", bound=Callable[..., Any])
 
 DESCRIPTIONS: dict[str, str] = {
-    "source": "Source table (CSV or Parquet file, or a folder of Parquet files) the window is read from.",
+    "source": "Source table (CSV or Parquet file, or a folder of Parquet files; a path or a URI such as "
+    "s3://bucket/key) the window is read from.",
     "source_fingerprint": "Source version to key ingest's cache on (e.g. an object version); empty means the "
     "run hashes the source's content when it starts.",
-    "window_start": "Inclusive start of the time window (ISO-8601); empty means unbounded.",
-    "window_end": "Exclusive end of the time window (ISO-8601); empty means unbounded.",
+    "window_start": "Inclusive start of the time window (ISO-8601). Empty (with window_end empty): the last "
+    "complete window (schedule.window) before the run's scheduled time, or its creation time for a one-off run; "
+    "under kfp.local, unbounded.",
+    "window_end": "Exclusive end of the time window (ISO-8601). Empty (with window_start empty): the end of the "
+    "last complete window before the run's scheduled time; under kfp.local, unbounded.",
+    "reference_start": "Inclusive start of the window monitoring compares against (ISO-8601). Empty: the window "
+    "before the run's window (T-2) when the window came from the schedule, else the champion's training data.",
+    "reference_end": "Exclusive end of the window monitoring compares against (ISO-8601); see reference_start.",
+    "schedule": "The config's schedule section as JSON (window length and anchor).",
     "dataset": "The config's dataset section as JSON (columns, task).",
     "model": "The config's model section as JSON (estimator and its parameters).",
     "evaluation": "The config's evaluation section as JSON (metrics, thresholds, allowed change).",
@@ -25,21 +33,22 @@ DESCRIPTIONS: dict[str, str] = {
     "feast": "The config's feast section as JSON (feature store).",
     "monitoring": "The config's monitoring section as JSON (drift thresholds).",
     "tracking_uri": "MLflow tracking URI (also the model registry).",
-    "workspace": "Folder for local state (embedded profile) such as Feast stores and reports.",
+    "workspace": "Local folder for local state (embedded profile) such as Feast stores and the local model server.",
     "profile": "'embedded' (local model server) or 'cluster' (KServe InferenceService).",
     "serving_image": "Predictor image of the KServe InferenceService.",
     "spark_master": "Spark master URL, e.g. local[*] or spark://host:7077.",
     "dry_run": "Deploy: write the manifest and change nothing.",
     "lineage": "Tags recorded on the trained model: config hash and code version.",
-    "inference_log_dir": "Serving inference log folder, read as the current data when "
+    "inference_log_dir": "Serving inference log folder or URI (s3://...), read as the current data when "
     "monitoring.current_source is inference_log.",
-    "log_dir": "Serving inference log folder with the canary's live traffic.",
+    "log_dir": "Serving inference log folder or URI (s3://...) with the canary's live traffic.",
     "labels_path": "Ground truth for logged requests (joined on request id and row); empty for none.",
     "act": "Promote or close the canary as decided; false only records the decision.",
     "reinfer_suite": "Validate against a suite inferred from this window instead of the champion's, and log it "
     "with the new model: for an intended change in the data (a new category, a wider range). Blocking checks "
     "against the config (columns, types, keys) still apply.",
-    "reports_dir": "Folder the exit handler also writes the run summary to; empty for the artifact only.",
+    "reports_dir": "Folder or URI (s3://...) the exit handler also writes the run summary to; empty for the "
+    "artifact only.",
 }
 
 

@@ -19,7 +19,7 @@ from pydantic import BaseModel
 from components.common.errors import CtpipeError
 from pipelines.config import CtpipeConfig
 from pipelines.continuous_training import RETRAIN
-from pipelines.runner import compile_pipelines, git_commit, run_pipeline
+from pipelines.runner import REFERENCE_PARAMS, compile_pipelines, resolve_code_version, run_pipeline
 from pipelines.submit import SubmitPlan, submit
 
 
@@ -47,10 +47,11 @@ def retrain_on_drift(
 
     Args:
         config: The configuration; ``infra.profile`` picks local training or a KFP run.
-        params: Pipeline parameters (the window bounds), used for both pipelines.
+        params: Pipeline parameters (the window bounds), used for both pipelines (training ignores
+            the monitoring reference bounds).
         enable_cache: Serve unchanged local tasks from the kfp.local cache.
         dry_run: Cluster profile: plan the KFP calls, send nothing.
-        version: Pipeline version name for the upload; default the git commit.
+        version: Code version for the upload; default ``$CTPIPE_VERSION``, else the git commit.
         client_factory: Builds ``kfp.Client`` (tests pass a fake of the external API).
         progress: Where local runs print progress; None for silence.
 
@@ -67,6 +68,7 @@ def retrain_on_drift(
     result = LoopResult(decision=decision, action="none", monitoring=monitored.to_json())
     if decision != RETRAIN:
         return result
+    params = {key: value for key, value in params.items() if key not in REFERENCE_PARAMS}
     if config.infra.profile == "embedded":
         trained = run_pipeline("training", config, params, enable_cache=enable_cache, progress=progress)
         if not trained.succeeded:
@@ -79,7 +81,7 @@ def retrain_on_drift(
         "training",
         package,
         params,
-        version=version or git_commit(),
+        version=version or resolve_code_version(),
         run_name=f"retrain-{params.get('window_start') or 'all'}",
         enable_caching=enable_cache,
         dry_run=dry_run,

@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import os
 import re
 import subprocess
 import sys
@@ -17,15 +18,17 @@ import time
 import warnings
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from datetime import datetime
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, TextIO
 
 from components.common import errors
 from components.common.errors import ConfigError
+from components.common.schedule import parse_time, scheduled_windows
 from pipelines import batch_scoring, canary_analysis, continuous_training, monitoring, training
 from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import build_components
+from pipelines.submit import UNKNOWN_VERSION, VERSION_ENV
 from pipelines.windows import load_windows
 
 PIPELINES: dict[str, Callable[..., Callable[..., Any]]] = {
@@ -35,6 +38,11 @@ PIPELINES: dict[str, Callable[..., Callable[..., Any]]] = {
     "continuous_training": continuous_training.build,
     "canary_analysis": canary_analysis.build,
 }
+
+# Pipelines that read a time window, and those of them that also monitor it against a reference window.
+WINDOWED = ("training", "batch_scoring", "monitoring", "continuous_training")
+MONITORED = ("monitoring", "continuous_training")
+REFERENCE_PARAMS = ("reference_start", "reference_end")
 
 _CTPIPE_ERRORS = {name for name, obj in vars(errors).items() if isinstance(obj, type)}
 _ANSI = re.compile(r"\x1b\[[0-9;]*m")
@@ -47,18 +55,45 @@ _EVENTS = [
 
 
 def git_commit(cwd: str | Path = ".") -> str:
-    """The current git commit, or 'unknown' outside a checkout; recorded as code lineage."""
+    """The current git commit, or 'unknown' outside a checkout (see :func:`resolve_code_version`)."""
     try:
         out = subprocess.run(
             ["git", "rev-parse", "--short=12", "HEAD"], cwd=cwd, capture_output=True, text=True, timeout=5
         )
     except (OSError, subprocess.TimeoutExpired):
-        return "unknown"
-    return out.stdout.strip() if out.returncode == 0 else "unknown"
+        return UNKNOWN_VERSION
+    return out.stdout.strip() if out.returncode == 0 else UNKNOWN_VERSION
 
 
-def build_pipeline(name: str, config: CtpipeConfig, code_version: str | None = None) -> Callable[..., Any]:
+def resolve_code_version(environ: dict[str, str] | None = None, cwd: str | Path = ".") -> str:
+    """The version of the code: ``$CTPIPE_VERSION``, else the git commit, else ``unknown``.
+
+    The images set ``CTPIPE_VERSION`` to the commit they were built from, so code running in
+    an image (the CronJob's ``ctpipe submit``) knows its version without a checkout. It is the
+    pipelines' ``code_version`` lineage tag and the default pipeline version of an upload.
+
+    Args:
+        environ: Environment to read ``CTPIPE_VERSION`` from; default ``os.environ``.
+        cwd: Where to look for the git checkout.
+    """
+    env = os.environ if environ is None else environ
+    declared = env.get(VERSION_ENV, "").strip()
+    if declared and declared != UNKNOWN_VERSION:
+        return declared
+    return git_commit(cwd)
+
+
+def build_pipeline(
+    name: str, config: CtpipeConfig, code_version: str | None = None, local: bool = False
+) -> Callable[..., Any]:
     """Build one pipeline function for ``config``.
+
+    Args:
+        name: A pipeline in :data:`PIPELINES`.
+        config: The configuration; parameter defaults come from it.
+        code_version: The ``code_version`` lineage tag; default :func:`resolve_code_version`.
+        local: Build for kfp.local, which cannot resolve KFP's scheduled-time placeholder
+            (:mod:`pipelines.schedule`); compiled pipelines take their time from KFP.
 
     Raises:
         ConfigError: If ``name`` is not a known pipeline.
@@ -66,7 +101,12 @@ def build_pipeline(name: str, config: CtpipeConfig, code_version: str | None = N
     if name not in PIPELINES:
         raise ConfigError(f"unknown pipeline {name!r}; expected one of {', '.join(PIPELINES)}")
     ops = build_components(config.infra.images)
-    return PIPELINES[name](config, ops, code_version or git_commit())
+    pipeline = PIPELINES[name](config, ops, code_version or resolve_code_version(), local=local)
+    if config.infra.pipeline_root and not local:
+        # Where a cluster run keeps its artifacts (the IR's defaultPipelineRoot, e.g. s3://...). kfp.local
+        # ignores it anyway: `ctpipe run` keeps the local root it mounts into each task (<workspace>/kfp/runs).
+        pipeline.pipeline_spec.default_pipeline_root = config.infra.pipeline_root  # type: ignore[attr-defined]
+    return pipeline
 
 
 def compile_pipelines(config: CtpipeConfig, out_dir: str | Path, names: list[str] | None = None) -> list[Path]:
@@ -97,6 +137,49 @@ def window_params(config: CtpipeConfig, window: int) -> dict[str, str]:
         if item.window == window:
             return {"window_start": item.start, "window_end": item.end}
     raise ConfigError(f"window {window} not in {config.dataset.source} (it has windows 1..{len(windows)})")
+
+
+def parse_at(text: str, now: datetime | None = None) -> datetime:
+    """The time ``--at`` names: ``now`` (this machine's clock, as the CronJob uses) or an ISO-8601 timestamp.
+
+    Raises:
+        ConfigError: ``text`` is neither.
+    """
+    if text.strip().lower() == "now":
+        return now or datetime.now(UTC)
+    try:
+        return parse_time(text)
+    except ValueError as exc:
+        raise ConfigError(f"--at: {exc}, or 'now'") from None
+
+
+def scheduled_params(config: CtpipeConfig, pipeline: str, at: datetime) -> dict[str, str]:
+    """The window parameters of a run for time ``at``: T-1, and T-2 as the monitoring reference.
+
+    The same computation as the pipelines' ``schedule_window`` task
+    (:func:`components.common.schedule.scheduled_windows`, with ``schedule.window`` and
+    ``schedule.anchor``), done here so the bounds are explicit run parameters: the run shows
+    them, and running it again reads the same window.
+
+    Args:
+        config: The configuration (its ``schedule`` section).
+        pipeline: The pipeline the parameters are for; only monitoring pipelines get reference bounds.
+        at: The run's time T.
+
+    Returns:
+        ``window_start`` and ``window_end`` (T-1), and for monitoring pipelines ``reference_start``
+        and ``reference_end`` (T-2).
+
+    Raises:
+        ConfigError: The pipeline reads no time window.
+    """
+    if pipeline not in WINDOWED:
+        raise ConfigError(f"--at: the {pipeline} pipeline reads no time window; expected one of {', '.join(WINDOWED)}")
+    current, previous = scheduled_windows(at, config.schedule.window, config.schedule.anchor)
+    params = dict(zip(("window_start", "window_end"), current.bounds, strict=True))
+    if pipeline in MONITORED:
+        params.update(zip(REFERENCE_PARAMS, previous.bounds, strict=True))
+    return params
 
 
 @dataclass
@@ -224,7 +307,7 @@ def run_pipeline(
     """
     from kfp import local
 
-    pipeline = build_pipeline(name, config)
+    pipeline = build_pipeline(name, config, local=True)
     # No fingerprint is passed: the pipeline hashes its source when it runs, as on a cluster.
     params = dict(params or {})
     kfp_root = config.workspace / "kfp"

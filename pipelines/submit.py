@@ -1,8 +1,9 @@
 """The one seam between ctpipe and a Kubeflow Pipelines server: upload, experiment, run, schedule.
 
 ``ctpipe submit`` plans a short list of ``kfp.Client`` calls (find the pipeline, upload it
-if missing, upload a version named after the git commit, get or create the experiment,
-create a run or a recurring run) and sends them through :class:`KfpSeam`. With
+if missing, upload a version named after the code version and the package's hash, or reuse
+the version of that name, get or create the experiment, create a run or a recurring run) and
+sends them through :class:`KfpSeam`. With
 ``dry_run`` the seam records and prints the calls instead and never constructs
 ``kfp.Client`` (its constructor already contacts the server), so CI and the tests can see
 exactly what would be sent.
@@ -11,15 +12,22 @@ The endpoint comes from ``infra.kfp_host`` or ``KF_PIPELINES_ENDPOINT`` (the var
 kfp itself reads); the bearer token from the file named by ``infra.kfp.token_file`` or
 ``KF_PIPELINES_TOKEN_FILE``; without one, kfp falls back to the in-cluster service
 account token (``KF_PIPELINES_SA_TOKEN_PATH``).
+
+Every upload carries a version: ``--version``, else ``CTPIPE_VERSION`` (the images set it to
+the commit they were built from), else the git commit of the checkout. Without any of them
+nothing is uploaded: a version named ``unknown`` could not be traced to code.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import yaml
 from pydantic import BaseModel, Field
 
 from components.common.errors import ConfigError, CtpipeError
@@ -32,6 +40,8 @@ logger = get_logger("pipelines.submit")
 ENDPOINT_ENV = "KF_PIPELINES_ENDPOINT"  # kfp.Client's own variable
 TOKEN_FILE_ENV = "KF_PIPELINES_TOKEN_FILE"
 NAMESPACE_ENV = "KF_PIPELINES_NAMESPACE"
+VERSION_ENV = "CTPIPE_VERSION"  # the code version; the images set it to their build commit
+UNKNOWN_VERSION = "unknown"
 
 # Placeholders for ids the server assigns; they appear only in dry-run plans.
 PIPELINE_ID = "<pipeline_id>"
@@ -51,6 +61,48 @@ class KfpCall(BaseModel):
     method: str
     kwargs: dict[str, Any]
     note: str = ""
+
+
+def package_digest(package: str | Path) -> str:
+    """sha256 of a compiled pipeline's content, blind to comments and to the order of mapping keys.
+
+    The compiler's header comment lists dict defaults in an order that changes from one process
+    to the next; the pipeline itself does not, so this digest is the same for every compile of
+    the same code and configuration.
+
+    Raises:
+        ConfigError: The file is not YAML.
+    """
+    try:
+        documents = list(yaml.safe_load_all(Path(package).read_text()))
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{package}: not a compiled pipeline (YAML): {exc}") from None
+    canonical = json.dumps(documents, sort_keys=True, separators=(",", ":"), default=str)
+    return hashlib.sha256(canonical.encode()).hexdigest()
+
+
+def version_name(version: str, digest: str) -> str:
+    """The name a package is uploaded under: the code version and the first 8 hex digits of its digest.
+
+    The same code compiled from the same configuration gives the same :func:`package_digest`
+    and so the same name, which :func:`submit` then reuses instead of uploading again (a
+    CronJob that submits every day adds no version); a changed configuration gives a new one.
+
+    Raises:
+        ConfigError: ``version`` is empty or ``unknown``.
+    """
+    if not version.strip() or version.strip() == UNKNOWN_VERSION:
+        raise ConfigError(
+            f"no pipeline version to upload under (found {version!r})",
+            hint=f"Pass --version, set {VERSION_ENV} (the images set it to their build commit) "
+            "or run from a git checkout.",
+        )
+    return f"{version.strip()}-{digest[:8]}"
+
+
+def _name_filter(name: str) -> str:
+    """A KFP API filter matching ``display_name == name`` (operation 1 is EQUALS)."""
+    return json.dumps({"predicates": [{"operation": 1, "key": "display_name", "stringValue": name}]})
 
 
 def cron_for_kfp(expression: str) -> str:
@@ -179,6 +231,7 @@ class SubmitPlan(BaseModel):
     pipeline: str
     package: str
     package_sha256: str
+    version: str = Field(description="The pipeline version the run uses: CODE_VERSION-<package digest[:8]>.")
     client: dict[str, Any] = Field(description="kfp.Client keyword arguments (token redacted).")
     calls: list[KfpCall]
     pipeline_id: str | None = None
@@ -193,6 +246,7 @@ class SubmitPlan(BaseModel):
         lines = [
             f"{head}: ctpipe submit {self.pipeline}",
             f"package  {self.package} (sha256 {self.package_sha256[:12]})",
+            f"version  {self.version}",
         ]
         lines.append("kfp.Client(" + ", ".join(f"{k}={v!r}" for k, v in self.client.items()) + ")")
         for call in self.calls:
@@ -234,7 +288,8 @@ def submit(
         pipeline: ctpipe pipeline name, e.g. ``training``.
         package: The compiled IR YAML.
         params: Run parameters (the pipeline's defaults apply to the rest).
-        version: Pipeline version name, usually the git commit.
+        version: The code version (a release tag or the git commit); the version is uploaded as
+            ``VERSION-<package digest[:8]>`` (:func:`version_name`), or reused if that exists.
         experiment: Experiment name; default ``infra.kfp.experiment``.
         run_name: Run (or recurring run) name; default ``PIPELINE-VERSION``.
         schedule: A cron expression; creates a recurring run instead of one run.
@@ -247,12 +302,14 @@ def submit(
         The plan: every call, and the ids the server returned.
 
     Raises:
-        ConfigError: No endpoint (outside dry-run), unreadable token, missing package or a bad cron.
+        ConfigError: No endpoint (outside dry-run), unreadable token, missing package, no version or a bad cron.
         SubmitFailed: The server refused a request.
     """
     package = Path(package)
     if not package.is_file():
         raise ConfigError(f"{package}: compiled pipeline not found", hint="Run 'ctpipe compile' first.")
+    package_sha256 = file_sha256(package)
+    uploaded_name = version_name(version, package_digest(package))
     connection = Connection.from_config(config, environ)
     if not dry_run:
         connection.client_kwargs()  # fail on a missing endpoint or token before anything is sent
@@ -271,18 +328,32 @@ def submit(
             note="only when get_pipeline_id finds none" if dry_run else "",
             pipeline_package_path=str(package),
             pipeline_name=pipeline_name,
-            description=f"ctpipe {pipeline} pipeline",
+            description=f"ctpipe {pipeline} pipeline (first uploaded as {uploaded_name})",
             namespace=connection.namespace,
         )
         pipeline_id = _id(created, "pipeline_id", PIPELINE_ID)
-    uploaded = seam.call(
-        "upload_pipeline_version",
-        pipeline_package_path=str(package),
-        pipeline_version_name=version,
-        pipeline_id=pipeline_id,
-        description=f"ctpipe {pipeline} at {version}",
-    )
-    version_id = _id(uploaded, "pipeline_version_id", VERSION_ID)
+        existing_id = None
+    else:
+        # The same code and configuration were uploaded before (a daily CronJob): reuse that version.
+        listed = seam.call(
+            "list_pipeline_versions", pipeline_id=pipeline_id, filter=_name_filter(uploaded_name), page_size=1
+        )
+        versions = getattr(listed, "pipeline_versions", None) or []
+        existing_id = _id(versions[0], "pipeline_version_id", "") if versions else None
+    if existing_id is not None:
+        version_id = existing_id
+    else:
+        uploaded = seam.call(
+            "upload_pipeline_version",
+            note="skipped when the pipeline has a version of this name (same code, same package): it is reused"
+            if dry_run
+            else "",
+            pipeline_package_path=str(package),
+            pipeline_version_name=uploaded_name,
+            pipeline_id=pipeline_id,
+            description=f"ctpipe {pipeline} at {version} (package sha256 {package_sha256})",
+        )
+        version_id = _id(uploaded, "pipeline_version_id", VERSION_ID)
     exp = seam.call(
         "create_experiment",
         note="returns the experiment when it exists",
@@ -317,7 +388,8 @@ def submit(
         dry_run=dry_run,
         pipeline=pipeline,
         package=str(package),
-        package_sha256=file_sha256(package),
+        package_sha256=package_sha256,
+        version=uploaded_name,
         client=redacted,
         calls=seam.calls,
         pipeline_id=None if dry_run else pipeline_id,

@@ -23,6 +23,7 @@ from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
+from pipelines.schedule import add_window_task
 
 Value = Any  # a constant or a pipeline channel (str, bool or dict at run time)
 
@@ -172,8 +173,13 @@ def lineage_defaults(config: CtpipeConfig, code_version: str) -> dict[str, str]:
     return {CONFIG_HASH_TAG: config.section_hash(), CODE_VERSION_TAG: code_version}
 
 
-def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") -> Callable[..., Any]:
-    """Return the training pipeline with every parameter defaulting to ``config``."""
+def build(
+    config: CtpipeConfig, ops: Components, code_version: str = "unknown", local: bool = False
+) -> Callable[..., Any]:
+    """Return the training pipeline with every parameter defaulting to ``config``.
+
+    ``local`` builds it for kfp.local, which has no scheduled time (:mod:`pipelines.schedule`).
+    """
     lineage_default = lineage_defaults(config, code_version)
 
     @dsl.pipeline(
@@ -187,6 +193,7 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         source_fingerprint: str = "",
         window_start: str = "",
         window_end: str = "",
+        schedule: str = config.schedule.model_dump_json(),
         dataset: str = config.dataset.model_dump_json(),
         model: str = config.model.model_dump_json(),
         evaluation: str = config.evaluation.model_dump_json(),
@@ -200,14 +207,15 @@ def build(config: CtpipeConfig, ops: Components, code_version: str = "unknown") 
         lineage: dict = lineage_default,
         reinfer_suite: bool = False,
     ) -> TrainingOutputs:
+        window = add_window_task(ops, local=local, schedule=schedule, window_start=window_start, window_end=window_end)
         champion, snapshot = ops.champion_and_snapshot(
             serving=serving,
             tracking_uri=tracking_uri,
             source=source,
             source_fingerprint=source_fingerprint,
             dataset=dataset,
-            window_start=window_start,
-            window_end=window_end,
+            window_start=window.outputs["window_start"],
+            window_end=window.outputs["window_end"],
         )
         tasks = add_training_tasks(
             ops,

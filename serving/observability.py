@@ -14,11 +14,11 @@ requests down.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -27,6 +27,7 @@ from prometheus_client import Counter, Histogram
 
 from components.common.inference_log import append_batch
 from components.common.logs import get_logger
+from components.common.storage import redact
 
 logger = get_logger("serving.observability")
 
@@ -109,14 +110,17 @@ class InferenceLogWriter:
     """Background writer of the inference log.
 
     Args:
-        log_dir: The inference log folder (``<workspace>/inference_log``).
+        log_dir: The inference log folder or object-store prefix (``<workspace>/inference_log``,
+            ``s3://bucket/inference_log``); credentials come from the environment.
         model_name: Label of the dropped/written counters.
         flush_seconds: Longest time a row waits in memory.
         max_rows: Rows the queue may hold; beyond that rows are dropped, never waited for.
     """
 
-    def __init__(self, log_dir: str | Path, model_name: str, flush_seconds: float = 2.0, max_rows: int = 100_000):
-        self.log_dir = Path(log_dir)
+    def __init__(
+        self, log_dir: str | os.PathLike[str], model_name: str, flush_seconds: float = 2.0, max_rows: int = 100_000
+    ):
+        self.log_dir = os.fspath(log_dir)
         self.model_name = model_name
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
@@ -195,7 +199,7 @@ class InferenceLogWriter:
             self.written_rows += rows
             LOG_WRITTEN.labels(self.model_name).inc(rows)
         except Exception:  # a full disk must not stop serving; the rows are lost and counted
-            logger.exception("cannot write the inference log", extra={"log_dir": str(self.log_dir), "rows": rows})
+            logger.exception("cannot write the inference log", extra={"log_dir": redact(self.log_dir), "rows": rows})
             self.dropped_rows += rows
             LOG_DROPPED.labels(self.model_name).inc(rows)
         finally:

@@ -110,7 +110,8 @@ def serve(
         model_version: Serve exactly this version instead of following the aliases.
         trace_requests: Keep kserve's per-request timing log lines.
         max_batch_rows: Most rows one request may carry (more: HTTP 413).
-        inference_log_dir: Write the inference log here; None logs nothing.
+        inference_log_dir: Write the inference log here, a folder or a URI (``s3://...``; credentials
+            from the environment); None logs nothing.
         log_flush_seconds: Longest time a logged row waits in memory.
         log_queue_rows: Rows the inference log may queue before it drops rows.
         entity_lookup: Feast settings for requests that carry entity ids.
@@ -194,7 +195,9 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--trace-requests", action="store_true", help="Log kserve's timing lines for every request.")
     parser.add_argument("--max-batch-rows", type=int, default=_MAX_ROWS, help="Most rows per request.")
-    parser.add_argument("--inference-log-dir", default=None, help="Write the inference log (parquet) here.")
+    parser.add_argument(
+        "--inference-log-dir", default=None, help="Write the inference log (parquet) here: folder or s3:// URI."
+    )
     parser.add_argument("--log-flush-seconds", type=float, default=2.0, help="Inference log flush interval.")
     parser.add_argument("--log-queue-rows", type=int, default=100_000, help="Inference log queue size in rows.")
     args = parser.parse_args(argv)

@@ -121,3 +121,47 @@ def stop_server():
 
     for workspace in workspaces:
         stop_local_server(str(workspace))
+
+
+# --- a real S3-compatible store ------------------------------------------------------------------
+# SeaweedFS on 127.0.0.1 (tests/servers/s3_server.py), started once per session by the first test that
+# asks for it. Tests reach it the way ctpipe does on a cluster: through AWS_* environment variables.
+S3_ENV_IGNORED = (
+    "AWS_SESSION_TOKEN",
+    "AWS_PROFILE",
+    "AWS_ENDPOINT_URL_S3",
+    "AWS_CONFIG_FILE",
+    "AWS_SHARED_CREDENTIALS_FILE",
+)
+
+
+@pytest.fixture(scope="session")
+def s3_server(tmp_path_factory: pytest.TempPathFactory):
+    """A SeaweedFS S3 server with one identity (``access_key``, ``secret_key``) and one bucket (``bucket``)."""
+    from tests.servers import S3Server
+
+    server = S3Server(tmp_path_factory.mktemp("s3"))
+    yield server
+    server.stop()
+
+
+@pytest.fixture
+def s3_env(s3_server, monkeypatch: pytest.MonkeyPatch):
+    """The environment points at ``s3_server`` with its real keys (and at nothing else) for one test."""
+    for name in S3_ENV_IGNORED:
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("AWS_CONFIG_FILE", os.devnull)  # no developer's ~/.aws profile
+    monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", os.devnull)
+    monkeypatch.setenv("AWS_EC2_METADATA_DISABLED", "true")  # never ask an instance metadata address
+    for name, value in s3_server.env().items():
+        monkeypatch.setenv(name, value)
+    return s3_server
+
+
+@pytest.fixture
+def s3_prefix(s3_env, request: pytest.FixtureRequest) -> str:
+    """A fresh ``s3://bucket/<test>-<id>`` prefix in the test store, with the environment set for it."""
+    import uuid
+
+    name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40]
+    return f"s3://{s3_env.bucket}/{name}-{uuid.uuid4().hex[:8]}"

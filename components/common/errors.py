@@ -42,3 +42,12 @@ class DeployError(CtpipeError):
     """A deployment failed; the serving endpoint keeps the models it had."""
 
     hint = "The previous champion still serves traffic; see the server log."
+
+
+class StorageError(CtpipeError):
+    """A storage location cannot be used: its driver is not installed, or the store refused the request."""
+
+    hint = (
+        "Object-store credentials and endpoints come from the environment only (AWS_ACCESS_KEY_ID, "
+        "AWS_SECRET_ACCESS_KEY, AWS_ENDPOINT_URL, ...); see docs/storage.md."
+    )

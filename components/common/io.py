@@ -1,7 +1,9 @@
-"""File helpers: atomic writes, content hashes and reading tabular sources.
+"""Local file helpers: atomic writes and content hashes.
 
 Every file a component produces is written to a temporary path in the same folder and
-renamed into place, so a crash never leaves a half-written output behind.
+renamed into place, so a crash never leaves a half-written output behind. Locations that
+may be URIs (``s3://...``) go through :mod:`components.common.storage`, which uses these
+helpers for local paths; reading tables is there too (``storage.read_table``).
 """
 
 from __future__ import annotations
@@ -19,9 +21,7 @@ from typing import Any
 
 import pandas as pd
 
-from components.common.errors import DataError
-
-_HASH_CHUNK = 1 << 20
+HASH_CHUNK = 1 << 20
 
 
 @contextlib.contextmanager
@@ -63,10 +63,15 @@ def _remove_tree(path: Path, seconds: float = 10.0) -> None:
         time.sleep(0.2)
 
 
+def json_text(payload: Any) -> str:
+    """``payload`` as the JSON text ctpipe writes: indented, keys sorted, a final newline."""
+    return json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n"
+
+
 def write_json(path: str | os.PathLike[str], payload: Any) -> Path:
     """Write ``payload`` as indented JSON, atomically."""
     with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(payload, indent=2, sort_keys=True, default=str) + "\n")
+        tmp.write_text(json_text(payload))
     return Path(path)
 
 
@@ -99,7 +104,7 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
         if path.is_dir():
             digest.update(str(file.relative_to(path)).encode())
         with open(file, "rb") as handle:
-            while chunk := handle.read(_HASH_CHUNK):
+            while chunk := handle.read(HASH_CHUNK):
                 digest.update(chunk)
     return digest.hexdigest()
 
@@ -110,33 +115,3 @@ def frame_sha256(frame: pd.DataFrame) -> str:
     digest.update(json.dumps([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())
     return digest.hexdigest()
-
-
-def read_table(path: str | os.PathLike[str]) -> pd.DataFrame:
-    """Read a CSV or Parquet file (or a folder of Parquet files) with errors that name the file.
-
-    Args:
-        path: The file or folder.
-
-    Returns:
-        The table.
-
-    Raises:
-        DataError: The path does not exist, is empty, or is not a readable table.
-    """
-    path = Path(path)
-    if not path.exists():
-        raise DataError(f"{path}: no such file or folder")
-    if path.is_file() and path.stat().st_size == 0:
-        raise DataError(f"{path}: file is empty (0 bytes); expected a CSV or Parquet table")
-    suffix = path.suffix.lower()
-    try:
-        # KFP artifact paths have no suffix; ctpipe writes those as Parquet.
-        if path.is_dir() or suffix in {".parquet", ".pq", ""}:
-            return pd.read_parquet(path)
-        if suffix in {".csv", ".txt", ".tsv"}:
-            return pd.read_csv(path, sep="\t" if suffix == ".tsv" else ",")
-    except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-        first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
-        raise DataError(f"{path}: not a readable {suffix.lstrip('.') or 'parquet'} table: {first_line}") from exc
-    raise DataError(f"{path}: unsupported file type {suffix!r}; expected .csv, .tsv or .parquet")

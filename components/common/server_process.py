@@ -270,7 +270,7 @@ def start_local_server(
 
     args = ["--poll-seconds", str(poll_seconds), *serving_args(serving)]
     if serving.inference_log:
-        args += ["--inference-log-dir", str(inference_log_dir(workspace))]
+        args += ["--inference-log-dir", inference_log_dir(workspace, serving)]
     proc = spawn_server(serving.model_name, serving.host, serving.port, tracking_uri, log_path, args, entity_lookup)
     write_text(pid_path, f"{proc.pid}\n")
 
@@ -299,9 +299,15 @@ def start_local_server(
     return server
 
 
-def inference_log_dir(workspace: str | os.PathLike[str]) -> Path:
-    """Where the local server writes its inference log: ``<workspace>/inference_log``."""
-    return Path(workspace) / "inference_log"
+def inference_log_dir(workspace: str | os.PathLike[str], serving: ServingSpec | None = None) -> str:
+    """Where the local server writes its inference log: ``serving.inference_log_dir`` or ``<workspace>/inference_log``.
+
+    ``serving.inference_log_dir`` may be a URI (``s3://...``); the server process inherits
+    this process's environment, where the object store's credentials are.
+    """
+    if serving is not None and serving.inference_log_dir:
+        return serving.inference_log_dir
+    return str(Path(workspace) / "inference_log")
 
 
 def serving_args(serving: ServingSpec) -> list[str]:

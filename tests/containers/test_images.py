@@ -49,6 +49,8 @@ def test_images_are_tagged_from_config_labelled_and_non_root(
         whoami = docker.docker("run", "--rm", "--entrypoint", "id", tag, "-u").stdout.strip()
         assert whoami == "1000"
     assert _inspect(docker, images["serving"])["Config"]["Healthcheck"]["Test"][0] == "CMD"
+    # The CronJob's `ctpipe submit` runs in the components image: it names uploads after this commit.
+    assert f"CTPIPE_VERSION={build_commit}" in _inspect(docker, images["components"])["Config"]["Env"]
 
     # The components image has Spark with its Java; the serving image leaves Spark and the
     # training stack out (Java is there only because this test base has it for both images).

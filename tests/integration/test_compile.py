@@ -79,6 +79,57 @@ def test_ingest_is_keyed_on_the_sources_content_never_on_time(compiled):
     assert inputs["source_fingerprint"]["taskOutputParameter"]["producerTask"] == "fingerprint-source"
     assert set(inputs) == {"source", "source_fingerprint", "dataset", "window_start", "window_end"}
     assert not tasks["fingerprint-source"].get("cachingOptions", {}).get("enableCache")
+    # The bounds come from the (uncached) window task, so ingest is keyed on the window, not the clock.
+    for bound in ("window_start", "window_end"):
+        assert inputs[bound]["taskOutputParameter"] == {"outputParameterKey": bound, "producerTask": "schedule-window"}
+    assert not tasks["schedule-window"].get("cachingOptions", {}).get("enableCache")
+
+
+@pytest.mark.parametrize("name", ["training", "batch_scoring", "monitoring", "continuous_training"])
+def test_the_window_comes_from_kfps_scheduled_time_unless_the_run_names_one(compiled, name):
+    from kfp import dsl
+
+    spec = yaml.safe_load(compiled[name].read_text())
+    tasks = _tasks(spec)
+    window = tasks["schedule-window"]["inputs"]["parameters"]
+    # The placeholder is the whole constant of a task input: that is what KFP's driver resolves.
+    assert window["scheduled_time"] == {"runtimeValue": {"constant": "{{$.pipeline_job_schedule_time_utc}}"}}
+    assert window["scheduled_time"]["runtimeValue"]["constant"] == dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER
+    # Explicit bounds (a manual run) go in as the pipeline's parameters and win over the time.
+    for key in ("window_start", "window_end", "schedule"):  # inside an exit handler: pipelinechannel--KEY
+        assert window[key]["componentInputParameter"].removeprefix("pipelinechannel--") == key
+    parameters = spec["root"]["inputDefinitions"]["parameters"]
+    assert yaml.safe_load(parameters["schedule"]["defaultValue"]) == {
+        "window": "7d",
+        "anchor": "1970-01-05T00:00:00+00:00",
+    }
+    if "monitor" in tasks:  # T-1 is monitored against T-2: both sets of bounds come from the window task
+        monitor = tasks["monitor"]["inputs"]["parameters"]
+        for bound in ("window_start", "window_end", "reference_start", "reference_end"):
+            assert monitor[bound]["taskOutputParameter"]["producerTask"] == "schedule-window", bound
+        assert monitor["source_fingerprint"]["taskOutputParameter"]["producerTask"] == "fingerprint-source"
+        assert {"reference_start", "reference_end"} <= set(parameters)
+
+
+@pytest.mark.parametrize("name", ["training", "continuous_training"])
+def test_a_pipeline_built_for_kfp_local_has_no_placeholder_it_cannot_resolve(tmp_path, name):
+    """kfp.local 2.17 fails on the scheduled-time placeholder, so local builds pass an empty time instead."""
+    from kfp import compiler, dsl
+
+    pipeline = build_pipeline(name, load_config(ROOT / "ctpipe.yaml"), local=True)
+    compiler.Compiler().compile(pipeline, str(tmp_path / "local.yaml"))
+    text = (tmp_path / "local.yaml").read_text()
+    # Nowhere, not even in a component's source, which kfp.local resolves placeholders in too.
+    assert dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER not in text
+    tasks = _tasks(yaml.safe_load(text))
+    constants = {
+        parameter["runtimeValue"].get("constant")
+        for task in tasks.values()
+        for parameter in task.get("inputs", {}).get("parameters", {}).values()
+        if "runtimeValue" in parameter
+    }
+    assert dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER not in constants
+    assert tasks["schedule-window"]["inputs"]["parameters"]["scheduled_time"] == {"runtimeValue": {"constant": ""}}
 
 
 def test_training_dag_edges(compiled):
@@ -184,8 +235,9 @@ def test_run_and_compile_use_the_very_same_builders():
         "continuous_training": continuous_training.build,
         "canary_analysis": canary_analysis.build,
     } == PIPELINES
-    # run_pipeline and compile_pipelines both get their pipeline from build_pipeline.
-    assert "build_pipeline(name, config)" in inspect.getsource(runner.run_pipeline)
+    # run_pipeline and compile_pipelines both get their pipeline from build_pipeline; kfp.local's
+    # differs only in the one input it cannot resolve (the scheduled time).
+    assert "build_pipeline(name, config, local=True)" in inspect.getsource(runner.run_pipeline)
     assert "build_pipeline(name, config)" in inspect.getsource(runner.compile_pipelines)
 
 
@@ -278,3 +330,33 @@ def test_default_images_are_the_ones_the_pipelines_name(compiled):
     assert images == {ImagesSpec().components}
     pipeline = build_pipeline("training", load_config(ROOT / "ctpipe.yaml"))
     assert pipeline.component_spec.inputs["serving_image"].default == ImagesSpec().serving
+
+
+def test_the_shipped_cluster_config_compiles_to_object_storage_without_credentials(tmp_path, monkeypatch):
+    """manifests/base/ctpipe.yaml: an s3:// pipeline root and locations, no sqlite, no credential in the IR."""
+    secret = "compile-test-secret-value-0123456789"
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "COMPILETESTKEYID")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", secret)
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://object-store.invalid:9000")
+    config = load_config(ROOT / "manifests" / "base" / "ctpipe.yaml")
+    assert config.infra.profile == "cluster"
+    for path in compile_pipelines(config, tmp_path):
+        text = path.read_text()
+        pipeline_spec, platform = yaml.safe_load_all(text)
+        assert pipeline_spec["defaultPipelineRoot"] == "s3://ctpipe-artifacts/pipeline-root", path.name
+        assert "sqlite:" not in text, path.name
+        for leaked in (secret, "COMPILETESTKEYID", "object-store.invalid"):
+            assert leaked not in text, (path.name, leaked)
+        parameters = pipeline_spec["root"]["inputDefinitions"]["parameters"]
+        for key in ("source", "inference_log_dir", "log_dir", "reports_dir"):
+            if key in parameters:
+                assert parameters[key]["defaultValue"].startswith("s3://"), (path.name, key)
+        # Credentials reach the pods only as references to a Kubernetes Secret.
+        for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
+            mapped = {kv["envVar"]: s["secretName"] for s in executor["secretAsEnv"] for kv in s["keyToEnv"]}
+            assert mapped["AWS_SECRET_ACCESS_KEY"] == mapped["AWS_ACCESS_KEY_ID"] == "ctpipe-object-store"
+    # Under kfp.local the root stays the local one run_pipeline gives kfp.local (<workspace>/kfp/runs).
+    local = build_pipeline("training", config, local=True)
+    assert local.pipeline_spec.default_pipeline_root == ""
+    embedded = build_pipeline("training", load_config(ROOT / "ctpipe.yaml"))
+    assert embedded.pipeline_spec.default_pipeline_root == ""  # the embedded default sets none, as before

@@ -1,6 +1,7 @@
 """The continuous-training pipeline on kfp.local: a drifted window retrains, a calm one does not."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -10,7 +11,7 @@ from components.common import registry, tracking
 from components.common.inference_log import append_batch
 from components.ingest import ingest
 from pipelines.retrain import retrain_on_drift
-from pipelines.runner import run_pipeline, window_params
+from pipelines.runner import parse_at, run_pipeline, scheduled_params, window_params
 from tests.helpers import small_config
 
 pytestmark = pytest.mark.slow
@@ -77,7 +78,32 @@ def _loop_in_cluster_profile_plans_a_training_run(config, window):
     run = result.submitted.calls[-1]
     assert run.method == "run_pipeline"
     assert run.kwargs["params"] == window
-    assert result.submitted.calls[2].kwargs["pipeline_version_name"] == "abc123"
+    assert result.submitted.calls[2].kwargs["pipeline_version_name"].startswith("abc123-")  # + the package digest
+
+
+def test_a_run_for_a_time_monitors_the_last_complete_window_against_the_one_before(champion_config):
+    """``--at T`` (the CronJob's path): T-1 is monitored against T-2, not against the champion's training data."""
+    config = champion_config
+    # Monday 2026-01-19 03:00 UTC: T-1 is the demo's window 2 (drifted), T-2 its window 1.
+    params = scheduled_params(config, "monitoring", parse_at("2026-01-19T03:00:00Z"))
+    window1, window2 = window_params(config, 1), window_params(config, 2)
+    assert (params["window_start"], params["window_end"]) == (window2["window_start"], window2["window_end"])
+    assert (params["reference_start"], params["reference_end"]) == (window1["window_start"], window1["window_end"])
+
+    report = run_pipeline("monitoring", config, params, progress=None)
+
+    assert report.succeeded, report.error
+    assert {t.name: t.status for t in report.tasks}["schedule-window"] == "ran"
+    metadata = report.outputs["result"]["metadata"]
+    assert metadata["reference"] == (f"window [{window1['window_start']}, {window1['window_end']}) of the source")
+    assert metadata["decision"] == "retrain", metadata["reasons"]  # window 2 drifted from window 1
+    result = json.loads(Path(report.outputs["result"]["path"]).read_text())
+    assert result["rows_reference"] == len(pd.read_parquet(config.dataset.source).pipe(_rows_in, config, window1))
+
+
+def _rows_in(frame, config, window):
+    stamps = pd.to_datetime(frame[config.dataset.timestamp_column], utc=True)
+    return frame[(stamps >= pd.Timestamp(window["window_start"])) & (stamps < pd.Timestamp(window["window_end"]))]
 
 
 def test_monitoring_inside_continuous_training_reads_the_inference_log_of_the_window(champion_config, tmp_path):

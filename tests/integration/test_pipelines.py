@@ -11,7 +11,7 @@ from tests.helpers import small_config
 pytestmark = pytest.mark.slow
 
 CACHEABLE = {"ingest", "validate", "fetch-features", "train", "evaluate"}
-SIDE_EFFECTS = {"current-champion", "fingerprint-source", "register", "infra-validate", "deploy"}
+SIDE_EFFECTS = {"schedule-window", "current-champion", "fingerprint-source", "register", "infra-validate", "deploy"}
 
 
 def test_training_twice_hits_the_cache_for_every_cacheable_task(tmp_path, stop_server):

@@ -26,7 +26,11 @@ def _batch(stamps: list[str], version: str = "1") -> pd.DataFrame:
 
 def test_batches_land_in_date_partitions_and_read_back_by_window(tmp_path: Path) -> None:
     written = append_batch(tmp_path, _batch(["2026-01-01T23:59:00Z", "2026-01-02T00:01:00Z", "2026-01-03T12:00:00Z"]))
-    assert sorted(path.parent.name for path in written) == ["date=2026-01-01", "date=2026-01-02", "date=2026-01-03"]
+    assert sorted(Path(path).parent.name for path in written) == [
+        "date=2026-01-01",
+        "date=2026-01-02",
+        "date=2026-01-03",
+    ]
     append_batch(tmp_path, _batch(["2026-01-02T05:00:00Z"], version="2"))
 
     window = read_window(tmp_path, "2026-01-02", "2026-01-03")
