@@ -46,11 +46,10 @@ import time
 import uuid
 from collections.abc import Iterator, Mapping
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
 from pydantic import BaseModel
 
-from components.common import tracking
+from components.common import storage, tracking
 from components.common.errors import CtpipeError, DeployError, ModelNotFound
 from components.common.logs import get_logger
 
@@ -115,12 +114,8 @@ LOCK_WAIT_SECONDS = 300.0
 
 
 def redact_uri(uri: str) -> str:
-    """Drop a password from a URI so it can be logged or reported."""
-    parts = urlsplit(uri)
-    if parts.password is None:
-        return uri
-    netloc = f"{parts.username}:***@{parts.hostname}" + (f":{parts.port}" if parts.port else "")
-    return urlunsplit(parts._replace(netloc=netloc))
+    """A tracking or registry URI safe to log or report (no password, no query): :func:`storage.redact`."""
+    return storage.redact(uri)
 
 
 def lineage_tags(lineage: Mapping[str, Any], snapshot_hash: str, suite_hash: str) -> dict[str, str]:

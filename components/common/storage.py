@@ -87,6 +87,8 @@ def redact(location: str | os.PathLike[str]) -> str:
         parts = urlsplit(text)
     except ValueError:  # not a parsable URI (e.g. a malformed IPv6 host): show only its scheme
         return f"{protocol(text)}://***"
+    if parts.password is None and not parts.query and not parts.fragment:
+        return text  # nothing to hide; rebuilding would also drop the empty authority of sqlite:////path
     netloc = parts.netloc
     if "@" in netloc:
         userinfo, host = netloc.rsplit("@", 1)

@@ -20,6 +20,7 @@ import yaml
 from components.common import storage
 from components.common.errors import ConfigError, DataError, StorageError
 from components.common.inference_log import append_batch, read_window
+from components.common.registry import redact_uri
 from components.ingest import ingest, source_fingerprint
 from components.notify import run_summary
 from pipelines.config import parse_config
@@ -48,6 +49,11 @@ def test_redact_hides_passwords_and_query_strings_and_keeps_the_rest():
     shown = storage.redact("abfs://container@acct.dfs.core.windows.net/p.parquet?sv=1&sig=topsecret")
     assert shown == "abfs://container@acct.dfs.core.windows.net/p.parquet?***"
     assert "topsecret" not in storage.redact("gs://b/k#topsecret")
+
+    # Tracking URIs go through the same function (registry.redact_uri): the sqlite form keeps its slashes.
+    assert redact_uri("sqlite:////tmp/ws/mlflow.db") == "sqlite:////tmp/ws/mlflow.db"
+    assert redact_uri("postgresql://mlflow:topsecret@127.0.0.1:5432/db") == "postgresql://mlflow:***@127.0.0.1:5432/db"
+    assert redact_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
 
 def test_locations_with_credentials_are_refused_without_repeating_them(tmp_path):
