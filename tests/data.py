@@ -23,6 +23,7 @@ import numpy as np
 import pandas as pd
 
 from components.specs import DatasetSpec
+from pipelines.windows import Window
 
 ENTITY, TIMESTAMP, LABEL = "customer_id", "event_timestamp", "churned"
 NUMERIC_FEATURES = [
@@ -63,16 +64,6 @@ class Drift:
     shift: dict[str, float] = field(default_factory=lambda: {"support_calls": 1.0, "satisfaction_score": -1.0})
     # Factor on the effect of the monthly charges (1.0: the concept does not change).
     price: float = 3.0
-
-
-@dataclass(frozen=True)
-class Window:
-    """One window of the data: number (1-based), [start, end) as ISO timestamps, and its row count."""
-
-    window: int
-    start: str
-    end: str
-    rows: int
 
 
 def _features(rng: np.random.Generator, rows: int) -> pd.DataFrame:
