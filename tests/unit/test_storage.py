@@ -51,7 +51,7 @@ def test_redact_hides_passwords_and_query_strings_and_keeps_the_rest():
     assert "topsecret" not in storage.redact("gs://b/k#topsecret")
 
     # Tracking URIs go through the same function (registry.redact_uri): the sqlite form keeps its slashes.
-    assert redact_uri("sqlite:////tmp/ws/mlflow.db") == "sqlite:////tmp/ws/mlflow.db"
+    assert redact_uri("sqlite:////srv/ws/mlflow.db") == "sqlite:////srv/ws/mlflow.db"
     assert redact_uri("postgresql://mlflow:topsecret@127.0.0.1:5432/db") == "postgresql://mlflow:***@127.0.0.1:5432/db"
     assert redact_uri("http://127.0.0.1:5000") == "http://127.0.0.1:5000"
 
