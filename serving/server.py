@@ -21,9 +21,12 @@ from __future__ import annotations
 import argparse
 import logging
 import os
+import signal
 import sys
+import threading
 import time
 import warnings
+from types import FrameType
 from typing import Any
 
 from components.common.feast import EntityLookup
@@ -150,6 +153,7 @@ def serve(
         access_log=False,
     )
     server = uvicorn.Server(config)
+    _let_sigterm_return()
     model.start_watcher()
     logger.info(
         "model server starting",
@@ -169,6 +173,23 @@ def serve(
         if writer is not None:
             writer.stop()  # write what is still queued
         logger.info("model server stopped", extra={"model": model_name, "port": port})
+
+
+def _ignore_repeated_sigterm(signum: int, frame: FrameType | None) -> None:
+    """The handler uvicorn's re-raised SIGTERM finds: the shutdown is already under way."""
+
+
+def _let_sigterm_return() -> None:
+    """Make a SIGTERM end :func:`serve` normally, so the inference log is written before exit.
+
+    uvicorn handles SIGTERM (stops accepting, drains requests) and then raises the signal again
+    with the handler it found before it started. With the default handler that kills the process
+    there, before the ``finally`` of :func:`serve` writes the rows still queued; the kubelet (and
+    :mod:`components.common.server_process`) stop the server with SIGTERM. With this handler the
+    process exits 0 once the log is written.
+    """
+    if threading.current_thread() is threading.main_thread():  # signal handlers: main thread only
+        signal.signal(signal.SIGTERM, _ignore_repeated_sigterm)
 
 
 def main(argv: list[str] | None = None) -> int:

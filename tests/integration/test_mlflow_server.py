@@ -3,10 +3,15 @@
 Starts PostgreSQL and ``mlflow server`` (served artifacts) on 127.0.0.1, runs the training
 pipeline on kfp.local with ``infra.tracking_uri`` pointing at the server, and checks that the
 version, its aliases and lineage live in PostgreSQL and its artifacts come back through the server.
+A second server keeps its artifacts in the S3 store (SeaweedFS): only the server holds the keys.
 """
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,9 +31,12 @@ from components.common.registry import (
     promote,
 )
 from components.register import lineage, register
+from components.specs import ModelSpec
+from components.train import train
 from pipelines.runner import run_pipeline, window_params
+from tests.data import churn_spec, write_churn
 from tests.helpers import small_config
-from tests.servers import MlflowServer, PostgresServer
+from tests.servers import MlflowServer, PostgresServer, S3Server
 
 pytestmark = [pytest.mark.server, pytest.mark.slow]
 
@@ -94,3 +102,81 @@ def test_training_pipeline_against_an_mlflow_server_on_postgresql(
     again = register(f"models:/{logged}", version.run_id, name, True, mlflow_server.uri)
     assert not again.created and again.version == str(version.version)
     assert client.get_model_version_by_alias(name, CHAMPION_ALIAS).version == version.version
+
+
+@pytest.fixture(scope="module")
+def s3_mlflow_server(
+    postgres: PostgresServer, s3_server: S3Server, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[MlflowServer]:
+    """An ``mlflow server`` (own database) whose artifacts go to ``s3://bucket/mlflow-<id>``; only it has the keys."""
+    suffix = uuid.uuid4().hex[:8]
+    env = {
+        "AWS_ACCESS_KEY_ID": s3_server.access_key,
+        "AWS_SECRET_ACCESS_KEY": s3_server.secret_key,
+        "AWS_DEFAULT_REGION": s3_server.region,
+        # MLflow's S3 artifact repository reads its endpoint from here (boto3 would also take AWS_ENDPOINT_URL).
+        "MLFLOW_S3_ENDPOINT_URL": s3_server.endpoint,
+        "AWS_CONFIG_FILE": os.devnull,
+        "AWS_SHARED_CREDENTIALS_FILE": os.devnull,
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+    server = MlflowServer(
+        postgres.create_database(f"mlflow_s3_{suffix}"),
+        tmp_path_factory.mktemp("mlflow-s3-server"),
+        artifacts_destination=f"s3://{s3_server.bucket}/mlflow-{suffix}",
+        env=env,
+    )
+    yield server
+    server.stop()
+
+
+def _env_without_object_store_credentials() -> dict[str, str]:
+    """This process's environment without any ``AWS_*`` / ``MLFLOW_S3_*`` variable, and no credential file either."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_S3_"))}
+    env.update(
+        {"AWS_CONFIG_FILE": os.devnull, "AWS_SHARED_CREDENTIALS_FILE": os.devnull, "AWS_EC2_METADATA_DISABLED": "true"}
+    )
+    return env
+
+
+def test_mlflow_server_keeps_artifacts_in_the_object_store(
+    tmp_path: Path, s3_server: S3Server, s3_mlflow_server: MlflowServer
+) -> None:
+    server = s3_mlflow_server
+    source = tmp_path / "churn.parquet"
+    write_churn(source, windows=1, rows=400, seed=5)
+    model = ModelSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 300})
+    trained = train(str(source), churn_spec(source), model, server.uri, "s3-artifacts", str(tmp_path / "eval.parquet"))
+    name = f"churn-s3-{uuid.uuid4().hex[:6]}"
+    version = register(trained.model_uri, trained.run_id, name, True, server.uri).version
+
+    # The client only ever saw mlflow-artifacts:/ URIs; the bytes are in the bucket under the prefix.
+    client = tracking.registry_client(server.uri)
+    run = client.get_run(trained.run_id)
+    assert client.get_experiment(run.info.experiment_id).artifact_location.startswith("mlflow-artifacts:")
+    assert server.artifacts_destination.startswith("s3://")
+    stored = s3_server.client().find(server.artifacts_destination.removeprefix("s3://"))
+    assert any(key.endswith("/MLmodel") for key in stored), stored
+    assert any(key.endswith("/model.pkl") for key in stored), stored
+    assert not server.artifacts.exists() and not (server.base / "mlartifacts").exists()
+
+    # A pod with only the tracking URI (no AWS_* at all) loads the registered version through the server.
+    script = (
+        "import sys; from components.common import tracking; "
+        "m = tracking.load_sklearn_model(sys.argv[1], sys.argv[2]); "
+        "print(type(m).__name__, hasattr(m, 'predict_proba'))"
+    )
+    loaded = subprocess.run(
+        [sys.executable, "-c", script, f"models:/{name}/{version}", server.uri],
+        env={**_env_without_object_store_credentials(), "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert loaded.returncode == 0, loaded.stderr[-3000:]
+    assert loaded.stdout.strip().endswith("True"), loaded.stdout
+
+    # The keys reached the server through its environment only: never its command line or its log.
+    assert s3_server.secret_key not in " ".join(server.process.popen.args)  # type: ignore[arg-type]
+    assert s3_server.secret_key not in server.process.log_path.read_text(errors="replace")

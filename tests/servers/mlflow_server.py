@@ -12,22 +12,39 @@ from tests.servers.process import ServerProcess, free_port, wait_for_port
 
 
 class MlflowServer:
-    """``mlflow server`` on 127.0.0.1: metadata in a database, artifacts served from a folder."""
+    """``mlflow server`` on 127.0.0.1: metadata in a database, artifacts served from a folder or an object store.
 
-    def __init__(self, backend_store_uri: str, base: Path) -> None:
+    The server proxies every artifact request (``--serve-artifacts``): clients see ``mlflow-artifacts:/``
+    URIs and need no object-store credentials; only this process gets them, through its environment.
+    """
+
+    def __init__(
+        self,
+        backend_store_uri: str,
+        base: Path,
+        artifacts_destination: str | None = None,
+        env: dict[str, str] | None = None,
+    ) -> None:
         """Start the server and wait until its health endpoint answers.
 
         Args:
             backend_store_uri: E.g. ``postgresql://user@127.0.0.1:PORT/mlflow``.
-            base: Folder for the artifact store and the log.
+            base: Folder for the log, the working directory and (by default) the artifact store.
+            artifacts_destination: Where the server stores artifacts, e.g. ``s3://bucket/prefix``;
+                ``base/mlflow-artifacts`` if not given.
+            env: Extra environment of the server process only, e.g. ``AWS_ACCESS_KEY_ID``,
+                ``AWS_SECRET_ACCESS_KEY`` and ``MLFLOW_S3_ENDPOINT_URL`` for an S3 destination.
         """
         import sys
 
         import requests
 
         self.port = free_port()
+        self.base = base
         self.artifacts = base / "mlflow-artifacts"
-        self.artifacts.mkdir(parents=True, exist_ok=True)
+        if artifacts_destination is None:
+            self.artifacts.mkdir(parents=True, exist_ok=True)
+        self.artifacts_destination = artifacts_destination or str(self.artifacts)
         self.process = ServerProcess(
             "mlflow server",
             [
@@ -38,7 +55,7 @@ class MlflowServer:
                 "--backend-store-uri",
                 backend_store_uri,
                 "--artifacts-destination",
-                str(self.artifacts),
+                self.artifacts_destination,
                 "--serve-artifacts",
                 "--host",
                 "127.0.0.1",
@@ -49,7 +66,9 @@ class MlflowServer:
             ],
             base / "mlflow-server.log",
             # No job runner: it starts a handful of huey consumers the registry does not need.
-            env={"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"},
+            env={"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
+            # A default ./mlartifacts (or mlruns/) would land in base, never in the caller's directory.
+            cwd=base,
         )
         self.uri = f"http://127.0.0.1:{self.port}"
         wait_for_port(self.port, timeout=180, process=self.process)

@@ -70,6 +70,7 @@ class PostgresServer:
             user=self.os_user,
         )
         wait_for_port(self.port, process=self.process)
+        self.user = user
         self.uri = f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
         # SQLAlchemy (MLflow's store) defaults to psycopg 3 for postgresql://; name the installed driver.
         self.sqlalchemy_uri = self.uri.replace("postgresql://", "postgresql+psycopg2://", 1)
@@ -91,6 +92,11 @@ class PostgresServer:
         with connection.cursor() as cursor:
             cursor.execute(f'CREATE DATABASE "{database}"')
         connection.close()
+
+    def create_database(self, database: str) -> str:
+        """Create another database in this cluster (e.g. for a second MLflow server) and return its SQLAlchemy URI."""
+        self._create_database(self.user, database)
+        return f"postgresql+psycopg2://{self.user}@127.0.0.1:{self.port}/{database}"
 
     def query(self, sql: str) -> list[tuple]:
         """Rows of one SQL query against the database (to check what a server wrote)."""

@@ -18,6 +18,14 @@ version reaches traffic depends on ``serving.deployment_mode``:
     rendering again without a canary percent, which pins ``spec.predictor`` to the new version
     and drops ``spec.canary``.
 
+The container gets the serving settings as flags (``--max-batch-rows``, the inference log's flush
+interval and queue size) and, when ``serving.inference_log_dir`` is set (an object-store prefix such
+as ``s3://bucket/inference_log`` on a cluster), ``--inference-log-dir``: every pod appends its
+inference log there through :mod:`components.common.storage`. Without it a cluster pod writes no
+inference log (a local folder would be the pod's own ``emptyDir``). The object store's keys reach
+the pod only through the Secret named by ``credentials_secret`` (``envFrom``), never through the
+manifest.
+
 Both modes set ``serving.kserve.io/deploymentMode`` explicitly, because the cluster default
 (``defaultDeploymentMode`` in the ``inferenceservice-config`` ConfigMap) varies by install.
 """
@@ -29,6 +37,7 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from components.common.errors import DeployError
+from components.common.server_process import serving_args
 from components.specs import ServingSpec
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -89,9 +98,13 @@ def _predictor(
         str(CONTAINER_PORT),
         "--poll-seconds",
         str(POLL_SECONDS_IN_CLUSTER),
-        "--model-version",  # each traffic target serves exactly one version
-        version,
+        *serving_args(serving),
     ]
+    if serving.inference_log and serving.inference_log_dir:
+        # An object-store prefix (s3://...) that monitoring and canary analysis read; the pod writes it
+        # with the keys its Secret puts in the environment (envFrom), never with keys in this manifest.
+        args += ["--inference-log-dir", serving.inference_log_dir]
+    args += ["--model-version", version]  # each traffic target serves exactly one version
     ready_path = f"/v2/models/{serving.model_name}/ready"
     readiness: dict[str, Any] = {
         "httpGet": {"path": ready_path},

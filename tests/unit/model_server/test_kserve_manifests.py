@@ -62,6 +62,32 @@ def test_standard_mode_canary_needs_the_stable_version() -> None:
         render_inference_service(spec, "img:1", "7", "http://mlflow:5000", 20)
 
 
+def test_the_predictor_writes_the_inference_log_where_the_config_says(crd_validator: Any) -> None:
+    from components.common.kserve.manifests import render_inference_service
+
+    def args(spec: ServingSpec) -> list[str]:
+        manifest = render_inference_service(
+            spec, "img:1", "7", "http://mlflow:5000", None, credentials_secret="ctpipe-object-store"
+        )
+        assert not list(crd_validator.iter_errors(manifest))
+        container = manifest["spec"]["predictor"]["containers"][0]
+        assert container["envFrom"] == [{"secretRef": {"name": "ctpipe-object-store"}}]
+        assert not any(item["name"].startswith("AWS_") for item in container["env"]), "keys come from the Secret"
+        return list(container["args"])
+
+    spec = ServingSpec(
+        model_name="m", inference_log_dir="s3://bucket/inference_log", max_batch_rows=99, inference_log_queue_rows=5
+    )
+    rendered = args(spec)
+    assert rendered[rendered.index("--inference-log-dir") + 1] == "s3://bucket/inference_log"
+    assert rendered[rendered.index("--max-batch-rows") + 1] == "99"
+    assert rendered[rendered.index("--log-queue-rows") + 1] == "5"
+    assert rendered[-2:] == ["--model-version", "7"]
+    # No location configured (a pod's local folder would be lost with it), or logging off: no log.
+    assert "--inference-log-dir" not in args(ServingSpec(model_name="m"))
+    assert "--inference-log-dir" not in args(spec.model_copy(update={"inference_log": False}))
+
+
 def test_strict_crd_check_catches_a_misspelled_field(crd_validator: Any) -> None:
     from components.common.kserve.manifests import render_inference_service
 
