@@ -11,7 +11,7 @@ from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
-from pipelines.schedule import add_window_task
+from pipelines.schedule import add_first_tasks
 
 
 def build(
@@ -38,16 +38,19 @@ def build(
         tracking_uri: str = config.tracking_uri,
         spark_master: str = config.infra.spark_master,
     ) -> Dataset:
-        window = add_window_task(ops, local=local, schedule=schedule, window_start=window_start, window_end=window_end)
-        champion, snapshot = ops.champion_and_snapshot(
+        first = add_first_tasks(
+            ops,
+            local=local,
+            schedule=schedule,
             serving=serving,
             tracking_uri=tracking_uri,
             source=source,
             source_fingerprint=source_fingerprint,
             dataset=dataset,
-            window_start=window.outputs["window_start"],
-            window_end=window.outputs["window_end"],
+            window_start=window_start,
+            window_end=window_end,
         )
+        champion, snapshot = first.champion, first.snapshot
         # Scoring is keyed on the resolved version, never on the moving alias.
         scored = ops.batch_predict(
             snapshot=snapshot.outputs["snapshot"],

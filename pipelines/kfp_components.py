@@ -565,7 +565,7 @@ class Components:
         window_start: str,
         window_end: str,
     ) -> tuple[PipelineTask, PipelineTask]:
-        """The first steps of every pipeline: resolve the champion and snapshot the window.
+        """Resolve the champion and snapshot the window (after the window task: ``pipelines.schedule.add_first_tasks``).
 
         The champion task reads the model name from ``serving`` (the pipeline's ``serving``
         parameter) and outputs it as ``model_name``, for every later task that needs it.

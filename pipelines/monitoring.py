@@ -22,7 +22,7 @@ from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
-from pipelines.schedule import add_window_task
+from pipelines.schedule import add_first_tasks
 
 Value = Any  # a constant or a pipeline channel (str at run time)
 
@@ -80,24 +80,21 @@ def add_monitoring_tasks(
     Returns:
         The tasks it added; ``monitor.outputs["Output"]`` is the decision.
     """
-    window = add_window_task(
+    first = add_first_tasks(
         ops,
         local=local,
         schedule=schedule,
-        window_start=window_start,
-        window_end=window_end,
-        reference_start=reference_start,
-        reference_end=reference_end,
-    )
-    champion, snapshot = ops.champion_and_snapshot(
         serving=serving,
         tracking_uri=tracking_uri,
         source=source,
         source_fingerprint=source_fingerprint,
         dataset=dataset,
-        window_start=window.outputs["window_start"],
-        window_end=window.outputs["window_end"],
+        window_start=window_start,
+        window_end=window_end,
+        reference_start=reference_start,
+        reference_end=reference_end,
     )
+    window, champion, snapshot = first.window, first.champion, first.snapshot
     checked = ops.monitor(
         current=snapshot.outputs["snapshot"],
         dataset=dataset,

@@ -1,4 +1,4 @@
-"""The window task every windowed pipeline starts with, and the time it takes from KFP.
+"""The first tasks of every windowed pipeline (window, champion, snapshot), and the time they take from KFP.
 
 On Kubeflow Pipelines the ``schedule_window`` task gets the run's time from KFP's placeholder
 ``{{$.pipeline_job_schedule_time_utc}}`` (``dsl.PIPELINE_JOB_SCHEDULE_TIME_UTC_PLACEHOLDER``):
@@ -12,6 +12,7 @@ function (:func:`components.common.schedule.run_windows`).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 from kfp import dsl
@@ -62,3 +63,67 @@ def add_window_task(
     )
     task.set_display_name("window")
     return task
+
+
+@dataclass
+class FirstTasks:
+    """The tasks every windowed pipeline starts with: the window, the current champion and the window's snapshot."""
+
+    window: PipelineTask
+    champion: PipelineTask
+    snapshot: PipelineTask
+
+
+def add_first_tasks(
+    ops: Components,
+    *,
+    local: bool,
+    schedule: Any,
+    serving: Any,
+    tracking_uri: Any,
+    source: Any,
+    source_fingerprint: Any,
+    dataset: Any,
+    window_start: Any,
+    window_end: Any,
+    reference_start: Any = "",
+    reference_end: Any = "",
+) -> FirstTasks:
+    """Add the window task, then the champion lookup and the snapshot of the window it resolved.
+
+    Args:
+        ops: The components.
+        local: Built for kfp.local (no scheduled time) rather than compiled for KFP.
+        schedule: The schedule section (JSON).
+        serving: Serving section (JSON); its model name is the champion's.
+        tracking_uri: MLflow tracking URI.
+        source: Source table.
+        source_fingerprint: Declared source version; empty to hash the source.
+        dataset: Dataset section (JSON).
+        window_start: Explicit window start; empty for the scheduled window.
+        window_end: Explicit window end; empty for the scheduled window.
+        reference_start: Explicit monitoring reference start; empty for T-2 (or the champion's reference).
+        reference_end: Explicit monitoring reference end.
+
+    Returns:
+        The three tasks; the window's outputs are the bounds later tasks read.
+    """
+    window = add_window_task(
+        ops,
+        local=local,
+        schedule=schedule,
+        window_start=window_start,
+        window_end=window_end,
+        reference_start=reference_start,
+        reference_end=reference_end,
+    )
+    champion, snapshot = ops.champion_and_snapshot(
+        serving=serving,
+        tracking_uri=tracking_uri,
+        source=source,
+        source_fingerprint=source_fingerprint,
+        dataset=dataset,
+        window_start=window.outputs["window_start"],
+        window_end=window.outputs["window_end"],
+    )
+    return FirstTasks(window, champion, snapshot)

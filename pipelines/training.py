@@ -23,7 +23,7 @@ from pipelines.config import CtpipeConfig
 from pipelines.kfp_components import Components
 from pipelines.params import describe
 from pipelines.platform import finish
-from pipelines.schedule import add_window_task
+from pipelines.schedule import add_first_tasks
 
 Value = Any  # a constant or a pipeline channel (str, bool or dict at run time)
 
@@ -207,16 +207,19 @@ def build(
         lineage: dict = lineage_default,
         reinfer_suite: bool = False,
     ) -> TrainingOutputs:
-        window = add_window_task(ops, local=local, schedule=schedule, window_start=window_start, window_end=window_end)
-        champion, snapshot = ops.champion_and_snapshot(
+        first = add_first_tasks(
+            ops,
+            local=local,
+            schedule=schedule,
             serving=serving,
             tracking_uri=tracking_uri,
             source=source,
             source_fingerprint=source_fingerprint,
             dataset=dataset,
-            window_start=window.outputs["window_start"],
-            window_end=window.outputs["window_end"],
+            window_start=window_start,
+            window_end=window_end,
         )
+        champion, snapshot = first.champion, first.snapshot
         tasks = add_training_tasks(
             ops,
             champion,
