@@ -20,7 +20,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from pathlib import Path
 from typing import Any, Literal
 from urllib.parse import urlsplit
 
@@ -31,7 +30,7 @@ from pydantic import BaseModel
 from components.common import tracking
 from components.common.errors import DeployError, ModelNotFound
 from components.common.feast import EntityLookup
-from components.common.io import write_text
+from components.common.io import scratch_folder, write_text
 from components.common.logs import get_logger
 from components.common.registry import (
     CANARY_TAG,
@@ -213,7 +212,13 @@ def _is_local_uri(uri: str) -> bool:
 
 
 def _deploy_cluster(
-    version: str, serving: ServingSpec, tracking_uri: str, workspace: str, image: str, dry_run: bool
+    version: str,
+    serving: ServingSpec,
+    tracking_uri: str,
+    workspace: str,
+    image: str,
+    dry_run: bool,
+    entity_lookup: EntityLookup | None,
 ) -> DeployResult:
     from components.common.kserve.cluster import KServeSeam
     from components.common.kserve.manifests import isvc_name, render_inference_service
@@ -251,8 +256,18 @@ def _deploy_cluster(
         champion_version, challenger_version = champion, version
         percent = canary = serving.canary_percent
 
-    manifest = render_inference_service(serving, image, version, tracking_uri, canary, stable_version=champion_version)
-    manifest_path = Path(workspace) / "manifests" / f"{name}.yaml"
+    manifest = render_inference_service(
+        serving,
+        image,
+        version,
+        tracking_uri,
+        canary,
+        stable_version=champion_version,
+        # Alone, the version follows the alias it holds: champion, or challenger before there is one.
+        alias=CHAMPION_ALIAS if champion_version == version else CHALLENGER_ALIAS,
+        entity_lookup=entity_lookup,
+    )
+    manifest_path = scratch_folder(workspace) / "manifests" / f"{name}.yaml"
     write_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
 
     seam = KServeSeam(namespace=serving.namespace, dry_run=dry_run)
@@ -303,14 +318,15 @@ def deploy(
             ``challenger``.
         serving: Model name, canary percent, local host/port, cluster mode and namespace.
         tracking_uri: MLflow tracking/registry URI.
-        workspace: Folder for the local server's log and pid, and for rendered manifests.
+        workspace: Folder for the local server's log and pid, and for rendered manifests (empty in a
+            cluster task: a private temporary folder).
         profile: ``embedded`` (local model server) or ``cluster`` (KServe InferenceService).
         image: Serving image for the cluster profile.
         dry_run: Change nothing: the cluster profile writes the manifest and records the call
             without touching a cluster or registry tags; the embedded profile only checks the registry.
         timeout: Seconds to wait for the local server to serve the new version.
-        entity_lookup: Feast settings, so a local server this call starts answers requests by
-            entity id.
+        entity_lookup: Feast settings, so the server this call starts (or the InferenceService's
+            pods) answer requests by entity id.
 
     Returns:
         Where the model is served and which versions get which share.
@@ -324,5 +340,5 @@ def deploy(
     if profile == "embedded":
         return _deploy_local(version, serving, tracking_uri, workspace, timeout, dry_run, entity_lookup)
     if profile == "cluster":
-        return _deploy_cluster(version, serving, tracking_uri, workspace, image, dry_run)
+        return _deploy_cluster(version, serving, tracking_uri, workspace, image, dry_run, entity_lookup)
     raise DeployError(f"unknown profile {profile!r}; expected 'embedded' or 'cluster'")

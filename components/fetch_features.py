@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 import pandas as pd
 from pydantic import BaseModel
 
+from components.common import storage
 from components.common.errors import DataError
 from components.common.feast import ensure_definitions, feast_root, feature_view_name, offline_folder
 from components.common.io import frame_sha256, write_parquet
@@ -34,6 +35,7 @@ from components.common.storage import read_table
 from components.specs import DatasetSpec, FeastSpec
 
 if TYPE_CHECKING:
+    import pyarrow as pa
     from feast import FeatureStore
 
 logger = get_logger("fetch_features")
@@ -119,68 +121,87 @@ def _microseconds(rows: pd.DataFrame, column: str) -> pd.DataFrame:
     return rows.assign(**{column: stamps})
 
 
-def _store_offline(rows: pd.DataFrame, spec: DatasetSpec, workspace: str) -> Path:
+def _offline_files(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> list[str]:
+    """The Parquet files of the offline source folder (local or in an object store), in name order."""
+    folder = offline_folder(spec, feast, workspace)
+    return [storage.join(folder, name) for name in storage.find(folder) if name.endswith(".parquet")]
+
+
+def _read_schema(location: str) -> pa.Schema:
+    import pyarrow.parquet as pq
+
+    with storage.open_read(location) as handle:
+        return pq.read_schema(handle)
+
+
+def _store_offline(rows: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec, workspace: str) -> str:
     """Add ``rows`` to the offline source folder once: the file name is the content hash."""
-    folder = offline_folder(spec, workspace)
+    folder = offline_folder(spec, feast, workspace)
     # Hashed as read (nanoseconds), as before timestamps were stored in microseconds, so a
     # snapshot stored by an earlier version keeps its name and is not added a second time.
-    part = folder / f"snapshot={frame_sha256(rows)[:16]}.parquet"
-    if part.exists():
-        logger.info("snapshot already in the offline store", extra={"path": str(part)})
+    part = storage.join(folder, f"snapshot={frame_sha256(rows)[:16]}.parquet")
+    shown = storage.redact(part)
+    if storage.exists(part):
+        logger.info("snapshot already in the offline store", extra={"path": shown})
         return part
-    _stage_into(_microseconds(rows, spec.timestamp_column), part, workspace)
-    logger.info("snapshot added to the offline store", extra={"path": str(part), "rows": len(rows)})
+    _write_offline(_microseconds(rows, spec.timestamp_column), part, feast, workspace)
+    logger.info("snapshot added to the offline store", extra={"path": shown, "rows": len(rows)})
     return part
 
 
-def _stage_into(rows: pd.DataFrame, part: Path, workspace: str) -> None:
-    """Write an offline file atomically: outside the folder, then renamed in.
+def _write_offline(rows: pd.DataFrame, part: str, feast: FeastSpec, workspace: str) -> None:
+    """Write an offline file whole: outside the folder and renamed in, or uploaded as one object.
 
-    Feast's Dask reader lists every Parquet file under the folder, hidden ones included, so the
-    temporary file cannot live inside it (a rename is atomic on one filesystem).
+    Feast's Dask reader lists every Parquet file under the folder, hidden ones included, so a
+    local temporary file cannot live inside it (a rename is atomic on one filesystem). An
+    object is published whole by the store itself (:mod:`components.common.storage`).
     """
-    staged = write_parquet(feast_root(workspace) / "staging" / part.name, rows)
-    part.parent.mkdir(parents=True, exist_ok=True)
+    if storage.is_remote(part):
+        storage.write_parquet(part, rows)
+        storage.forget_shared_listings(part)  # Feast's Dask reader would not see the new object otherwise
+        return
+    staged = write_parquet(Path(feast_root(feast, workspace)) / "staging" / Path(part).name, rows)
+    Path(part).parent.mkdir(parents=True, exist_ok=True)
     os.replace(staged, part)
 
 
-def _migrate_offline_files(spec: DatasetSpec, workspace: str) -> int:
+def _migrate_offline_files(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> int:
     """Rewrite offline files that hold nanosecond timestamps (earlier versions) in microseconds.
 
-    Each file is replaced atomically under its own name, so a reader sees the old or the new
-    file and an interrupted migration is finished by the next run. Returns the files rewritten.
+    Each file is replaced whole under its own name, so a reader sees the old or the new file
+    and an interrupted migration is finished by the next run. Returns the files rewritten.
     """
     import pyarrow as pa
-    import pyarrow.parquet as pq
 
     migrated = 0
-    for path in sorted(offline_folder(spec, workspace).glob("*.parquet")):
-        schema = pq.read_schema(path)
+    for path in _offline_files(spec, feast, workspace):
+        schema = _read_schema(path)
         if spec.timestamp_column not in schema.names:
             continue  # _check_offline_files names it
         kind = schema.field(spec.timestamp_column).type
         if pa.types.is_timestamp(kind) and kind.unit == "ns":
-            _stage_into(_microseconds(pd.read_parquet(path), spec.timestamp_column), path, workspace)
+            rows = _microseconds(storage.read_parquet(path), spec.timestamp_column)
+            _write_offline(rows, path, feast, workspace)
             migrated += 1
     if migrated:
         logger.info("offline files rewritten with microsecond timestamps", extra={"files": migrated})
     return migrated
 
 
-def _check_offline_files(spec: DatasetSpec, workspace: str) -> None:
+def _check_offline_files(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> None:
     """All offline files must have the columns the spec names now: Feast's Dask reader fails obscurely otherwise."""
-    import pyarrow.parquet as pq
-
     expected = [*spec.key_columns, *spec.feature_columns]
-    for path in sorted(offline_folder(spec, workspace).glob("*.parquet")):
-        found = pq.read_schema(path).names
+    for path in _offline_files(spec, feast, workspace):
+        found = _read_schema(path).names
         if set(found) != set(expected):
             lacking = [c for c in expected if c not in found]
             extra = [c for c in found if c not in expected]
+            shown = storage.redact(path)
             raise DataError(
-                f"{path}: offline feature file has columns {found}, expected {expected} "
+                f"{shown}: offline feature file has columns {found}, expected {expected} "
                 f"(lacking {lacking}, extra {extra}); the feature set changed since it was written",
-                hint=f"Remove {path.parent} and re-run the snapshots whose history you need, or use a new workspace.",
+                hint=f"Remove {storage.redact(offline_folder(spec, feast, workspace))} and re-run the snapshots "
+                "whose history you need, or use a new feast.root or workspace.",
             )
 
 
@@ -223,7 +244,7 @@ def build_training_set(
         snapshot_path: The ingested (and validated) snapshot.
         spec: The dataset spec.
         feast: Feast settings (project, stores, TTL).
-        workspace: Folder of the embedded stores.
+        workspace: Folder of the local stores (empty in a cluster task; ``feast.root`` then names the store).
         output_path: Where to write the training set (one Parquet file, written atomically).
 
     Returns:
@@ -239,14 +260,14 @@ def build_training_set(
     stamps = _check_snapshot(snapshot, spec, feast, snapshot_path)
     snapshot = snapshot.assign(**{spec.timestamp_column: stamps})
     rows = _feature_rows(snapshot, spec, feast)
-    _check_offline_files(spec, workspace)
-    _migrate_offline_files(spec, workspace)
+    _check_offline_files(spec, feast, workspace)
+    _migrate_offline_files(spec, feast, workspace)
     if not rows.empty:
-        _store_offline(rows, spec, workspace)
-    elif not any(offline_folder(spec, workspace).glob("*.parquet")):
+        _store_offline(rows, spec, feast, workspace)
+    elif not _offline_files(spec, feast, workspace):
         raise DataError(
-            f"{snapshot_path}: every row has all feature columns {spec.feature_columns} empty "
-            f"and the offline store {offline_folder(spec, workspace)} is empty; no feature values to join"
+            f"{snapshot_path}: every row has all feature columns {spec.feature_columns} empty and the offline "
+            f"store {storage.redact(offline_folder(spec, feast, workspace))} is empty; no feature values to join"
         )
     store, applied = ensure_definitions(spec, feast, workspace)
     view = feature_view_name(spec)

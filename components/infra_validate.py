@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,7 +28,7 @@ import requests
 from pydantic import BaseModel, Field
 
 from components.common.errors import DataError, DeployError
-from components.common.io import write_json
+from components.common.io import scratch_folder, write_json
 from components.common.logs import get_logger
 from components.common.registry import INFRA_BLESSED_TAG, redact_uri
 from components.common.storage import read_table
@@ -185,7 +184,8 @@ def infra_validate(
         version: Registry version to validate (normally the new challenger).
         serving: Model name, batch limit and ``infra_validation`` settings (timeout, sample rows).
         tracking_uri: MLflow tracking/registry URI the sandbox loads the version from.
-        workspace: The sandbox's log goes to ``<workspace>/infra_validation/v<version>/``.
+        workspace: The sandbox's log goes to ``<workspace>/infra_validation/v<version>/`` (empty: a
+            private temporary folder, as in a cluster task).
         eval_set_path: Evaluation data (CSV/Parquet) the sample requests are built from.
         dataset: Feature columns of the sample requests.
         blessing_path: Where the infra blessing JSON is written.
@@ -212,7 +212,7 @@ def infra_validate(
         write_json(blessing_path, result.model_dump(mode="json"))
         return result
     rows = _sample(eval_set_path, dataset, settings.sample_rows)
-    folder = Path(workspace) / "infra_validation" / f"v{version}"
+    folder = scratch_folder(workspace) / "infra_validation" / f"v{version}"
     checks: list[InfraCheck] = []
     ready_seconds: float | None = None
     started = time.perf_counter()

@@ -350,6 +350,11 @@ class ServingSpec(StrictModel):
         description="Rows the inference log may hold in memory; when the writer falls behind, further rows "
         "are dropped (and counted in ctpipe_inference_log_dropped_total) rather than slowing requests.",
     )
+    credentials_secret: str | None = Field(
+        default=None,
+        description="Cluster profile: the Kubernetes Secret whose keys become the predictor pods' environment "
+        "(object-store keys for the inference log, MLflow credentials); never the keys themselves.",
+    )
     infra_validation: InfraValidationSpec = Field(default_factory=InfraValidationSpec)
     canary_analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec)
 
@@ -418,7 +423,11 @@ class FeastSpec(StrictModel):
     """Where Feast keeps its registry and stores."""
 
     project: str = Field(default="ctpipe", description="Feast project name.")
-    repo_path: str = Field(default="feature_repo", description="Folder with the Feast feature repository.")
+    root: str = Field(
+        default="",
+        description="Folder or URI (s3://bucket/feast) of the Feast registry (<root>/registry.db) and offline files "
+        "(<root>/offline/); empty means <workspace>/feast. On a cluster every pod must reach it.",
+    )
     online_store: Literal["sqlite", "redis"] = Field(
         default="sqlite", description="'sqlite': a file in the workspace. 'redis': a Redis server (cluster profile)."
     )
@@ -433,3 +442,8 @@ class FeastSpec(StrictModel):
     )
     ttl_days: int = Field(default=3650, ge=1, description="How far back a feature value stays valid.")
     entity_type: Literal["int64", "string"] = Field(default="int64", description="Type of the entity id column.")
+
+    @field_validator("root")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return check_location(value, "root") if value else value

@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import Field, ValidationError, ValidationInfo, field_validator
+from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components.common import storage
 from components.common.errors import ConfigError
@@ -237,10 +237,41 @@ class CtpipeConfig(StrictModel):
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     infra: InfraSpec = Field(default_factory=InfraSpec)
 
+    @model_validator(mode="after")
+    def _cluster_state_is_shared(self) -> CtpipeConfig:
+        """A cluster task has no workspace: every piece of shared state must be somewhere every pod reaches."""
+        if self.infra.profile != "cluster":
+            return self
+        problems = []
+        if not self.feast.root:
+            problems.append("feast.root is empty; name where every pod reaches the Feast registry (s3://bucket/feast)")
+        if self.feast.online_store == "sqlite":
+            problems.append("feast.online_store is 'sqlite', a file in one pod; use 'redis'")
+        if not self.infra.tracking_uri or self.infra.tracking_uri.startswith("sqlite"):
+            problems.append(
+                f"infra.tracking_uri is {self.infra.tracking_uri or 'empty (sqlite in the workspace)'}; "
+                "name the MLflow server every pod reaches (http://mlflow.NAMESPACE.svc:5000)"
+            )
+        if problems:
+            raise ValueError(
+                "infra.profile is 'cluster', where no folder is shared between pods: " + "; ".join(problems)
+            )
+        return self
+
     @property
     def workspace(self) -> Path:
         """Absolute workspace folder."""
         return Path(self.infra.workspace)
+
+    @property
+    def task_workspace(self) -> str:
+        """The ``workspace`` parameter of the pipelines: the workspace folder, or empty for the cluster profile.
+
+        A cluster task runs in its own pod, where no folder is shared: its shared state is in the
+        object store and the servers (``feast.root``, ``infra.tracking_uri``), and its local files
+        go to a private temporary folder (:func:`components.common.io.scratch_folder`).
+        """
+        return "" if self.infra.profile == "cluster" else str(self.workspace)
 
     @property
     def reports_dir(self) -> str:
@@ -291,7 +322,8 @@ def _resolve_paths(config: CtpipeConfig, base: Path) -> CtpipeConfig:
         config.infra.reports_dir = absolute(config.infra.reports_dir)
     if config.serving.inference_log_dir:
         config.serving.inference_log_dir = absolute(config.serving.inference_log_dir)
-    config.feast.repo_path = absolute(config.feast.repo_path)
+    if config.feast.root:
+        config.feast.root = absolute(config.feast.root)
     return config
 
 

@@ -60,7 +60,7 @@ def build(
         monitoring: str = config.monitoring.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
         inference_log_dir: str = config.inference_log_dir,
-        workspace: str = str(config.workspace),
+        workspace: str = config.task_workspace,
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,

@@ -200,7 +200,7 @@ def build(
         serving: str = config.serving.model_dump_json(),
         feast: str = config.feast.model_dump_json(),
         tracking_uri: str = config.tracking_uri,
-        workspace: str = str(config.workspace),
+        workspace: str = config.task_workspace,
         profile: str = config.infra.profile,
         serving_image: str = config.infra.images.serving,
         dry_run: bool = False,

@@ -138,8 +138,9 @@ class CtpipeModel(Model):
         name: Registered model name in MLflow; also the name in the inference routes.
         tracking_uri: MLflow tracking (and registry) URI.
         poll_seconds: How often the watcher reads the aliases and the canary tag.
-        pinned_version: Serve exactly this version and ignore the aliases (one KServe revision
-            per version, as the Serverless cluster mode renders it).
+        pinned_version: Serve exactly this version and ignore the aliases.
+        followed_alias: Serve only the version behind this one alias and follow it (a cluster
+            pod: each KServe traffic target follows one alias, and KServe splits the traffic).
         seed: Seed of the canary routing random numbers.
         retry_seconds: Wait before loading a version that failed again; default
             ``max(30, 10 * poll_seconds)``.
@@ -154,6 +155,7 @@ class CtpipeModel(Model):
         tracking_uri: str,
         poll_seconds: float = 2.0,
         pinned_version: str | None = None,
+        followed_alias: str | None = None,
         seed: int | None = None,
         retry_seconds: float | None = None,
         max_batch_rows: int = MAX_BATCH_ROWS,
@@ -168,7 +170,10 @@ class CtpipeModel(Model):
             raise ValueError(f"poll_seconds must be positive, got {poll_seconds}")
         self.tracking_uri = tracking_uri
         self.poll_seconds = poll_seconds
+        if pinned_version is not None and followed_alias is not None:
+            raise ValueError("pinned_version and followed_alias exclude each other: serve a version or follow an alias")
         self.pinned_version = pinned_version
+        self.followed_alias = followed_alias
         self.retry_seconds = retry_seconds if retry_seconds is not None else max(30.0, 10 * poll_seconds)
         self._state = RoutingState()
         self._rng = random.Random(seed)
@@ -201,6 +206,9 @@ class CtpipeModel(Model):
             return _Wanted(self.pinned_version, None, 0, None)
         registered = self.client.get_registered_model(self.name)
         aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+        if self.followed_alias is not None:
+            # One version, in the first slot; an alias that goes away keeps the last one serving.
+            return _Wanted(aliases.get(self.followed_alias), None, 0, None)
         tags = dict(registered.tags or {})
         raw = tags.get(CANARY_TAG)
         canary = 0
@@ -446,6 +454,7 @@ class CtpipeModel(Model):
         started = time.perf_counter()
         state = self._state  # one read: the whole request uses the same version
         alias, serving = state.pick(self._rng)
+        alias = self.followed_alias or alias  # a pod of one traffic target answers (and logs) as its alias
         is_v2 = isinstance(payload, InferRequest)
         request_id = (
             (headers or {}).get("x-request-id")
@@ -550,6 +559,7 @@ class CtpipeModel(Model):
             "challenger_version": challenger,
             "canary_percent": 100 if champion is None and challenger is not None else canary,
             "pinned_version": self.pinned_version,
+            "followed_alias": self.followed_alias,
             "registry": {
                 "champion": self._wanted.champion,
                 "challenger": self._wanted.challenger,

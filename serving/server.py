@@ -95,6 +95,7 @@ def serve(
     port: int = 8080,
     poll_seconds: float = 2.0,
     model_version: str | None = None,
+    alias: str | None = None,
     trace_requests: bool = False,
     max_batch_rows: int = _MAX_ROWS,
     inference_log_dir: str | None = None,
@@ -111,6 +112,7 @@ def serve(
         port: HTTP port.
         poll_seconds: How often the registry aliases and canary tag are read.
         model_version: Serve exactly this version instead of following the aliases.
+        alias: Serve only the version behind this alias, following it (a cluster traffic target).
         trace_requests: Keep kserve's per-request timing log lines.
         max_batch_rows: Most rows one request may carry (more: HTTP 413).
         inference_log_dir: Write the inference log here, a folder or a URI (``s3://...``; credentials
@@ -136,6 +138,7 @@ def serve(
         tracking_uri,
         poll_seconds=poll_seconds,
         pinned_version=model_version,
+        followed_alias=alias,
         max_batch_rows=max_batch_rows,
         inference_log=writer,
         entity_lookup=entity_lookup,
@@ -212,7 +215,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--model-version",
         default=None,
-        help="Serve only this version and ignore the aliases (one revision per version).",
+        help="Serve only this version and ignore the aliases.",
+    )
+    parser.add_argument(
+        "--alias",
+        default=None,
+        help="Serve only the version behind this alias and follow it, e.g. 'champion' (each KServe traffic "
+        "target of a cluster follows one alias; KServe splits the traffic). Default: champion and challenger, "
+        "split by the ctpipe.canary_percent tag.",
     )
     parser.add_argument("--trace-requests", action="store_true", help="Log kserve's timing lines for every request.")
     parser.add_argument("--max-batch-rows", type=int, default=_MAX_ROWS, help="Most rows per request.")
@@ -228,6 +238,8 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--port must be 1-65535, got {args.port}")
     if args.poll_seconds <= 0:
         parser.error(f"--poll-seconds must be positive, got {args.poll_seconds}")
+    if args.alias is not None and args.model_version is not None:
+        parser.error("--alias and --model-version exclude each other: follow an alias or serve one version")
     if args.max_batch_rows < 1:
         parser.error(f"--max-batch-rows must be at least 1, got {args.max_batch_rows}")
     lookup = os.environ.get(ENTITY_LOOKUP_ENV)
@@ -240,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         args.port,
         args.poll_seconds,
         args.model_version,
+        args.alias,
         args.trace_requests,
         args.max_batch_rows,
         args.inference_log_dir,

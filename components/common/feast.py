@@ -20,7 +20,9 @@ from typing import TYPE_CHECKING, Any
 
 from pydantic import BaseModel
 
-from components.common.errors import DataError
+from components.common import storage
+from components.common.errors import ConfigError, DataError
+from components.common.io import scratch_folder
 from components.common.logs import get_logger
 from components.specs import DatasetSpec, FeastSpec
 
@@ -59,39 +61,70 @@ def feature_view_name(spec: DatasetSpec) -> str:
     return f"{spec.entity_column}_features"
 
 
-def feast_root(workspace: str) -> Path:
-    """Folder of the embedded Feast state (registry, online store, offline files) in a workspace."""
-    return Path(workspace).resolve() / "feast"
+def feast_root(feast: FeastSpec, workspace: str) -> str:
+    """Where Feast's registry and offline files live: ``feast.root`` (a folder or a URI), else ``<workspace>/feast``.
+
+    Raises:
+        ConfigError: ``feast.root`` is empty and there is no workspace (a cluster task has none).
+    """
+    if feast.root:
+        return feast.root if storage.is_remote(feast.root) else str(storage.local_path(feast.root).resolve())
+    if not workspace:
+        raise ConfigError(
+            "feast.root is empty and this task has no workspace; on a cluster set feast.root to a location every "
+            "pod reaches, e.g. s3://bucket/feast"
+        )
+    return str(Path(workspace).resolve() / "feast")
 
 
-def offline_folder(spec: DatasetSpec, workspace: str) -> Path:
-    """Folder of Parquet files that is the feature view's offline source (embedded profile)."""
-    return feast_root(workspace) / "offline" / feature_view_name(spec)
+def registry_location(feast: FeastSpec, workspace: str) -> str:
+    """The Feast registry file: ``<feast root>/registry.db`` (Feast reads and writes ``s3://`` and ``gs://`` itself)."""
+    return storage.join(feast_root(feast, workspace), "registry.db")
+
+
+def offline_folder(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> str:
+    """Folder (or prefix) of Parquet files that is the feature view's offline source."""
+    return storage.join(feast_root(feast, workspace), "offline", feature_view_name(spec))
+
+
+def _local_state(workspace: str) -> Path:
+    """Local folder of what cannot live in an object store: the sqlite online store, the repo path."""
+    return scratch_folder(workspace).resolve() / "feast"
 
 
 def store_settings(feast: FeastSpec, workspace: str, relative_to: str | None = None) -> dict[str, Any]:
     """The Feast configuration for the profile in ``feast``, as the mapping ``feature_store.yaml`` holds.
 
-    The registry (and the sqlite online store) live under ``<workspace>/feast``; Redis and
+    The registry lives under the Feast root (:func:`feast_root`: ``feast.root`` or
+    ``<workspace>/feast``); the sqlite online store always in ``<workspace>/feast``; Redis and
     Spark are named by ``feast.redis_connection_string`` and ``feast.spark_conf``.
 
     Args:
-        feast: Feast settings: project, online store (sqlite or redis), offline store (file or spark).
-        workspace: Folder of the embedded stores; the registry always lives here.
-        relative_to: Write paths relative to this folder (the folder of a ``feature_store.yaml``).
+        feast: Feast settings: project, root, online store (sqlite or redis), offline store (file or spark).
+        workspace: Folder of the local stores.
+        relative_to: Write local paths relative to this folder (the folder of a ``feature_store.yaml``).
 
     Returns:
         ``project``, ``provider``, ``registry``, ``online_store``, ``offline_store`` and
         ``entity_key_serialization_version``, ready for ``yaml.safe_dump`` or ``RepoConfig(**...)``.
+
+    Raises:
+        ConfigError: The sqlite online store is asked for without a workspace.
     """
-    root = feast_root(workspace)
 
-    def where(path: Path) -> str:
-        return os.path.relpath(path, Path(relative_to).resolve()) if relative_to else str(path)
+    def where(location: str) -> str:
+        if relative_to and not storage.is_remote(location):
+            return os.path.relpath(location, Path(relative_to).resolve())
+        return location
 
-    online: dict[str, Any] = {"type": "sqlite", "path": where(root / "online.db")}
-    if feast.online_store == "redis":
-        online = {"type": "redis", "connection_string": feast.redis_connection_string}
+    online: dict[str, Any] = {"type": "redis", "connection_string": feast.redis_connection_string}
+    if feast.online_store == "sqlite":
+        if not workspace:
+            raise ConfigError(
+                "feast.online_store is 'sqlite', a file on one machine, and this task has no workspace; "
+                "on a cluster use feast.online_store: redis"
+            )
+        online = {"type": "sqlite", "path": where(str(_local_state(workspace) / "online.db"))}
     offline: dict[str, Any] = {"type": "file"}
     if feast.offline_store == "spark":
         # SparkOfflineStoreConfig. UTC sessions, so timestamps mean the same as in the file store.
@@ -99,7 +132,7 @@ def store_settings(feast: FeastSpec, workspace: str, relative_to: str | None = N
     return {
         "project": feast.project,
         "provider": "local",
-        "registry": where(root / "registry.db"),
+        "registry": where(registry_location(feast, workspace)),
         "online_store": online,
         "offline_store": offline,
         "entity_key_serialization_version": 3,  # the only non-deprecated version in Feast 0.67
@@ -111,8 +144,8 @@ def feature_store_yaml(feast: FeastSpec, workspace: str, relative_to: str | None
 
     Args:
         feast: Feast settings.
-        workspace: Folder of the embedded stores.
-        relative_to: Write paths relative to this folder (where the file will live).
+        workspace: Folder of the local stores.
+        relative_to: Write local paths relative to this folder (where the file will live).
 
     Returns:
         The YAML text, with a header saying it is generated.
@@ -127,11 +160,11 @@ def feature_store_yaml(feast: FeastSpec, workspace: str, relative_to: str | None
 
 
 def repo_config(feast: FeastSpec, workspace: str) -> RepoConfig:
-    """The Feast configuration for the profile in ``feast``, with its state under ``<workspace>/feast``.
+    """The Feast configuration for the profile in ``feast`` (registry under :func:`feast_root`).
 
     Args:
         feast: Feast settings: project, online store (sqlite or redis), offline store (file or spark).
-        workspace: Folder of the embedded stores; the registry always lives here.
+        workspace: Folder of the local stores; empty in a cluster task.
 
     Returns:
         A ``RepoConfig`` (:func:`store_settings`, validated by Feast); nothing is written yet.
@@ -139,7 +172,8 @@ def repo_config(feast: FeastSpec, workspace: str) -> RepoConfig:
     from feast.repo_config import RepoConfig
 
     _restore_feast_sqlite_timestamps()
-    return RepoConfig(**store_settings(feast, workspace), repo_path=str(feast_root(workspace)))
+    # Every path in the settings is absolute or a URI; repo_path only anchors relative ones.
+    return RepoConfig(**store_settings(feast, workspace), repo_path=str(_local_state(workspace)))
 
 
 def _restore_feast_sqlite_timestamps() -> None:
@@ -181,7 +215,7 @@ def definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> list[Any
     Args:
         spec: The dataset spec (entity, timestamp and feature columns).
         feast: Feast settings (entity type, TTL, offline store).
-        workspace: Folder whose ``feast/offline/<feature_view>`` holds the source Parquet files.
+        workspace: Folder of the local stores (the Feast root when ``feast.root`` is empty).
 
     Returns:
         ``[entity, feature_view]``.
@@ -191,7 +225,7 @@ def definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> list[Any
 
     value_type = ValueType.INT64 if feast.entity_type == "int64" else ValueType.STRING
     entity = Entity(name=spec.entity_column, join_keys=[spec.entity_column], value_type=value_type)
-    path = str(offline_folder(spec, workspace))
+    path = offline_folder(spec, feast, workspace)
     name = f"{feature_view_name(spec)}_source"
     if feast.offline_store == "spark":
         from feast.infra.offline_stores.contrib.spark_offline_store.spark_source import SparkSource
@@ -233,7 +267,7 @@ def feature_store(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> Featur
     Args:
         spec: The dataset spec.
         feast: Feast settings.
-        workspace: Folder of the embedded stores (``<workspace>/feast``).
+        workspace: Folder of the local stores (the Feast root when ``feast.root`` is empty).
 
     Returns:
         The ``feast.FeatureStore``.
@@ -245,7 +279,9 @@ def ensure_definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> t
     """A Feast store with the generated definitions applied, and whether they were (re)applied just now."""
     from feast import FeatureStore
 
-    offline_folder(spec, workspace).mkdir(parents=True, exist_ok=True)
+    folder = offline_folder(spec, feast, workspace)
+    if not storage.is_remote(folder):  # an object store has no folders to create
+        Path(folder).mkdir(parents=True, exist_ok=True)
     store = FeatureStore(config=repo_config(feast, workspace))
     entity, view = definitions(spec, feast, workspace)
     if _is_applied(store, entity, view):
@@ -262,7 +298,7 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
         entity_ids: Ids to look up (ints for ``entity_type: int64``, strings otherwise).
         spec: The dataset spec.
         feast: Feast settings.
-        workspace: Folder of the embedded stores.
+        workspace: Folder of the local stores (empty in a cluster pod).
 
     Returns:
         One row per id found (entity column, then features in spec order), and the ids with
@@ -278,13 +314,14 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     if not ids:
         return OnlineFeatures(rows=[], missing=[])
     view = feature_view_name(spec)
-    registry = feast_root(workspace) / "registry.db"
+    registry = registry_location(feast, workspace)
     not_registered = DataError(
-        f"feature view {view!r} is not registered in {registry}; run the training pipeline (build_training_set) first"
+        f"feature view {view!r} is not registered in {storage.redact(registry)}; "
+        "run the training pipeline (build_training_set) first"
     )
-    if not registry.is_file():
-        raise not_registered
     store = _online_store(feast, workspace)
+    if store is None:
+        raise not_registered
     features = [f"{view}:{c}" for c in spec.feature_columns]
     entity_rows = [{spec.entity_column: entity_id} for entity_id in ids]
     try:
@@ -320,28 +357,35 @@ _ONLINE_STORES = threading.local()
 _ONLINE_STORES_PER_THREAD = 8
 
 
-def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore:
-    """This thread's cached FeatureStore for these settings (built on first use).
+def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore | None:
+    """This thread's cached FeatureStore for these settings (built on first use); None while there is no registry.
 
     A registry applied later (a new or changed feature view) is still seen: Feast's file
-    registry, in its default ``sync`` cache mode, re-reads the file whenever its modification
-    time changed, and :func:`online_features` also refreshes once when a view is not found.
+    registry, in its default ``sync`` cache mode, re-reads the file (or object) whenever it
+    changed, and :func:`online_features` also refreshes once when a view is not found.
     """
     from feast import FeatureStore
 
-    # With the registry file's identity: a workspace deleted and built again (a notebook, a test)
-    # gets a new store, not one holding a connection to the deleted online database. Feast
-    # rewrites the registry in place, so applying definitions keeps the same store.
-    registry = feast_root(workspace) / "registry.db"
-    identity = registry.stat() if registry.exists() else None
-    key = json.dumps(
-        [store_settings(feast, workspace), identity and [identity.st_dev, identity.st_ino]], sort_keys=True
-    )
+    settings = store_settings(feast, workspace)  # first: a setting that cannot work is named before anything else
+    registry = registry_location(feast, workspace)
+    identity: list[int] | None = None
+    if not storage.is_remote(registry):
+        # With the registry file's identity: a workspace deleted and built again (a notebook, a test)
+        # gets a new store, not one holding a connection to the deleted online database. Feast
+        # rewrites the registry in place, so applying definitions keeps the same store.
+        if not Path(registry).is_file():
+            return None
+        stat = Path(registry).stat()
+        identity = [stat.st_dev, stat.st_ino]
+    key = json.dumps([settings, identity], sort_keys=True)
     stores: OrderedDict[str, FeatureStore] | None = getattr(_ONLINE_STORES, "stores", None)
     if stores is None:
         stores = _ONLINE_STORES.stores = OrderedDict()
     store = stores.get(key)
     if store is None:
+        # A remote registry is looked for once per new store, not on every request (a round trip).
+        if storage.is_remote(registry) and not storage.exists(registry):
+            return None
         store = FeatureStore(config=repo_config(feast, workspace))
         stores[key] = store
         while len(stores) > _ONLINE_STORES_PER_THREAD:

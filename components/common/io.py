@@ -9,6 +9,7 @@ helpers for local paths; reading tables is there too (``storage.read_table``).
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -22,6 +23,21 @@ from typing import Any
 import pandas as pd
 
 HASH_CHUNK = 1 << 20
+
+
+def scratch_folder(workspace: str | os.PathLike[str]) -> Path:
+    """The folder for a task's local files: the workspace, or a private temporary folder without one.
+
+    A cluster task has no workspace (its shared state is in object storage and servers); what it
+    still writes locally (a rendered manifest, a sandbox server's log) goes to a folder of this
+    process, made once and readable only by its user.
+    """
+    return Path(workspace) if os.fspath(workspace) else _private_temporary_folder()
+
+
+@functools.cache
+def _private_temporary_folder() -> Path:
+    return Path(tempfile.mkdtemp(prefix="ctpipe-scratch-"))
 
 
 @contextlib.contextmanager

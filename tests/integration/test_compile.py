@@ -1,6 +1,7 @@
 """The compiled IR YAML: DAG edges, caching opt-outs, the retrain condition, descriptions, images, cluster settings."""
 
 import inspect
+import json
 
 import pytest
 import yaml
@@ -243,8 +244,13 @@ def test_run_and_compile_use_the_very_same_builders():
 
 def _cluster_config(tmp_path):
     raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    # Shared state every pod reaches: a cluster config names it (CtpipeConfig refuses one that does not).
+    raw["feast"].update(
+        root="s3://ctpipe-data/feast", online_store="redis", redis_connection_string="redis.ns.svc:6379"
+    )
     raw["infra"].update(
         profile="cluster",
+        tracking_uri="http://mlflow.ns.svc:5000",
         images={
             "components": f"registry.example/ctpipe/components:0.1.0@{DIGEST}",
             "overrides": {"train": "registry.example/ctpipe/components-large:0.1.0"},
@@ -351,6 +357,13 @@ def test_the_shipped_cluster_config_compiles_to_object_storage_without_credentia
         for key in ("source", "inference_log_dir", "log_dir", "reports_dir"):
             if key in parameters:
                 assert parameters[key]["defaultValue"].startswith("s3://"), (path.name, key)
+        # No task is given a local folder: no workspace, and the Feast registry is in the object store.
+        if "workspace" in parameters:
+            assert parameters["workspace"]["defaultValue"] == "", path.name
+        if "feast" in parameters:
+            assert json.loads(parameters["feast"]["defaultValue"])["root"] == "s3://ctpipe-data/feast"
+        for local in (str(config.workspace), str(ROOT), "/tmp/"):
+            assert local not in text, (path.name, local)
         # Credentials reach the pods only as references to a Kubernetes Secret.
         for executor in platform["platforms"]["kubernetes"]["deploymentSpec"]["executors"].values():
             mapped = {kv["envVar"]: s["secretName"] for s in executor["secretAsEnv"] for kv in s["keyToEnv"]}

@@ -85,8 +85,13 @@ def _cluster_config(tmp_path, token="secret-token"):
     raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
     token_file = tmp_path / "token"
     token_file.write_text(token + "\n")
+    # Shared state every pod reaches: a cluster config names it (CtpipeConfig refuses one that does not).
+    raw["feast"].update(
+        root="s3://ctpipe-data/feast", online_store="redis", redis_connection_string="redis.ns.svc:6379"
+    )
     raw["infra"].update(
         profile="cluster",
+        tracking_uri="http://mlflow.ns.svc:5000",
         kfp_host="https://kfp.example",
         kfp={"namespace": "team-ml", "token_file": str(token_file), "experiment": "churn"},
     )

@@ -134,11 +134,11 @@ def test_cluster_dry_run_writes_the_manifest_and_touches_no_cluster(
     manifest = yaml.safe_load(Path(result.manifest_path or "").read_text())
     assert "canaryTrafficPercent" not in manifest["spec"]["predictor"]
     assert manifest["metadata"]["annotations"]["serving.kserve.io/deploymentMode"] == "Standard"
-    # The champion keeps spec.predictor; the challenger is the spec.canary entry with its share.
-    assert manifest["spec"]["predictor"]["containers"][0]["args"][-2:] == ["--model-version", "1"]
+    # spec.predictor follows the champion; the spec.canary entry follows the challenger with its share.
+    assert manifest["spec"]["predictor"]["containers"][0]["args"][-2:] == ["--alias", "champion"]
     (canary,) = manifest["spec"]["canary"]
     assert canary["trafficPercent"] == 25
-    assert canary["predictor"]["containers"][0]["args"][-2:] == ["--model-version", "2"]
+    assert canary["predictor"]["containers"][0]["args"][-2:] == ["--alias", "challenger"]
 
 
 def test_cluster_deploy_refuses_a_local_tracking_uri(registry: Registry, workspace: str) -> None:

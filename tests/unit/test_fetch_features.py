@@ -2,6 +2,7 @@
 
 import shutil
 from datetime import datetime
+from pathlib import Path
 
 import pandas as pd
 import pytest
@@ -103,7 +104,7 @@ def test_point_in_time_join_does_not_leak_later_values(tmp_path):
     # The same rows through a plain join (each entity's latest stored value, whatever the row's
     # time) would leak: the day-2 row would see the day-3 value, which equals its label.
     workspace = str(tmp_path / "ws")
-    stored = pd.concat(pd.read_parquet(p) for p in offline_folder(spec, workspace).glob("*.parquet"))
+    stored = pd.concat(pd.read_parquet(p) for p in Path(offline_folder(spec, FEAST, workspace)).glob("*.parquet"))
     latest = stored.sort_values("ts").groupby("user")["signal"].last()
     plain = pd.read_parquet(snapshot)[["user", "ts", "label"]].merge(latest, left_on="user", right_index=True)
     day2 = pd.Timestamp("2026-01-02", tz="UTC")
@@ -140,7 +141,7 @@ def _as_written_before_microseconds(spec, workspace) -> list:
     """Rewrite the offline files with nanosecond timestamps, as ctpipe wrote them before."""
     import pyarrow.parquet as pq
 
-    files = sorted(offline_folder(spec, workspace).glob("*.parquet"))
+    files = sorted(Path(offline_folder(spec, FEAST, workspace)).glob("*.parquet"))
     for path in files:
         frame = pd.read_parquet(path)
         frame.assign(ts=frame.ts.astype("datetime64[ns, UTC]")).to_parquet(path)
@@ -159,11 +160,11 @@ def test_offline_files_are_microseconds_and_old_nanosecond_files_are_migrated_in
 
     again = build_training_set(snapshot, spec, FEAST, workspace, str(tmp_path / "b"))
     # The same file, under the same name (no second copy of the snapshot), now in microseconds.
-    assert sorted(offline_folder(spec, workspace).glob("*.parquet")) == [written]
+    assert sorted(Path(offline_folder(spec, FEAST, workspace)).glob("*.parquet")) == [written]
     assert str(pq.read_schema(written).field("ts").type) == "timestamp[us, tz=UTC]"
     assert again.missing_entities == first.missing_entities == 1
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "b"), pd.read_parquet(tmp_path / "a"))
-    assert not list((feast_root(workspace) / "staging").glob("*.parquet"))
+    assert not list((Path(feast_root(FEAST, workspace)) / "staging").glob("*.parquet"))
 
 
 @pytest.mark.slow
@@ -208,9 +209,9 @@ def test_rerun_is_idempotent(window1, dataset_spec, tmp_path):
     first = build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "a"))
     second = build_training_set(str(path), dataset_spec, FEAST, workspace, str(tmp_path / "b"))
 
-    files = list(offline_folder(dataset_spec, workspace).iterdir())
+    files = list(Path(offline_folder(dataset_spec, FEAST, workspace)).iterdir())
     assert len(files) == 1 and files[0].name.startswith("snapshot=") and files[0].suffix == ".parquet"
-    assert list((feast_root(workspace) / "staging").iterdir()) == []
+    assert list((Path(feast_root(FEAST, workspace)) / "staging").iterdir()) == []
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "a"), pd.read_parquet(tmp_path / "b"))
     assert first.model_dump(exclude={"path"}) == second.model_dump(exclude={"path"})
 
@@ -452,5 +453,70 @@ def test_spark_and_redis_profile_renders_a_config_feast_accepts(tmp_path):
     spec = _tiny_spec(tmp_path)
     _, view = definitions(spec, feast, str(tmp_path / "ws"))
     assert isinstance(view.batch_source, SparkSource)
-    assert view.batch_source.path == str(offline_folder(spec, str(tmp_path / "ws")))
+    assert view.batch_source.path == str(Path(offline_folder(spec, FEAST, str(tmp_path / "ws"))))
     assert view.batch_source.file_format == "parquet"
+
+
+# --- the Feast root in an object store (the cluster profile's feast.root) ----------------------
+
+
+@pytest.mark.server
+def test_feast_root_in_an_object_store_gives_the_local_roots_results(
+    churn_frame, churn_data, dataset_spec, redis_server, s3_prefix, tmp_path
+):
+    """Registry and offline files in S3 (SeaweedFS), online values in Redis, no workspace: a cluster task.
+
+    The training sets and online values equal those of a local root; a re-run adds no object;
+    and nothing of Feast's state is written to a local folder.
+    """
+    from components.common import storage
+
+    windows = [_window(churn_frame, churn_data, n) for n in (1, 2)]
+    for number, frame in enumerate(windows, start=1):
+        frame.to_parquet(tmp_path / f"w{number}.parquet")
+    in_s3 = FeastSpec(
+        root=f"{s3_prefix}/feast",
+        online_store="redis",
+        redis_connection_string=redis_server.connection_string,
+        project="cluster",  # its own keys in the shared Redis
+    )
+    local = str(tmp_path / "local")
+    ids = [*windows[1].customer_id.head(10).tolist(), 10_000_000]
+    for number in (1, 2):
+        snapshot = str(tmp_path / f"w{number}.parquet")
+        remote = build_training_set(snapshot, dataset_spec, in_s3, "", str(tmp_path / f"s3-{number}"))
+        here = build_training_set(snapshot, dataset_spec, FEAST, local, str(tmp_path / f"local-{number}"))
+        assert remote.model_dump(exclude={"path"}) == here.model_dump(exclude={"path"})
+        pd.testing.assert_frame_equal(
+            pd.read_parquet(tmp_path / f"s3-{number}"), pd.read_parquet(tmp_path / f"local-{number}")
+        )
+
+    objects = storage.find(in_s3.root)
+    assert "registry.db" in objects
+    assert sorted(o for o in objects if o.startswith("offline/")) == sorted(
+        f"offline/customer_id_features/{p.name}" for p in Path(offline_folder(dataset_spec, FEAST, local)).iterdir()
+    )
+    build_training_set(str(tmp_path / "w2.parquet"), dataset_spec, in_s3, "", str(tmp_path / "again"))
+    assert storage.find(in_s3.root) == objects  # idempotent: the snapshot's file is already there
+
+    found = online_features(ids, dataset_spec, in_s3, "")
+    assert found == online_features(ids, dataset_spec, FEAST, local)
+    assert found.missing == [10_000_000]
+
+
+def test_no_feast_root_and_no_workspace_is_named(window1, dataset_spec, tmp_path):
+    from components.common.errors import ConfigError
+
+    path, _ = window1
+    with pytest.raises(ConfigError, match=r"feast\.root is empty and this task has no workspace"):
+        build_training_set(str(path), dataset_spec, FEAST, "", str(tmp_path / "ts"))
+    with pytest.raises(ConfigError, match=r"online_store is 'sqlite'.*no workspace"):
+        online_features([1], dataset_spec, FeastSpec(root=str(tmp_path / "feast")), "")
+
+
+def test_online_lookup_before_training_names_the_remote_registry(dataset_spec, s3_prefix, redis_server):
+    feast = FeastSpec(
+        root=f"{s3_prefix}/feast", online_store="redis", redis_connection_string=redis_server.connection_string
+    )
+    with pytest.raises(DataError, match=r"customer_id_features.*s3://.*/feast/registry\.db"):
+        online_features([1], dataset_spec, feast, "")

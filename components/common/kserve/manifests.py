@@ -4,27 +4,33 @@ The predictor is a custom container: the ctpipe serving image running ``python -
 serving.server`` (the same kserve app as the embedded profile) on port 8080. How a new model
 version reaches traffic depends on ``serving.deployment_mode``:
 
+Pods are never pinned to a version: each traffic target runs the server with ``--alias``, so it
+serves the registry version behind that alias and follows it (``models:/NAME@alias`` on the
+MLflow server, artifacts from wherever the server keeps them). The ``champion`` target therefore
+picks up a promotion or a rollback by itself, without a restart; re-rendering the manifest moves
+KServe's traffic split.
+
 ``Serverless`` (KServe's ``Knative`` mode; ``Serverless`` is its deprecated name)
-    The container is pinned to one version (``--model-version``), so each deployed version is
-    a new Knative revision. ``spec.predictor.canaryTrafficPercent`` sends that share to the new
-    revision and the rest to the last ready one (the previous champion). Promoting means
-    rendering again without a canary percent, which sends all traffic to the latest revision.
-    A revision whose model cannot load never turns ready, so it never gets traffic.
+    A canary is a new Knative revision whose pods follow ``challenger``;
+    ``spec.predictor.canaryTrafficPercent`` sends that share to it and the rest to the last
+    ready revision, whose pods follow ``champion``. Promoting means rendering again without a
+    canary percent: a revision following ``champion`` takes all traffic. A revision whose
+    model cannot load never turns ready, so it never gets traffic.
 
 ``Standard`` (KServe's raw Kubernetes ``Deployment``; ``RawDeployment`` is the old name)
     There are no Knative revisions to split between, so a canary is rendered as ``spec.canary``:
-    ``spec.predictor`` stays pinned to the stable version (the champion) and one
-    ``spec.canary`` entry pins the new version with ``trafficPercent``. Promoting means
-    rendering again without a canary percent, which pins ``spec.predictor`` to the new version
-    and drops ``spec.canary``.
+    ``spec.predictor`` follows ``champion`` and one ``spec.canary`` entry follows ``challenger``
+    with ``trafficPercent``. Promoting means rendering again without a canary percent, which
+    drops ``spec.canary``.
 
 The container gets the serving settings as flags (``--max-batch-rows``, the inference log's flush
 interval and queue size) and, when ``serving.inference_log_dir`` is set (an object-store prefix such
 as ``s3://bucket/inference_log`` on a cluster), ``--inference-log-dir``: every pod appends its
 inference log there through :mod:`components.common.storage`. Without it a cluster pod writes no
-inference log (a local folder would be the pod's own ``emptyDir``). The object store's keys reach
-the pod only through the Secret named by ``credentials_secret`` (``envFrom``), never through the
-manifest.
+inference log (a local folder would be the pod's own ``emptyDir``). With an entity lookup (the
+dataset and Feast settings) the pod also answers requests that name entity ids, reading Feast's
+registry and online store (Redis). The object store's keys reach the pod only through the Secret
+named by ``serving.credentials_secret`` (``envFrom``), never through the manifest.
 
 Both modes set ``serving.kserve.io/deploymentMode`` explicitly, because the cluster default
 (``defaultDeploymentMode`` in the ``inferenceservice-config`` ConfigMap) varies by install.
@@ -37,7 +43,9 @@ from typing import Any
 from urllib.parse import urlsplit
 
 from components.common.errors import DeployError
-from components.common.server_process import serving_args
+from components.common.feast import EntityLookup
+from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
+from components.common.server_process import ENTITY_LOOKUP_ENV, serving_args
 from components.specs import ServingSpec
 
 API_VERSION = "serving.kserve.io/v1beta1"
@@ -82,13 +90,14 @@ def _check_tracking_uri(tracking_uri: str) -> None:
 def _predictor(
     serving: ServingSpec,
     image: str,
-    version: str,
+    alias: str,
     tracking_uri: str,
     knative: bool,
     credentials_secret: str | None,
     resources: dict[str, dict[str, str]] | None,
+    entity_lookup: EntityLookup | None,
 ) -> dict[str, Any]:
-    """A predictor block (custom ctpipe container) pinned to one registry version."""
+    """A predictor block (custom ctpipe container) that serves and follows one registry alias."""
     args = [
         "--model-name",
         serving.model_name,
@@ -104,7 +113,7 @@ def _predictor(
         # An object-store prefix (s3://...) that monitoring and canary analysis read; the pod writes it
         # with the keys its Secret puts in the environment (envFrom), never with keys in this manifest.
         args += ["--inference-log-dir", serving.inference_log_dir]
-    args += ["--model-version", version]  # each traffic target serves exactly one version
+    args += ["--alias", alias]  # each traffic target follows one alias; KServe splits between targets
     ready_path = f"/v2/models/{serving.model_name}/ready"
     readiness: dict[str, Any] = {
         "httpGet": {"path": ready_path},
@@ -130,8 +139,9 @@ def _predictor(
             {"name": "MLFLOW_TRACKING_URI", "value": tracking_uri},
             {"name": "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "value": "false"},
             {"name": "CTPIPE_MODEL_NAME", "value": serving.model_name},
-            {"name": "CTPIPE_MODEL_VERSION", "value": version},
             {"name": "HOME", "value": "/tmp"},
+            # Settings, not secrets: where the Feast registry and Redis are (their keys come from the Secret).
+            *([{"name": ENTITY_LOOKUP_ENV, "value": entity_lookup.model_dump_json()}] if entity_lookup else []),
         ],
         "ports": [{"containerPort": CONTAINER_PORT, "name": "http1", "protocol": "TCP"}],
         "readinessProbe": readiness,
@@ -169,22 +179,28 @@ def render_inference_service(
     credentials_secret: str | None = None,
     resources: dict[str, dict[str, str]] | None = None,
     stable_version: str | None = None,
+    alias: str = CHAMPION_ALIAS,
+    entity_lookup: EntityLookup | None = None,
 ) -> dict[str, Any]:
-    """Render a KServe v1beta1 InferenceService for one registered model version.
+    """Render a KServe v1beta1 InferenceService that rolls out one registered model version.
 
     Args:
         serving: Model name, namespace and deployment mode.
         image: The ctpipe serving image (pin by digest in production).
-        model_version: The registry version being deployed.
+        model_version: The registry version being rolled out (recorded in an annotation; the
+            pods follow aliases, not versions).
         tracking_uri: MLflow URI the pods read the registry and artifacts from.
-        canary_percent: Share of traffic for the new version; None sends all traffic to it
-            (first deployment or promotion).
+        canary_percent: Share of traffic for the ``challenger`` target; None sends all traffic
+            to the one target following ``alias`` (first deployment or promotion).
         credentials_secret: Name of a Secret whose keys become environment variables
-            (e.g. ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``, S3 keys).
+            (e.g. ``MLFLOW_TRACKING_USERNAME``, ``MLFLOW_TRACKING_PASSWORD``, S3 keys); default
+            ``serving.credentials_secret``.
         resources: Container requests and limits; defaults to :data:`DEFAULT_RESOURCES`.
-        stable_version: The version keeping the rest of the traffic during a canary (the
-            champion). Needed in Standard mode, where ``spec.predictor`` stays on it and
-            ``spec.canary`` carries ``model_version``; Knative keeps the last ready revision itself.
+        stable_version: The champion during a canary. Needed in Standard mode, where
+            ``spec.predictor`` keeps serving it; Knative keeps the last ready revision itself.
+        alias: The alias the single target follows when ``canary_percent`` is None:
+            ``champion``, or ``challenger`` while there is no champion yet.
+        entity_lookup: Dataset and Feast settings, so the pods answer requests by entity id.
 
     Returns:
         The manifest as a plain dict (YAML/JSON serialisable).
@@ -207,11 +223,17 @@ def render_inference_service(
             f"got {stable_version!r}"
         )
 
-    def pinned_predictor(version: str) -> dict[str, Any]:
-        """The predictor block serving exactly ``version`` (one per traffic target)."""
-        return _predictor(serving, image, version, tracking_uri, knative, credentials_secret, resources)
+    if alias not in (CHAMPION_ALIAS, CHALLENGER_ALIAS):
+        raise DeployError(f"alias must be {CHAMPION_ALIAS!r} or {CHALLENGER_ALIAS!r}, got {alias!r}")
+    secret = credentials_secret if credentials_secret is not None else serving.credentials_secret
 
-    predictor = pinned_predictor(str(stable_version) if split else str(model_version))
+    def following(target_alias: str) -> dict[str, Any]:
+        """The predictor block of one traffic target: pods that serve and follow ``target_alias``."""
+        return _predictor(serving, image, target_alias, tracking_uri, knative, secret, resources, entity_lookup)
+
+    # With a canary, Standard keeps the champion in spec.predictor; in Knative the predictor is the new revision.
+    canary_target = CHAMPION_ALIAS if split else CHALLENGER_ALIAS
+    predictor = following(alias if canary_percent is None else canary_target)
     annotations = {
         DEPLOYMENT_MODE_ANNOTATION: mode,
         "ctpipe.io/model-name": serving.model_name,
@@ -236,7 +258,7 @@ def render_inference_service(
         "spec": {
             "predictor": predictor,
             **(
-                {"canary": [{"predictor": pinned_predictor(str(model_version)), "trafficPercent": int(canary_percent)}]}
+                {"canary": [{"predictor": following(CHALLENGER_ALIAS), "trafficPercent": int(canary_percent)}]}
                 if split and canary_percent is not None
                 else {}
             ),

@@ -23,7 +23,7 @@ import yaml
 
 from components.specs import ServingSpec
 from tests.helpers import ROOT, free_port, kserve_crd_validator
-from tests.serving_helpers import Registry, columnar, instances
+from tests.serving_helpers import Registry, columnar, instances, wait_until
 
 SECRET = "ctpipe-object-store"
 
@@ -141,6 +141,33 @@ def test_the_rendered_pod_writes_its_inference_log_to_the_object_store(
                 assert response.json()["id"] == request_id
                 sent[request_id] = version
 
+        # Each pod follows its alias, so a promotion reaches the champion pod without a restart or a new manifest.
+        aliases = {"1": "champion", "2": "challenger"}
+        for version, (_, endpoint, _) in pods.items():
+            answer = session.post(
+                f"{endpoint}/v1/models/{name}:predict", json={"instances": instances(rows)}, timeout=10
+            ).json()
+            assert (answer["model_version"], answer["model_alias"]) == (version, aliases[version])
+            sent[answer["request_id"]] = version
+        registry.client().set_registered_model_alias(name, "champion", "2")
+        registry.client().delete_registered_model_alias(name, "challenger")
+        champion_pod = pods["1"][1]
+
+        def promoted() -> bool:
+            answer = session.post(
+                f"{champion_pod}/v1/models/{name}:predict", json={"instances": instances(rows)}, timeout=10
+            ).json()
+            sent[answer["request_id"]] = answer["model_version"]
+            return bool(answer["model_version"] == "2")
+
+        promoted_after = wait_until(promoted, 30, "the champion pod serves the promoted version 2")
+        # The challenger pod keeps its last version when its alias goes away: it never stops answering.
+        answer = session.post(
+            f"{pods['2'][1]}/v1/models/{name}:predict", json={"instances": instances(rows)}, timeout=10
+        ).json()
+        assert answer["model_version"] == "2"
+        sent[answer["request_id"]] = "2"
+
         for proc, _, _ in pods.values():  # what the kubelet does: SIGTERM, then the grace period
             proc.send_signal(signal.SIGTERM)
         for proc, _, output in pods.values():
@@ -166,4 +193,7 @@ def test_the_rendered_pod_writes_its_inference_log_to_the_object_store(
         text = output.read_text(errors="replace")
         assert "model server starting" in text
         assert s3_env.secret_key not in text
-    print(f"\n[measure] pods ready after {ready_seconds:.1f}s, test {time.perf_counter() - started:.1f}s")
+    print(
+        f"\n[measure] pods ready after {ready_seconds:.1f}s, promotion seen after {promoted_after:.1f}s, "
+        f"test {time.perf_counter() - started:.1f}s"
+    )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 import pytest
@@ -38,20 +39,23 @@ def test_manifest_validates_against_crd(crd_validator: Any, mode: str, canary: i
     assert manifest["metadata"]["namespace"] == "ml"
     if mode == "Serverless":
         assert annotations["serving.kserve.io/deploymentMode"] == "Knative"
-        assert container["args"][-2:] == ["--model-version", "7"]
+        # A canary is the new revision, following the challenger; without one the champion.
+        assert container["args"][-2:] == ["--alias", "champion" if canary is None else "challenger"]
         assert predictor.get("canaryTrafficPercent") == canary
     else:
         assert annotations["serving.kserve.io/deploymentMode"] == "Standard"
         assert "canaryTrafficPercent" not in predictor
-        if canary is None:  # all traffic to the new version
-            assert container["args"][-2:] == ["--model-version", "7"]
+        if canary is None:  # all traffic to the champion
+            assert container["args"][-2:] == ["--alias", "champion"]
             assert "canary" not in manifest["spec"]
-        else:  # the champion keeps spec.predictor; spec.canary pins the new version with its share
-            assert container["args"][-2:] == ["--model-version", "6"]
+        else:  # spec.predictor follows the champion; spec.canary follows the challenger with its share
+            assert container["args"][-2:] == ["--alias", "champion"]
             (entry,) = manifest["spec"]["canary"]
             assert entry["trafficPercent"] == 20
-            assert entry["predictor"]["containers"][0]["args"][-2:] == ["--model-version", "7"]
-            assert {"name": "CTPIPE_MODEL_VERSION", "value": "7"} in entry["predictor"]["containers"][0]["env"]
+            assert entry["predictor"]["containers"][0]["args"][-2:] == ["--alias", "challenger"]
+    # Pods follow aliases, never a version: nothing in a pod names one.
+    assert "--model-version" not in json.dumps(manifest["spec"])
+    assert manifest["metadata"]["annotations"]["ctpipe.io/model-version"] == "7"
 
 
 def test_standard_mode_canary_needs_the_stable_version() -> None:
@@ -82,7 +86,7 @@ def test_the_predictor_writes_the_inference_log_where_the_config_says(crd_valida
     assert rendered[rendered.index("--inference-log-dir") + 1] == "s3://bucket/inference_log"
     assert rendered[rendered.index("--max-batch-rows") + 1] == "99"
     assert rendered[rendered.index("--log-queue-rows") + 1] == "5"
-    assert rendered[-2:] == ["--model-version", "7"]
+    assert rendered[-2:] == ["--alias", "champion"]
     # No location configured (a pod's local folder would be lost with it), or logging off: no log.
     assert "--inference-log-dir" not in args(ServingSpec(model_name="m"))
     assert "--inference-log-dir" not in args(spec.model_copy(update={"inference_log": False}))
@@ -145,3 +149,36 @@ def test_seam_builds_the_client_lazily() -> None:
     assert built == []
     assert seam.client == "client" and seam.client == "client"
     assert built == [1]
+
+
+def test_the_predictor_gets_feast_settings_and_the_configs_secret(crd_validator: Any) -> None:
+    """Entity-id requests on a cluster: the pods read Feast's registry and Redis named by the settings in their env."""
+    from components.common.feast import EntityLookup
+    from components.common.kserve.manifests import render_inference_service
+    from components.common.server_process import ENTITY_LOOKUP_ENV
+    from components.specs import DatasetSpec, FeastSpec
+
+    lookup = EntityLookup(
+        dataset=DatasetSpec(
+            source="s3://b/d.parquet",
+            entity_column="id",
+            timestamp_column="ts",
+            label_column="y",
+            numeric_features=["a"],
+        ),
+        feast=FeastSpec(root="s3://b/feast", online_store="redis", redis_connection_string="redis.ns.svc:6379"),
+        workspace="",
+    )
+    spec = ServingSpec(model_name="m", credentials_secret="ctpipe-object-store")
+    manifest = render_inference_service(spec, "img:1", "7", "http://mlflow:5000", None, entity_lookup=lookup)
+    assert not list(crd_validator.iter_errors(manifest))
+    container = manifest["spec"]["predictor"]["containers"][0]
+    env = {item["name"]: item["value"] for item in container["env"]}
+    assert EntityLookup.model_validate_json(env[ENTITY_LOOKUP_ENV]) == lookup
+    assert container["envFrom"] == [{"secretRef": {"name": "ctpipe-object-store"}}]
+    # The first deployment, before there is a champion, follows the challenger.
+    first = render_inference_service(spec, "img:1", "7", "http://mlflow:5000", None, alias="challenger")
+    assert first["spec"]["predictor"]["containers"][0]["args"][-2:] == ["--alias", "challenger"]
+    assert ENTITY_LOOKUP_ENV not in json.dumps(first)
+    with pytest.raises(DeployError, match="alias must be"):
+        render_inference_service(spec, "img:1", "7", "http://mlflow:5000", None, alias="latest")
