@@ -40,6 +40,7 @@ from components.common.drift import population_stability_index
 from components.common.errors import DataError
 from components.common.inference_log import read_window
 from components.common.io import write_json, write_text
+from components.common.kserve.traffic import ClusterTarget, sync_inference_service
 from components.common.logs import get_logger
 from components.common.registry import (
     CANARY_DECISION_TAG,
@@ -238,19 +239,25 @@ def _report(result: CanaryAnalysisResult) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str) -> str:
+def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str, cluster: ClusterTarget | None) -> str:
     name, version = serving.model_name, str(result.challenger_version)
     client = tracking.registry_client(tracking_uri)
     client.set_model_version_tag(name, version, CANARY_DECISION_TAG, result.decision)
     client.set_model_version_tag(name, version, CANARY_REASON_TAG, result.reason[:4000])
     if result.decision == "promote":
         change = promote(name, tracking_uri, version)
-        return f"promoted version {version} to champion (was {change.previous}); it now takes all traffic"
-    set_traffic(name, tracking_uri, 0)  # first: the server stops routing to the challenger
-    aliases = dict(client.get_registered_model(name).aliases or {})
-    if str(aliases.get(CHALLENGER_ALIAS)) == version:
-        client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
-    return f"closed the canary: version {version} gets no traffic; champion {result.champion_version} takes all"
+        action = f"promoted version {version} to champion (was {change.previous}); it now takes all traffic"
+    else:
+        set_traffic(name, tracking_uri, 0)  # first: the server stops routing to the challenger
+        aliases = dict(client.get_registered_model(name).aliases or {})
+        if str(aliases.get(CHALLENGER_ALIAS)) == version:
+            client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+        action = f"closed the canary: version {version} gets no traffic; champion {result.champion_version} takes all"
+    if cluster is not None:
+        # The aliases moved; the InferenceService's traffic split follows them in one write.
+        sync_inference_service(serving, tracking_uri, cluster)
+        action += "; InferenceService updated"
+    return action
 
 
 def canary_analysis(
@@ -263,6 +270,7 @@ def canary_analysis(
     dataset: DatasetSpec | None = None,
     now: str | pd.Timestamp | None = None,
     act: bool = True,
+    cluster: ClusterTarget | None = None,
 ) -> CanaryAnalysisResult:
     """Compare challenger and champion on the logged canary traffic, then promote or roll back.
 
@@ -277,6 +285,8 @@ def canary_analysis(
         dataset: Needed with ``labels_path`` (for the label column).
         now: End of the window (default: now, UTC).
         act: Promote or close the canary; False only reports the decision.
+        cluster: Cluster profile: also write the InferenceService the new aliases ask for
+            (:func:`components.common.kserve.traffic.sync_inference_service`).
 
     Returns:
         The decision, the per-version numbers, every check and the action taken.
@@ -343,7 +353,7 @@ def canary_analysis(
                 else "every check passed: " + "; ".join(c.detail for c in result.checks)
             )
     if act and result.decision in ("promote", "rollback"):
-        result.action = _act(result, serving, tracking_uri)
+        result.action = _act(result, serving, tracking_uri, cluster)
         result.acted = True
     write_json(result_path, {**result.model_dump(mode="json"), "tracking_uri": redact_uri(tracking_uri)})
     write_text(report_path, _report(result))

@@ -10,9 +10,11 @@ traffic until deploy sets the canary percent for that exact version (registered-
   open the canary and wait until the server reports the new challenger. If the challenger
   cannot be loaded or the wait times out, the canary goes back to 0 so the champion keeps all
   traffic, and :class:`~components.common.errors.DeployError` says why.
-- ``cluster`` profile: render the InferenceService (``components.common.kserve.manifests``), write it to
-  ``<workspace>/manifests/<name>.yaml`` and apply it through ``components.common.kserve.cluster.KServeSeam``;
-  ``dry_run`` writes the manifest and records the call without touching a cluster.
+- ``cluster`` profile: render the InferenceService the aliases ask for
+  (``components.common.kserve.traffic``), write it to ``<workspace>/manifests/<name>.yaml`` and
+  write it into the cluster's object, keeping every field ctpipe does not own
+  (``components.common.kserve.cluster.KServeSeam``); ``dry_run`` writes the manifest and records
+  the call without touching a cluster.
 """
 
 from __future__ import annotations
@@ -31,6 +33,12 @@ from components.common import tracking
 from components.common.errors import DeployError, ModelNotFound
 from components.common.feast import EntityLookup
 from components.common.io import scratch_folder, write_text
+from components.common.kserve.traffic import (
+    ClusterTarget,
+    TrafficState,
+    desired_inference_service,
+    render_for_state,
+)
 from components.common.logs import get_logger
 from components.common.registry import (
     CANARY_TAG,
@@ -216,67 +224,54 @@ def _deploy_cluster(
     serving: ServingSpec,
     tracking_uri: str,
     workspace: str,
-    image: str,
-    dry_run: bool,
-    entity_lookup: EntityLookup | None,
+    target: ClusterTarget,
 ) -> DeployResult:
     from components.common.kserve.cluster import KServeSeam
-    from components.common.kserve.manifests import isvc_name, render_inference_service
+    from components.common.kserve.manifests import isvc_name
 
     name = isvc_name(serving.model_name)
     notes: list[str] = []
+    registry_read = True
     try:
         client = tracking.registry_client(tracking_uri)
-        registered = require_registered_model(client, serving.model_name, tracking_uri)
-        aliases = {alias: str(version) for alias, version in (registered.aliases or {}).items()}
+        require_registered_model(client, serving.model_name, tracking_uri)
         try:
             client.get_model_version(serving.model_name, version)
         except Exception as exc:
             raise ModelNotFound(f"version {version} of {serving.model_name!r} does not exist: {exc}") from None
         check_infra_blessing(client, serving.model_name, version)
     except DeployError as exc:
-        if not dry_run:
+        if not target.dry_run:
             raise
-        aliases = {}
+        registry_read = False
         notes.append(f"registry not read ({exc}); versions assumed")
     if _is_local_uri(tracking_uri):
-        if not dry_run:
+        if not target.dry_run:
             raise DeployError(
                 f"tracking URI {tracking_uri!r} is local to this machine; pods cannot read it. "
                 "Use an MLflow server URL (infra.tracking_uri) for the cluster profile"
             )
         notes.append("tracking URI is local: pods could not read it")
 
-    champion = aliases.get(CHAMPION_ALIAS)
-    if champion == version:
-        champion_version, challenger_version, percent, canary = version, None, 0, None
-    elif champion is None:
-        champion_version, challenger_version, percent, canary = None, version, 100, None
-    else:
-        champion_version, challenger_version = champion, version
-        percent = canary = serving.canary_percent
-
-    manifest = render_inference_service(
-        serving,
-        image,
-        version,
-        tracking_uri,
-        canary,
-        stable_version=champion_version,
-        # Alone, the version follows the alias it holds: champion, or challenger before there is one.
-        alias=CHAMPION_ALIAS if champion_version == version else CHALLENGER_ALIAS,
-        entity_lookup=entity_lookup,
-    )
+    if registry_read:
+        state, manifest = desired_inference_service(serving, tracking_uri, target)
+    else:  # a dry run without a registry: as if the version were the only one
+        state = TrafficState(champion_version=None, challenger_version=version, canary_percent=100)
+        manifest = render_for_state(serving, state, tracking_uri, target)
+    if version not in (state.challenger_version, state.champion_version):
+        raise DeployError(
+            f"version {version} of {serving.model_name!r} is neither the challenger nor the champion "
+            f"(challenger {state.challenger_version}, champion {state.champion_version}); register it first"
+        )
+    seam = KServeSeam(namespace=serving.namespace, dry_run=target.dry_run)
+    seam.apply(manifest, force=target.force)
     manifest_path = scratch_folder(workspace) / "manifests" / f"{name}.yaml"
     write_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
-
-    seam = KServeSeam(namespace=serving.namespace, dry_run=dry_run)
-    seam.apply(manifest)
-    if serving.deployment_mode == "Standard" and not dry_run and aliases.get(CHALLENGER_ALIAS) == version:
+    if serving.deployment_mode == "Standard" and not target.dry_run and state.challenger_version == version:
         # KServe splits by spec.canary; the tag records the share for promote, rollback and canary analysis.
         set_traffic(serving.model_name, tracking_uri, serving.canary_percent)
     endpoint = f"http://{name}-predictor.{serving.namespace}.svc.cluster.local"
-    if not dry_run:
+    if not target.dry_run:
         applied = seam.get(name) or {}
         endpoint = (applied.get("status") or {}).get("url") or endpoint
     mode_note = (
@@ -284,16 +279,16 @@ def _deploy_cluster(
         if serving.deployment_mode == "Serverless"
         else "KServe splits traffic between spec.predictor and spec.canary"
     )
-    message = "; ".join([f"{'dry run: ' if dry_run else ''}{mode_note}", *notes])
+    message = "; ".join([f"{'dry run: ' if target.dry_run else ''}{mode_note}", *notes])
     result = DeployResult(
         mode="cluster",
         endpoint=endpoint,
         model_name=serving.model_name,
-        champion_version=champion_version,
-        challenger_version=challenger_version,
-        canary_percent=percent,
+        champion_version=state.champion_version,
+        challenger_version=state.challenger_version,
+        canary_percent=state.canary_percent,
         manifest_path=str(manifest_path),
-        dry_run=dry_run,
+        dry_run=target.dry_run,
         message=message,
     )
     logger.info("deployed", extra={"result": result.model_dump()})
@@ -310,6 +305,7 @@ def deploy(
     dry_run: bool = False,
     timeout: float = 60.0,
     entity_lookup: EntityLookup | None = None,
+    force: bool = False,
 ) -> DeployResult:
     """Send a share of live traffic to a registered model version.
 
@@ -327,6 +323,8 @@ def deploy(
         timeout: Seconds to wait for the local server to serve the new version.
         entity_lookup: Feast settings, so the server this call starts (or the InferenceService's
             pods) answer requests by entity id.
+        force: Cluster profile: overwrite fields of the InferenceService that ctpipe owns but
+            someone else changed since ctpipe wrote them (otherwise that is an error).
 
     Returns:
         Where the model is served and which versions get which share.
@@ -340,5 +338,6 @@ def deploy(
     if profile == "embedded":
         return _deploy_local(version, serving, tracking_uri, workspace, timeout, dry_run, entity_lookup)
     if profile == "cluster":
-        return _deploy_cluster(version, serving, tracking_uri, workspace, image, dry_run, entity_lookup)
+        target = ClusterTarget(image=image, entity_lookup=entity_lookup, force=force, dry_run=dry_run)
+        return _deploy_cluster(version, serving, tracking_uri, workspace, target)
     raise DeployError(f"unknown profile {profile!r}; expected 'embedded' or 'cluster'")

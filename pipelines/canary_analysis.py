@@ -45,6 +45,9 @@ def build(
         log_dir: str = config.inference_log_dir,
         labels_path: str = "",
         act: bool = True,
+        profile: str = config.infra.profile,
+        serving_image: str = config.infra.images.serving,
+        feast: str = config.feast.model_dump_json(),
     ) -> CanaryAnalysisOutputs:
         analysed = ops.canary_analysis(
             serving=serving,
@@ -53,6 +56,9 @@ def build(
             log_dir=log_dir,
             labels_path=labels_path,
             act=act,
+            profile=profile,
+            serving_image=serving_image,
+            feast=feast,
         )
         analysed.set_display_name("canary analysis")
         finish(config)  # never cached (it moves aliases), cluster settings

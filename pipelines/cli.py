@@ -356,13 +356,28 @@ def loop_command(
         click.echo(result.submitted.text())
 
 
+FORCE_HELP = (
+    "Cluster profile: overwrite fields of the InferenceService that ctpipe owns but someone else changed "
+    "since ctpipe wrote them (without it that stops with an error naming the field and its field manager)."
+)
+
+
 def _alias_command(action: str) -> Callable[..., None]:
     def command(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
         from components.common import registry
 
         config = _config(ctx)
+        force = kwargs.pop("force", False)
         func = registry.promote if action == "promote" else registry.rollback
         change = func(config.serving.model_name, config.tracking_uri, **kwargs)
+        if config.infra.profile == "cluster":
+            # The pods follow the aliases; the InferenceService's traffic split follows them in one write.
+            from components.common.feast import EntityLookup
+            from components.common.kserve.traffic import ClusterTarget, sync_inference_service
+
+            lookup = EntityLookup(dataset=config.dataset, feast=config.feast, workspace="")
+            target = ClusterTarget(image=config.infra.images.serving, entity_lookup=lookup, force=force)
+            sync_inference_service(config.serving, config.tracking_uri, target)
         if as_json:
             click.echo(change.model_dump_json())
         else:
@@ -375,9 +390,10 @@ def _alias_command(action: str) -> Callable[..., None]:
 @config_option
 @click.option("--version", help="Version to promote [default: the challenger].")
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.pass_context
 @_friendly_errors
-def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> None:
+def promote_command(ctx: click.Context, version: str | None, as_json: bool, force: bool) -> None:
     """Make the challenger (or --version) the champion; it then serves 100% of traffic.
 
     \b
@@ -385,22 +401,23 @@ def promote_command(ctx: click.Context, version: str | None, as_json: bool) -> N
       ctpipe promote                 # the current challenger
       ctpipe promote --version 7 --json
     """
-    _alias_command("promote")(ctx, as_json, version=version)
+    _alias_command("promote")(ctx, as_json, version=version, force=force)
 
 
 @main.command("rollback")
 @config_option
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.pass_context
 @_friendly_errors
-def rollback_command(ctx: click.Context, as_json: bool) -> None:
+def rollback_command(ctx: click.Context, as_json: bool, force: bool) -> None:
     """Return the champion alias (and all traffic) to the previous champion.
 
     \b
     Example:
       ctpipe rollback --json
     """
-    _alias_command("rollback")(ctx, as_json)
+    _alias_command("rollback")(ctx, as_json, force=force)
 
 
 @main.command("lineage")

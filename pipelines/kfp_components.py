@@ -341,17 +341,11 @@ def deploy(
     from components.common.feast import EntityLookup
     from components.common.io import write_text
     from components.deploy import deploy as run_deploy
-    from components.specs import DatasetSpec, FeastSpec, ServingSpec
+    from components.specs import ServingSpec
     from pipelines.artifacts import markdown_table
 
     spec = ServingSpec.model_validate_json(serving)
-    lookup = None
-    if dataset and feast:
-        lookup = EntityLookup(
-            dataset=DatasetSpec.model_validate_json(dataset),
-            feast=FeastSpec.model_validate_json(feast),
-            workspace=workspace,
-        )
+    lookup = EntityLookup.from_json(dataset, feast, workspace)
     result = run_deploy(
         version,
         spec,
@@ -504,12 +498,23 @@ def canary_analysis(
     act: bool,
     result: Output[Artifact],
     report: Output[Markdown],
+    profile: str = "embedded",
+    serving_image: str = "",
+    feast: str = "",
 ) -> str:
-    """Compare challenger and champion on the canary's logged traffic; promote or roll back. Returns the decision."""
+    """Compare challenger and champion on the canary's logged traffic; promote or roll back. Returns the decision.
+
+    In the cluster profile the InferenceService's traffic then follows the new aliases.
+    """
     from components.canary_analysis import canary_analysis as run_canary_analysis
+    from components.common.feast import EntityLookup
+    from components.common.kserve.traffic import ClusterTarget
     from components.specs import DatasetSpec, ServingSpec
     from pipelines.artifacts import attach
 
+    cluster = None
+    if profile == "cluster":  # a cluster pod has no workspace: Feast's state is where feast.root says
+        cluster = ClusterTarget(image=serving_image, entity_lookup=EntityLookup.from_json(dataset, feast, ""))
     outcome = run_canary_analysis(
         ServingSpec.model_validate_json(serving),
         tracking_uri,
@@ -519,6 +524,7 @@ def canary_analysis(
         labels_path or None,
         DatasetSpec.model_validate_json(dataset),
         act=act,
+        cluster=cluster,
     )
     attach(result, {"decision": outcome.decision, "reason": outcome.reason, "action": outcome.action})
     return outcome.decision

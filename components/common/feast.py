@@ -46,6 +46,17 @@ class EntityLookup(BaseModel):
     feast: FeastSpec
     workspace: str
 
+    @classmethod
+    def from_json(cls, dataset: str, feast: str, workspace: str) -> EntityLookup | None:
+        """Built from the JSON parameters of a pipeline step; None when either is empty (no lookups)."""
+        if not (dataset and feast):
+            return None
+        return cls(
+            dataset=DatasetSpec.model_validate_json(dataset),
+            feast=FeastSpec.model_validate_json(feast),
+            workspace=workspace,
+        )
+
 
 class OnlineFeatures(BaseModel):
     """Online feature values for a list of entity ids."""

@@ -14,11 +14,14 @@ import yaml
 from pydantic import BaseModel, Field
 
 from components.common.errors import DeployError
+from components.common.kserve import rollout
 from components.common.logs import get_logger
 
 logger = get_logger("kserve")
 
 Verb = Literal["apply", "get", "delete"]
+# Writes that lose the race to another writer (409 Conflict) before ctpipe gives up.
+CONFLICT_RETRIES = 5
 
 
 class SeamCall(BaseModel):
@@ -80,14 +83,24 @@ class KServeSeam:
 
         return constants.KSERVE_GROUP, constants.KSERVE_V1BETA1_VERSION, constants.KSERVE_PLURAL_INFERENCESERVICE
 
-    def apply(self, manifest: dict[str, Any]) -> dict[str, Any] | None:
-        """Create the InferenceService, or replace it with this manifest when it exists.
+    def apply(self, manifest: dict[str, Any], force: bool = False) -> dict[str, Any] | None:
+        """Create the InferenceService, or write ctpipe's fields into the existing one (read-modify-write).
+
+        Every field ctpipe does not own (service account, foreign env and ``envFrom`` entries,
+        resources, replicas, annotations) is kept as found (:mod:`components.common.kserve.rollout`).
+        The write carries the ``resourceVersion`` it read; a 409 Conflict (a write in between) reads
+        and merges again, up to :data:`CONFLICT_RETRIES` times.
+
+        Args:
+            manifest: ctpipe's rendering of the InferenceService.
+            force: Overwrite fields ctpipe owns that someone else changed since ctpipe wrote them.
 
         Returns:
-            The object the API server returned; None in dry-run mode.
+            The object the API server stored; None in dry-run mode.
 
         Raises:
-            DeployError: The manifest has no name, or the API server refused it.
+            DeployError: The manifest has no name; someone else changed a field ctpipe owns (and
+                ``force`` is False); the API server refused the object; or conflicts went on.
         """
         metadata = manifest.get("metadata") or {}
         name = metadata.get("name")
@@ -99,26 +112,58 @@ class KServeSeam:
             return None
         from kubernetes.client.rest import ApiException
 
+        for attempt in range(1, CONFLICT_RETRIES + 1):
+            current = self.get(name, namespace, record=False)
+            overwritten = rollout.check_foreign_changes(current, force)
+            if overwritten:
+                logger.warning(
+                    "overwriting fields ctpipe owns that someone else changed (--force)",
+                    extra={"isvc": f"{namespace}/{name}", "changes": [c.describe() for c in overwritten]},
+                )
+            body = rollout.merge(current, {**manifest, "metadata": {**metadata, "namespace": namespace}})
+            try:
+                written = self._write(body, name, namespace, create=current is None)
+                stored = rollout.record(written, [path for path, _ in rollout.read_record(body) or []])
+                if written["metadata"].get("annotations", {}).get(rollout.OWNED_ANNOTATION) != stored:
+                    # The server defaulted some of ctpipe's fields: record them as stored, or the next
+                    # write would take the defaults for someone else's change.
+                    written["metadata"]["annotations"][rollout.OWNED_ANNOTATION] = stored
+                    written["metadata"].pop("managedFields", None)
+                    written = self._write(written, name, namespace, create=False)
+                return written
+            except ApiException as exc:
+                if exc.status == 409 and attempt < CONFLICT_RETRIES:
+                    logger.info(
+                        "InferenceService changed while ctpipe wrote it; reading it again",
+                        extra={"isvc": f"{namespace}/{name}", "attempt": attempt},
+                    )
+                    continue
+                raise DeployError(
+                    f"the cluster refused InferenceService {namespace}/{name}: HTTP {exc.status} {exc.reason}: "
+                    f"{exc.body}"
+                ) from exc
+        raise AssertionError("unreachable: the last attempt returns or raises")
+
+    def _write(self, body: dict[str, Any], name: str, namespace: str, create: bool) -> dict[str, Any]:
         group, version, plural = self._api_coordinates()
         api = self.client.api_instance
-        try:
-            try:
-                current = api.get_namespaced_custom_object(group, version, namespace, plural, name)
-            except ApiException as exc:
-                if exc.status != 404:
-                    raise
-                return dict(api.create_namespaced_custom_object(group, version, namespace, plural, manifest))
-            body = {**manifest, "metadata": {**metadata, "resourceVersion": current["metadata"]["resourceVersion"]}}
-            return dict(api.replace_namespaced_custom_object(group, version, namespace, plural, name, body))
-        except ApiException as exc:
-            raise DeployError(
-                f"the cluster refused InferenceService {namespace}/{name}: HTTP {exc.status} {exc.reason}: {exc.body}"
-            ) from exc
+        if create:
+            return dict(
+                api.create_namespaced_custom_object(
+                    group, version, namespace, plural, body, field_manager=rollout.FIELD_MANAGER
+                )
+            )
+        return dict(
+            api.replace_namespaced_custom_object(
+                group, version, namespace, plural, name, body, field_manager=rollout.FIELD_MANAGER
+            )
+        )
 
-    def get(self, name: str, namespace: str | None = None) -> dict[str, Any] | None:
+    def get(self, name: str, namespace: str | None = None, record: bool = True) -> dict[str, Any] | None:
         """The InferenceService, or None when it does not exist (always None in dry-run mode)."""
         namespace = namespace or self.namespace
-        self._record("get", name, namespace)
+        if record:
+            self._record("get", name, namespace)
         if self.dry_run:
             return None
         from kubernetes.client.rest import ApiException
