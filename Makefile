@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export FEAST_USAGE := False
 
-.PHONY: demo test lint typecheck unit bench compile docs clean java help lock wheelhouse images test-containers components-yaml
+.PHONY: demo test lint typecheck unit bench compile docs clean java help lock wheelhouse images test-containers test-cluster components-yaml
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -61,6 +61,11 @@ images: wheelhouse  ## Build the components and serving images offline from the 
 
 test-containers: $(STAMP)  ## Build both images on a Debian-built base in a private dockerd and run them.
 	$(BIN)/pytest tests/containers -m containers -p no:randomly
+
+# The cluster profile without Kubernetes: every pipeline task in the components image (kfp.local's
+# DockerRunner, host network), the predictor container, S3, PostgreSQL + MLflow, Redis on 127.0.0.1.
+test-cluster: $(STAMP)  ## Run the cluster profile end to end in containers against real servers (docs/cluster.md).
+	$(BIN)/pytest tests/cluster -m cluster -p no:randomly
 
 bench: $(STAMP) java  ## Run the benchmarks; results are written as JSON under out/bench/.
 	$(BIN)/pytest tests/benchmarks -m bench -p no:randomly -q

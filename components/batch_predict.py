@@ -12,32 +12,55 @@ non-numeric numeric features, null categorical features) are never scored silent
 they are counted and written with a ``reject_reason`` to ``<output_path>/_rejected``
 (readers of the predictions skip folders that start with ``_``).
 
-The output is written to a temporary folder beside ``output_path`` and swapped into
+A local output is written to a temporary folder beside ``output_path`` and swapped into
 place, so a failed job leaves the previous output untouched and a re-run of the same
 window replaces it instead of appending duplicates.
+
+Input and output may also be ``s3://`` (or ``s3a://``) URIs: Spark reads and writes them
+through Hadoop's s3a connector (:mod:`components.common.spark_s3`: the jars, and the endpoint
+and keys from the environment). An object store cannot rename a folder, and copying one into
+place object by object would let a reader see half of it, so a remote output is committed
+with a marker instead of a rename:
+
+- every run writes its rows to a prefix of its own, ``<output_path>/_runs/<run id>/``
+  (``_rejected/`` inside it), which nothing points at yet;
+- when all of it is there, one object, ``<output_path>/_committed.json``, is written (a single
+  PUT, which the store publishes whole) naming that run: this is the commit;
+- then the runs that started before it are deleted, except the one it replaced, which stays
+  for a reader that resolved the marker just before it changed.
+
+Readers resolve the marker with :func:`predictions_path`. Reading ``<output_path>`` itself gives
+nothing (every entry below it starts with ``_``, which Spark and pyarrow skip), never a
+mixture of runs. A failed run leaves the marker, and so the previous output, untouched and
+removes its own prefix; a re-run commits a complete new run in one step, so it is idempotent.
+One writer per output at a time, as for a local folder: a run never deletes a run that started
+after it.
 """
 
 from __future__ import annotations
 
 import contextlib
 import functools
+import json
 import os
+import re
 import shutil
 import socket
 import sys
 import tempfile
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import UTC, datetime
-from pathlib import Path
+from pathlib import Path, PurePosixPath
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
 from pydantic import BaseModel
 
-from components.common import tracking
-from components.common.errors import ConfigError, DataError, ModelNotFound
+from components.common import spark_s3, storage, tracking
+from components.common.errors import ConfigError, DataError, ModelNotFound, StorageError
 from components.common.io import atomic_path
 from components.common.logs import get_logger
 from components.specs import DatasetSpec
@@ -58,6 +81,13 @@ REJECTED_DIR = "_rejected"
 WRITER_FILE = "writer"
 REJECT_REASON = "reject_reason"
 PARTITION_COLUMN = "date"
+# A remote output: one prefix per run below RUNS_DIR, and the marker naming the committed one.
+RUNS_DIR = "_runs"
+COMMIT_FILE = "_committed.json"
+COMMIT_FORMAT = 1
+_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
+# Input files read as text, and their separators.
+_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": ","}
 
 # Session settings batch_predict relies on; set for the job and restored afterwards.
 _SESSION_CONF = {
@@ -83,6 +113,8 @@ class BatchPredictResult(BaseModel):
     rows: int
     bad_rows: int
     output_path: str
+    # Where the rows are: output_path itself for a local folder, the committed run's prefix in an object store.
+    data_path: str
     model_uri: str
     model_version: str | None
     partitions: list[str]
@@ -108,34 +140,44 @@ def batch_predict(
     (UTC date of the event timestamp).
 
     Args:
-        input_path: CSV or Parquet file, or a folder of Parquet files.
+        input_path: CSV or Parquet file, or a folder of Parquet files: a path or an ``s3://`` URI.
         spec: Dataset spec naming the entity, timestamp and feature columns.
         model_uri: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/model`` or a path.
         tracking_uri: MLflow tracking (and registry) URI.
-        output_path: Folder to write; replaced atomically if it exists.
+        output_path: Folder to write, replaced atomically if it exists; or an ``s3://`` prefix, committed
+            with a marker (read it back with :func:`predictions_path`).
         spark_master: Spark master URL for a new session.
         model_version: Registered version to pin; with an ``@ALIAS`` URI it wins over the alias,
             so a pipeline scores with the version it resolved earlier. Empty string means None.
         spark: An existing session to reuse (it is not stopped); by default a session is
-            created and stopped, unless one is already active in this process.
+            created and stopped, unless one is already active in this process. With an ``s3://``
+            location its JVM must have the s3a jars (a session this function creates gets them).
 
     Returns:
         Row counts, the resolved model version and the date partitions written.
 
     Raises:
         DataError: The input is missing or lacks a column the spec or the model needs.
-        ConfigError: The model does not fit the spec (task, features) or the version conflicts.
+        ConfigError: The model does not fit the spec (task, features) or the version conflicts; a location
+            is neither a path nor an ``s3://`` URI; the s3a jars or settings are missing or wrong.
         ModelNotFound: The registered model, version or alias does not exist.
+        StorageError: The object store refused a request or cannot be reached (the message names the location).
     """
     # Registry clients return versions as int, KFP passes them as str: compare them as text.
     model_version = str(model_version) if model_version not in (None, "") else None
-    columns, nanos_columns = _input_schema(input_path)
+    remote = [
+        path for path, field in ((input_path, "input_path"), (output_path, "output_path")) if _remote(path, field)
+    ]
+    if remote:
+        # Before any work: a wrong endpoint or half a key pair is named now, not after the model download.
+        spark_s3.hadoop_settings()
+    source = _input_schema(input_path)
     needed = [spec.entity_column, spec.timestamp_column, *spec.feature_columns]
-    missing = [c for c in needed if c not in columns]
+    missing = [c for c in needed if c not in source.columns]
     if missing:
         raise DataError(
-            f"{input_path}: missing column(s) {missing} needed to score (entity, timestamp and "
-            f"features of the dataset spec); found {columns}"
+            f"{storage.redact(input_path)}: missing column(s) {missing} needed to score (entity, timestamp and "
+            f"features of the dataset spec); found {source.columns}"
         )
 
     download_uri, model_name, model_version = _resolve_model(model_uri, tracking_uri, model_version)
@@ -155,10 +197,15 @@ def batch_predict(
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
 
-        with _session(spark, spark_master) as session:
+        with (
+            _session(spark, spark_master, s3=bool(remote)) as session,
+            spark_s3.s3a_configured(session, remote) if remote else contextlib.nullcontext(),
+            # The store's refusals (keys, bucket, endpoint) name the location; other errors pass unchanged.
+            spark_s3.spark_errors(input_path, output_path),
+        ):
             shipped = session.sparkContext.broadcast(model_bytes)
-            _spread_input(session, input_path)
-            raw = _read(session, input_path, nanos_columns)
+            _spread_input(session, source)
+            raw = _read(session, input_path, source)
             with_reason = raw.withColumn(REJECT_REASON, F.expr(_reject_reason(spec)))
             rejected = with_reason.filter(F.col(REJECT_REASON) != "")
             # Counted while the scoring job reads the input, so a clean input is read only once.
@@ -174,41 +221,58 @@ def batch_predict(
                 # partitioning by entity is deterministic, so unlike round robin it needs no sort.
                 good = good.repartition(parallelism, spec.entity_column)
             scored = _score(good, spec, features, shipped, prediction_type, model_name, model_version, scored_at)
-
-            _remove_abandoned(Path(output_path))
-            with atomic_path(output_path) as tmp:
-                # Who writes here: lets a later run remove the folder if this process is killed.
-                (tmp.parent / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
-                try:
-                    scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
-                    bad_rows = int(counted.get.get("rows") or 0)
-                    if bad_rows:
-                        rejected.write.parquet(str(tmp / REJECTED_DIR))
-                        bad_rows = _count_rows(tmp / REJECTED_DIR)
-                except Exception:
-                    # Other tasks of a failed job may still be writing; stop them before the folder is removed.
-                    _stop_running_tasks(session)
-                    raise
-                rows, partitions = _summarise(tmp)
+            output = _Output(scored, rejected, counted)
+            if spark_s3.is_s3(output_path):
+                written = _write_remote(session, output, output_path, scored_at, model_uri, model_version)
+            else:
+                written = _write_local(session, output, output_path)
             shipped.destroy()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
 
     result = BatchPredictResult(
-        rows=rows,
-        bad_rows=bad_rows,
+        rows=written.rows,
+        bad_rows=written.bad_rows,
         output_path=str(output_path),
+        data_path=written.data_path,
         model_uri=model_uri,
         model_version=model_version,
-        partitions=partitions,
+        partitions=written.partitions,
     )
     log.info("batch predictions written", extra=result.model_dump())
-    if bad_rows:
+    if written.bad_rows:
         log.warning(
             "rows rejected",
-            extra={"bad_rows": bad_rows, "rejected_path": str(Path(output_path) / REJECTED_DIR)},
+            extra={"bad_rows": written.bad_rows, "rejected_path": _rejected_path(written.data_path)},
         )
     return result
+
+
+def predictions_path(output_path: str) -> str:
+    """Where the rows of the last committed batch scoring run into ``output_path`` are.
+
+    A local folder holds them itself. An ``s3://`` prefix holds one prefix per run and the
+    marker naming the committed one, which this reads (see the module docstring).
+
+    Args:
+        output_path: The ``output_path`` given to :func:`batch_predict`.
+
+    Returns:
+        ``output_path`` for a local folder, else ``<output_path>/_runs/<run id>``.
+
+    Raises:
+        DataError: No run has been committed there, or the marker is malformed.
+        StorageError: The store refused the request or cannot be reached.
+    """
+    if not storage.is_remote(output_path):
+        return output_path
+    commit = _read_commit(output_path)
+    if commit is None:
+        raise DataError(
+            f"{storage.redact(output_path)}: no committed batch predictions (no {COMMIT_FILE}); a batch_predict "
+            "run writes it last, after all of its rows"
+        )
+    return storage.join(output_path, RUNS_DIR, commit["run"])
 
 
 # --- executor side -----------------------------------------------------------------------
@@ -284,18 +348,50 @@ def _score_batches(
 # --- driver side -------------------------------------------------------------------------
 
 
-def _input_schema(path: str) -> tuple[list[str], list[str]]:
+def _remote(location: str, field: str) -> bool:
+    """Whether ``location`` (the argument ``field``) is in an object store; only ``s3://`` and ``s3a://`` are.
+
+    Raises:
+        ConfigError: Another protocol (Spark here has the s3a connector only), no bucket, or credentials in it.
+    """
+    if not storage.is_remote(location):
+        return False
+    if not spark_s3.is_s3(location):
+        raise ConfigError(
+            f"{field}: {storage.redact(location)}: batch_predict on Spark reads and writes local paths and s3:// "
+            f"(or s3a://) URIs; found a {storage.protocol(location)}:// URI"
+        )
+    spark_s3.check_s3_location(location, field)
+    return True
+
+
+@dataclass(frozen=True)
+class _Input:
+    """What the driver learns about the input before Spark starts."""
+
+    columns: list[str]
+    # Columns stored as nanosecond timestamps (Spark reads them as longs).
+    nanos_columns: list[str]
+    # The separator of a text (CSV / TSV) file; None for Parquet.
+    separator: str | None
+    # Bytes of the Parquet files (0 for text), to size the input splits.
+    parquet_bytes: int
+
+
+def _input_schema(path: str) -> _Input:
     """Column names of the input and the ones stored as nanosecond timestamps, without Spark."""
+    if storage.is_remote(path):
+        return _remote_input_schema(path)
     source = Path(path)
     if not source.exists():
         raise DataError(f"{path}: no such file or folder")
-    suffix = source.suffix.lower()
-    if source.is_file() and suffix in {".csv", ".tsv", ".txt"}:
+    separator = _TEXT_SEPARATORS.get(source.suffix.lower()) if source.is_file() else None
+    if separator is not None:
         try:
-            header = pd.read_csv(source, nrows=0, sep="\t" if suffix == ".tsv" else ",")
+            header = pd.read_csv(source, nrows=0, sep=separator)
         except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
             raise DataError(f"{path}: not a readable CSV file: {exc}") from exc
-        return [str(c) for c in header.columns], []
+        return _Input([str(c) for c in header.columns], [], separator, 0)
     import pyarrow as pa
     import pyarrow.dataset as ds
 
@@ -303,8 +399,46 @@ def _input_schema(path: str) -> tuple[list[str], list[str]]:
         schema = ds.dataset(str(source), format="parquet", partitioning="hive").schema
     except (pa.ArrowInvalid, OSError) as exc:
         raise DataError(f"{path}: not a readable Parquet file or folder: {exc}") from exc
-    nanos = [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"]
-    return list(schema.names), nanos
+    files = [source] if source.is_file() else list(source.rglob("*.parquet"))
+    return _Input(list(schema.names), _nanos(schema), None, sum(f.stat().st_size for f in files))
+
+
+def _nanos(schema: Any) -> list[str]:
+    import pyarrow as pa
+
+    return [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"]
+
+
+def _remote_input_schema(location: str) -> _Input:
+    """:func:`_input_schema` of an object: the header or the Parquet footers, read through fsspec."""
+    import pyarrow as pa
+    import pyarrow.dataset as ds
+
+    shown = storage.redact(location)
+    fs, path = storage.filesystem(location)
+    with storage.store_errors(location):
+        if not fs.exists(path):
+            raise DataError(f"{shown}: no such object or prefix")
+        folder = bool(fs.isdir(path))
+    separator = None if folder else _TEXT_SEPARATORS.get(PurePosixPath(path).suffix.lower())
+    if separator is not None:
+        try:
+            with storage.open_read(location) as handle:
+                header = pd.read_csv(handle, nrows=0, sep=separator)
+        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+            raise DataError(f"{shown}: not a readable CSV file: {exc}") from exc
+        return _Input([str(c) for c in header.columns], [], separator, 0)
+    try:
+        with storage.store_errors(location):
+            schema = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema
+            if folder:
+                found = fs.find(path, detail=True).items()
+                sizes = [int(info["size"]) for key, info in found if key.endswith(".parquet")]
+            else:
+                sizes = [int(fs.size(path))]
+    except pa.ArrowInvalid as exc:
+        raise DataError(f"{shown}: not a readable Parquet object or prefix: {exc}") from exc
+    return _Input(list(schema.names), _nanos(schema), None, sum(sizes))
 
 
 def _remove_abandoned(output: Path) -> None:
@@ -436,8 +570,13 @@ def _prediction_type(model: Any, spec: DatasetSpec, model_uri: str) -> DataType:
 
 
 @contextlib.contextmanager
-def _session(spark: SparkSession | None, master: str) -> Iterator[SparkSession]:
-    """Yield a session with the settings scoring needs; stop it afterwards only if created here."""
+def _session(spark: SparkSession | None, master: str, s3: bool = False) -> Iterator[SparkSession]:
+    """Yield a session with the settings scoring needs; stop it afterwards only if created here.
+
+    With ``s3`` a new session gets the s3a jars (unless they are on Spark's classpath already, as
+    in the image) and the environment's non-secret ``fs.s3a.*`` settings; the keys are set later, on
+    the running session only (:func:`components.common.spark_s3.s3a_configured`).
+    """
     from pyspark.sql import SparkSession
 
     owned = False
@@ -455,6 +594,9 @@ def _session(spark: SparkSession | None, master: str) -> Iterator[SparkSession]:
             .config("spark.ui.showConsoleProgress", "false")
         )
         for key, value in _SESSION_CONF.items():
+            builder = builder.config(key, value)
+        # The jars are downloaded once per machine and verified against the pins.
+        for key, value in (spark_s3.session_conf() if s3 else {}).items():
             builder = builder.config(key, value)
         spark = builder.getOrCreate()
         owned = True
@@ -476,31 +618,27 @@ def _session(spark: SparkSession | None, master: str) -> Iterator[SparkSession]:
                     spark.conf.set(key, old)
 
 
-def _spread_input(spark: SparkSession, path: str) -> None:
+def _spread_input(spark: SparkSession, source: _Input) -> None:
     """Cap the bytes per input split so a file with several row groups is read by every core.
 
     Spark reads a Parquet row group in one task; by default a split is up to 128 MB, so a
     file below that would be read, and then scored, by one core.
     """
-    source = Path(path)
-    if source.is_file() and source.suffix.lower() in {".csv", ".tsv", ".txt"}:
+    if source.separator is not None:
         return
-    files = [source] if source.is_file() else list(source.rglob("*.parquet"))
-    total = sum(f.stat().st_size for f in files)
     cores = max(spark.sparkContext.defaultParallelism, 1)
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(total // cores + 1, 1 << 20)))
+    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(source.parquet_bytes // cores + 1, 1 << 20)))
 
 
-def _read(spark: SparkSession, path: str, nanos_columns: list[str]) -> DataFrame:
+def _read(spark: SparkSession, path: str, source: _Input) -> DataFrame:
     """Read the input with Spark; nanosecond timestamps arrive as longs and become timestamps."""
     from pyspark.sql import functions as F
 
-    source = Path(path)
-    suffix = source.suffix.lower()
-    if source.is_file() and suffix in {".csv", ".tsv", ".txt"}:
-        return spark.read.csv(path, header=True, sep="\t" if suffix == ".tsv" else ",")
-    frame = spark.read.parquet(path)
-    for column in nanos_columns:
+    location = spark_s3.to_s3a(path) if spark_s3.is_s3(path) else path
+    if source.separator is not None:
+        return spark.read.csv(location, header=True, sep=source.separator)
+    frame = spark.read.parquet(location)
+    for column in source.nanos_columns:
         quoted = "`" + column.replace("`", "``") + "`"
         # Integer division: a double cannot hold 19-digit nanoseconds exactly.
         frame = frame.withColumn(column, F.expr(f"timestamp_micros(div({quoted}, 1000))"))
@@ -592,18 +730,186 @@ def _score(
     )
 
 
-def _summarise(folder: Path) -> tuple[int, list[str]]:
-    """Rows written (from Parquet footers) and the date partitions, read back from the folder."""
-    partitions = sorted(
-        p.name.split("=", 1)[1] for p in folder.iterdir() if p.is_dir() and p.name.startswith(f"{PARTITION_COLUMN}=")
-    )
+def _summarise(folder: Path | str) -> tuple[int, list[str]]:
+    """Rows written (from Parquet footers) and the date partitions, read back from the folder or prefix."""
+    if isinstance(folder, Path):
+        names = [p.name for p in folder.iterdir() if p.is_dir()]
+    else:
+        fs, path = storage.filesystem(folder)
+        with storage.store_errors(folder):
+            names = [PurePosixPath(str(entry)).name for entry in fs.ls(path, detail=False)]
+    partitions = sorted(name.split("=", 1)[1] for name in names if name.startswith(f"{PARTITION_COLUMN}="))
     if not partitions:
         return 0, []
     return _count_rows(folder), partitions
 
 
-def _count_rows(folder: Path) -> int:
-    """Rows in a folder of Parquet files, from their footers (folders starting with ``_`` are skipped)."""
+def _count_rows(folder: Path | str) -> int:
+    """Rows in a folder (or prefix) of Parquet files, from their footers (entries starting with ``_`` are skipped)."""
     import pyarrow.dataset as ds
 
-    return int(ds.dataset(str(folder), format="parquet", partitioning="hive").count_rows())
+    if isinstance(folder, Path):
+        return int(ds.dataset(str(folder), format="parquet", partitioning="hive").count_rows())
+    fs, path = storage.filesystem(folder)
+    with storage.store_errors(folder):
+        return int(ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").count_rows())
+
+
+# --- writing the output ----------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Output:
+    """The lazy frames a job writes, and the count of rejected rows the scoring job observes."""
+
+    scored: DataFrame
+    rejected: DataFrame
+    counted: Any  # pyspark.sql.Observation
+
+
+@dataclass(frozen=True)
+class _Written:
+    rows: int
+    bad_rows: int
+    partitions: list[str]
+    data_path: str
+
+
+def _rejected_path(data_path: str) -> str:
+    if storage.is_remote(data_path):
+        return storage.join(data_path, REJECTED_DIR)
+    return str(Path(data_path) / REJECTED_DIR)
+
+
+def _write_local(session: SparkSession, output: _Output, output_path: str) -> _Written:
+    """Write to a temporary folder beside ``output_path`` and swap it into place."""
+    _remove_abandoned(Path(output_path))
+    with atomic_path(output_path) as tmp:
+        # Who writes here: lets a later run remove the folder if this process is killed.
+        (tmp.parent / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
+        try:
+            output.scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
+            bad_rows = int(output.counted.get.get("rows") or 0)
+            if bad_rows:
+                output.rejected.write.parquet(str(tmp / REJECTED_DIR))
+                bad_rows = _count_rows(tmp / REJECTED_DIR)
+        except Exception:
+            # Other tasks of a failed job may still be writing; stop them before the folder is removed.
+            _stop_running_tasks(session)
+            raise
+        rows, partitions = _summarise(tmp)
+    return _Written(rows, bad_rows, partitions, str(output_path))
+
+
+def _write_remote(
+    session: SparkSession,
+    output: _Output,
+    output_path: str,
+    scored_at: datetime,
+    model_uri: str,
+    model_version: str | None,
+) -> _Written:
+    """Write a run's own prefix below ``output_path``, then commit it with the marker (see the module docstring)."""
+    run = f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
+    data = storage.join(output_path, RUNS_DIR, run)
+    try:
+        output.scored.write.partitionBy(PARTITION_COLUMN).parquet(spark_s3.to_s3a(data))
+        bad_rows = int(output.counted.get.get("rows") or 0)
+        if bad_rows:
+            output.rejected.write.parquet(spark_s3.to_s3a(_rejected_path(data)))
+            bad_rows = _count_rows(_rejected_path(data))
+        rows, partitions = _summarise(data)
+        # Read now, not when the job started: the run this one replaces is the one committed last.
+        committed = _read_commit(output_path)
+        previous: str | None = committed["run"] if committed else None
+        commit = {
+            "format": COMMIT_FORMAT,
+            "run": run,
+            "previous": previous,
+            "rows": rows,
+            "bad_rows": bad_rows,
+            "partitions": partitions,
+            "model_uri": model_uri,
+            "model_version": model_version,
+            "scored_at": scored_at.isoformat(),
+        }
+        # The commit: one PUT, which the store publishes whole. Before it nothing names this run.
+        storage.write_json(storage.join(output_path, COMMIT_FILE), commit)
+    except BaseException:
+        # Other tasks of a failed job may still be writing; stop them before the prefix is removed.
+        _stop_running_tasks(session)
+        _remove_prefix(data)
+        raise
+    _remove_superseded(output_path, run, previous)
+    return _Written(rows, bad_rows, partitions, data)
+
+
+def _read_commit(output_path: str) -> dict[str, Any] | None:
+    """The marker of ``output_path``'s committed run, checked; None if no run was committed.
+
+    Raises:
+        DataError: The marker is not a JSON object naming a run as :func:`batch_predict` writes it.
+    """
+    marker = storage.join(output_path, COMMIT_FILE)
+    shown = storage.redact(marker)
+    try:
+        text = storage.read_text(marker)
+    except FileNotFoundError:
+        return None
+    try:
+        commit = json.loads(text)
+    except ValueError as exc:
+        raise DataError(f"{shown}: not JSON ({exc}); expected the commit marker batch_predict writes") from exc
+    if not isinstance(commit, dict):
+        raise DataError(f"{shown}: expected a JSON object, found {type(commit).__name__}")
+    run = commit.get("run")
+    if not isinstance(run, str) or not _RUN_ID.match(run):
+        raise DataError(f"{shown}: field 'run' must be a run id like 20260105T120000Z-0123abcd, found {run!r}")
+    if commit.get("format") != COMMIT_FORMAT:
+        raise DataError(f"{shown}: field 'format' must be {COMMIT_FORMAT}, found {commit.get('format')!r}")
+    return commit
+
+
+def _remove_prefix(location: str) -> None:
+    """Remove everything below ``location`` (best effort: a failure is logged, the caller's error matters more)."""
+    fs, path = storage.filesystem(location)
+    path = path.rstrip("/")
+    try:
+        with storage.store_errors(location):
+            files = list(fs.find(path))
+            # A store backed by a file system (SeaweedFS) keeps emptied folders, listed as prefixes, until each
+            # "folder/" key is deleted, deepest first; on S3 those keys do not exist and deleting them is a no-op.
+            folders = {path} | {str(PurePosixPath(f).parent) for f in files}
+            folders |= {str(parent) for f in folders for parent in PurePosixPath(f).parents}
+            if files:
+                fs.rm(files)
+            for folder in sorted((f for f in folders if f == path or f.startswith(path + "/")), key=len, reverse=True):
+                bucket, _, key = folder.partition("/")
+                fs.call_s3("delete_object", Bucket=bucket, Key=key + "/")
+    except Exception as exc:
+        log.warning(
+            "cannot remove an uncommitted run",
+            extra={"prefix": storage.redact(location), "error": spark_s3.scrub(str(exc))[:300]},
+        )
+
+
+def _remove_superseded(output_path: str, run: str, previous: str | None) -> None:
+    """Delete the runs below ``output_path`` that no reader needs any more.
+
+    Kept: this run, the previous committed one (a reader may have resolved the marker just before
+    this commit) and any run that started after this one (another writer's, maybe still writing).
+    Everything else started earlier and is either superseded or was abandoned by a failed job.
+    """
+    runs = storage.join(output_path, RUNS_DIR)
+    fs, path = storage.filesystem(runs)
+    try:
+        with storage.store_errors(runs):
+            entries = [PurePosixPath(str(entry)).name for entry in fs.ls(path, detail=False)]
+    except (FileNotFoundError, StorageError) as exc:
+        log.warning("cannot list earlier runs", extra={"prefix": storage.redact(runs), "error": str(exc)[:300]})
+        return
+    for name in sorted(entries):
+        if name in (run, previous) or not _RUN_ID.match(name) or name > run:
+            continue
+        log.info("removing a superseded run", extra={"prefix": storage.redact(storage.join(runs, name))})
+        _remove_prefix(storage.join(runs, name))

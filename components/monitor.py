@@ -290,7 +290,7 @@ def monitor(
     else:
         current = read_table(current_path)
     if labels_path:
-        current = _join_labels(current, current_path, labels_path, spec)
+        current = _join_labels(current, current_path, labels_path, spec, served=served is not None)
     for path, frame in ((reference_path, reference), (current_path, current)):
         missing = [c for c in spec.feature_columns if c not in frame.columns]
         if missing:
@@ -433,10 +433,23 @@ def _served_labels(model: Any, served: np.ndarray, spec: DatasetSpec) -> np.ndar
     return np.where(served > 0.5, classes[1], classes[0])
 
 
-def _join_labels(current: pd.DataFrame, current_path: str, labels_path: str, spec: DatasetSpec) -> pd.DataFrame:
-    """``current`` with the label column taken from the ground truth, matched on the entity column."""
+def _join_labels(
+    current: pd.DataFrame, current_path: str, labels_path: str, spec: DatasetSpec, served: bool
+) -> pd.DataFrame:
+    """``current`` with the label column taken from the ground truth, matched on the entity column.
+
+    ``served``: ``current`` is the inference log, where only requests by entity id name an entity.
+    """
     truth = read_table(labels_path)
     key, label = spec.entity_column, spec.label_column
+    if served and key not in current.columns:
+        # Logged requests that sent feature values name no entity: no ground truth can match them.
+        # Drift is still measured; live performance is not (it needs labelled rows).
+        log.warning(
+            "the served requests carry no entity ids; live performance is not measured",
+            extra={"entity_column": key, "rows": len(current), "log": current_path},
+        )
+        return current.drop(columns=[label], errors="ignore").assign(**{label: np.nan})
     for path, frame, needed in ((labels_path, truth, [key, label]), (current_path, current, [key])):
         missing = [c for c in needed if c not in frame.columns]
         if missing:

@@ -6,12 +6,17 @@ The image tags come from one place, the configuration's ``infra.images`` (whose 
 
 Builds never reach a package index: the host downloads every pinned wheel once into a
 *wheelhouse* (``wheelhouse``), and the Dockerfile installs from it with ``--no-index``. That
-is also how an image is built for an air-gapped cluster: carry the wheelhouse across.
+is also how an image is built for an air-gapped cluster: carry the wheelhouse across. The
+components image also gets Spark's s3a jars (``hadoop-aws`` and the AWS SDK bundle, pinned with
+their checksums in :mod:`components.common.spark_s3`) the same way: the host keeps them in a
+cache (``jars``, ``CTPIPE_JARS_CACHE``), the build context carries them with a ``SHA256SUMS``
+file, and the Dockerfile checks them against it before copying them into pyspark's ``jars/``.
 
 ``python -m pipelines.images --help`` lists the steps (``make images`` runs them all)::
 
     python -m pipelines.images lock                      # containers/*.lock from the virtualenv
     python -m pipelines.images wheelhouse out/wheelhouse # pip wheel every locked pin
+    python -m pipelines.images jars                      # the s3a jars into their cache, verified
     python -m pipelines.images build --wheelhouse out/wheelhouse [--base-image IMG] [--ca-bundle PEM]
     python -m pipelines.images tags                      # what build tags, as JSON
 """
@@ -36,6 +41,7 @@ from typing import Literal
 from packaging.markers import default_environment
 from packaging.requirements import Requirement
 
+from components.common import spark_s3
 from components.common.errors import ConfigError
 from pipelines.config import DEFAULT_CONFIG, CtpipeConfig, load_config, package_version
 
@@ -49,8 +55,11 @@ LOCK_FILES: dict[Kind, Path] = {
     "serving": CONTAINERS_DIR / "serving.lock",
 }
 # What the serving image needs besides ctpipe's own code: the predictor imports kserve, MLflow
-# (sklearn flavour) and the common helpers; no Spark, Feast, Great Expectations or kfp. s3fs: the
-# inference log may live in an object store (components/common/storage.py).
+# (sklearn flavour) and the common helpers; no Spark, Great Expectations or kfp. s3fs: the
+# inference log may live in an object store (components/common/storage.py). Feast: requests that
+# carry entity ids read their features from the online store; pyproject's `feast[redis]` brings
+# redis and hiredis with it (redis itself is no direct dependency, so it cannot be a root here).
+# boto3: Feast reads an s3:// registry (feast.root) with it, not with s3fs.
 SERVING_ROOTS = (
     "kserve",
     "mlflow",
@@ -63,6 +72,8 @@ SERVING_ROOTS = (
     "matplotlib",
     "scipy",
     "s3fs",
+    "feast",
+    "boto3",
 )
 # Building ctpipe's own wheel inside the image (PEP 517 isolation) needs these from the wheelhouse.
 BUILD_REQUIREMENTS = ("setuptools", "wheel")
@@ -232,10 +243,20 @@ def _link_or_copy(source: Path, target: Path) -> None:
         shutil.copy2(source, target)
 
 
-def assemble_context(dest: Path, wheelhouse: Path) -> Path:
-    """A build context with only what the Dockerfile needs: the sources and the wheelhouse.
+def assemble_context(dest: Path, wheelhouse: Path, jars: Sequence[Path] = ()) -> Path:
+    """A build context with only what the Dockerfile needs: the sources, the wheelhouse and the jars.
 
-    The wheels are hard-linked where possible, so a big wheelhouse costs no copy.
+    The wheels and jars are hard-linked where possible, so a big wheelhouse (or the 700 MB SDK
+    bundle) costs no copy.
+
+    Args:
+        dest: The folder to (re)create.
+        wheelhouse: A folder made by :func:`build_wheelhouse`.
+        jars: The s3a jars (:func:`components.common.spark_s3.ensure_jars`), for the components image; they
+            go to ``jars/`` with a ``SHA256SUMS`` of the pins, which the build checks them against.
+
+    Raises:
+        ConfigError: ``wheelhouse`` is not a wheelhouse, or ``jars`` are not exactly the pinned jars.
     """
     if not (wheelhouse / WHEELHOUSE_MARKER).is_file():
         raise ConfigError(
@@ -255,6 +276,14 @@ def assemble_context(dest: Path, wheelhouse: Path) -> Path:
     for wheel in wheelhouse.iterdir():
         if wheel.suffix == ".whl":
             _link_or_copy(wheel, dest / "wheelhouse" / wheel.name)
+    if jars:
+        expected = sorted(jar.filename for jar in spark_s3.JARS)
+        if sorted(path.name for path in jars) != expected:
+            raise ConfigError(f"jars for the build context: expected {expected}, found {sorted(p.name for p in jars)}")
+        (dest / "jars").mkdir()
+        for path in jars:
+            _link_or_copy(path, dest / "jars" / path.name)
+        (dest / "jars" / spark_s3.CHECKSUMS_FILE).write_text(spark_s3.checksums_text())
     return dest
 
 
@@ -306,14 +335,20 @@ def build_images(
     env: dict[str, str] | None = None,
     log: Path | None = None,
     commit: str | None = None,
+    jars: Sequence[Path] | None = None,
 ) -> dict[Kind, str]:
     """Build the images and tag them as ``infra.images`` says; returns kind -> tag.
 
+    ``jars`` are the s3a jars for the components image; by default they come from their cache
+    (downloaded and verified the first time, like the wheelhouse: the build itself needs no network).
+
     Raises:
-        ConfigError: ``docker build`` failed; the message has the end of its output.
+        ConfigError: ``docker build`` failed (the message has the end of its output), or the jars cannot be had.
     """
     tags = image_tags(config)
-    context = assemble_context(context or REPO_ROOT / "out" / "images" / "context", wheelhouse)
+    if jars is None:
+        jars = spark_s3.ensure_jars() if "components" in kinds else ()
+    context = assemble_context(context or REPO_ROOT / "out" / "images" / "context", wheelhouse, jars)
     run_env = {**os.environ, **(env or {}), "DOCKER_BUILDKIT": "1"}
     commit = commit or git_commit()
     for kind in kinds:
@@ -342,6 +377,11 @@ def main(argv: list[str] | None = None) -> int:
     steps.add_parser("lock", help="Write containers/components.lock and serving.lock from this environment.")
     wheels = steps.add_parser("wheelhouse", help="pip wheel every locked pin into a folder (needs the index).")
     wheels.add_argument("dest", type=Path)
+    steps.add_parser(
+        "jars",
+        help=f"Download the s3a jars into their cache ({spark_s3.JARS_CACHE_ENV} or ~/.cache/ctpipe/jars) and verify "
+        f"them (needs Maven Central or a mirror in {spark_s3.MAVEN_REPO_ENV}).",
+    )
     build = steps.add_parser("build", help="docker build both images (no network needed in the build).")
     build.add_argument("--wheelhouse", type=Path, required=True, help="Folder made by the wheelhouse step.")
     build.add_argument("--kind", choices=KINDS, action="append", help="Only this image (repeatable).")
@@ -357,6 +397,10 @@ def main(argv: list[str] | None = None) -> int:
             return 0
         if args.step == "wheelhouse":
             print(build_wheelhouse(args.dest))
+            return 0
+        if args.step == "jars":
+            for path in spark_s3.ensure_jars():
+                print(path)
             return 0
         config = load_config(args.config)
         if args.step == "tags":

@@ -292,6 +292,7 @@ def run_pipeline(
     params: dict[str, Any] | None = None,
     enable_cache: bool = True,
     progress: TextIO | None = sys.stderr,
+    runner: Any = None,
 ) -> RunReport:
     """Run a pipeline locally with kfp.local (SubprocessRunner, caching on by default).
 
@@ -301,6 +302,8 @@ def run_pipeline(
         params: Overrides of pipeline parameters (e.g. window bounds).
         enable_cache: Whether unchanged tasks are served from the cache.
         progress: Where to print one line per finished task; None for silence.
+        runner: The kfp.local runner; default ``SubprocessRunner(use_venv=False)`` (this virtualenv is
+            the image). A ``local.DockerRunner`` runs each task in its component's image instead.
 
     Returns:
         The run report; ``succeeded`` is False (with ``error``) when a task failed.
@@ -312,7 +315,7 @@ def run_pipeline(
     params = dict(params or {})
     kfp_root = config.workspace / "kfp"
     local.init(
-        runner=local.SubprocessRunner(use_venv=False),
+        runner=runner or local.SubprocessRunner(use_venv=False),
         pipeline_root=str(kfp_root / "runs"),
         cache_root=str(kfp_root / "cache"),
         enable_caching=enable_cache,

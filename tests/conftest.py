@@ -31,7 +31,7 @@ ROOT = Path(__file__).resolve().parents[1]
 # test writes belongs under its tmp_path; MLflow, for one, creates ./mlflow.db (or mlruns/, mlartifacts/)
 # in the working directory when it is given no tracking URI.
 ROOT_CACHES = frozenset({".pytest_cache", ".hypothesis"})
-ROOT_OUTPUTS = {"out": frozenset({"bench", "containers"})}  # entry -> markers of the tests that write it
+ROOT_OUTPUTS = {"out": frozenset({"bench", "containers", "cluster"})}  # entry -> markers of the tests that write it
 _ROOT_BEFORE = pytest.StashKey[set[str]]()
 _ROOT_STRAY = pytest.StashKey[list[str]]()
 
@@ -165,3 +165,41 @@ def s3_prefix(s3_env, request: pytest.FixtureRequest) -> str:
 
     name = "".join(c if c.isalnum() else "-" for c in request.node.name)[:40]
     return f"s3://{s3_env.bucket}/{name}-{uuid.uuid4().hex[:8]}"
+
+
+# --- a real Kubernetes API server (tests/servers/kubernetes.py) ------------------------------------
+@pytest.fixture(scope="session")
+def kube_apiserver(tmp_path_factory: pytest.TempPathFactory, pytestconfig: pytest.Config):
+    """``kube-apiserver`` + etcd on 127.0.0.1 (built on first use, minutes); skipped only with ``CTPIPE_K8S=off``.
+
+    A failed build or start is an error, not a skip: the tier requires the server unless switched off.
+    """
+    from tests.servers.kubernetes import KubeApiServer, k8s_disabled_reason
+
+    reason = k8s_disabled_reason()
+    if reason:
+        pytest.skip(reason)
+    capture = pytestconfig.pluginmanager.getplugin("capturemanager")
+
+    def progress(message: str) -> None:
+        # A cold build takes minutes: show its progress through pytest's output capture.
+        if capture is None:  # -p no:capture
+            print(f"[kube-apiserver] {message}", file=sys.stderr, flush=True)
+            return
+        with capture.global_and_fixture_disabled():
+            print(f"[kube-apiserver] {message}", file=sys.stderr, flush=True)
+
+    server = KubeApiServer(tmp_path_factory.mktemp("kube-apiserver"), progress=progress)
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def kube_crds(kube_apiserver) -> list[str]:
+    """The KServe and Spark operator CRDs of ``shared/schemas``, installed server-side and Established."""
+    from tests.servers.kubernetes import shared_schemas
+
+    schemas = shared_schemas()
+    if schemas is None:
+        pytest.skip("shared/schemas (kserve/, spark-operator/) not found beside the checkout: no CRDs to install")
+    return kube_apiserver.install_crds(schemas)

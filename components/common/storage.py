@@ -213,6 +213,23 @@ def _remote_filesystem(scheme: str, location: str) -> Any:
         return fs
 
 
+def forget_shared_listings(location: str | os.PathLike[str]) -> None:
+    """Make other libraries' filesystems for ``location``'s store list it afresh.
+
+    Libraries that read through fsspec themselves (Feast's Dask offline store, for one) get
+    fsspec's shared, cached instance, whose listings cache does not see objects written since
+    it listed a prefix: the next read then names a file it cannot find. Dropping the shared
+    instances makes their next read start from the store. Local paths need nothing.
+    """
+    scheme = protocol(location)
+    if scheme in LOCAL_PROTOCOLS:
+        return
+    import fsspec
+
+    with contextlib.suppress(ImportError, ValueError):
+        fsspec.get_filesystem_class(scheme).clear_instance_cache()
+
+
 def _first_line(exc: BaseException) -> str:
     text = str(exc).strip()
     return text.splitlines()[0] if text else type(exc).__name__
@@ -441,3 +458,12 @@ def write_parquet(location: str | os.PathLike[str], frame: pd.DataFrame) -> str:
         frame.to_parquet(local, index=False, row_group_size=local_io.PARQUET_ROW_GROUP_ROWS)
         _upload(local, location)
     return os.fspath(location)
+
+
+def store_errors(location: str | os.PathLike[str]) -> contextlib.AbstractContextManager[None]:
+    """The error translation of this module, for callers that use :func:`filesystem`'s fsspec object directly.
+
+    Inside the block a remote store's refusal or failure becomes a :class:`StorageError` naming the
+    (redacted) ``location``; ``FileNotFoundError`` and local errors pass through.
+    """
+    return _store_errors(location)

@@ -40,3 +40,28 @@ __all__ = [
     "wait_for_port",
     "weed_binary",
 ]
+
+# A real Kubernetes API server (kube-apiserver and etcd built from their Go modules), for the cluster tier.
+from tests.servers.kubernetes import (
+    ETCD_VERSION,
+    KUBERNETES_VERSION,
+    BuildError,
+    Etcd,
+    KubeApiServer,
+    build_all,
+    k8s_disabled_reason,
+    server_side_apply,
+    shared_schemas,
+)
+
+__all__ += [
+    "ETCD_VERSION",
+    "KUBERNETES_VERSION",
+    "BuildError",
+    "Etcd",
+    "KubeApiServer",
+    "build_all",
+    "k8s_disabled_reason",
+    "server_side_apply",
+    "shared_schemas",
+]

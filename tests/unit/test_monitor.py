@@ -434,6 +434,26 @@ def test_inference_log_errors_name_the_folder_and_the_join_column(
         _monitor_log(tmp_path, reference, current.drop(columns=["customer_id"]), dataset_spec, champion)
 
 
+def test_inference_log_of_requests_by_feature_values_is_monitored_without_live_performance(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    """Apps that send feature values name no entity: no label can be matched, drift is still measured."""
+    model = tracking.load_sklearn_model(champion["model_uri"], champion["uri"])
+    drifted = windows[2]
+    anonymous = drifted.drop(columns=["customer_id"])
+    _log_requests(
+        tmp_path / "inference_log",
+        anonymous,
+        model.predict_proba(drifted[FEATURES])[:, 1],
+        pd.Timestamp("2026-02-01", tz="UTC"),
+    )
+    result = _monitor_log(tmp_path, windows[1], drifted, dataset_spec, champion)  # the truth has the ids
+    assert result.rows_current == len(drifted)
+    assert result.performance is None
+    assert result.decision == "retrain"
+    assert {f.feature for f in result.features if f.severity == "retrain"} >= {"support_calls", "satisfaction_score"}
+
+
 @pytest.mark.parametrize(("feature", "expected"), [("support_calls", "retrain"), ("marketing_score", "warn")])
 def test_generated_drift_of_equal_size_retrains_only_for_an_important_feature(
     tmp_path: Path, dataset_spec: DatasetSpec, champion: dict[str, str], feature: str, expected: str
