@@ -11,6 +11,7 @@ with a message that names it.
 from __future__ import annotations
 
 import importlib
+import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -25,6 +26,11 @@ class StrictModel(BaseModel):
     """Base for every spec: unknown keys are errors, values are validated on assignment."""
 
     model_config = ConfigDict(extra="forbid", validate_assignment=True, frozen=False)
+
+
+# Where a cluster deployment goes when the config names no namespace: the CronJob sets it to its
+# own namespace (the downward API), so each kustomize overlay deploys into the namespace it names.
+NAMESPACE_ENV = "CTPIPE_NAMESPACE"
 
 
 def import_object(path: str) -> Any:
@@ -324,7 +330,11 @@ class ServingSpec(StrictModel):
     deployment_mode: Literal["Serverless", "Standard"] = Field(
         default="Serverless", description="KServe mode for InferenceServices in the cluster profile."
     )
-    namespace: str = Field(default="ctpipe", description="Kubernetes namespace for InferenceServices.")
+    namespace: str = Field(
+        default_factory=lambda: os.environ.get(NAMESPACE_ENV) or "ctpipe",
+        description="Kubernetes namespace of the InferenceService; default the CTPIPE_NAMESPACE variable (the "
+        "CronJob sets it to its own namespace, the overlay's), else 'ctpipe'.",
+    )
     max_batch_rows: int = Field(
         default=10_000,
         ge=1,

@@ -121,3 +121,23 @@ def test_configuration_reference_is_generated_and_complete():
 
     for key in keys(CtpipeConfig):
         assert f"`{key}`" in generated, key
+
+
+def test_the_serving_namespace_defaults_to_the_cronjobs_own(monkeypatch, tmp_path):
+    """The CronJob sets CTPIPE_NAMESPACE to its namespace (the overlay's); a namespace in the config wins."""
+    from components.specs import NAMESPACE_ENV, ServingSpec
+
+    cronjob = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests/base/cronjob.yaml").read_text())
+    (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]
+    (env,) = [e for e in container["env"] if e["name"] == NAMESPACE_ENV]
+    assert env["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+
+    monkeypatch.delenv(NAMESPACE_ENV, raising=False)
+    assert ServingSpec().namespace == "ctpipe"
+    monkeypatch.setenv(NAMESPACE_ENV, "ctpipe-staging")
+    assert ServingSpec().namespace == "ctpipe-staging"
+    assert ServingSpec(namespace="ml").namespace == "ml"
+    # Through the config, as the CronJob compiles it: the pipelines' serving parameter carries it.
+    assert load_config(Path(__file__).resolve().parents[2] / "manifests/base/ctpipe.yaml").serving.namespace == (
+        "ctpipe-staging"
+    )
