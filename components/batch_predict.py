@@ -35,10 +35,15 @@ mixture of runs. A failed run leaves the marker, and so the previous output, unt
 removes its own prefix; a re-run commits a complete new run in one step, so it is idempotent.
 One writer per output at a time, as for a local folder: a run never deletes a run that started
 after it.
+
+The same job runs from the command line, ``python -m components.batch_predict --help``, or as this
+file under spark-submit: the Spark operator's ``mainApplicationFile`` in the components image
+(:mod:`pipelines.spark_application` renders that ScheduledSparkApplication). See :func:`main`.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import functools
 import json
@@ -49,7 +54,7 @@ import socket
 import sys
 import tempfile
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path, PurePosixPath
@@ -57,10 +62,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, ValidationError
 
 from components.common import spark_s3, storage, tracking
-from components.common.errors import ConfigError, DataError, ModelNotFound, StorageError
+from components.common.errors import ConfigError, CtpipeError, DataError, ModelNotFound, StorageError
 from components.common.io import atomic_path
 from components.common.logs import get_logger
 from components.specs import DatasetSpec
@@ -570,12 +575,15 @@ def _prediction_type(model: Any, spec: DatasetSpec, model_uri: str) -> DataType:
 
 
 @contextlib.contextmanager
-def _session(spark: SparkSession | None, master: str, s3: bool = False) -> Iterator[SparkSession]:
+def _session(spark: SparkSession | None, master: str | None, s3: bool = False) -> Iterator[SparkSession]:
     """Yield a session with the settings scoring needs; stop it afterwards only if created here.
 
     With ``s3`` a new session gets the s3a jars (unless they are on Spark's classpath already, as
     in the image) and the environment's non-secret ``fs.s3a.*`` settings; the keys are set later, on
     the running session only (:func:`components.common.spark_s3.s3a_configured`).
+
+    A ``master`` of None leaves ``spark.master`` to the process: what spark-submit was given (the
+    Spark operator's driver pod), else Spark's own default, ``local[*]``.
     """
     from pyspark.sql import SparkSession
 
@@ -588,11 +596,12 @@ def _session(spark: SparkSession | None, master: str, s3: bool = False) -> Itera
         os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
         builder = (
             SparkSession.builder.appName(APP_NAME)
-            .master(master)
             .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
             .config("spark.ui.enabled", "false")
             .config("spark.ui.showConsoleProgress", "false")
         )
+        if master is not None:
+            builder = builder.master(master)
         for key, value in _SESSION_CONF.items():
             builder = builder.config(key, value)
         # The jars are downloaded once per machine and verified against the pins.
@@ -913,3 +922,211 @@ def _remove_superseded(output_path: str, run: str, previous: str | None) -> None
             continue
         log.info("removing a superseded run", extra={"prefix": storage.redact(storage.join(runs, name))})
         _remove_prefix(storage.join(runs, name))
+
+
+# --- command line: python -m components.batch_predict, or this file run by spark-submit ------------------------
+
+_DATASET_SECTION = "dataset"
+# What --dataset-json looks like, for its help and its errors.
+_DATASET_EXAMPLE = (
+    '{"entity_column": "customer_id", "timestamp_column": "event_timestamp", "label_column": "churned", '
+    '"numeric_features": ["tenure_months"], "categorical_features": ["plan"]}'
+)
+
+
+def _validation_lines(exc: ValidationError, prefix: str) -> str:
+    """One ``key: problem`` per error of a dataset spec, keys prefixed as the user wrote them."""
+    lines = []
+    for err in exc.errors():
+        key = ".".join([prefix, *(str(part) for part in err["loc"])]) if err["loc"] else prefix
+        if err["type"] == "extra_forbidden":
+            lines.append(f"{key}: unknown key (check its spelling)")
+        elif err["type"] == "missing":
+            lines.append(f"{key}: required key is missing")
+        else:
+            found = err.get("input")
+            # A location with credentials is refused; the message must not repeat them.
+            shown = storage.redact(found) if isinstance(found, str) else found
+            said = isinstance(found, dict) or f"found {found!r}" in err["msg"]
+            lines.append(f"{key}: {err['msg']}" + ("" if said else f" (found {shown!r})"))
+    return "; ".join(lines)
+
+
+def dataset_from_config(path: str | os.PathLike[str]) -> DatasetSpec:
+    """The dataset spec of a ctpipe configuration file (its ``dataset`` section).
+
+    Only that section is read and validated: the rest of the file (the infrastructure profile)
+    belongs to the pipelines, which a component does not import.
+
+    Args:
+        path: A ``ctpipe.yaml``, e.g. the ``ctpipe-config`` ConfigMap mounted at ``/etc/ctpipe/ctpipe.yaml``.
+
+    Returns:
+        The validated spec.
+
+    Raises:
+        ConfigError: The file is missing or not YAML, has no ``dataset`` mapping, or the section is invalid.
+    """
+    import yaml
+
+    config_path = Path(path)
+    if not config_path.is_file():
+        raise ConfigError(f"{config_path}: configuration file not found; expected a ctpipe.yaml (--config)")
+    try:
+        raw = yaml.safe_load(config_path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{config_path}: expected a YAML mapping (a ctpipe.yaml), found {type(raw).__name__}")
+    section = raw.get(_DATASET_SECTION)
+    if not isinstance(section, dict):
+        raise ConfigError(
+            f"{config_path}: expected a '{_DATASET_SECTION}' mapping (the dataset spec), found "
+            f"{'no such key' if section is None else type(section).__name__}"
+        )
+    try:
+        return DatasetSpec.model_validate(section)
+    except ValidationError as exc:
+        raise ConfigError(f"{config_path}: invalid dataset spec: {_validation_lines(exc, _DATASET_SECTION)}") from None
+
+
+def dataset_from_json(text: str, input_path: str) -> DatasetSpec:
+    """A dataset spec given as JSON on the command line; ``source`` defaults to ``input_path``.
+
+    Raises:
+        ConfigError: The text is not a JSON object, or the spec is invalid.
+    """
+    try:
+        raw = json.loads(text)
+    except ValueError as exc:
+        raise ConfigError(f"--dataset-json: not JSON ({exc}); expected an object such as {_DATASET_EXAMPLE}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(
+            f"--dataset-json: expected a JSON object such as {_DATASET_EXAMPLE}, found {type(raw).__name__}"
+        )
+    # The spec's source says where training reads; here the input is --input-path, so the key is optional.
+    raw.setdefault("source", input_path)
+    try:
+        return DatasetSpec.model_validate(raw)
+    except ValidationError as exc:
+        raise ConfigError(f"--dataset-json: invalid dataset spec: {_validation_lines(exc, 'dataset')}") from None
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m components.batch_predict",
+        description="Score every row of INPUT_PATH with one registered model version on Spark and write Parquet "
+        "by date to OUTPUT_PATH (a local folder, replaced atomically, or an s3:// prefix, committed with a marker). "
+        "Runs as a module, or as this file under spark-submit (the Spark operator's mainApplicationFile), "
+        "where the Spark master is spark-submit's. Prints the result as one JSON line on stdout; logs go to stderr.",
+    )
+    spec = parser.add_mutually_exclusive_group(required=True)
+    spec.add_argument(
+        "--config",
+        metavar="PATH",
+        help="ctpipe.yaml whose 'dataset' section describes the input (entity, timestamp and feature columns); "
+        "in a pod, the ctpipe-config ConfigMap mounted at /etc/ctpipe/ctpipe.yaml.",
+    )
+    spec.add_argument(
+        "--dataset-json",
+        metavar="JSON",
+        help=f"The dataset spec as a JSON object instead of --config ('source' may be left out), e.g. "
+        f"{_DATASET_EXAMPLE}.",
+    )
+    parser.add_argument(
+        "--input-path",
+        required=True,
+        metavar="PATH",
+        help="CSV or Parquet file, or folder of Parquet files, to score: a path or an s3:// URI.",
+    )
+    parser.add_argument(
+        "--model-uri",
+        required=True,
+        metavar="URI",
+        help="The model: models:/NAME@ALIAS (resolved once to a version), models:/NAME/VERSION, runs:/RUN/model "
+        "or a path.",
+    )
+    parser.add_argument(
+        "--tracking-uri",
+        default=os.environ.get("MLFLOW_TRACKING_URI"),
+        metavar="URI",
+        help="MLflow tracking (and registry) URI (default: $MLFLOW_TRACKING_URI).",
+    )
+    parser.add_argument(
+        "--output-path",
+        required=True,
+        metavar="PATH",
+        help="Folder (replaced atomically) or s3:// prefix (committed with a marker) to write the predictions to.",
+    )
+    parser.add_argument(
+        "--spark-master",
+        default=None,
+        metavar="URL",
+        help="Spark master URL for a new session, e.g. local[4] or spark://host:7077 (default: the master "
+        "spark-submit was given, else Spark's default local[*]).",
+    )
+    parser.add_argument(
+        "--model-version",
+        default=None,
+        metavar="VERSION",
+        help="Registered version to pin; with an @ALIAS model URI it wins over the alias.",
+    )
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run :func:`batch_predict` from the command line.
+
+    Without ``--spark-master`` the session takes the master of the process: spark-submit's, as in
+    the Spark operator's driver pod, or Spark's default ``local[*]`` in a plain ``python`` process.
+    A session already active in the process is reused and left running.
+
+    Args:
+        argv: The arguments (default ``sys.argv[1:]``).
+
+    Returns:
+        0 when the predictions are written, 1 when the job fails with an error the user can act on
+        (the message and a hint go to stderr); argparse exits with 2 on a malformed command line.
+    """
+    parser = _parser()
+    args = parser.parse_args(argv)
+    if not args.tracking_uri:
+        parser.error("--tracking-uri is required (or set MLFLOW_TRACKING_URI); expected the MLflow registry URI")
+    try:
+        if args.config is not None:
+            spec = dataset_from_config(args.config)
+        else:
+            spec = dataset_from_json(args.dataset_json, args.input_path)
+        s3 = any(spark_s3.is_s3(path) for path in (args.input_path, args.output_path))
+        # The entry makes the session itself, so that without --spark-master nothing overrides spark-submit's
+        # master (batch_predict's own session would set its spark_master argument).
+        with _session(None, args.spark_master, s3=s3) as session:
+            log.info("spark session", extra={"master": session.sparkContext.master})
+            result = batch_predict(
+                args.input_path,
+                spec,
+                args.model_uri,
+                args.tracking_uri,
+                args.output_path,
+                model_version=args.model_version,
+                spark=session,
+            )
+    except CtpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    print(result.model_dump_json())
+    return 0
+
+
+if __name__ == "__main__":
+    # spark-submit runs this file as a script (the Spark operator's mainApplicationFile). Python then puts this
+    # file's folder, components/, first on sys.path, where train.py, specs.py, common/, ... would shadow top-level
+    # modules of those names for every later import, and functions of __main__ would reach the executors pickled by
+    # value rather than by reference. So drop that folder and run the installed module's entry instead.
+    _HERE = os.path.dirname(os.path.realpath(__file__))  # Python resolves symlinks for sys.path[0] too
+    sys.path[:] = [entry for entry in sys.path if os.path.realpath(entry or os.curdir) != _HERE]
+    from components.batch_predict import main as _installed_main
+
+    sys.exit(_installed_main())

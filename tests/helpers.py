@@ -1,4 +1,4 @@
-"""Helpers for tests that need a whole ctpipe setup: a private workspace, small data, a free port."""
+"""Helpers for tests that need a whole ctpipe setup: a private workspace, small data, a free port, CRD validators."""
 
 from __future__ import annotations
 
@@ -42,12 +42,18 @@ def small_config(workspace: Path, rows: int = 800) -> CtpipeConfig:
 
 
 KSERVE_CRD = "serving.kserve.io_inferenceservices.yaml"
+# The spark-operator CRD of each kind, in shared/schemas/spark-operator (kubeflow/spark-operator v2.5.2).
+SPARK_CRDS = {
+    "SparkApplication": "sparkoperator.k8s.io_sparkapplications.yaml",
+    "ScheduledSparkApplication": "sparkoperator.k8s.io_scheduledsparkapplications.yaml",
+}
 
 
 @functools.cache
-def _strict_kserve_schema(crd_file: Path) -> dict[str, Any]:
+def _strict_schema(crd_file: Path, version: str) -> dict[str, Any]:
+    """The ``openAPIV3Schema`` of ``version`` in a CRD file, with unknown fields made errors below ``spec``."""
     crd = yaml.load(crd_file.read_text(), Loader=yaml.CSafeLoader)
-    schema: dict[str, Any] = next(v for v in crd["spec"]["versions"] if v["name"] == "v1beta1")["schema"][
+    schema: dict[str, Any] = next(v for v in crd["spec"]["versions"] if v["name"] == version)["schema"][
         "openAPIV3Schema"
     ]
 
@@ -70,6 +76,18 @@ def _strict_kserve_schema(crd_file: Path) -> dict[str, Any]:
     return schema
 
 
+def _schemas_folders(name: str) -> list[Path]:
+    """The folders ``shared/schemas/<name>`` may be, in order.
+
+    ``CTPIPE_KSERVE_SCHEMAS`` names the kserve folder, and the others sit beside it; without it every
+    ancestor of the checkout is tried, because a git worktree may sit deeper than the checkout.
+    """
+    override = os.environ.get("CTPIPE_KSERVE_SCHEMAS")
+    if override:
+        return [Path(override) if name == "kserve" else Path(override).parent / name]
+    return [p / "shared" / "schemas" / name for p in ROOT.parents]
+
+
 def kserve_crd_validator() -> Any:
     """A strict Draft 7 validator for InferenceServices from the KServe CRD in ``shared/schemas/kserve``.
 
@@ -78,12 +96,30 @@ def kserve_crd_validator() -> Any:
     """
     from jsonschema import Draft7Validator
 
-    override = os.environ.get("CTPIPE_KSERVE_SCHEMAS")
-    folders = [Path(override)] if override else [p / "shared" / "schemas" / "kserve" for p in ROOT.parents]
-    crd_file = next((f / KSERVE_CRD for f in folders if (f / KSERVE_CRD).is_file()), None)
+    crd_file = next((f / KSERVE_CRD for f in _schemas_folders("kserve") if (f / KSERVE_CRD).is_file()), None)
     if crd_file is None:
         pytest.skip(f"KServe CRD {KSERVE_CRD} not found in shared/schemas/kserve beside the checkout")
-    return Draft7Validator(_strict_kserve_schema(crd_file))
+    return Draft7Validator(_strict_schema(crd_file, "v1beta1"))
+
+
+def spark_crd_validator(kind: str = "ScheduledSparkApplication") -> Any:
+    """A strict Draft 7 validator for a spark-operator kind (v1beta2) from ``shared/schemas/spark-operator``.
+
+    Found as :func:`kserve_crd_validator` finds its folder (``spark-operator`` beside the ``kserve`` folder
+    that ``CTPIPE_KSERVE_SCHEMAS`` names, if set). Skips the test when the CRD is absent.
+
+    Args:
+        kind: ``ScheduledSparkApplication`` or ``SparkApplication``.
+    """
+    from jsonschema import Draft7Validator
+
+    if kind not in SPARK_CRDS:
+        raise ValueError(f"kind: expected one of {sorted(SPARK_CRDS)}, found {kind!r}")
+    name = SPARK_CRDS[kind]
+    crd_file = next((f / name for f in _schemas_folders("spark-operator") if (f / name).is_file()), None)
+    if crd_file is None:
+        pytest.skip(f"Spark operator CRD {name} not found in shared/schemas/spark-operator beside the checkout")
+    return Draft7Validator(_strict_schema(crd_file, "v1beta2"))
 
 
 def data_docs_sections(page: str) -> dict[str, str]:

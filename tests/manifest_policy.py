@@ -3,6 +3,10 @@
 ``violations(documents)`` returns one line per problem, naming the object and the container:
 literal secret values, images without a pinned tag (or ``latest``), containers without CPU and
 memory requests and limits, and pods that may run as root or keep privileges.
+
+A spark-operator ``SparkApplication`` (or the template of a ``ScheduledSparkApplication``) describes
+its driver and executor pods in Spark's own fields; :func:`spark_pods` reads them as the pods the
+operator makes, so the same checks apply to them.
 """
 
 from __future__ import annotations
@@ -24,9 +28,65 @@ def _name(doc: dict[str, Any]) -> str:
     return f"{doc.get('kind')}/{doc.get('metadata', {}).get('name')}"
 
 
+_SPARK_KINDS = ("SparkApplication", "ScheduledSparkApplication")
+_SPARK_ROLES = ("driver", "executor")
+
+
+def spark_pods(doc: dict[str, Any]) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+    """``(role settings, pod spec)`` of each pod a Spark application asks the operator for: driver, executor.
+
+    The pod spec holds what the operator and spark-submit turn the settings into: the main container
+    (named after the role) with the role's image or the application's, its ``securityContext``, ``env``
+    and ``envVars``; the ``podSecurityContext``; sidecars and init containers. Spark's resource fields
+    are checked apart (:func:`_spark_resource_problems`).
+    """
+    if doc.get("kind") not in _SPARK_KINDS:
+        return
+    spec = doc.get("spec") or {}
+    app = (spec.get("template") or {}) if doc.get("kind") == "ScheduledSparkApplication" else spec
+    for role in _SPARK_ROLES:
+        settings = app.get(role) or {}
+        env = [
+            *(settings.get("env") or []),
+            *({"name": k, "value": v} for k, v in (settings.get("envVars") or {}).items()),
+        ]
+        main = {
+            "name": role,
+            "image": settings.get("image") or app.get("image", ""),
+            "securityContext": settings.get("securityContext"),
+            "env": env,
+        }
+        yield (
+            settings,
+            {
+                "securityContext": settings.get("podSecurityContext"),
+                "containers": [main, *(settings.get("sidecars") or [])],
+                "initContainers": settings.get("initContainers") or [],
+            },
+        )
+
+
+def _spark_resource_problems(settings: dict[str, Any]) -> list[str]:
+    """Spark sizes the pod: CPU request ``coreRequest`` (else ``cores``), limit ``coreLimit``; memory ``memory``.
+
+    Spark makes the memory request and limit both ``memory`` + ``memoryOverhead`` (or ``memoryLimit``),
+    and without ``memory`` picks its own default, so an unset ``memory`` counts as missing.
+    """
+    problems = []
+    if not (settings.get("coreRequest") or settings.get("cores")):
+        problems.append("no cpu request (coreRequest or cores)")
+    if not settings.get("coreLimit"):
+        problems.append("no cpu limit (coreLimit)")
+    if not settings.get("memory"):
+        problems.append("no memory (memory sets the pod's memory request and limit)")
+    return problems
+
+
 def pod_specs(doc: dict[str, Any]) -> Iterator[dict[str, Any]]:
     """The pod specs inside a manifest (Pod, workload templates, CronJob, InferenceService components)."""
     kind, spec = doc.get("kind"), doc.get("spec") or {}
+    if kind in _SPARK_KINDS:
+        return  # their pods are in Spark's fields: spark_pods
     if kind == "Pod":
         yield spec
     elif kind == "CronJob":
@@ -61,13 +121,13 @@ def _image_problem(image: str) -> str | None:
     return None
 
 
-def _container_problems(container: dict[str, Any], pod: dict[str, Any]) -> list[str]:
+def _container_problems(container: dict[str, Any], pod: dict[str, Any], resources_checked: bool = True) -> list[str]:
     problems = []
     image_problem = _image_problem(str(container.get("image", "")))
     if image_problem:
         problems.append(image_problem)
     resources = container.get("resources") or {}
-    for section in ("requests", "limits"):
+    for section in ("requests", "limits") if resources_checked else ():
         missing = [r for r in ("cpu", "memory") if r not in (resources.get(section) or {})]
         if missing:
             problems.append(f"no {section} for {', '.join(missing)}")
@@ -109,4 +169,14 @@ def violations(documents: list[dict[str, Any]]) -> list[str]:
             for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
                 for problem in _container_problems(container, pod):
                     found.append(f"{name}: container {container.get('name')}: {problem}")
+        for settings, pod in spark_pods(doc):
+            main, *others = pod["containers"]
+            for problem in [
+                *_spark_resource_problems(settings),
+                *_container_problems(main, pod, resources_checked=False),
+            ]:
+                found.append(f"{name}: container {main['name']}: {problem}")
+            for container in [*pod["initContainers"], *others]:
+                for problem in _container_problems(container, pod):
+                    found.append(f"{name}: container {main['name']}/{container.get('name')}: {problem}")
     return found

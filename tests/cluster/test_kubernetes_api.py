@@ -1,7 +1,8 @@
 """ctpipe's manifests and InferenceServices on a real ``kube-apiserver`` (etcd under it), with the CRDs installed.
 
 What an offline schema check cannot show, a real API server does: that every object of the overlays is
-admitted (RBAC, NetworkPolicy, CronJob, ConfigMap, ...) into existing namespaces, that an
+admitted (RBAC, NetworkPolicy, CronJob, ConfigMap, the batch scoring ScheduledSparkApplication, ...) into
+existing namespaces, that the Spark job is checked by its CRD (unknown fields and wrong types refused), that an
 InferenceService rendered by :func:`components.common.kserve.manifests.render_inference_service` keeps
 every field it sends (the CRD's structural schema prunes what it does not know), that status is written
 only through the status subresource (no controller runs here, so the test writes it the way KServe's
@@ -214,6 +215,7 @@ def test_every_object_of_the_overlay_is_accepted(
         "NetworkPolicy",
         "Role",
         "RoleBinding",
+        "ScheduledSparkApplication",
         "ServiceAccount",
     } <= kinds
     # Applying the same objects again changes nothing: the server writes no new resourceVersion.
@@ -224,13 +226,15 @@ def test_every_object_of_the_overlay_is_accepted(
     namespace = f"ctpipe-{overlay}"
     authz = client.AuthorizationV1Api(server.api_client())
 
-    def allowed(verb: str, resource_namespace: str, resource: str = "inferenceservices") -> bool:
+    def allowed(
+        verb: str, resource_namespace: str, resource: str = "inferenceservices", account: str = "ctpipe-pipeline-runner"
+    ) -> bool:
         review = authz.create_subject_access_review(
             {
                 "apiVersion": "authorization.k8s.io/v1",
                 "kind": "SubjectAccessReview",
                 "spec": {
-                    "user": f"system:serviceaccount:{namespace}:ctpipe-pipeline-runner",
+                    "user": f"system:serviceaccount:{namespace}:{account}",
                     "groups": ["system:serviceaccounts", f"system:serviceaccounts:{namespace}"],
                     "resourceAttributes": {
                         "group": GROUP if resource == "inferenceservices" else "",
@@ -248,6 +252,16 @@ def test_every_object_of_the_overlay_is_accepted(
     assert not allowed("delete", namespace)
     assert not allowed("patch", "default")
     assert not allowed("list", namespace, resource="secrets")
+
+    # The Spark driver manages its executors' pods, services, configmaps and volume claims in its namespace only;
+    # the executors' account may do nothing.
+    for resource in ("pods", "services", "configmaps", "persistentvolumeclaims"):
+        for verb in ("create", "get", "list", "watch", "delete"):
+            assert allowed(verb, namespace, resource, account="ctpipe-spark"), (verb, resource)
+        assert not allowed("create", "default", resource, account="ctpipe-spark"), resource
+        assert not allowed("create", namespace, resource, account="ctpipe-spark-executor"), resource
+    assert not allowed("get", namespace, resource="secrets", account="ctpipe-spark")
+    assert not allowed("patch", namespace, account="ctpipe-spark")
 
 
 @pytest.mark.parametrize("mode", ["Serverless", "Standard"])
@@ -391,3 +405,35 @@ def test_the_server_enforces_what_a_schema_check_does_not(custom: Any, server: K
     forced = server_side_apply(server.api_client(), apply, "canary-bot", force=True)
     assert forced["spec"]["predictor"]["canaryTrafficPercent"] == 5
     assert not owns(managers(forced)[(CTPIPE, "")], "f:spec", "f:predictor", "f:canaryTrafficPercent")
+
+
+def test_the_spark_application_is_checked_by_its_crd(custom: Any, server: KubeApiServer) -> None:
+    from pipelines.config import load_config
+    from pipelines.spark_application import render_scheduled_spark_application
+
+    group, version, plural = "sparkoperator.k8s.io", "v1beta2", "scheduledsparkapplications"
+    app = render_scheduled_spark_application(load_config(REPO_ROOT / "manifests" / "base" / "ctpipe.yaml"))
+    app["metadata"]["namespace"] = ISVC_NAMESPACE
+    stored = server_side_apply(server.api_client(), app, CTPIPE, dry_run=True)
+    assert contains(stored["spec"], app["spec"]), "the server dropped or changed a field of the rendering"
+
+    # The CRD's schema is enforced, not preserved blindly: a misspelt field and a wrong type are refused.
+    misspelt = copy.deepcopy(app)
+    misspelt["spec"]["template"]["driver"]["coreLimt"] = "1"
+    error = api_error(
+        custom.create_namespaced_custom_object,
+        group,
+        version,
+        ISVC_NAMESPACE,
+        plural,
+        misspelt,
+        field_validation="Strict",
+        dry_run="All",
+    )
+    assert error.status in (400, 422) and "coreLimt" in error.body, error.body
+    wrong = copy.deepcopy(app)
+    wrong["spec"]["template"]["executor"]["instances"] = "two"
+    error = api_error(
+        custom.create_namespaced_custom_object, group, version, ISVC_NAMESPACE, plural, wrong, dry_run="All"
+    )
+    assert error.status == 422 and "instances" in error.body, error.body

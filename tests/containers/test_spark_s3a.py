@@ -1,7 +1,9 @@
 """A Spark standalone cluster from the components image scores ``s3://`` to ``s3://`` through the s3a connector.
 
 The master, the worker and the driver are each a container of the components image, on the host's
-network and bound to 127.0.0.1; the S3 store is SeaweedFS on 127.0.0.1. Only the driver has the
+network and bound to 127.0.0.1; the S3 store is SeaweedFS on 127.0.0.1. The driver starts as the
+Spark operator starts a driver pod: the image's entry point with ``driver --properties-file ...``
+and the ScheduledSparkApplication's ``mainApplicationFile`` (``python -m components.batch_predict``). Only the driver has the
 store's keys (in its environment, as a pod gets them from a Secret): the executor on the worker
 gets them through the job's Hadoop configuration, and the s3a jars are on every container's
 classpath because the image has them in pyspark's ``jars/``.
@@ -23,31 +25,13 @@ import pytest
 from components.batch_predict import predictions_path
 from components.common import storage
 from components.specs import DatasetSpec
+from pipelines.spark_application import MAIN_APPLICATION_FILE
 from tests.data import ENTITY, TIMESTAMP
 from tests.helpers import free_port
 from tests.servers import DockerDaemon
 from tests.unit.test_batch_predict import FEATURES, _fit, _register
 
 pytestmark = [pytest.mark.containers, pytest.mark.server]
-
-DRIVER = """
-import json
-import sys
-
-from components.batch_predict import batch_predict
-from components.specs import DatasetSpec
-
-args = json.loads(open(sys.argv[1]).read())
-result = batch_predict(
-    args["input"],
-    DatasetSpec.model_validate(args["spec"]),
-    "models:/churn@champion",
-    args["tracking_uri"],
-    args["output"],
-    spark_master=args["master"],
-)
-print("RESULT " + result.model_dump_json())
-"""
 
 
 def _wait_for_workers(docker: DockerDaemon, master: str, webui_port: int, timeout: float = 120) -> None:
@@ -88,18 +72,8 @@ def test_spark_cluster_in_the_image_scores_s3_to_s3(
 
     master_port, master_ui = free_port(), free_port()
     master_url = f"spark://127.0.0.1:{master_port}"
-    (shared / "driver.py").write_text(DRIVER)
-    (shared / "args.json").write_text(
-        json.dumps(
-            {
-                "input": source,
-                "output": output,
-                "spec": dataset_spec.model_dump(mode="json"),
-                "tracking_uri": tracking_uri,
-                "master": master_url,
-            }
-        )
-    )
+    # What spark-submit mounts in a driver pod: the properties naming the master (here the standalone one).
+    (shared / "spark.properties").write_text(f"spark.master={master_url}\nspark.driver.host=127.0.0.1\n")
     for path in [shared, *shared.rglob("*")]:
         path.chmod(0o777 if path.is_dir() else 0o666)
 
@@ -134,23 +108,26 @@ def test_spark_cluster_in_the_image_scores_s3_to_s3(
         # The driver alone gets the store's endpoint and keys; `--env NAME` passes the value from the docker
         # CLI's environment, so it is on no command line.
         keys = [arg for name in s3_env.env() for arg in ("--env", name)]
+        # The driver as the Spark operator starts it: the image's entry point with "driver", the properties
+        # file and the ScheduledSparkApplication's mainApplicationFile (python -m components.batch_predict).
         run = docker.docker(
             "run",
             "--network",
             "host",
             "--name",
             driver,
-            *("--env", "SPARK_LOCAL_IP=127.0.0.1", *keys),
+            *("--env", "SPARK_LOCAL_IP=127.0.0.1", "--env", "SPARK_DRIVER_BIND_ADDRESS=127.0.0.1", *keys),
             *("--volume", f"{shared}:{shared}"),
             image,
-            "python",
-            str(shared / "driver.py"),
-            str(shared / "args.json"),
+            *("driver", "--properties-file", str(shared / "spark.properties")),
+            *("--class", "org.apache.spark.deploy.PythonRunner", MAIN_APPLICATION_FILE),
+            *("--dataset-json", dataset_spec.model_dump_json(), "--input-path", source, "--output-path", output),
+            *("--model-uri", "models:/churn@champion", "--tracking-uri", tracking_uri),
             timeout=600,
         )
-        lines = [line for line in run.stdout.splitlines() if line.startswith("RESULT ")]
+        lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
         assert lines, run.stdout[-3000:] + run.stderr[-3000:]
-        result = json.loads(lines[-1].removeprefix("RESULT "))
+        result = json.loads(lines[-1])
 
         # The executor ran on the worker's container, which never had the keys.
         worker_logs = docker.docker("logs", worker).stderr

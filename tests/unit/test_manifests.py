@@ -1,4 +1,4 @@
-"""manifests/: every overlay renders with kubectl kustomize, validates against the KServe CRD and passes the policy."""
+"""manifests/: every overlay renders with kubectl kustomize, validates against the CRDs and passes the policy."""
 
 from __future__ import annotations
 
@@ -12,7 +12,7 @@ import yaml
 
 from pipelines.config import load_config, parse_config
 from pipelines.images import image_tags
-from tests.helpers import kserve_crd_validator
+from tests.helpers import kserve_crd_validator, spark_crd_validator
 from tests.manifest_policy import violations
 from tests.servers import ensure_debian_package
 
@@ -53,6 +53,7 @@ def test_overlays_exist_and_render_everything(rendered: dict[str, list[dict[str,
             "NetworkPolicy",
             "Role",
             "RoleBinding",
+            "ScheduledSparkApplication",
             "ServiceAccount",
         ], overlay
         namespaces = {d["metadata"].get("namespace") for d in docs}
@@ -111,6 +112,8 @@ def test_images_in_manifests_are_the_ones_make_images_builds(rendered: dict[str,
         container = cron["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"][0]
         assert container["image"] == tags["components"]
         assert container["command"][:3] == ["ctpipe", "submit", "continuous_training"]
+        spark = by_kind(docs, "ScheduledSparkApplication")[0]
+        assert spark["spec"]["template"]["image"] == tags["components"]
 
 
 def test_mounted_config_is_a_valid_cluster_config(rendered: dict[str, list[dict[str, Any]]]) -> None:
@@ -135,3 +138,33 @@ def test_inference_services_validate_against_the_kserve_crd(rendered: dict[str, 
         broken = by_kind(docs, "InferenceService")[0]
         broken["spec"]["predictor"]["canaryTraficPercent"] = 10
         assert any("canaryTraficPercent" in e.message for e in validator.iter_errors(broken))
+
+
+def test_spark_applications_validate_and_run_as_their_accounts(rendered: dict[str, list[dict[str, Any]]]) -> None:
+    validator = spark_crd_validator("ScheduledSparkApplication")
+    for overlay, docs in rendered.items():
+        (app,) = by_kind(docs, "ScheduledSparkApplication")
+        errors = [f"{list(e.path)}: {e.message}" for e in validator.iter_errors(app)]
+        assert not errors, f"{overlay}: " + "\n".join(errors)
+        template = app["spec"]["template"]
+        # The ConfigMap the driver mounts is the overlay's, at the path its --config names.
+        (config_map,) = by_kind(docs, "ConfigMap")
+        volumes = {v["name"]: v for v in template["volumes"]}
+        assert volumes["config"]["configMap"]["name"] == config_map["metadata"]["name"]
+        mount = next(m for m in template["driver"]["volumeMounts"] if m["name"] == "config")
+        config_arg = template["arguments"][template["arguments"].index("--config") + 1]
+        assert config_arg == f"{mount['mountPath']}/ctpipe.yaml" and "ctpipe.yaml" in config_map["data"]
+        # The driver's account may manage its executors' pods; the executors' has no Role and no token.
+        accounts = {a["metadata"]["name"]: a for a in by_kind(docs, "ServiceAccount")}
+        bindings = {b["subjects"][0]["name"]: b for b in by_kind(docs, "RoleBinding")}
+        roles = {r["metadata"]["name"]: r for r in by_kind(docs, "Role")}
+        driver, executor = template["driver"]["serviceAccount"], template["executor"]["serviceAccount"]
+        assert driver in accounts and executor in accounts
+        assert roles[bindings[driver]["roleRef"]["name"]]["rules"] == [
+            {
+                "apiGroups": [""],
+                "resources": ["pods", "services", "configmaps", "persistentvolumeclaims"],
+                "verbs": ["create", "get", "list", "watch", "delete"],
+            }
+        ]
+        assert executor not in bindings and accounts[executor]["automountServiceAccountToken"] is False
