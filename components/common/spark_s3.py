@@ -175,10 +175,14 @@ def jars_cache() -> Path:
 
 
 def pyspark_jars_dir() -> Path:
-    """Pyspark's own ``jars/`` folder (Spark's classpath for every process started from this pyspark)."""
-    import pyspark
+    """Spark's ``jars/`` folder (the classpath of every Spark process started from this installation).
 
-    return Path(pyspark.__file__).resolve().parent / "jars"
+    Spark's home, not ``pyspark.__file__``: under spark-submit (a driver pod of the Spark operator)
+    ``pyspark`` is imported from ``$SPARK_HOME/python/lib/pyspark.zip``, which has no jars beside it.
+    """
+    from pyspark.find_spark_home import _find_spark_home
+
+    return Path(_find_spark_home()).resolve() / "jars"
 
 
 def pyspark_hadoop_version() -> str | None:

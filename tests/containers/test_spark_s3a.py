@@ -3,8 +3,8 @@
 The master, the worker and the driver are each a container of the components image, on the host's
 network and bound to 127.0.0.1; the S3 store is SeaweedFS on 127.0.0.1. The driver starts as the
 Spark operator starts a driver pod: the image's entry point with ``driver --properties-file ...``
-and the ScheduledSparkApplication's ``mainApplicationFile`` (``python -m components.batch_predict``). Only the driver has the
-store's keys (in its environment, as a pod gets them from a Secret): the executor on the worker
+and the ScheduledSparkApplication's ``mainApplicationFile`` (``python -m components.batch_predict``).
+Only the driver has the store's keys (in its environment, as a pod gets them from a Secret): the executor on the worker
 gets them through the job's Hadoop configuration, and the s3a jars are on every container's
 classpath because the image has them in pyspark's ``jars/``.
 """
@@ -124,7 +124,9 @@ def test_spark_cluster_in_the_image_scores_s3_to_s3(
             *("--dataset-json", dataset_spec.model_dump_json(), "--input-path", source, "--output-path", output),
             *("--model-uri", "models:/churn@champion", "--tracking-uri", tracking_uri),
             timeout=600,
+            check=False,
         )
+        assert run.returncode == 0, f"driver failed ({run.returncode}):\n{run.stdout[-3000:]}\n{run.stderr[-6000:]}"
         lines = [line for line in run.stdout.splitlines() if line.startswith("{")]
         assert lines, run.stdout[-3000:] + run.stderr[-3000:]
         result = json.loads(lines[-1])
