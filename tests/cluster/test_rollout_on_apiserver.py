@@ -299,8 +299,8 @@ def test_deploy_patches_the_object_in_the_configured_namespace_and_never_creates
     from tests.servers import MlflowServer
 
     name = "churn-deploy"
-    namespace = _namespace(kube_apiserver, "ctpipe-staging")
-    other = _namespace(kube_apiserver, "ctpipe-other")
+    namespace = _namespace(kube_apiserver, "rollout-deploy")
+    other = _namespace(kube_apiserver, "rollout-deploy-other")
     model_registry.create(name, ["a", "b"], {"champion": 1, "challenger": 2})
     serving = ServingSpec(model_name=name, namespace=namespace, canary_percent=10)
     _platform_team_creates(custom, serving, model_registry.tracking_uri)
