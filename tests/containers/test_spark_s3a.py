@@ -101,7 +101,8 @@ def test_spark_cluster_in_the_image_scores_s3_to_s3(
             "spark-class",
             "org.apache.spark.deploy.worker.Worker",
             *("--host", "127.0.0.1", "--port", str(free_port()), "--webui-port", str(free_port())),
-            *("--cores", "2", "--memory", "1g", "--work-dir", "/home/ctpipe/spark-work", master_url),
+            # A work folder relative to the image's WORKDIR (the non-root user's home, writable by it).
+            *("--cores", "2", "--memory", "1g", "--work-dir", "spark-work", master_url),
         )
         _wait_for_workers(docker, master, master_ui)
 
