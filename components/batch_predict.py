@@ -68,6 +68,7 @@ from components.common import spark_s3, storage, tracking
 from components.common.errors import ConfigError, CtpipeError, DataError, ModelNotFound, StorageError
 from components.common.io import atomic_path
 from components.common.logs import get_logger
+from components.common.validation import validation_problems
 from components.specs import DatasetSpec
 
 if TYPE_CHECKING:
@@ -935,21 +936,7 @@ _DATASET_EXAMPLE = (
 
 
 def _validation_lines(exc: ValidationError, prefix: str) -> str:
-    """One ``key: problem`` per error of a dataset spec, keys prefixed as the user wrote them."""
-    lines = []
-    for err in exc.errors():
-        key = ".".join([prefix, *(str(part) for part in err["loc"])]) if err["loc"] else prefix
-        if err["type"] == "extra_forbidden":
-            lines.append(f"{key}: unknown key (check its spelling)")
-        elif err["type"] == "missing":
-            lines.append(f"{key}: required key is missing")
-        else:
-            found = err.get("input")
-            # A location with credentials is refused; the message must not repeat them.
-            shown = storage.redact(found) if isinstance(found, str) else found
-            said = isinstance(found, dict) or f"found {found!r}" in err["msg"]
-            lines.append(f"{key}: {err['msg']}" + ("" if said else f" (found {shown!r})"))
-    return "; ".join(lines)
+    return "; ".join(validation_problems(exc, prefix))
 
 
 def dataset_from_config(path: str | os.PathLike[str]) -> DatasetSpec:

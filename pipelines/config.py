@@ -22,6 +22,7 @@ from pydantic import Field, ValidationError, ValidationInfo, field_validator, mo
 
 from components.common import storage
 from components.common.errors import ConfigError
+from components.common.validation import validation_problems
 from components.specs import (
     DatasetSpec,
     EvaluationSpec,
@@ -295,21 +296,7 @@ class CtpipeConfig(StrictModel):
 
 
 def _format_validation_error(path: Path, exc: ValidationError) -> str:
-    lines = [f"{path}: invalid configuration"]
-    for err in exc.errors():
-        key = ".".join(str(p) for p in err["loc"]) or "<root>"
-        if err["type"] == "extra_forbidden":
-            lines.append(f"  {key}: unknown key (check its spelling)")
-        elif err["type"] == "missing":
-            lines.append(f"  {key}: required key is missing")
-        else:
-            found = err.get("input")
-            said = isinstance(found, dict) or f"found {found!r}" in err["msg"]  # the message names it already
-            # A location with credentials is refused; the message must not repeat them.
-            shown = storage.redact(found) if isinstance(found, str) else found
-            found_text = "" if said else f" (found {shown!r})"
-            lines.append(f"  {key}: {err['msg']}{found_text}")
-    return "\n".join(lines)
+    return "\n".join([f"{path}: invalid configuration", *(f"  {line}" for line in validation_problems(exc))])
 
 
 def _resolve_paths(config: CtpipeConfig, base: Path) -> CtpipeConfig:
