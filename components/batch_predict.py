@@ -68,7 +68,7 @@ from components.common import spark_s3, storage, tracking
 from components.common.errors import ConfigError, CtpipeError, DataError, ModelNotFound, StorageError
 from components.common.io import atomic_path
 from components.common.logs import get_logger
-from components.common.validation import validation_problems
+from components.common.validation import read_config_mapping, validation_problems
 from components.specs import DatasetSpec
 
 if TYPE_CHECKING:
@@ -954,17 +954,8 @@ def dataset_from_config(path: str | os.PathLike[str]) -> DatasetSpec:
     Raises:
         ConfigError: The file is missing or not YAML, has no ``dataset`` mapping, or the section is invalid.
     """
-    import yaml
-
     config_path = Path(path)
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: configuration file not found; expected a ctpipe.yaml (--config)")
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}: expected a YAML mapping (a ctpipe.yaml), found {type(raw).__name__}")
+    raw = read_config_mapping(config_path, hint="Pass --config with a ctpipe.yaml (in a pod, the mounted ConfigMap).")
     section = raw.get(_DATASET_SECTION)
     if not isinstance(section, dict):
         raise ConfigError(

@@ -17,12 +17,11 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any, Literal
 
-import yaml
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components.common import storage
 from components.common.errors import ConfigError
-from components.common.validation import validation_problems
+from components.common.validation import read_config_mapping, validation_problems
 from components.specs import (
     DatasetSpec,
     EvaluationSpec,
@@ -340,14 +339,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> CtpipeConfig:
         ConfigError: The file is missing, is not YAML, or has a wrong key, type or value.
     """
     config_path = Path(path or DEFAULT_CONFIG)
-    if not config_path.is_file():
-        raise ConfigError(f"{config_path}: configuration file not found", hint="Pass --config PATH.")
-    try:
-        raw = yaml.safe_load(config_path.read_text())
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"{config_path}: not valid YAML: {exc}") from None
-    if not isinstance(raw, dict):
-        raise ConfigError(f"{config_path}: expected a mapping at the top level, found {type(raw).__name__}")
+    raw = read_config_mapping(config_path, hint="Pass --config PATH.")
     return parse_config(raw, config_path.parent, str(config_path))
 
 

@@ -139,3 +139,15 @@ def data_docs_sections(page: str) -> dict[str, str]:
             title = "Table-Level Expectations"
         sections[title] = body
     return sections
+
+
+def kserve_container(isvc: dict[str, Any], canary: bool = False) -> dict[str, Any]:
+    """ctpipe's ``kserve-container`` of an InferenceService's predictor (or of its ``spec.canary`` entry)."""
+    predictor = isvc["spec"]["canary"][0]["predictor"] if canary else isvc["spec"]["predictor"]
+    (container,) = [c for c in predictor["containers"] if c["name"] == "kserve-container"]
+    return dict(container)
+
+
+def followed_alias(container: dict[str, Any]) -> str:
+    """The registry alias a predictor container follows (its ``--alias`` argument)."""
+    return str(container["args"][container["args"].index("--alias") + 1])

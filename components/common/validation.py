@@ -1,10 +1,33 @@
-"""Pydantic validation errors as one line per wrong key, for configuration files and command lines."""
+"""Reading ctpipe configuration files, and pydantic validation errors as one line per wrong key."""
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import Any
+
 from pydantic import ValidationError
 
+from components.common.errors import ConfigError
 from components.common.storage import redact
+
+
+def read_config_mapping(path: Path, hint: str = "") -> dict[str, Any]:
+    """The top-level mapping of a YAML configuration file (a ``ctpipe.yaml``).
+
+    Raises:
+        ConfigError: The file is missing (with ``hint``), is not YAML, or is not a mapping.
+    """
+    import yaml
+
+    if not path.is_file():
+        raise ConfigError(f"{path}: configuration file not found", hint=hint)
+    try:
+        raw = yaml.safe_load(path.read_text())
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"{path}: not valid YAML: {exc}") from None
+    if not isinstance(raw, dict):
+        raise ConfigError(f"{path}: expected a mapping at the top level (a ctpipe.yaml), found {type(raw).__name__}")
+    return raw
 
 
 def validation_problems(exc: ValidationError, prefix: str = "") -> list[str]:

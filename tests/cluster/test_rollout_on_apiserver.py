@@ -23,6 +23,7 @@ from components.common.kserve.rollout import OWNED_ANNOTATION
 from components.common.kserve.traffic import ClusterTarget, render_for_state, sync_inference_service, traffic_state
 from components.common.registry import BLESSED_TAG
 from components.specs import ServingSpec
+from tests.helpers import followed_alias, kserve_container
 from tests.servers.kubernetes import KubeApiServer
 from tests.serving_helpers import Registry, build_registry
 
@@ -80,16 +81,6 @@ def _read(custom: Any, namespace: str, name: str) -> dict[str, Any]:
     return dict(custom.get_namespaced_custom_object(GROUP, VERSION, namespace, PLURAL, name))
 
 
-def _container(isvc: dict[str, Any], canary: bool = False) -> dict[str, Any]:
-    predictor = isvc["spec"]["canary"][0]["predictor"] if canary else isvc["spec"]["predictor"]
-    (container,) = [c for c in predictor["containers"] if c["name"] == "kserve-container"]
-    return dict(container)
-
-
-def _alias(container: dict[str, Any]) -> str:
-    return str(container["args"][container["args"].index("--alias") + 1])
-
-
 def _platform_team_creates(custom: Any, serving: ServingSpec, tracking_uri: str) -> None:
     """The overlay's object, created by another field manager before ctpipe ever writes it."""
     state = traffic_state(serving, {"champion": "1"})
@@ -125,7 +116,7 @@ def _assert_foreign_fields_kept(isvc: dict[str, Any], canary: bool = False) -> N
     predictor = isvc["spec"]["canary"][0]["predictor"] if canary else isvc["spec"]["predictor"]
     assert predictor["serviceAccountName"] == "ctpipe-serving"
     assert predictor["minReplicas"] == 2
-    container = _container(isvc, canary)
+    container = kserve_container(isvc, canary)
     assert FOREIGN_ENV in container["env"]
     assert FOREIGN_ENV_FROM in container["envFrom"]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
@@ -155,11 +146,11 @@ def test_rollout_moves_traffic_and_keeps_foreign_fields(
     _assert_foreign_fields_kept(canary)
     if mode == "Serverless":
         assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 20
-        assert _alias(_container(canary)) == "challenger"
+        assert followed_alias(kserve_container(canary)) == "challenger"
     else:
         assert canary["spec"]["canary"][0]["trafficPercent"] == 20
-        assert _alias(_container(canary)) == "champion"
-        assert _alias(_container(canary, canary=True)) == "challenger"
+        assert followed_alias(kserve_container(canary)) == "champion"
+        assert followed_alias(kserve_container(canary, canary=True)) == "challenger"
         _assert_foreign_fields_kept(canary, canary=True)
     assert canary["status"]["url"] == f"http://{name}.{namespace}.example.com", "the controller's status is kept"
 
@@ -175,9 +166,9 @@ def test_rollout_moves_traffic_and_keeps_foreign_fields(
     sync_inference_service(serving, tracking_uri, target, seam)
     promoted = _read(custom, namespace, name)
     assert "canaryTrafficPercent" not in promoted["spec"]["predictor"] and "canary" not in promoted["spec"]
-    assert _alias(_container(promoted)) == "champion"
+    assert followed_alias(kserve_container(promoted)) == "champion"
     _assert_foreign_fields_kept(promoted)
-    assert INJECTED_ENV in _container(promoted)["env"]
+    assert INJECTED_ENV in kserve_container(promoted)["env"]
     _controller_reports(
         custom, namespace, name, [{"revisionName": f"{name}-3", "percent": 100, "latestRevision": True}]
     )
@@ -189,7 +180,7 @@ def test_rollout_moves_traffic_and_keeps_foreign_fields(
     rolled_back = _read(custom, namespace, name)
     assert rolled_back["spec"] == before["spec"]
     assert rolled_back["metadata"]["annotations"]["ctpipe.io/model-version"] == "1"
-    assert INJECTED_ENV in _container(rolled_back)["env"]
+    assert INJECTED_ENV in kserve_container(rolled_back)["env"]
     assert int(rolled_back["metadata"]["resourceVersion"]) > int(before["metadata"]["resourceVersion"])
 
     # A canary closed by canary analysis: the challenger alias goes, and so does its traffic.
@@ -207,7 +198,7 @@ def test_rollout_moves_traffic_and_keeps_foreign_fields(
     # which ctpipe's writes took over: its entry may be gone, but its env var is still there.
     managers = {entry["manager"] for entry in closed["metadata"]["managedFields"]}
     assert {"ctpipe", "platform-team", "kserve-controller"} <= managers
-    assert INJECTED_ENV in _container(closed)["env"]
+    assert INJECTED_ENV in kserve_container(closed)["env"]
     assert len([c for c in seam.calls if c.verb == "apply"]) == 5
 
 

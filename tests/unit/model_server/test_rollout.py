@@ -18,7 +18,7 @@ from components.common.errors import DeployError
 from components.common.kserve import rollout
 from components.common.kserve.traffic import ClusterTarget, render_for_state, traffic_state
 from components.specs import ServingSpec
-from tests.helpers import kserve_crd_validator
+from tests.helpers import followed_alias, kserve_container, kserve_crd_validator
 
 TRACKING = "http://mlflow.ctpipe-system.svc:5000"
 TARGET = ClusterTarget(image="registry.example/ctpipe/serving:1.0")
@@ -51,23 +51,13 @@ def _platform_team_edits(isvc: dict[str, Any]) -> dict[str, Any]:
     return edited
 
 
-def _container(isvc: dict[str, Any], canary: bool = False) -> dict[str, Any]:
-    predictor = isvc["spec"]["canary"][0]["predictor"] if canary else isvc["spec"]["predictor"]
-    (container,) = [c for c in predictor["containers"] if c["name"] == "kserve-container"]
-    return dict(container)
-
-
-def _alias(container: dict[str, Any]) -> str:
-    return str(container["args"][container["args"].index("--alias") + 1])
-
-
 def _assert_foreign_fields_kept(isvc: dict[str, Any], canary: bool = False) -> None:
     assert isvc["metadata"]["annotations"]["team.example/owner"] == "ml-platform"
     assert isvc["metadata"]["resourceVersion"] == "42", "the write carries the version it read (precondition)"
     predictor = isvc["spec"]["canary"][0]["predictor"] if canary else isvc["spec"]["predictor"]
     assert predictor["serviceAccountName"] == "ctpipe-predictor"
     assert predictor["minReplicas"] == 2
-    container = _container(isvc, canary)
+    container = kserve_container(isvc, canary)
     assert FOREIGN_ENV in container["env"]
     assert FOREIGN_ENV_FROM in container["envFrom"]
     assert container["resources"]["requests"] == {"cpu": "2", "memory": "4Gi"}
@@ -80,13 +70,13 @@ def test_deploy_promote_rollback_and_canary_close_write_exactly_this(mode: str) 
 
     # First deployment: no champion yet, so the one target follows the challenger.
     first = _write(None, serving, {"challenger": "1"})
-    assert _alias(_container(first)) == "challenger"
+    assert followed_alias(kserve_container(first)) == "challenger"
     assert "canary" not in first["spec"] and "canaryTrafficPercent" not in first["spec"]["predictor"]
     current = _platform_team_edits(first)
 
     # Promote v1: one target following the champion.
     promoted = _write(current, serving, {"champion": "1"})
-    assert _alias(_container(promoted)) == "champion"
+    assert followed_alias(kserve_container(promoted)) == "champion"
     _assert_foreign_fields_kept(promoted)
 
     # Deploy v2 as a canary: 20% to the challenger target.
@@ -94,21 +84,21 @@ def test_deploy_promote_rollback_and_canary_close_write_exactly_this(mode: str) 
     _assert_foreign_fields_kept(canary)
     if mode == "Serverless":  # a new revision following the challenger gets 20%; the last one keeps 80%
         assert canary["spec"]["predictor"]["canaryTrafficPercent"] == 20
-        assert _alias(_container(canary)) == "challenger"
+        assert followed_alias(kserve_container(canary)) == "challenger"
         assert "canary" not in canary["spec"]
     else:  # spec.predictor keeps following the champion; spec.canary follows the challenger with 20%
         assert "canaryTrafficPercent" not in canary["spec"]["predictor"]
-        assert _alias(_container(canary)) == "champion"
+        assert followed_alias(kserve_container(canary)) == "champion"
         (entry,) = canary["spec"]["canary"]
         assert entry["trafficPercent"] == 20
-        assert _alias(_container(canary, canary=True)) == "challenger"
+        assert followed_alias(kserve_container(canary, canary=True)) == "challenger"
         _assert_foreign_fields_kept(canary, canary=True)  # the canary pods run like the stable ones
     assert canary["metadata"]["annotations"]["ctpipe.io/model-version"] == "2"
 
     # Promote v2: all traffic to the champion target, the canary gone.
     promoted2 = _write(canary, serving, {"champion": "2"})
     assert "canary" not in promoted2["spec"] and "canaryTrafficPercent" not in promoted2["spec"]["predictor"]
-    assert _alias(_container(promoted2)) == "champion"
+    assert followed_alias(kserve_container(promoted2)) == "champion"
     _assert_foreign_fields_kept(promoted2)
 
     # Rollback to v1: the champion alias moved back, and one write gives the champion target all traffic.
@@ -139,7 +129,7 @@ def test_a_variable_ctpipe_no_longer_renders_is_removed_but_a_foreign_one_stays(
     current["metadata"]["annotations"][rollout.OWNED_ANNOTATION] = json.dumps(recorded)
 
     written = _write(current, serving, {"champion": "1"})
-    names = [item["name"] for item in _container(written)["env"]]
+    names = [item["name"] for item in kserve_container(written)["env"]]
     assert "CTPIPE_MODEL_VERSION" not in names
     assert FOREIGN_ENV["name"] in names
 
