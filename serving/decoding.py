@@ -13,8 +13,8 @@ Request formats (``NAME`` is the registered model name):
 
 Every value is checked against the feature list and types of the version that answers (taken
 from the MLflow model signature, or ``feature_names_in_`` when no signature was logged, see
-:func:`features_of`). Missing or unknown features, wrong types, null or NaN values and empty
-batches are answered with HTTP 400 and a message that names the problem; too many rows with
+:func:`components.common.model_input.features_of`). Missing or unknown features, wrong types,
+null or NaN values and empty batches are answered with HTTP 400 and a message that names the problem; too many rows with
 413 and a body that is not JSON with 415 (:class:`RequestRejected`).
 """
 
@@ -23,17 +23,16 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
-from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 import pandas as pd
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
+from components.common.model_input import Feature, FeatureKind
 from components.specs import ServingSpec
 
-FeatureKind = Literal["number", "integer", "string", "boolean", "any"]
 MAX_BATCH_ROWS = ServingSpec.model_fields["max_batch_rows"].default
 # V1 body key (and V2 input name) of a request that names entities instead of feature values.
 ENTITY_IDS_KEY = "entity_ids"
@@ -41,15 +40,6 @@ ENTITY_IDS_KEY = "entity_ids"
 # and plain text. Anything else (CSV, XML, multipart, ...) is answered 415.
 _ACCEPTED_CONTENT_TYPES = {"application/json", "application/x-www-form-urlencoded", "text/plain"}
 
-# MLflow signature types -> what a request value must be.
-_KIND_BY_MLFLOW_TYPE: dict[str, FeatureKind] = {
-    "double": "number",
-    "float": "number",
-    "long": "integer",
-    "integer": "integer",
-    "string": "string",
-    "boolean": "boolean",
-}
 # Open Inference Protocol datatype advertised in the model metadata for each kind.
 OIP_DATATYPE: dict[FeatureKind, str] = {
     "number": "FP64",
@@ -58,14 +48,6 @@ OIP_DATATYPE: dict[FeatureKind, str] = {
     "boolean": "BOOL",
     "any": "BYTES",
 }
-
-
-@dataclass(frozen=True)
-class Feature:
-    """One input column the model expects."""
-
-    name: str
-    kind: FeatureKind
 
 
 def describe(value: Any) -> str:
@@ -325,23 +307,3 @@ def check_content_type(headers: dict[str, str] | None) -> None:
             "'Content-Type: application/json'",
             415,
         )
-
-
-def features_of(mlflow_model: Any, sk_model: Any) -> tuple[Feature, ...]:
-    """Feature names and kinds from the MLflow signature, else from ``feature_names_in_``.
-
-    Raises:
-        ValueError: Neither tells the feature names.
-    """
-    signature = getattr(mlflow_model, "signature", None)
-    inputs = getattr(signature, "inputs", None)
-    if inputs is not None and not inputs.is_tensor_spec() and inputs.has_input_names():
-        features = []
-        for name, dtype in zip(inputs.input_names(), inputs.input_types(), strict=True):
-            kind = _KIND_BY_MLFLOW_TYPE.get(getattr(dtype, "name", str(dtype)), "any")
-            features.append(Feature(str(name), kind))
-        return tuple(features)
-    names = getattr(sk_model, "feature_names_in_", None)
-    if names is not None:
-        return tuple(Feature(str(name), "any") for name in names)
-    raise ValueError("the model has no signature and no feature_names_in_; cannot tell its input columns")

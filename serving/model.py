@@ -38,6 +38,7 @@ from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
 from components.common import tracking
 from components.common.feast import EntityLookup
 from components.common.logs import get_logger
+from components.common.model_input import features_of
 from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, redact_uri
 from serving.decoding import (
     ENTITY_IDS_KEY,
@@ -48,7 +49,6 @@ from serving.decoding import (
     check_batch_size,
     check_content_type,
     describe,
-    features_of,
     frame_from_v1,
     frame_from_v2,
     input_values,

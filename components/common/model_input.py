@@ -6,13 +6,34 @@ so a model never sees features typed one way in training and another way in scor
 
 from __future__ import annotations
 
-from typing import Any
+from dataclasses import dataclass
+from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
 
 from components.common.errors import DataError
 from components.specs import DatasetSpec
+
+FeatureKind = Literal["number", "integer", "string", "boolean", "any"]
+
+# MLflow signature types -> what a request value must be.
+_KIND_BY_MLFLOW_TYPE: dict[str, FeatureKind] = {
+    "double": "number",
+    "float": "number",
+    "long": "integer",
+    "integer": "integer",
+    "string": "string",
+    "boolean": "boolean",
+}
+
+
+@dataclass(frozen=True)
+class Feature:
+    """One input column the model expects."""
+
+    name: str
+    kind: FeatureKind
 
 
 def require_columns(frame: pd.DataFrame, columns: list[str], what: str) -> None:
@@ -64,3 +85,23 @@ def prepare_features(frame: pd.DataFrame, spec: DatasetSpec, columns: list[str] 
 def positive_scores(model: Any, features: pd.DataFrame) -> np.ndarray:
     """Probability of the positive class (the last of ``model.classes_``) for each row."""
     return np.asarray(model.predict_proba(features))[:, -1]
+
+
+def features_of(mlflow_model: Any, sk_model: Any) -> tuple[Feature, ...]:
+    """Feature names and kinds from the MLflow signature, else from ``feature_names_in_``.
+
+    Raises:
+        ValueError: Neither tells the feature names.
+    """
+    signature = getattr(mlflow_model, "signature", None)
+    inputs = getattr(signature, "inputs", None)
+    if inputs is not None and not inputs.is_tensor_spec() and inputs.has_input_names():
+        features = []
+        for name, dtype in zip(inputs.input_names(), inputs.input_types(), strict=True):
+            kind = _KIND_BY_MLFLOW_TYPE.get(getattr(dtype, "name", str(dtype)), "any")
+            features.append(Feature(str(name), kind))
+        return tuple(features)
+    names = getattr(sk_model, "feature_names_in_", None)
+    if names is not None:
+        return tuple(Feature(str(name), "any") for name in names)
+    raise ValueError("the model has no signature and no feature_names_in_; cannot tell its input columns")

@@ -120,7 +120,7 @@ def test_the_check_refuses_each_wrong_direction(module: str, source: str, expect
             "from components.common.registry import FEATURES_TAG\nfrom components.specs import ModelSpec",
         ),
         ("components.train", "from components.train import helper"),
-        ("serving.model", "from components.common.feast import online_features\nfrom serving.decoding import Feature"),
+        ("serving.model", "from components.common.feast import online_features\nfrom serving.decoding import describe"),
         ("pipelines.cli", "from serving import server\nfrom components.register import register"),
     ],
 )

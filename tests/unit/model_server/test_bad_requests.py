@@ -218,7 +218,8 @@ def test_frame_from_v2_rejects_duplicates_and_bad_shapes() -> None:
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferInput, InferRequest
 
-    from serving.decoding import Feature, frame_from_v2
+    from components.common.model_input import Feature
+    from serving.decoding import frame_from_v2
 
     features = [Feature("x", "number"), Feature("c", "string")]
     ok = InferRequest(
