@@ -15,13 +15,23 @@ waits for readiness within ``serving.infra_validation.timeout_seconds``, then se
 stops the sandbox and writes the infra blessing (JSON). The verdict is also recorded on the
 model version as the tag ``ctpipe.infra_blessed`` (``true``/``false``), which
 ``components.deploy`` checks: a version whose infra validation failed never gets traffic.
+
+Before the sandbox starts, the version's ONNX model (compiled at registration) is compared
+with its sklearn model on every evaluation row (:func:`compiled_model.check_parity`). The
+outcome chooses what the model server scores the version with, tag ``ctpipe.serving_runtime``:
+``onnx`` when parity holds, ``sklearn`` otherwise, with the reason in ``ctpipe.onnx_parity``. It
+is informational (check ``onnx_parity`` always passes): a model without ONNX parity is served by
+sklearn, not refused. The sandbox started afterwards already sees the runtime tag.
 """
 
 from __future__ import annotations
 
 import math
+import shutil
+import tempfile
 import time
-from typing import Any
+from pathlib import Path
+from typing import Any, Literal
 
 import pandas as pd
 import requests
@@ -30,13 +40,26 @@ from pydantic import BaseModel, Field
 from components.common.errors import DataError, DeployError
 from components.common.io import scratch_folder, write_json
 from components.common.logs import get_logger
-from components.common.registry import INFRA_BLESSED_TAG, redact_uri
+from components.common.registry import (
+    INFRA_BLESSED_TAG,
+    ONNX_ARTIFACT,
+    ONNX_PARITY_TAG,
+    ONNX_SHA256_TAG,
+    ONNX_TAG,
+    SERVING_RUNTIME_TAG,
+    get_version,
+    redact_uri,
+)
 from components.common.storage import read_table
 from components.specs import DatasetSpec, ServingSpec
 
 logger = get_logger("infra_validate")
 
 REQUEST_TIMEOUT = 30.0
+#: Longest parity reason written to the version's ``ctpipe.onnx_parity`` tag.
+_PARITY_REASON_CHARS = 300
+
+Runtime = Literal["onnx", "sklearn"]
 
 
 class InfraCheck(BaseModel):
@@ -58,10 +81,13 @@ class InfraValidationResult(BaseModel):
     ready_seconds: float | None = None
     sample_rows: int = 0
     blessing_path: str = ""
+    serving_runtime: Runtime = Field(
+        default="sklearn", description="What the model server scores this version with (tag ctpipe.serving_runtime)."
+    )
+    onnx_parity: str = Field(default="", description="Why: the ONNX parity verdict (tag ctpipe.onnx_parity).")
 
 
-def _sample(eval_set_path: str, dataset: DatasetSpec, rows: int) -> pd.DataFrame:
-    frame = read_table(eval_set_path)
+def _sample(frame: pd.DataFrame, eval_set_path: str, dataset: DatasetSpec, rows: int) -> pd.DataFrame:
     missing = [c for c in dataset.feature_columns if c not in frame.columns]
     if missing:
         raise DataError(
@@ -102,7 +128,10 @@ def _predictions_ok(values: Any, rows: int) -> str:
 
 
 def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataFrame) -> list[InfraCheck]:
+    from components.common.server_process import client_headers
+
     session = requests.Session()
+    session.headers.update(client_headers())  # the sandbox requires the token when serving.require_token is on
     checks: list[InfraCheck] = []
     base = endpoint.rstrip("/")
     instances = [{k: _plain(v) for k, v in row.items()} for row in rows.to_dict(orient="records")]
@@ -162,6 +191,59 @@ def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataF
     return checks
 
 
+def _onnx_parity(
+    model_name: str, version: str, tracking_uri: str, frame: pd.DataFrame, dataset: DatasetSpec
+) -> tuple[Runtime, str]:
+    """Compare the version's ONNX model with its sklearn model on every row of ``frame``.
+
+    Returns:
+        The runtime to serve with, and why (``passed: ...``, ``failed: ...`` or ``no ONNX: ...``).
+    """
+    import mlflow.artifacts
+    from mlflow.models import Model as MlflowModel
+
+    from components.common import tracking
+    from components.common.compiled_model import OnnxScorer, check_parity
+    from components.common.model_input import features_of, prepare_features
+
+    client = tracking.registry_client(tracking_uri)
+    tags = dict(get_version(client, model_name, version).tags or {})
+    status = tags.get(ONNX_TAG)
+    if status is None:
+        return "sklearn", f"no ONNX: the version has no {ONNX_TAG} tag (registered without ONNX compilation)"
+    if status != "compiled":
+        return "sklearn", f"no ONNX: {status}"
+    staging = tempfile.mkdtemp(prefix="ctpipe-parity-")
+    try:
+        local = Path(
+            mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=staging)
+        )
+        sk_model = tracking.load_sklearn_model(str(local))
+        features = features_of(MlflowModel.load(str(local)), sk_model)
+        output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"
+        scorer = OnnxScorer.from_file(local / ONNX_ARTIFACT, tags.get(ONNX_SHA256_TAG, ""), features, output)
+        rows = prepare_features(frame, dataset, [f.name for f in features])
+        parity = check_parity(sk_model, scorer, rows, output)
+    except Exception as exc:  # an unpickling, artifact or integrity error: the sklearn model serves
+        logger.warning(
+            "ONNX parity could not be checked; the sklearn model will serve",
+            extra={"model": model_name, "version": version, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        return "sklearn", f"failed: {type(exc).__name__}: {exc}"
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    return ("onnx" if parity.passed else "sklearn"), parity.reason
+
+
+def _record_runtime(model_name: str, version: str, tracking_uri: str, runtime: Runtime, reason: str) -> None:
+    from components.common import tracking
+
+    client = tracking.registry_client(tracking_uri)
+    # The reason first: a server that sees the runtime change finds why beside it.
+    client.set_model_version_tag(model_name, version, ONNX_PARITY_TAG, reason[:_PARITY_REASON_CHARS])
+    client.set_model_version_tag(model_name, version, SERVING_RUNTIME_TAG, runtime)
+
+
 def _record_tag(model_name: str, version: str, tracking_uri: str, blessed: bool) -> None:
     from components.common import tracking
 
@@ -208,12 +290,24 @@ def infra_validate(
             blessed=True,
             reason="infra validation is switched off (serving.infra_validation.enabled: false)",
             blessing_path=str(blessing_path),
+            serving_runtime="sklearn",
+            onnx_parity="not checked: infra validation is switched off",
         )
         write_json(blessing_path, result.model_dump(mode="json"))
         return result
-    rows = _sample(eval_set_path, dataset, settings.sample_rows)
+    frame = read_table(eval_set_path)
+    rows = _sample(frame, eval_set_path, dataset, settings.sample_rows)
+    parity_started = time.perf_counter()
+    runtime, parity = _onnx_parity(serving.model_name, version, tracking_uri, frame, dataset)
+    _record_runtime(serving.model_name, version, tracking_uri, runtime, parity)
+    checks: list[InfraCheck] = [
+        InfraCheck(
+            name="onnx_parity",
+            passed=True,  # informational: without parity the sklearn model serves
+            detail=f"serving runtime {runtime} ({time.perf_counter() - parity_started:.2f}s): {parity}",
+        )
+    ]
     folder = scratch_folder(workspace) / "infra_validation" / f"v{version}"
-    checks: list[InfraCheck] = []
     ready_seconds: float | None = None
     started = time.perf_counter()
     try:
@@ -247,6 +341,8 @@ def infra_validate(
         ready_seconds=ready_seconds,
         sample_rows=len(rows),
         blessing_path=str(blessing_path),
+        serving_runtime=runtime,
+        onnx_parity=parity,
     )
     write_json(blessing_path, {**result.model_dump(mode="json"), "tracking_uri": redact_uri(tracking_uri)})
     _record_tag(serving.model_name, version, tracking_uri, blessed)

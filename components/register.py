@@ -4,17 +4,27 @@ A version is created once per training run, carrying ``ctpipe.blessed`` from the
 exists; a blessed one becomes ``challenger`` under the registry lock. The alias rules and
 the operations that move aliases (``promote``, ``rollback``) are in
 :mod:`components.common.registry`.
+
+Each version is also compiled to ONNX (:mod:`components.common.compiled_model`): ``model.onnx``
+is logged among the logged model's artifacts, so ``models:/NAME/VERSION`` downloads it with the
+model (the model server's fast path, and the export for edge deployment), and the version gets
+the tags ``ctpipe.onnx`` (``compiled`` or ``unsupported: <reason>``) and ``ctpipe.onnx_sha256``.
+A model that cannot be compiled is still registered; the sklearn model serves it.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
 import time
+from pathlib import Path
 from typing import Any
 
 from pydantic import BaseModel, Field
 
 from components.common import tracking
+from components.common.compiled_model import CompileError, compile_onnx, sha256_of
 from components.common.errors import CtpipeError, ModelNotFound
 from components.common.logs import get_logger
 from components.common.registry import (
@@ -25,6 +35,9 @@ from components.common.registry import (
     CONFIG_HASH_TAG,
     DATA_SNAPSHOT_TAG,
     FEATURES_TAG,
+    ONNX_ARTIFACT,
+    ONNX_SHA256_TAG,
+    ONNX_TAG,
     PIPELINE_RUN_TAG,
     PREVIOUS_CHAMPION_TAG,
     RESERVED_TAGS,
@@ -43,6 +56,8 @@ from components.common.registry import (
 log = get_logger("register")
 
 _READY_TIMEOUT_SECONDS = 300
+#: Longest ``unsupported: <reason>`` written to the ONNX tag.
+_ONNX_REASON_CHARS = 500
 
 
 class RegisterResult(BaseModel):
@@ -53,6 +68,7 @@ class RegisterResult(BaseModel):
     blessed: bool
     aliases: list[str]
     created: bool
+    onnx: str = Field(default="", description="The version's ctpipe.onnx tag: compiled, or unsupported: <reason>.")
 
 
 def _ensure_registered_model(client: Any, model_name: str) -> None:
@@ -103,6 +119,92 @@ def _wait_ready(client: Any, model_name: str, version: str) -> Any:
                 f"{model_version.status_message or 'no message'}"
             )
         time.sleep(0.5)
+
+
+def _logged_model_id(model_version: Any) -> str | None:
+    """The MLflow 3 logged model behind a version: its ``model_id``, or the ``m-...`` of a ``models:/m-...`` source."""
+    if getattr(model_version, "model_id", None):
+        return str(model_version.model_id)
+    source = str(model_version.source or "")
+    model_id = source.removeprefix("models:/")
+    return model_id if source.startswith("models:/m-") and "/" not in model_id else None
+
+
+def _compile(local: Path) -> bytes:
+    """Compile the model downloaded to ``local`` (an MLflow model folder) to ONNX.
+
+    Raises:
+        CompileError: The model has no usable signature, or it cannot be compiled.
+    """
+    from mlflow.models import Model as MlflowModel
+
+    from components.common.model_input import features_of
+
+    sk_model = tracking.load_sklearn_model(str(local))
+    try:
+        features = features_of(MlflowModel.load(str(local)), sk_model)
+    except ValueError as exc:
+        raise CompileError(str(exc)) from exc
+    return compile_onnx(sk_model, features)
+
+
+def _attach_onnx(client: Any, model_name: str, model_version: Any) -> str:
+    """Compile a version to ONNX and log ``model.onnx`` with its logged model; return the ONNX tag.
+
+    Idempotent: a version that has the tag is left alone, and a logged model that already holds
+    ``model.onnx`` (another registered model's version of the same run) keeps it. The SHA-256 tag is
+    written before the ONNX tag, which marks the work as done. A model that cannot be compiled gets
+    ``unsupported: <reason>``; any other failure (the artifact store) is logged and leaves no tag,
+    so registering the run again tries again. Never raises: the sklearn model can always serve.
+    """
+    version = str(model_version.version)
+    tags = dict(model_version.tags or {})
+    if ONNX_TAG in tags:
+        return tags[ONNX_TAG]
+    started = time.perf_counter()
+    model_id = _logged_model_id(model_version)
+    staging = Path(tempfile.mkdtemp(prefix="ctpipe-register-"))
+    try:
+        if model_id is None:
+            raise CompileError(f"source {model_version.source} is not an MLflow logged model (models:/m-...)")
+        import mlflow.artifacts
+
+        local = Path(
+            mlflow.artifacts.download_artifacts(
+                artifact_uri=f"models:/{model_name}/{version}", dst_path=str(staging / "model")
+            )
+        )
+        compiled = local / ONNX_ARTIFACT
+        if compiled.is_file():
+            data = compiled.read_bytes()
+        else:
+            data = _compile(local)
+            upload = staging / "onnx"
+            upload.mkdir()
+            (upload / ONNX_ARTIFACT).write_bytes(data)
+            client.log_model_artifacts(model_id, str(upload))
+        client.set_model_version_tag(model_name, version, ONNX_SHA256_TAG, sha256_of(data))
+        status = "compiled"
+    except CompileError as exc:
+        status = f"unsupported: {exc}"[:_ONNX_REASON_CHARS]
+        log.warning(
+            "the model cannot be compiled to ONNX; the sklearn model will serve it",
+            extra={"model": model_name, "version": version, "reason": str(exc)},
+        )
+    except Exception as exc:  # the ONNX file is an optimisation: registration goes on without it
+        log.warning(
+            "ONNX compilation did not finish; registering the run again retries it",
+            extra={"model": model_name, "version": version, "error": f"{type(exc).__name__}: {exc}"},
+        )
+        return ""
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    client.set_model_version_tag(model_name, version, ONNX_TAG, status)
+    log.info(
+        "onnx compilation",
+        extra={"model": model_name, "version": version, "onnx": status, "seconds": time.perf_counter() - started},
+    )
+    return status
 
 
 def register(
@@ -159,7 +261,7 @@ def register(
         if blessed:
             # Blessed first, alias after (below): no alias ever sees a stale "false".
             client.set_model_version_tag(model_name, version, BLESSED_TAG, blessed_tag)
-    _wait_ready(client, model_name, version)
+    onnx = _attach_onnx(client, model_name, _wait_ready(client, model_name, version))
 
     with registry_lock(client, model_name):
         aliases = aliases_of(client, model_name)
@@ -196,9 +298,12 @@ def register(
             "new_version": created,
             "blessed": blessed,
             "aliases": final_aliases,
+            "onnx": onnx,
         },
     )
-    return RegisterResult(name=model_name, version=version, blessed=blessed, aliases=final_aliases, created=created)
+    return RegisterResult(
+        name=model_name, version=version, blessed=blessed, aliases=final_aliases, created=created, onnx=onnx
+    )
 
 
 class LineageLink(BaseModel):

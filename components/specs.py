@@ -340,6 +340,31 @@ class ServingSpec(StrictModel):
         ge=1,
         description="Most rows (instances or entity ids) one request may carry; more get HTTP 413.",
     )
+    max_request_bytes: int = Field(
+        default=16 * 1024 * 1024,
+        ge=1024,
+        description="Largest request body in bytes; a larger one is answered 413 from its Content-Length (or "
+        "while a chunked body is read), before any of it is parsed.",
+    )
+    worker_threads: int = Field(
+        default=4,
+        ge=1,
+        le=64,
+        description="Threads of the model server that decode, validate and score requests; the event loop only "
+        "reads and writes sockets, so health checks answer while a large request is scored.",
+    )
+    require_token: bool = Field(
+        default=False,
+        description="Inference routes require 'Authorization: Bearer <token>', the token taken from the "
+        "CTPIPE_SERVING_TOKEN variable (a Kubernetes Secret on the cluster). Off by default: the local server "
+        "binds 127.0.0.1; on a cluster, put KServe's or Istio's auth in front (docs/serving.md) or switch this on.",
+    )
+    model_repository_api: bool = Field(
+        default=False,
+        description="Enable the model-repository routes (POST /v2/repository/models/NAME/load and /unload). They "
+        "require 'Authorization: Bearer <token>' with the CTPIPE_SERVING_ADMIN_TOKEN variable, and the server "
+        "refuses to start when that variable is empty. Off: those routes answer 404.",
+    )
     inference_log: bool = Field(
         default=True,
         description="Log every answered request (features, prediction, version, request id) to partitioned "

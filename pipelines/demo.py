@@ -25,6 +25,7 @@ from typing import Any
 import requests
 
 from components.common.errors import CtpipeError
+from components.common.server_process import client_headers
 from components.common.storage import read_table
 from pipelines.config import CtpipeConfig
 from pipelines.demo_data import DriftSpec, generate
@@ -92,6 +93,7 @@ def _observe_traffic(endpoint: str, model_name: str, rows: list[dict[str, Any]],
     seen: Counter[str] = Counter()
     url = f"{endpoint}/v1/models/{model_name}:predict"
     with requests.Session() as session:
+        session.headers.update(client_headers())  # serving.require_token: the token from the environment
         for index in range(requests_count):
             response = session.post(url, json={"instances": [rows[index % len(rows)]]}, timeout=10)
             response.raise_for_status()

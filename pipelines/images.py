@@ -59,8 +59,11 @@ LOCK_FILES: dict[Kind, Path] = {
 # inference log may live in an object store (components/common/storage.py). Feast: requests that
 # carry entity ids read their features from the online store; pyproject's `feast[redis]` brings
 # redis and hiredis with it (redis itself is no direct dependency, so it cannot be a root here).
-# boto3: Feast reads an s3:// registry (feast.root) with it, not with s3fs.
+# boto3: Feast reads an s3:// registry (feast.root) with it, not with s3fs. onnxruntime: the
+# fast path of versions compiled to ONNX; pysimdjson: the request body reader.
 SERVING_ROOTS = (
+    "onnxruntime",
+    "pysimdjson",
     "kserve",
     "mlflow",
     "scikit-learn",

@@ -1,4 +1,4 @@
-"""Request decoding: turn a V1 or V2 request body into the validated DataFrame a model scores.
+"""Request decoding: turn a V1 or V2 request body into the validated columns a model scores.
 
 Request formats (``NAME`` is the registered model name):
 
@@ -14,31 +14,57 @@ Request formats (``NAME`` is the registered model name):
 Every value is checked against the feature list and types of the version that answers (taken
 from the MLflow model signature, or ``feature_names_in_`` when no signature was logged, see
 :func:`components.common.model_input.features_of`). Missing or unknown features, wrong types,
-null or NaN values and empty batches are answered with HTTP 400 and a message that names the problem; too many rows with
-413 and a body that is not JSON with 415 (:class:`RequestRejected`).
+null or NaN values and empty batches are answered with HTTP 400 and a message that names the
+problem; too many rows with 413 and a body that is not JSON with 415 (:class:`RequestRejected`).
+
+Everything here is linear in the size of the request and never recurses into the request, so
+no body can make it slow or overflow the stack: JSON is read by simdjson, which refuses nesting
+deeper than 1024 levels, and tensor data is flattened level by level up to
+:data:`MAX_TENSOR_DEPTH`. :func:`decode_json` also keeps a large body from stalling the server:
+a C parser that built the whole Python object tree in one call would hold the GIL for tens of
+milliseconds per megabyte, and health checks would wait that long; simdjson parses in
+milliseconds and the objects are built one list element at a time, in a Python loop that lets
+the event loop run in between. Error messages name at most :data:`MAX_NAMED` fields and show at most
+40 characters of a value, so a body with 100,000 unknown keys gets a short answer.
 """
 
 from __future__ import annotations
 
-import json
 import math
-from collections.abc import Sequence
+import re
+import reprlib
+from collections import Counter
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import pandas as pd
+import simdjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from components.common.model_input import Feature, FeatureKind
 from components.specs import ServingSpec
+from serving.observability import BODIES_DECODED
 
 MAX_BATCH_ROWS = ServingSpec.model_fields["max_batch_rows"].default
 # V1 body key (and V2 input name) of a request that names entities instead of feature values.
 ENTITY_IDS_KEY = "entity_ids"
-# Bodies kserve does not decode itself that are still read as JSON: curl's default form type
-# and plain text. Anything else (CSV, XML, multipart, ...) is answered 415.
+# Content types read as JSON: JSON itself, curl's default form type and plain text. Anything
+# else (CSV, XML, multipart, ...) is answered 415.
 _ACCEPTED_CONTENT_TYPES = {"application/json", "application/x-www-form-urlencoded", "text/plain"}
+# Most field names one error message lists before "and K more".
+MAX_NAMED = 10
+# Most nesting levels of one V2 tensor's data ([[1], [2]] is 2).
+MAX_TENSOR_DEPTH = 8
+# Longest string value a feature may carry: a category, not a document.
+MAX_STRING_CHARS = 4096
+# Request ids (x-request-id, V2 "id") are logged and stored: a bounded, printable alphabet.
+_REQUEST_ID = re.compile(r"[A-Za-z0-9._:@+/=-]{1,128}")
+_OIP_DATATYPES = frozenset(
+    {"BOOL", "UINT8", "UINT16", "UINT32", "UINT64", "INT8", "INT16", "INT32", "INT64", "FP16", "FP32", "FP64", "BYTES"}
+)
 
 # Open Inference Protocol datatype advertised in the model metadata for each kind.
 OIP_DATATYPE: dict[FeatureKind, str] = {
@@ -49,11 +75,117 @@ OIP_DATATYPE: dict[FeatureKind, str] = {
     "any": "BYTES",
 }
 
+# V2 datatypes a feature of each kind accepts: a BOOL tensor for a number is a client bug, not a number.
+_NUMERIC_DATATYPES = frozenset(d for d in _OIP_DATATYPES if d not in ("BOOL", "BYTES"))
+_ACCEPTED_DATATYPES: dict[FeatureKind, frozenset[str]] = {
+    "number": _NUMERIC_DATATYPES,
+    "integer": _NUMERIC_DATATYPES,
+    "string": frozenset({"BYTES"}),
+    "boolean": frozenset({"BOOL"}),
+    "any": _OIP_DATATYPES,
+}
+
+# One 1-D array per feature, in the dtype the model was trained with: what a version scores.
+Columns = dict[str, np.ndarray]
+
+_short = reprlib.Repr()
+_short.maxlevel = 2
+_short.maxstring = 40
+_short.maxother = 40
+
+
+class RequestRejected(InvalidInput):
+    """A bad request answered with a specific 4xx status (401, 404, 413, 415, 422) instead of 400."""
+
+    def __init__(self, reason: str, status: int) -> None:
+        super().__init__(reason)
+        self.status = status
+
 
 def describe(value: Any) -> str:
-    """A value's type and the start of its repr, for error messages."""
-    text = repr(value)
+    """A value's type and the start of its repr, for error messages (bounded for any value)."""
+    text = _short.repr(value)
     return f"{type(value).__name__} {text[:40]}{'...' if len(text) > 40 else ''}"
+
+
+def names(items: Sequence[Any], limit: int = MAX_NAMED) -> str:
+    """``'a', 'b' and 3 more``: at most ``limit`` names, each cut to 60 characters."""
+    shown = ", ".join(repr(str(item))[:60] for item in items[:limit])
+    return shown + (f" and {len(items) - limit} more" if len(items) > limit else "")
+
+
+def checked_request_id(value: Any, where: str) -> str | None:
+    """The request id if it is safe to log and store, None when none was sent.
+
+    Raises:
+        InvalidInput: It is not 1-128 characters of letters, digits and ``. _ : @ + / = -``.
+    """
+    if value is None:
+        return None
+    if not isinstance(value, str) or not _REQUEST_ID.fullmatch(value):
+        raise InvalidInput(
+            f"{where} must be 1-128 characters of letters, digits and . _ : @ + / = -; got {describe(value)}"
+        )
+    return value
+
+
+def check_content_type(content_type: str | None) -> None:
+    """Refuse a body whose content type is not read as JSON.
+
+    Raises:
+        RequestRejected: The content type is neither JSON nor one read as JSON (HTTP 415).
+    """
+    media_type = (content_type or "").split(";")[0].strip().lower()
+    if media_type and media_type not in _ACCEPTED_CONTENT_TYPES and not media_type.endswith("+json"):
+        raise RequestRejected(
+            f"content-type {media_type[:60]!r} is not supported; send the body as JSON with "
+            "'Content-Type: application/json'",
+            415,
+        )
+
+
+def decode_json(body: bytes | str, content_type: str | None = None) -> Any:
+    """Parse a request body as strict JSON (no NaN or Infinity; at most 1024 levels deep).
+
+    A top-level list value (``instances``, ``inputs``) and a top-level list body are converted one
+    element at a time; everything else in one call.
+
+    Every parsed body is counted in ``ctpipe_request_bodies_decoded_total``, which is how the
+    tests prove that a body refused for its size was never parsed.
+
+    Raises:
+        RequestRejected: The content type is not a JSON one (HTTP 415).
+        InvalidInput: The body is not valid UTF-8 JSON (HTTP 400).
+    """
+    check_content_type(content_type)
+    BODIES_DECODED.inc()
+    try:
+        # A fresh parser per body: a parser cannot parse again while proxies of its last document live.
+        document = simdjson.Parser().parse(body.encode() if isinstance(body, str) else body)
+        return _python(document, top=True)
+    except (ValueError, TypeError, RuntimeError, KeyError) as exc:  # simdjson's errors for malformed JSON
+        raw = body.encode() if isinstance(body, str) else body
+        hint = "; NaN and Infinity are not JSON: send finite numbers" if b"NaN" in raw or b"Infinity" in raw else ""
+        raise InvalidInput(f"request body is not valid JSON: {str(exc)[:200]}{hint}") from None
+
+
+def _python(value: Any, top: bool = False) -> Any:
+    """A simdjson proxy as Python objects: lists of the top-level object are built element by element."""
+    if isinstance(value, simdjson.Object):
+        if not top:
+            return value.as_dict()
+        return {key: _python(item) for key, item in value.items()}
+    if isinstance(value, simdjson.Array):
+        items: list[Any] = []
+        for item in value:  # one small C call per element, so other threads get the GIL in between
+            if isinstance(item, simdjson.Object):
+                items.append(item.as_dict())
+            elif isinstance(item, simdjson.Array):
+                items.append(item.as_list())
+            else:
+                items.append(item)
+        return items
+    return value
 
 
 def _check_value(value: Any, feature: Feature, where: str) -> Any:
@@ -84,6 +216,11 @@ def _check_value(value: Any, feature: Feature, where: str) -> Any:
     if kind == "string":
         if not isinstance(value, str):
             raise InvalidInput(f"{where}: feature {feature.name!r} must be a string, got {describe(value)}")
+        if len(value) > MAX_STRING_CHARS:
+            raise InvalidInput(
+                f"{where}: feature {feature.name!r} has {len(value)} characters; "
+                f"at most {MAX_STRING_CHARS} are accepted"
+            )
         return value
     if kind == "boolean":
         if not isinstance(value, bool):
@@ -96,34 +233,21 @@ def _check_value(value: Any, feature: Feature, where: str) -> Any:
     return value
 
 
-def _frame(columns: dict[str, list[Any]], features: Sequence[Feature]) -> pd.DataFrame:
-    """Build the model input with the column order and dtypes the model was trained with."""
-    data: dict[str, Any] = {}
-    for feature in features:
-        values = columns[feature.name]
-        if feature.kind == "number":
-            data[feature.name] = np.asarray(values, dtype="float64")
-        elif feature.kind == "integer":
-            data[feature.name] = np.asarray(values, dtype="int64")
-        elif feature.kind == "boolean":
-            data[feature.name] = np.asarray(values, dtype=bool)
-        elif feature.kind == "string":
-            data[feature.name] = pd.Series(values, dtype=object)
-        else:
-            data[feature.name] = pd.Series(values)
-    return pd.DataFrame(data, columns=[f.name for f in features])
+_DTYPE: dict[FeatureKind, Any] = {"number": "float64", "integer": "int64", "boolean": bool}
 
 
-class RequestRejected(InvalidInput):
-    """A bad request answered with a specific 4xx status (413, 415, 422) instead of 400.
+def _columns(values: Mapping[str, list[Any]], features: Sequence[Feature]) -> Columns:
+    """Checked values per feature -> arrays in the dtypes the model was trained with."""
+    return {f.name: np.asarray(values[f.name], dtype=_DTYPE.get(f.kind, object)) for f in features}
 
-    ``serving.server`` registers a handler that turns it into ``{"error": message}`` with
-    ``status``; without that handler kserve still answers it as a plain 400.
+
+def to_frame(columns: Mapping[str, np.ndarray], features: Sequence[Feature]) -> pd.DataFrame:
+    """The model input as a DataFrame, for models that need pandas (scikit-learn pipelines).
+
+    Columns of unknown kind (no signature) get the dtype pandas infers, as in training.
     """
-
-    def __init__(self, reason: str, status: int) -> None:
-        super().__init__(reason)
-        self.status = status
+    data = {f.name: pd.Series(columns[f.name].tolist()) if f.kind == "any" else columns[f.name] for f in features}
+    return pd.DataFrame(data, columns=[f.name for f in features])
 
 
 def check_batch_size(rows: int, what: str, max_rows: int) -> None:
@@ -141,169 +265,213 @@ def check_batch_size(rows: int, what: str, max_rows: int) -> None:
         )
 
 
-def _feature_problems(names: list[str], known: set[str], given: list[str]) -> list[str]:
-    """Missing and unknown feature names of one request, as readable phrases."""
-    missing = [n for n in names if n not in given]
+def _feature_problems(expected: list[str], known: set[str], given: Sequence[str]) -> list[str]:
+    """Missing and unknown feature names of one request, as readable phrases (linear time)."""
+    given_set = set(given)
+    missing = [n for n in expected if n not in given_set]
     extra = [n for n in given if n not in known]
-    problems = [f"missing feature(s) {_names(missing)}"] if missing else []
-    return problems + ([f"unknown feature(s) {_names(extra)}"] if extra else [])
+    problems = [f"missing feature(s) {names(missing)}"] if missing else []
+    return problems + ([f"unknown feature(s) {names(extra)}"] if extra else [])
 
 
-def _names(names: Sequence[str]) -> str:
-    return ", ".join(repr(n) for n in names)
-
-
-def parse_json(body: bytes | str) -> Any:
-    """Decode a body kserve passed on undecoded (its content-type was not a JSON one)."""
-    try:
-        return json.loads(body)
-    except ValueError as exc:
-        raise InvalidInput(f"request body is not valid JSON: {exc}") from None
-
-
-def frame_from_v1(payload: Any, features: Sequence[Feature], max_rows: int = MAX_BATCH_ROWS) -> pd.DataFrame:
-    """Validate a V1 ``{"instances": [...]}`` body and turn it into the model input.
+def columns_from_v1(payload: Any, features: Sequence[Feature], max_rows: int = MAX_BATCH_ROWS) -> Columns:
+    """Validate a decoded V1 ``{"instances": [...]}`` body and turn it into the model input.
 
     Raises:
         InvalidInput: The body, an instance or a value does not fit the model's features.
     """
-    if isinstance(payload, bytes | str):
-        payload = parse_json(payload)
     if not isinstance(payload, dict):
         raise InvalidInput(
             f'request body must be a JSON object like {{"instances": [...]}}, got {type(payload).__name__}'
         )
     if "instances" not in payload:
-        raise InvalidInput(f"request body has no 'instances' key (keys: {_names(list(payload))})")
+        raise InvalidInput(f"request body has no 'instances' key (keys: {names(list(payload))})")
     instances = payload["instances"]
     if not isinstance(instances, list):
         raise InvalidInput(f"'instances' must be a list, got {type(instances).__name__}")
     check_batch_size(len(instances), "'instances'", max_rows)
-    names = [f.name for f in features]
-    known = set(names)
-    columns: dict[str, list[Any]] = {name: [] for name in names}
+    expected = [f.name for f in features]
+    known = set(expected)
+    values: dict[str, list[Any]] = {name: [] for name in expected}
     for index, instance in enumerate(instances):
         where = f"instance {index}"
         if isinstance(instance, dict):
-            problems = _feature_problems(names, known, list(instance))
-            if problems:
-                raise InvalidInput(f"{where}: {'; '.join(problems)}; the model expects {_names(names)}")
+            if len(instance) != len(expected) or not known.issuperset(instance):
+                problems = _feature_problems(expected, known, list(instance))
+                raise InvalidInput(f"{where}: {'; '.join(problems)}; the model expects {names(expected)}")
             for feature in features:
-                columns[feature.name].append(_check_value(instance[feature.name], feature, where))
+                values[feature.name].append(_check_value(instance[feature.name], feature, where))
         elif isinstance(instance, list):
             if len(instance) != len(features):
                 raise InvalidInput(
-                    f"{where} has {len(instance)} values, expected {len(features)} in feature order: {_names(names)}"
+                    f"{where} has {len(instance)} values, expected {len(features)} in feature order: {names(expected)}"
                 )
             for feature, value in zip(features, instance, strict=True):
-                columns[feature.name].append(_check_value(value, feature, where))
+                values[feature.name].append(_check_value(value, feature, where))
         else:
             raise InvalidInput(
                 f"{where} must be an object {{feature: value}} or a list of {len(features)} values, "
                 f"got {describe(instance)}"
             )
-    return _frame(columns, features)
+    return _columns(values, features)
 
 
-def _flatten(data: Any) -> list[Any]:
-    if isinstance(data, np.ndarray):
-        return list(data.reshape(-1).tolist())
-    if not isinstance(data, list | tuple):
-        return [data]
-    flat: list[Any] = []
-    for item in data:
-        flat.extend(_flatten(item) if isinstance(item, list | tuple | np.ndarray) else [item])
-    return flat
+@dataclass(frozen=True)
+class Tensor:
+    """One V2 input: its name, shape, data (nested lists, or an array from binary data) and datatype."""
+
+    name: str
+    shape: list[int]
+    data: Any
+    datatype: str = "BYTES"
+
+    def values(self) -> list[Any]:
+        """The values, flattened, after checking that they fill the shape.
+
+        Raises:
+            InvalidInput: The data is nested too deeply or does not fill the shape.
+        """
+        data = self.data
+        if isinstance(data, np.ndarray):
+            flat: list[Any] = data.reshape(-1).tolist()
+        else:
+            flat = data if isinstance(data, list) else [data]
+            for _ in range(MAX_TENSOR_DEPTH):  # one pass per nesting level, never recursion
+                if not any(isinstance(v, list) for v in flat):
+                    break
+                level: list[Any] = []
+                for v in flat:
+                    if isinstance(v, list):
+                        level.extend(v)
+                    else:
+                        level.append(v)
+                flat = level
+            else:
+                if any(isinstance(v, list) for v in flat):
+                    raise InvalidInput(f"input {self.name!r}: data is nested deeper than {MAX_TENSOR_DEPTH} levels")
+        expected = math.prod(self.shape) if self.shape else len(flat)
+        if expected != len(flat):
+            raise InvalidInput(f"input {self.name!r} has {len(flat)} values but shape {self.shape}")
+        return flat
 
 
-def input_values(infer_input: Any) -> list[Any]:
-    """The values of one V2 input, flattened, after checking them against its shape.
+def tensors_from_json(payload: Any) -> tuple[list[Tensor], Any]:
+    """The inputs and the ``id`` of a decoded V2 JSON request, each field checked.
 
     Raises:
-        InvalidInput: The binary data cannot be decoded, or the values do not fill the shape.
+        InvalidInput: The body is not ``{"inputs": [{"name", "shape", "datatype", "data"}, ...]}``.
     """
-    data = infer_input.data
-    if data is None:  # binary tensor extension: the values are in the raw buffer
-        try:
-            data = infer_input.as_numpy()
-        except (ValueError, TypeError) as exc:
-            raise InvalidInput(f"input {infer_input.name!r}: cannot decode binary data: {exc}") from None
-    values = _flatten(data)
-    shape = list(infer_input.shape or [])
-    expected = math.prod(shape) if shape else len(values)
-    if any(not isinstance(d, int) or d < 0 for d in shape) or expected != len(values):
-        raise InvalidInput(f"input {infer_input.name!r} has {len(values)} values but shape {shape}")
-    return values
+    if not isinstance(payload, dict):
+        raise InvalidInput(f'request body must be a JSON object like {{"inputs": [...]}}, got {describe(payload)}')
+    inputs = payload.get("inputs")
+    if not isinstance(inputs, list):
+        raise InvalidInput(f"'inputs' must be a list of tensors, got {describe(inputs)}")
+    tensors = []
+    for index, item in enumerate(inputs):
+        where = f"inputs[{index}]"
+        if not isinstance(item, dict):
+            raise InvalidInput(f"{where} must be an object with name, shape, datatype and data, got {describe(item)}")
+        name = item.get("name")
+        if not isinstance(name, str):
+            raise InvalidInput(f"{where}.name must be a string, got {describe(name)}")
+        shape = item.get("shape")
+        if (
+            not isinstance(shape, list)
+            or len(shape) > MAX_TENSOR_DEPTH
+            or any(isinstance(d, bool) or not isinstance(d, int) or d < 0 for d in shape)
+        ):
+            raise InvalidInput(
+                f"{where}.shape ({name!r}) must be a list of at most {MAX_TENSOR_DEPTH} non-negative integers, "
+                f"got {describe(shape)}"
+            )
+        datatype = item.get("datatype")
+        if datatype not in _OIP_DATATYPES:
+            raise InvalidInput(
+                f"{where}.datatype ({name!r}) must be one of {', '.join(sorted(_OIP_DATATYPES))}, "
+                f"got {describe(datatype)}"
+            )
+        if "data" not in item:
+            raise InvalidInput(f"{where} ({name!r}) has no 'data'")
+        tensors.append(Tensor(name, shape, item["data"], datatype))
+    return tensors, payload.get("id")
 
 
-def frame_from_v2(request: InferRequest, features: Sequence[Feature], max_rows: int = MAX_BATCH_ROWS) -> pd.DataFrame:
-    """Validate an Open Inference Protocol request and turn it into the model input.
+def tensors_from_request(request: InferRequest) -> list[Tensor]:
+    """The inputs of kserve's ``InferRequest`` (binary tensor extension included).
+
+    Raises:
+        InvalidInput: Binary data cannot be decoded.
+    """
+    tensors = []
+    for infer_input in request.inputs or []:
+        data = infer_input.data
+        if data is None:  # binary tensor extension: the values are in the raw buffer
+            try:
+                data = infer_input.as_numpy()
+            except (ValueError, TypeError) as exc:
+                raise InvalidInput(f"input {infer_input.name!r}: cannot decode binary data: {exc}") from None
+        shape = list(infer_input.shape or [])
+        if any(not isinstance(d, int) or d < 0 for d in shape):
+            raise InvalidInput(f"input {infer_input.name!r} has an invalid shape {shape}")
+        tensors.append(Tensor(str(infer_input.name), shape, data, str(infer_input.datatype)))
+    return tensors
+
+
+def columns_from_v2(tensors: Sequence[Tensor], features: Sequence[Feature], max_rows: int = MAX_BATCH_ROWS) -> Columns:
+    """Validate the inputs of an Open Inference Protocol request and turn them into the model input.
 
     Raises:
         InvalidInput: The inputs, their shapes or a value do not fit the model's features.
     """
-    inputs = list(request.inputs or [])
-    names = [f.name for f in features]
-    known = set(names)
-    if not inputs:
-        raise InvalidInput(f"request has no inputs; send one input per feature ({_names(names)})")
-    if len(inputs) == 1 and inputs[0].name not in known:
-        matrix = inputs[0]
-        shape = list(matrix.shape or [])
-        if len(shape) != 2 or shape[1] != len(features):
+    expected = [f.name for f in features]
+    known = set(expected)
+    if not tensors:
+        raise InvalidInput(f"request has no inputs; send one input per feature ({names(expected)})")
+    if len(tensors) == 1 and tensors[0].name not in known:
+        matrix = tensors[0]
+        if len(matrix.shape) != 2 or matrix.shape[1] != len(features):
             raise InvalidInput(
                 f"input {matrix.name!r} is not a feature name, so it must be a 2-D tensor of shape "
-                f"[rows, {len(features)}] with columns {_names(names)}; got shape {shape}"
+                f"[rows, {len(features)}] with columns {names(expected)}; got shape {matrix.shape}"
             )
-        values = input_values(matrix)
-        n_rows = shape[0]
+        n_rows = matrix.shape[0]
         check_batch_size(n_rows, f"input {matrix.name!r}", max_rows)
-        columns: dict[str, list[Any]] = {name: [] for name in names}
-        for row in range(n_rows):
-            for col, feature in enumerate(features):
-                value = values[row * len(features) + col]
-                columns[feature.name].append(_check_value(value, feature, f"row {row}"))
-        return _frame(columns, features)
+        flat = matrix.values()
+        width = len(features)
+        values = {
+            feature.name: [_check_value(flat[row * width + col], feature, f"row {row}") for row in range(n_rows)]
+            for col, feature in enumerate(features)
+        }
+        return _columns(values, features)
 
-    given = [i.name for i in inputs]
-    duplicates = sorted({n for n in given if given.count(n) > 1})
-    problems = [f"input(s) {_names(duplicates)} given more than once"] if duplicates else []
-    problems += _feature_problems(names, known, given)
+    given = [t.name for t in tensors]
+    duplicates = sorted(name for name, count in Counter(given).items() if count > 1)
+    problems = [f"input(s) {names(duplicates)} given more than once"] if duplicates else []
+    problems += _feature_problems(expected, known, given)
     if problems:
-        raise InvalidInput(f"{'; '.join(problems)}; the model expects one input per feature: {_names(names)}")
-    by_name = {i.name: i for i in inputs}
-    columns = {}
+        raise InvalidInput(f"{'; '.join(problems)}; the model expects one input per feature: {names(expected)}")
+    by_name = {t.name: t for t in tensors}
+    values = {}
     rows: int | None = None
     for feature in features:
-        infer_input = by_name[feature.name]
-        shape = list(infer_input.shape or [])
-        if len(shape) not in (1, 2) or (len(shape) == 2 and shape[1] != 1):
-            raise InvalidInput(f"input {feature.name!r} must have shape [rows] or [rows, 1], got {shape}")
-        values = input_values(infer_input)
-        if rows is None:
-            rows = len(values)
-            check_batch_size(rows, f"input {feature.name!r}", max_rows)
-        elif len(values) != rows:
+        tensor = by_name[feature.name]
+        if len(tensor.shape) not in (1, 2) or (len(tensor.shape) == 2 and tensor.shape[1] != 1):
+            raise InvalidInput(f"input {feature.name!r} must have shape [rows] or [rows, 1], got {tensor.shape}")
+        if tensor.datatype not in _ACCEPTED_DATATYPES[feature.kind]:
             raise InvalidInput(
-                f"inputs have different lengths: {feature.name!r} has {len(values)} values, "
+                f"input {feature.name!r} has datatype {tensor.datatype}; a {feature.kind} feature takes "
+                f"{OIP_DATATYPE[feature.kind]}"
+            )
+        if rows is None:
+            rows = tensor.shape[0]
+            check_batch_size(rows, f"input {feature.name!r}", max_rows)
+        elif tensor.shape[0] != rows:
+            raise InvalidInput(
+                f"inputs have different lengths: {feature.name!r} has {tensor.shape[0]} values, "
                 f"{features[0].name!r} has {rows}"
             )
-        columns[feature.name] = [
-            _check_value(value, feature, f"input {feature.name!r} element {i}") for i, value in enumerate(values)
+        values[feature.name] = [
+            _check_value(value, feature, f"input {feature.name!r} element {i}")
+            for i, value in enumerate(tensor.values())
         ]
-    return _frame(columns, features)
-
-
-def check_content_type(headers: dict[str, str] | None) -> None:
-    """Refuse a body kserve did not decode whose content type is not read as JSON.
-
-    Raises:
-        RequestRejected: The content type is neither JSON nor one read as JSON (HTTP 415).
-    """
-    content_type = (headers or {}).get("content-type", "").split(";")[0].strip().lower()
-    if content_type and content_type not in _ACCEPTED_CONTENT_TYPES and not content_type.endswith("+json"):
-        raise RequestRejected(
-            f"content-type {content_type!r} is not supported; send the body as JSON with "
-            "'Content-Type: application/json'",
-            415,
-        )
+    return _columns(values, features)

@@ -12,8 +12,11 @@ assignment switches traffic to it, so requests never see a half-loaded model. Wh
 cannot be loaded the previous one keeps serving; the failure is logged and reported by
 :meth:`CtpipeModel.status`, and that version is retried only after ``retry_seconds``.
 
-Requests are decoded and checked against the answering version's features by
-:mod:`serving.decoding` (V1 and V2 formats, and the HTTP status of each rejection).
+Requests reach :meth:`CtpipeModel.infer_v1` and :meth:`CtpipeModel.infer_v2` on a worker
+thread (:mod:`serving.http` keeps the event loop free). They are decoded and checked against the
+answering version's features by :mod:`serving.decoding` into one array per feature, which the
+version's ONNX model scores as they are (no pandas on the request path), or which become a
+DataFrame for the scikit-learn model when the version has no proven ONNX model.
 """
 
 from __future__ import annotations
@@ -26,6 +29,7 @@ import threading
 import time
 import uuid
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
@@ -33,35 +37,56 @@ import numpy as np
 import pandas as pd
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
-from kserve.protocol.infer_type import InferOutput, InferRequest, InferResponse
+from kserve.protocol.infer_type import InferRequest
 
 from components.common import tracking
+from components.common.compiled_model import OnnxScorer
 from components.common.feast import EntityLookup
 from components.common.logs import get_logger
-from components.common.model_input import features_of
-from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG, CHALLENGER_ALIAS, CHAMPION_ALIAS, redact_uri
+from components.common.model_input import Feature, features_of
+from components.common.registry import (
+    CANARY_TAG,
+    CANARY_VERSION_TAG,
+    CHALLENGER_ALIAS,
+    CHAMPION_ALIAS,
+    ONNX_ARTIFACT,
+    ONNX_PARITY_TAG,
+    ONNX_SHA256_TAG,
+    SERVING_RUNTIME_TAG,
+    redact_uri,
+)
 from serving.decoding import (
     ENTITY_IDS_KEY,
     MAX_BATCH_ROWS,
     OIP_DATATYPE,
-    Feature,
+    Columns,
     RequestRejected,
+    Tensor,
     check_batch_size,
-    check_content_type,
+    checked_request_id,
+    columns_from_v1,
+    columns_from_v2,
+    decode_json,
     describe,
-    frame_from_v1,
-    frame_from_v2,
-    input_values,
-    parse_json,
+    names,
+    tensors_from_json,
+    tensors_from_request,
+    to_frame,
 )
-from serving.observability import InferenceLogWriter, LoggedRequest, observe
+from serving.observability import BODIES_DECODED, InferenceLogWriter, LoggedRequest, observe
 
 logger = get_logger("serving.model")
 
 
 @dataclass(frozen=True)
 class LoadedVersion:
-    """A registered model version loaded into memory, ready to score."""
+    """A registered model version loaded into memory, ready to score.
+
+    ``runtime`` says what scores requests: ``onnx`` (the version's compiled ``model.onnx``, when
+    infra validation proved it gives the scikit-learn model's answers) or ``sklearn``;
+    ``runtime_reason`` says why. ``runtime_decided`` is False while infra validation has not
+    recorded a verdict yet: the watcher then loads the version again once it has.
+    """
 
     version: str
     model: Any = field(repr=False, compare=False)
@@ -69,18 +94,35 @@ class LoadedVersion:
     output: Literal["score", "prediction"]
     run_id: str | None = None
     loaded_at: float = 0.0
+    onnx: OnnxScorer | None = field(default=None, repr=False, compare=False)
+    runtime_reason: str = ""
+    runtime_decided: bool = True
+
+    @property
+    def runtime(self) -> str:
+        """``onnx`` or ``sklearn``."""
+        return "sklearn" if self.onnx is None else "onnx"
 
     @property
     def feature_names(self) -> list[str]:
         """Feature names in the order the model expects them."""
         return [f.name for f in self.features]
 
-    def score(self, frame: pd.DataFrame) -> np.ndarray:
-        """Positive-class probability for binary classifiers, ``predict`` otherwise."""
+    def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
+        """The scikit-learn model's answer for a DataFrame (the reference the ONNX model must match)."""
         if self.output == "score":
             proba = np.asarray(self.model.predict_proba(frame))
             return proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba
         return np.asarray(self.model.predict(frame))
+
+    def score(self, columns: Columns) -> np.ndarray:
+        """Positive-class probability for binary classifiers, ``predict`` otherwise.
+
+        The ONNX runtime scores the columns as they are; scikit-learn gets a DataFrame.
+        """
+        if self.onnx is not None:
+            return self.onnx.score_columns(columns)
+        return self.score_frame(to_frame(columns, self.features))
 
 
 @dataclass(frozen=True)
@@ -103,6 +145,10 @@ class RoutingState:
             self.challenger.version if self.challenger else None,
             self.canary_percent,
         )
+
+    def runtimes(self) -> dict[str, str]:
+        """What scores each loaded version: ``{"3": "onnx"}``."""
+        return {v.version: v.runtime for v in (self.champion, self.challenger) if v is not None}
 
     def pick(self, rng: random.Random) -> tuple[str, LoadedVersion]:
         """Choose the alias and version that answers one request.
@@ -225,13 +271,17 @@ class CtpipeModel(Model):
     def load_version(self, version: str) -> LoadedVersion:
         """Download, load and smoke-test one registered version (no traffic change).
 
+        The version's ``model.onnx`` is loaded as well when infra validation recorded that it
+        gives the same answers (tag ``ctpipe.serving_runtime=onnx``); its SHA-256 must match the
+        one recorded at registration.
+
         Raises:
-            Exception: Whatever MLflow, unpickling or the smoke test raises.
+            Exception: Whatever MLflow, unpickling, the ONNX runtime or the smoke test raises.
         """
         import mlflow.artifacts
         from mlflow.models import Model as MlflowModel
 
-        self.client  # noqa: B018 - configures MLflow for this tracking URI
+        tags = dict(self.client.get_model_version(self.name, version).tags or {})
         staging = tempfile.mkdtemp(prefix="ctpipe-serving-")
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=staging)
@@ -239,6 +289,15 @@ class CtpipeModel(Model):
             mlflow_model = MlflowModel.load(local)
             features = features_of(mlflow_model, sk_model)
             output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"
+            runtime = tags.get(SERVING_RUNTIME_TAG)
+            onnx = None
+            if runtime == "onnx":
+                onnx = OnnxScorer.from_file(
+                    os.path.join(local, ONNX_ARTIFACT), tags.get(ONNX_SHA256_TAG, ""), features, output
+                )
+            reason = tags.get(ONNX_PARITY_TAG) or (
+                "infra validation has not checked the ONNX model yet" if runtime is None else f"runtime {runtime}"
+            )
             loaded = LoadedVersion(
                 version=version,
                 model=sk_model,
@@ -246,10 +305,18 @@ class CtpipeModel(Model):
                 output=output,
                 run_id=mlflow_model.run_id,
                 loaded_at=time.time(),
+                onnx=onnx,
+                runtime_reason=reason,
+                runtime_decided=runtime is not None,
             )
             example = mlflow_model.load_input_example(local) if mlflow_model.saved_input_example_info else None
             if isinstance(example, pd.DataFrame) and len(example):
-                loaded.score(example[loaded.feature_names])
+                smoke = example[loaded.feature_names]
+                columns = {f.name: smoke[f.name].to_numpy() for f in features}
+                if onnx is not None:
+                    # The fast path answers like the model it was compiled from, or it is not used.
+                    np.testing.assert_allclose(onnx.score_frame(smoke), loaded.score_frame(smoke), atol=1e-5)
+                loaded.score(columns)
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         return loaded
@@ -271,7 +338,7 @@ class CtpipeModel(Model):
             return current if keep else None
         for loaded in (current, self._state.champion, self._state.challenger):
             if loaded is not None and loaded.version == wanted:
-                return loaded
+                return self._with_decided_runtime(alias, loaded)
         failed = self._failed.get(wanted)
         if failed is not None and time.time() - failed[1] < self.retry_seconds:
             return current
@@ -291,6 +358,24 @@ class CtpipeModel(Model):
             extra={"model": self.name, "alias": alias, "version": wanted, "seconds": time.perf_counter() - started},
         )
         return loaded
+
+    def _with_decided_runtime(self, alias: str, loaded: LoadedVersion) -> LoadedVersion:
+        """``loaded``, or the same version loaded again once infra validation chose its runtime.
+
+        Registration makes a version the challenger before infra validation compares its ONNX
+        model with scikit-learn, so a server may load it first with scikit-learn; no traffic
+        reaches a challenger before infra validation, so it switches before its first request.
+        """
+        if loaded.runtime_decided:
+            return loaded
+        try:
+            tags = self.client.get_model_version(self.name, loaded.version).tags or {}
+            if SERVING_RUNTIME_TAG not in tags:
+                return loaded
+            return self.load_version(loaded.version)
+        except Exception as exc:  # the loaded model keeps serving
+            self._record_error(alias, loaded.version, f"cannot switch version {loaded.version}'s runtime: {exc}")
+            return loaded
 
     def refresh(self) -> bool:
         """Read the registry once, load what changed and switch traffic atomically.
@@ -322,7 +407,12 @@ class CtpipeModel(Model):
             if challenger is not None and wanted.canary_version in (None, challenger.version):
                 canary = wanted.canary_percent
             new = RoutingState(champion, challenger, canary)
-            changed = new.key() != current.key()
+            # _resolve hands back the very object it was given when nothing changed for an alias.
+            changed = (
+                new.champion is not current.champion
+                or new.challenger is not current.challenger
+                or new.canary_percent != current.canary_percent
+            )
             if changed:
                 self._state = new  # the one atomic switch
                 self._last_change_at = time.time()
@@ -333,6 +423,7 @@ class CtpipeModel(Model):
                         "champion": new.key()[0],
                         "challenger": new.key()[1],
                         "canary_percent": new.canary_percent,
+                        "runtimes": new.runtimes(),
                         "previous": list(current.key()),
                     },
                 )
@@ -375,6 +466,30 @@ class CtpipeModel(Model):
             self.inference_log.stop()
         super().stop()
 
+    def unload(self) -> None:
+        """Stop serving (model-repository ``unload``): drop every version and answer not ready.
+
+        The registry is no longer followed until :meth:`reload`; readiness answers 503, so a
+        load balancer takes the pod out of rotation.
+        """
+        self.stop_watcher()
+        with self._refresh_lock:
+            self._state = RoutingState()
+            self.ready = False
+            self._last_change_at = time.time()
+        logger.warning("model unloaded", extra={"model": self.name})
+
+    def reload(self) -> bool:
+        """Serve again after :meth:`unload` (model-repository ``load``): read the registry now and follow it.
+
+        Returns:
+            Whether a version is ready.
+        """
+        self.refresh()
+        self.start_watcher()
+        logger.info("model loaded", extra={"model": self.name, "ready": self.ready})
+        return bool(self.ready)
+
     def _watch(self) -> None:
         while not self._stop.wait(self.poll_seconds):
             try:
@@ -416,12 +531,10 @@ class CtpipeModel(Model):
         try:
             found = online_features(list(ids), lookup.dataset, lookup.feast, lookup.workspace)
         except DataError as exc:
-            raise InvalidInput(f"{what}: {exc}") from None
+            raise InvalidInput(f"{what}: {str(exc)[:500]}") from None
         if found.missing:
-            shown = ", ".join(repr(i) for i in found.missing[:20])
-            more = f" and {len(found.missing) - 20} more" if len(found.missing) > 20 else ""
             raise RequestRejected(
-                f"unknown entity id(s) for {lookup.dataset.entity_column!r}: {shown}{more} "
+                f"unknown entity id(s) for {lookup.dataset.entity_column!r}: {names(found.missing)} "
                 f"(no online features in Feast); {len(found.rows)} of {len(ids)} ids were found",
                 422,
             )
@@ -429,99 +542,158 @@ class CtpipeModel(Model):
         instances = [{k: v for k, v in row.items() if k != entity} for row in found.rows]
         return {"instances": instances}, [row[entity] for row in found.rows]
 
-    def _entity_ids_v2(self, request: InferRequest) -> list[Any] | None:
-        """The ids of a V2 request that names entities instead of features, else None."""
-        inputs = list(request.inputs or [])
+    def _entity_tensor(self, tensors: list[Tensor]) -> Tensor | None:
+        """The one input of a V2 request that names entities instead of features, else None."""
         lookup = self.entity_lookup
-        names = {ENTITY_IDS_KEY} | ({lookup.dataset.entity_column} if lookup is not None else set())
-        if len(inputs) != 1 or inputs[0].name not in names:
-            return None
-        return input_values(inputs[0])
+        id_names = {ENTITY_IDS_KEY} | ({lookup.dataset.entity_column} if lookup is not None else set())
+        return tensors[0] if len(tensors) == 1 and tensors[0].name in id_names else None
 
-    def predict(
-        self,
-        payload: dict[str, Any] | InferRequest,
-        headers: dict[str, str] | None = None,
-        response_headers: dict[str, str] | None = None,
-    ) -> dict[str, Any] | InferResponse:
-        """Route the request to the champion or the challenger and score it.
+    # -- inference (runs on the server's worker threads, never on the event loop) ---------------
+
+    def infer_v1(self, body: bytes, content_type: str | None = None, request_id: str | None = None) -> dict[str, Any]:
+        """Answer a V1 ``:predict`` body: decode, validate, score, log.
+
+        Args:
+            body: The raw request body.
+            content_type: Its ``Content-Type`` header.
+            request_id: The checked ``x-request-id`` header, if any.
+
+        Returns:
+            ``{"predictions", "model_version", "model_alias", "request_id"}``.
 
         Raises:
-            InvalidInput: The request does not fit the model (HTTP 400; 413 for too many rows,
-                415 for a body that is not JSON, 422 for unknown entity ids).
-            InferenceError: No version is loaded, or the model failed on valid input.
+            InvalidInput: The body does not fit the model (HTTP 400; :class:`RequestRejected`
+                for 413, 415 and 422).
+            InferenceError: No version is loaded (503), or the model failed on valid input (500).
+        """
+        payload = decode_json(body, content_type)
+
+        def columns(serving: LoadedVersion) -> tuple[Columns, list[Any] | None]:
+            body = payload
+            entity_ids = None
+            if isinstance(body, dict) and ENTITY_IDS_KEY in body:
+                if "instances" in body:
+                    raise InvalidInput(f"send either 'instances' or {ENTITY_IDS_KEY!r}, not both")
+                body, entity_ids = self._rows_for_entities(body[ENTITY_IDS_KEY], f"{ENTITY_IDS_KEY!r}")
+            return columns_from_v1(body, serving.features, self.max_batch_rows), entity_ids
+
+        alias, serving, scores, request_id = self._score(columns, request_id)
+        return {
+            "predictions": scores.tolist(),
+            "model_version": serving.version,
+            "model_alias": alias,
+            "request_id": request_id,
+        }
+
+    def infer_v2(
+        self,
+        body: bytes,
+        content_type: str | None = None,
+        request_id: str | None = None,
+        binary_json_length: int | None = None,
+    ) -> dict[str, Any]:
+        """Answer a V2 ``/infer`` body (JSON, or JSON plus binary tensor data).
+
+        Args:
+            body: The raw request body.
+            content_type: Its ``Content-Type`` header (ignored for binary data).
+            request_id: The checked ``x-request-id`` header; else the body's ``id`` (checked the same way).
+            binary_json_length: ``Inference-Header-Content-Length``: the body is that many bytes of
+                JSON followed by binary tensor data.
+
+        Returns:
+            The Open Inference Protocol response as a dict.
+
+        Raises:
+            InvalidInput: The body does not fit the model (4xx).
+            InferenceError: No version is loaded (503), or the model failed on valid input (500).
+        """
+        if binary_json_length is None:
+            tensors, body_id = tensors_from_json(decode_json(body, content_type))
+        else:
+            if not 0 < binary_json_length <= len(body):
+                raise InvalidInput(
+                    f"header inference-header-content-length is {binary_json_length}, "
+                    f"but the body has {len(body)} bytes"
+                )
+            BODIES_DECODED.inc()
+            try:
+                request = InferRequest.from_bytes(body, binary_json_length, self.name)
+            except Exception as exc:  # kserve's decoder raises several types for malformed binary data
+                raise InvalidInput(f"cannot decode the binary tensor request: {str(exc)[:200]}") from None
+            tensors, body_id = tensors_from_request(request), request.id
+        request_id = request_id or checked_request_id(body_id, "the request's 'id'")
+
+        def columns(serving: LoadedVersion) -> tuple[Columns, list[Any] | None]:
+            ids = self._entity_tensor(tensors)
+            if ids is None:
+                return columns_from_v2(tensors, serving.features, self.max_batch_rows), None
+            v1_body, entity_ids = self._rows_for_entities(ids.values(), f"input {ids.name!r}")
+            return columns_from_v1(v1_body, serving.features, self.max_batch_rows), entity_ids
+
+        alias, serving, scores, request_id = self._score(columns, request_id)
+        values = np.asarray(scores, dtype="float64")
+        return {
+            "model_name": self.name,
+            "model_version": serving.version,
+            "id": request_id,
+            "parameters": {"model_alias": alias, "model_version": serving.version},
+            "outputs": [
+                {
+                    "name": serving.output,
+                    "datatype": "FP64",
+                    "shape": list(values.shape),
+                    "data": values.ravel().tolist(),
+                }
+            ],
+        }
+
+    def _score(
+        self,
+        columns_for: Callable[[LoadedVersion], tuple[Columns, list[Any] | None]],
+        request_id: str | None,
+    ) -> tuple[str, LoadedVersion, np.ndarray, str]:
+        """Route one request to the champion or the challenger, score it, count it and log it.
+
+        Returns:
+            The answering alias and version, the scores and the request id.
         """
         started = time.perf_counter()
         state = self._state  # one read: the whole request uses the same version
         alias, serving = state.pick(self._rng)
         alias = self.followed_alias or alias  # a pod of one traffic target answers (and logs) as its alias
-        is_v2 = isinstance(payload, InferRequest)
-        request_id = (
-            (headers or {}).get("x-request-id")
-            or (payload.id if isinstance(payload, InferRequest) else None)
-            or str(uuid.uuid4())
-        )
+        request_id = request_id or str(uuid.uuid4())
+        columns: Columns | None = None
         entity_ids: list[Any] | None = None
-        frame: pd.DataFrame | None = None
         try:
-            if isinstance(payload, InferRequest):
-                ids = self._entity_ids_v2(payload)
-                if ids is not None:
-                    body, entity_ids = self._rows_for_entities(ids, f"input {payload.inputs[0].name!r}")
-                    frame = frame_from_v1(body, serving.features, self.max_batch_rows)
-                else:
-                    frame = frame_from_v2(payload, serving.features, self.max_batch_rows)
-            else:
-                if isinstance(payload, bytes | str):
-                    check_content_type(headers)
-                    payload = parse_json(payload)
-                if isinstance(payload, dict) and ENTITY_IDS_KEY in payload and "instances" not in payload:
-                    body, entity_ids = self._rows_for_entities(payload[ENTITY_IDS_KEY], f"{ENTITY_IDS_KEY!r}")
-                    payload = body
-                frame = frame_from_v1(payload, serving.features, self.max_batch_rows)
+            columns, entity_ids = columns_for(serving)
             try:
-                scores = serving.score(frame)
+                scores = serving.score(columns)
             except (ValueError, TypeError) as exc:
-                raise InvalidInput(f"model version {serving.version} rejected the input: {exc}") from None
+                raise InvalidInput(f"model version {serving.version} rejected the input: {str(exc)[:300]}") from None
         except InvalidInput:
             observe(self.name, serving.version, alias, "rejected", time.perf_counter() - started)
             raise
         except Exception as exc:
             seconds = time.perf_counter() - started
             observe(self.name, serving.version, alias, "error", seconds)
-            if frame is not None:
-                self._log(request_id, serving.version, alias, frame, None, seconds, "error", entity_ids)
+            if columns is not None:
+                self._log(request_id, serving.version, alias, columns, None, seconds, "error", entity_ids)
             if isinstance(exc, InferenceError):
                 raise
             raise InferenceError(f"model version {serving.version} failed: {type(exc).__name__}: {exc}") from None
         self._served[serving.version] += 1
         seconds = time.perf_counter() - started
         observe(self.name, serving.version, alias, "ok", seconds, scores)
-        self._log(request_id, serving.version, alias, frame, scores, seconds, "ok", entity_ids)
-        if not is_v2:
-            return {
-                "predictions": scores.tolist(),
-                "model_version": serving.version,
-                "model_alias": alias,
-                "request_id": request_id,
-            }
-        assert isinstance(payload, InferRequest)
-        values = np.asarray(scores, dtype="float64")
-        output = InferOutput(name=serving.output, shape=list(values.shape), datatype="FP64", data=values.tolist())
-        return InferResponse(
-            response_id=request_id,
-            model_name=self.name,
-            infer_outputs=[output],
-            model_version=serving.version,
-            parameters={"model_alias": alias, "model_version": serving.version},
-        )
+        self._log(request_id, serving.version, alias, columns, scores, seconds, "ok", entity_ids)
+        return alias, serving, scores, request_id
 
     def _log(
         self,
         request_id: str,
         version: str,
         alias: str,
-        frame: pd.DataFrame,
+        columns: Columns,
         scores: np.ndarray | None,
         seconds: float,
         status: str,
@@ -536,7 +708,7 @@ class CtpipeModel(Model):
                 model_name=self.name,
                 model_version=version,
                 model_alias=alias,
-                features=frame,
+                features=columns,
                 predictions=None if scores is None else np.asarray(scores, dtype="float64"),
                 latency_ms=seconds * 1000,
                 status=status,
@@ -567,6 +739,11 @@ class CtpipeModel(Model):
                 "canary_version": self._wanted.canary_version,
             },
             "features": primary.feature_names if primary is not None else [],
+            "runtimes": {
+                v.version: {"runtime": v.runtime, "reason": v.runtime_reason}
+                for v in (state.champion, state.challenger)
+                if v is not None
+            },
             "last_error": self._last_error,
             "failed_versions": {version: message for version, (message, _) in list(self._failed.items())},
             "served": dict(self._served),

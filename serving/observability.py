@@ -18,6 +18,7 @@ import os
 import queue
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,6 +58,17 @@ LOG_DROPPED = Counter(
     "ctpipe_inference_log_dropped_rows", "Rows not logged because the inference log queue was full.", ["model"]
 )
 LOG_WRITTEN = Counter("ctpipe_inference_log_written_rows", "Rows written to the inference log.", ["model"])
+BODIES_DECODED = Counter(
+    "ctpipe_request_bodies_decoded",
+    "Request bodies parsed as JSON. A body refused for its size (HTTP 413) is never parsed, so it never counts.",
+)
+BODIES_TOO_LARGE = Counter(
+    "ctpipe_request_bodies_too_large",
+    "Requests answered 413 because the body exceeded serving.max_request_bytes, before any parsing.",
+)
+UNAUTHORIZED = Counter(
+    "ctpipe_unauthorized_requests", "Requests refused for a missing or wrong bearer token.", ["route"]
+)
 
 
 def observe(
@@ -81,29 +93,61 @@ class LoggedRequest:
     model_name: str
     model_version: str
     model_alias: str
-    features: pd.DataFrame
+    features: Mapping[str, np.ndarray]
     predictions: np.ndarray | None
     latency_ms: float
     status: str
     entity_column: str | None = None
     entity_ids: list[Any] | None = None
 
-    def frame(self) -> pd.DataFrame:
-        """The rows in the inference log layout."""
-        rows = self.features.reset_index(drop=True).copy()
-        n = len(rows)
-        if self.entity_column and self.entity_ids is not None:
-            rows.insert(0, self.entity_column, self.entity_ids)
-        rows.insert(0, "model_alias", self.model_alias)
-        rows.insert(0, "model_version", self.model_version)
-        rows.insert(0, "model_name", self.model_name)
-        rows.insert(0, "timestamp", pd.Timestamp(self.timestamp, unit="s", tz="UTC"))
-        rows.insert(0, "row", np.arange(n, dtype="int64"))  # position in the request, to join labels
-        rows.insert(0, "request_id", self.request_id)
-        rows["prediction"] = self.predictions if self.predictions is not None else np.full(n, np.nan)
-        rows["latency_ms"] = self.latency_ms
-        rows["status"] = self.status
-        return rows
+    @property
+    def rows(self) -> int:
+        """Rows the request carried."""
+        return len(next(iter(self.features.values()))) if self.features else 0
+
+
+def log_frame(records: list[LoggedRequest]) -> pd.DataFrame:
+    """Requests in the inference log layout, built column by column with numpy (the writer thread's work).
+
+    Requests answered by versions with different features land in different column groups,
+    concatenated once at the end (a missing feature is null for the others' rows).
+    """
+    groups: dict[tuple[tuple[str, ...], str | None], list[LoggedRequest]] = {}
+    for record in records:
+        entity = record.entity_column if record.entity_ids is not None else None
+        groups.setdefault((tuple(record.features), entity), []).append(record)
+    frames = []
+    for (features, entity), group in groups.items():
+        counts = np.fromiter((r.rows for r in group), dtype="int64", count=len(group))
+
+        def each(values: list[Any], counts: np.ndarray = counts) -> np.ndarray:
+            return np.repeat(np.asarray(values, dtype=object), counts)
+
+        columns: dict[str, Any] = {
+            "request_id": each([r.request_id for r in group]),
+            # position in the request, to join labels
+            "row": np.concatenate([np.arange(n, dtype="int64") for n in counts]),
+            "timestamp": pd.to_datetime(np.repeat([r.timestamp for r in group], counts), unit="s", utc=True),
+            "model_name": each([r.model_name for r in group]),
+            "model_version": each([r.model_version for r in group]),
+            "model_alias": each([r.model_alias for r in group]),
+        }
+        if entity is not None:
+            columns[entity] = np.concatenate([np.asarray(r.entity_ids, dtype=object) for r in group])
+        for name in features:
+            columns[name] = np.concatenate([r.features[name] for r in group])
+        columns["prediction"] = np.concatenate(
+            [
+                np.asarray(r.predictions, dtype="float64").reshape(-1)
+                if r.predictions is not None
+                else np.full(r.rows, np.nan)
+                for r in group
+            ]
+        )
+        columns["latency_ms"] = np.repeat([r.latency_ms for r in group], counts)
+        columns["status"] = each([r.status for r in group])
+        frames.append(pd.DataFrame(columns))
+    return frames[0] if len(frames) == 1 else pd.concat(frames, ignore_index=True)
 
 
 class InferenceLogWriter:
@@ -143,7 +187,7 @@ class InferenceLogWriter:
 
     def submit(self, record: LoggedRequest) -> bool:
         """Queue one request's rows without blocking; False when they were dropped."""
-        rows = len(record.features)
+        rows = record.rows
         with self._count_lock:
             if self._stopping or self._queued_rows + rows > self.max_rows:
                 self.dropped_rows += rows
@@ -192,9 +236,9 @@ class InferenceLogWriter:
                 return
 
     def _write(self, records: list[LoggedRequest]) -> None:
-        rows = sum(len(r.features) for r in records)
+        rows = sum(r.rows for r in records)
         try:
-            batch = pd.concat([r.frame() for r in records], ignore_index=True)
+            batch = log_frame(records)
             self.files += len(append_batch(self.log_dir, batch))
             self.written_rows += rows
             LOG_WRITTEN.labels(self.model_name).inc(rows)

@@ -3,10 +3,10 @@
 kserve's ``RESTServer`` hard-codes ``host="0.0.0.0"`` in the uvicorn config it builds, and
 ``ModelServer`` always starts a gRPC server on all interfaces as well. ctpipe binds 127.0.0.1
 by default, so :func:`serve` uses kserve's own classes to build the application (``ModelServer``
-for the model repository, data plane and logging, ``RESTServer.create_application`` for the
-V1/V2 routes, middlewares and exception handlers) and runs that app with uvicorn on
-``host``/``port`` itself. gRPC is not started. One extra route, ``GET /ctpipe/status``,
-reports what is served.
+for the model registry, health, metadata and logging, ``RESTServer.create_application`` for the
+routes, middlewares and exception handlers), puts :mod:`serving.http` in front of it (the body
+limit, inference on worker threads, tokens) and runs that app with uvicorn on ``host``/``port``
+itself. gRPC is not started. One extra route, ``GET /ctpipe/status``, reports what is served.
 
 Command line::
 
@@ -26,33 +26,46 @@ import sys
 import threading
 import time
 import warnings
+from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
 
 from components.common.feast import EntityLookup
-from components.common.logs import get_logger
+from components.common.logs import JsonFormatter, get_logger
 from components.common.registry import STATUS_ROUTE, redact_uri
-from components.common.server_process import ENTITY_LOOKUP_ENV, GRACEFUL_SHUTDOWN_SECONDS
+from components.common.server_process import (
+    ADMIN_TOKEN_ENV,
+    ENTITY_LOOKUP_ENV,
+    GRACEFUL_SHUTDOWN_SECONDS,
+    SERVING_TOKEN_ENV,
+)
 from components.specs import ServingSpec
+from serving.http import HttpSettings, add_routes
 from serving.observability import InferenceLogWriter
 
 logger = get_logger("serving.server")
 
 _MAX_ROWS: int = ServingSpec.model_fields["max_batch_rows"].default
+_MAX_BYTES: int = ServingSpec.model_fields["max_request_bytes"].default
+_WORKER_THREADS: int = ServingSpec.model_fields["worker_threads"].default
+# The rotated log: at most (1 + backups) x this many bytes on disk.
+LOG_FILE_BYTES = 10 * 1024 * 1024
+LOG_FILE_BACKUPS = 3
 _app_built = False
 
 
-def build_app(model: Any, port: int) -> Any:
-    """Build kserve's FastAPI app serving ``model`` plus the ``/ctpipe/status`` route.
+def build_app(model: Any, port: int, settings: HttpSettings) -> tuple[Any, ThreadPoolExecutor]:
+    """Build kserve's FastAPI app serving ``model``, with ctpipe's routes in front and ``/ctpipe/status``.
 
     kserve keeps one module-level app, so this can run once per process.
 
     Args:
-        model: A loaded ``kserve.Model`` (``CtpipeModel``; its ``status()`` feeds the status route).
+        model: A loaded ``CtpipeModel`` (its ``status()`` feeds the status route).
         port: The HTTP port, recorded by kserve's server objects (binding happens in :func:`serve`).
+        settings: Body limit, tokens and worker threads of :mod:`serving.http`.
 
     Returns:
-        The FastAPI application.
+        The FastAPI application and the worker pool that scores requests.
     """
     global _app_built
     if _app_built:
@@ -75,17 +88,48 @@ def build_app(model: Any, port: int) -> Any:
     async def ctpipe_status() -> dict[str, Any]:
         return dict(model.status())
 
-    from serving.decoding import RequestRejected
-
-    async def rejected(_: Any, exc: Exception) -> Any:
-        from fastapi.responses import JSONResponse
-
-        return JSONResponse(status_code=getattr(exc, "status", 400), content={"error": str(exc)})
-
     app.add_api_route(STATUS_ROUTE, ctpipe_status, methods=["GET"], tags=["ctpipe"])
-    app.add_exception_handler(RequestRejected, rejected)
+    pool = add_routes(app, model, settings)
     _app_built = True
-    return app
+    return app, pool
+
+
+def _settle_garbage_collector() -> None:
+    """Keep the cyclic garbage collector, and a busy worker thread, from pausing requests.
+
+    The imported libraries (kserve, MLflow, scikit-learn, pandas, Feast) leave millions of
+    long-lived objects; every full collection walks them all, which stalls every thread (health
+    checks included) for a tenth of a second or more. Freezing them once loaded moves them out of
+    the collector's sight, and a larger first-generation threshold makes young collections rarer
+    while a large request allocates its objects.
+    """
+    import gc
+
+    gc.collect()
+    gc.freeze()
+    gc.set_threshold(50_000, 20, 20)
+    # A thread that scores a large request hands the GIL over every millisecond rather than every
+    # five, so the event loop's few steps per health check wait less.
+    sys.setswitchinterval(0.001)
+
+
+def _configure_logging(log_file: str | None) -> None:
+    """Send ctpipe's, kserve's and uvicorn's log lines to ``log_file`` (JSON, rotated), else stderr.
+
+    The file rotates at :data:`LOG_FILE_BYTES` and keeps :data:`LOG_FILE_BACKUPS` old files, so
+    a server that runs for months, or is flooded with bad requests, cannot fill the disk.
+    """
+    if not log_file:
+        return
+    from logging.handlers import RotatingFileHandler
+
+    os.makedirs(os.path.dirname(os.path.abspath(log_file)), exist_ok=True)
+    handler = RotatingFileHandler(log_file, maxBytes=LOG_FILE_BYTES, backupCount=LOG_FILE_BACKUPS)
+    handler.setFormatter(JsonFormatter())
+    for name in ("ctpipe", "kserve", "kserve.trace", "uvicorn", "uvicorn.error", "uvicorn.access"):
+        named = logging.getLogger(name)
+        named.handlers = [handler]
+        named.propagate = False
 
 
 def serve(
@@ -102,6 +146,8 @@ def serve(
     log_flush_seconds: float = 2.0,
     log_queue_rows: int = 100_000,
     entity_lookup: EntityLookup | None = None,
+    http: HttpSettings | None = None,
+    log_file: str | None = None,
 ) -> None:
     """Serve one registered model until SIGINT or SIGTERM (blocking).
 
@@ -120,7 +166,10 @@ def serve(
         log_flush_seconds: Longest time a logged row waits in memory.
         log_queue_rows: Rows the inference log may queue before it drops rows.
         entity_lookup: Feast settings for requests that carry entity ids.
+        http: Body limit, tokens and worker threads; default: the ServingSpec defaults, no tokens.
+        log_file: Write the log lines here, rotated; None writes them to stderr.
     """
+    http = http or HttpSettings(max_request_bytes=_MAX_BYTES)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # kserve's own response class triggers this on every request; nothing to act on here.
     warnings.filterwarnings("ignore", message="ORJSONResponse is deprecated")
@@ -144,7 +193,9 @@ def serve(
         entity_lookup=entity_lookup,
     )
     model.load()
-    app = build_app(model, port)
+    app, pool = build_app(model, port, http)
+    _settle_garbage_collector()
+    _configure_logging(log_file)  # after kserve's ModelServer, which configures logging itself
     if not trace_requests:  # kserve logs two timing lines per request at INFO
         logging.getLogger("kserve.trace").setLevel(logging.WARNING)
     config = uvicorn.Config(
@@ -166,6 +217,10 @@ def serve(
             "port": port,
             "tracking_uri": redact_uri(tracking_uri),
             "status": model.status(),
+            "worker_threads": http.worker_threads,
+            "max_request_bytes": http.max_request_bytes,
+            "token_required": http.inference_token is not None,
+            "model_repository_api": http.admin_token is not None,
             "load_seconds": round(time.perf_counter() - started, 3),
         },
     )
@@ -173,6 +228,7 @@ def serve(
         server.run()
     finally:
         model.stop_watcher()
+        pool.shutdown(wait=True)
         if writer is not None:
             writer.stop()  # write what is still queued
         logger.info("model server stopped", extra={"model": model_name, "port": port})
@@ -231,6 +287,24 @@ def main(argv: list[str] | None = None) -> int:
     )
     parser.add_argument("--log-flush-seconds", type=float, default=2.0, help="Inference log flush interval.")
     parser.add_argument("--log-queue-rows", type=int, default=100_000, help="Inference log queue size in rows.")
+    parser.add_argument(
+        "--max-request-bytes", type=int, default=_MAX_BYTES, help="Largest request body; larger ones get HTTP 413."
+    )
+    parser.add_argument(
+        "--worker-threads", type=int, default=_WORKER_THREADS, help="Threads that decode and score requests."
+    )
+    parser.add_argument(
+        "--require-token",
+        action="store_true",
+        help=f"Inference routes require 'Authorization: Bearer <token>'; the token is read from ${SERVING_TOKEN_ENV}.",
+    )
+    parser.add_argument(
+        "--model-repository-api",
+        action="store_true",
+        help="Enable POST /v2/repository/models/NAME/load and /unload, which require 'Authorization: Bearer "
+        f"<token>' with the token from ${ADMIN_TOKEN_ENV}. Off: they answer 404.",
+    )
+    parser.add_argument("--log-file", default=None, help="Write the log here as JSON lines, rotated at 10 MiB.")
     args = parser.parse_args(argv)
     if not args.tracking_uri:
         parser.error("--tracking-uri is required (or set MLFLOW_TRACKING_URI)")
@@ -242,6 +316,22 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--alias and --model-version exclude each other: follow an alias or serve one version")
     if args.max_batch_rows < 1:
         parser.error(f"--max-batch-rows must be at least 1, got {args.max_batch_rows}")
+    if args.max_request_bytes < 1024:
+        parser.error(f"--max-request-bytes must be at least 1024, got {args.max_request_bytes}")
+    if not 1 <= args.worker_threads <= 64:
+        parser.error(f"--worker-threads must be 1-64, got {args.worker_threads}")
+    inference_token = os.environ.get(SERVING_TOKEN_ENV) or None
+    admin_token = os.environ.get(ADMIN_TOKEN_ENV) or None
+    if args.require_token and inference_token is None:
+        parser.error(f"--require-token needs the token in ${SERVING_TOKEN_ENV}; it is empty")
+    if args.model_repository_api and admin_token is None:
+        parser.error(f"--model-repository-api needs the admin token in ${ADMIN_TOKEN_ENV}; it is empty")
+    http = HttpSettings(
+        max_request_bytes=args.max_request_bytes,
+        inference_token=inference_token if args.require_token else None,
+        admin_token=admin_token if args.model_repository_api else None,
+        worker_threads=args.worker_threads,
+    )
     lookup = os.environ.get(ENTITY_LOOKUP_ENV)
     # kserve parses sys.argv with its own parser when it is imported; these flags are ours.
     sys.argv = sys.argv[:1]
@@ -259,6 +349,8 @@ def main(argv: list[str] | None = None) -> int:
         args.log_flush_seconds,
         args.log_queue_rows,
         EntityLookup.model_validate_json(lookup) if lookup else None,
+        http,
+        args.log_file,
     )
     return 0
 

@@ -7,6 +7,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+import pandas as pd
 import pytest
 import yaml
 
@@ -151,3 +153,30 @@ def kserve_container(isvc: dict[str, Any], canary: bool = False) -> dict[str, An
 def followed_alias(container: dict[str, Any]) -> str:
     """The registry alias a predictor container follows (its ``--alias`` argument)."""
     return str(container["args"][container["args"].index("--alias") + 1])
+
+
+def float32_sensitive_model(rows: int = 200) -> tuple[Any, pd.DataFrame, list[Any]]:
+    """A model compiled in float32, on values that float32 cannot tell apart: its parity fails.
+
+    The values differ by 1e-10 around 1.0 (float32's spacing there is 1.2e-7). scikit-learn scales
+    them in float64 and the tree separates the classes. skl2onnx's double graph of
+    ``PolynomialFeatures`` does not load in onnxruntime (it concatenates float and double), so the
+    model falls back to float32 inputs: every value is 1.0 and every row takes the same branch.
+    """
+    from sklearn.compose import ColumnTransformer
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import PolynomialFeatures, StandardScaler
+    from sklearn.tree import DecisionTreeClassifier
+
+    from components.common.model_input import Feature
+
+    frame = pd.DataFrame({"x": 1.0 + np.arange(rows) * 1e-10})
+    label = (np.arange(rows) >= rows // 2).astype(int)
+    numeric = Pipeline([("scale", StandardScaler()), ("expand", PolynomialFeatures(degree=2))])
+    model = Pipeline(
+        [
+            ("preprocess", ColumnTransformer([("numeric", numeric, ["x"])])),
+            ("estimator", DecisionTreeClassifier(max_depth=1, random_state=0)),
+        ]
+    ).fit(frame, label)
+    return model, frame, [Feature("x", "number")]

@@ -80,8 +80,27 @@ INFRA_BLESSED_TAG = "ctpipe.infra_blessed"
 #: The canary analysis decision on a challenger, and why.
 CANARY_DECISION_TAG = "ctpipe.canary_decision"
 CANARY_REASON_TAG = "ctpipe.canary_reason"
+#: ONNX compilation of the version (``components.register``): ``compiled``, or ``unsupported: <reason>``.
+ONNX_TAG = "ctpipe.onnx"
+#: SHA-256 of the version's ONNX file; the file is checked against it before it is loaded.
+ONNX_SHA256_TAG = "ctpipe.onnx_sha256"
+#: What the model server scores the version with: ``onnx`` (parity proven by infra validation) or ``sklearn``.
+SERVING_RUNTIME_TAG = "ctpipe.serving_runtime"
+#: Infra validation's ONNX parity verdict in one line with figures: ``passed: ...``, ``failed: ...``, ``no ONNX: ...``.
+ONNX_PARITY_TAG = "ctpipe.onnx_parity"
+#: File name of the compiled model among the logged model's artifacts (downloaded with ``models:/NAME/VERSION``).
+ONNX_ARTIFACT = "model.onnx"
 #: Tags only ctpipe writes; a caller's lineage may not use them.
-RESERVED_TAGS = (BLESSED_TAG, RUN_ID_TAG, PREVIOUS_CHAMPION_TAG, ROLLED_BACK_TAG)
+RESERVED_TAGS = (
+    BLESSED_TAG,
+    RUN_ID_TAG,
+    PREVIOUS_CHAMPION_TAG,
+    ROLLED_BACK_TAG,
+    ONNX_TAG,
+    ONNX_SHA256_TAG,
+    SERVING_RUNTIME_TAG,
+    ONNX_PARITY_TAG,
+)
 
 # --- Lineage tags: on the training run (written by train) and on the version (by register) --------
 PIPELINE_RUN_TAG = "pipeline_run"

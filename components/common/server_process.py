@@ -9,6 +9,9 @@ serving package. The command-line flags built here are the ones ``serving.server
   in ``<workspace>/serving/server.log``, pid in ``<workspace>/serving/server.pid``), or reuses
   the one already serving the same model; :func:`stop_local_server` stops it again.
 - :func:`start_sandbox_server` starts a server pinned to one version on a free loopback port.
+
+A server writes its JSON log lines to ``server.log`` itself and rotates it (``--log-file``);
+what a process prints outside logging (a crash while starting) goes to ``server.out`` beside it.
 """
 
 from __future__ import annotations
@@ -42,6 +45,10 @@ SERVER_MODULE = "serving.server"
 GRACEFUL_SHUTDOWN_SECONDS = 5
 #: Environment variable carrying the EntityLookup JSON to a server process.
 ENTITY_LOOKUP_ENV = "CTPIPE_ENTITY_LOOKUP"
+#: Bearer token of the inference routes when ``serving.require_token`` is on (a Secret on the cluster).
+SERVING_TOKEN_ENV = "CTPIPE_SERVING_TOKEN"
+#: Bearer token of the model-repository routes (load, unload) when ``serving.model_repository_api`` is on.
+ADMIN_TOKEN_ENV = "CTPIPE_SERVING_ADMIN_TOKEN"
 # Popen handles of servers this process started, so they are reaped and never warned about.
 _children: dict[int, subprocess.Popen[bytes]] = {}
 
@@ -143,11 +150,25 @@ def _is_our_server(pid: int) -> bool:
     return _alive(pid) and SERVER_MODULE in _cmdline(pid)
 
 
+def _output_path(log_path: Path) -> Path:
+    """Where a server process's own stdout and stderr go: ``server.out`` beside ``server.log``."""
+    return log_path.with_suffix(".out")
+
+
 def _log_tail(path: Path, lines: int = 15) -> str:
-    try:
-        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:])
-    except OSError:
-        return ""
+    tails = []
+    for source in (_output_path(path), path):
+        try:
+            tails.extend(source.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            continue
+    return "\n".join(tails)
+
+
+def client_headers() -> dict[str, str]:
+    """Headers a ctpipe step sends to a model server: the bearer token when one is set in the environment."""
+    token = os.environ.get(SERVING_TOKEN_ENV)
+    return {"Authorization": f"Bearer {token}"} if token else {}
 
 
 def _terminate(pid: int, timeout: float) -> None:
@@ -315,10 +336,16 @@ def serving_args(serving: ServingSpec) -> list[str]:
     return [
         "--max-batch-rows",
         str(serving.max_batch_rows),
+        "--max-request-bytes",
+        str(serving.max_request_bytes),
+        "--worker-threads",
+        str(serving.worker_threads),
         "--log-flush-seconds",
         str(serving.inference_log_flush_seconds),
         "--log-queue-rows",
         str(serving.inference_log_queue_rows),
+        *(["--require-token"] if serving.require_token else []),
+        *(["--model-repository-api"] if serving.model_repository_api else []),
     ]
 
 
@@ -331,7 +358,7 @@ def spawn_server(
     extra_args: list[str],
     entity_lookup: EntityLookup | None = None,
 ) -> subprocess.Popen[bytes]:
-    """Start ``python -m serving.server`` detached (own session), output appended to ``log_path``.
+    """Start ``python -m serving.server`` detached (own session), logging to ``log_path`` (rotated).
 
     The tracking URI and the entity lookup travel in the environment, not on the command line,
     where ``ps`` would show credentials.
@@ -347,6 +374,8 @@ def spawn_server(
         host,
         "--port",
         str(port),
+        "--log-file",
+        str(log_path),
         *extra_args,
     ]
     env = dict(os.environ)
@@ -356,7 +385,7 @@ def spawn_server(
     env.pop(ENTITY_LOOKUP_ENV, None)
     if entity_lookup is not None:
         env[ENTITY_LOOKUP_ENV] = entity_lookup.model_dump_json()
-    with open(log_path, "ab") as log:
+    with open(_output_path(log_path), "ab") as log:
         proc = subprocess.Popen(
             command,
             stdin=subprocess.DEVNULL,

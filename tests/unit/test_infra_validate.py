@@ -9,12 +9,19 @@ import pytest
 import requests
 
 from components.common.errors import DeployError
-from components.common.registry import CANARY_TAG, INFRA_BLESSED_TAG
+from components.common.registry import (
+    CANARY_TAG,
+    INFRA_BLESSED_TAG,
+    ONNX_PARITY_TAG,
+    ONNX_TAG,
+    SERVING_RUNTIME_TAG,
+)
 from components.common.server_process import start_local_server, stop_local_server
 from components.deploy import deploy, wait_for_serving
 from components.infra_validate import infra_validate
+from components.register import register
 from components.specs import DatasetSpec, ServingSpec
-from tests.helpers import free_port
+from tests.helpers import float32_sensitive_model, free_port
 from tests.serving_helpers import FEATURES, GOOD, POLL, Registry, build_registry
 
 DATASET = DatasetSpec(
@@ -39,16 +46,25 @@ def eval_set(registry: Registry, tmp_path: Path) -> str:
     return str(path)
 
 
+def _register(registry: Registry, name: str, key: str) -> str:
+    """Register a logged model as ``register`` does in the pipeline: compiled to ONNX, blessed, challenger."""
+    uri, run_id, _ = registry.sources[key]
+    result = register(uri, run_id, name, True, registry.tracking_uri)
+    assert result.onnx == "compiled"
+    return result.version
+
+
 @pytest.mark.server
 def test_good_version_is_infra_blessed(registry: Registry, eval_set: str, tmp_path: Path) -> None:
-    registry.create("infra-good", ["a"], {"challenger": 1})
+    version = _register(registry, "infra-good", "a")
     spec = ServingSpec(model_name="infra-good")
     result = infra_validate(
-        "1", spec, registry.tracking_uri, str(tmp_path), eval_set, DATASET, str(tmp_path / "b.json")
+        version, spec, registry.tracking_uri, str(tmp_path), eval_set, DATASET, str(tmp_path / "b.json")
     )
     assert result.blessed, result.reason
     names = {c.name: c.passed for c in result.checks}
     assert names == {
+        "onnx_parity": True,
         "ready": True,
         "v1_predict": True,
         "v2_metadata": True,
@@ -56,8 +72,61 @@ def test_good_version_is_infra_blessed(registry: Registry, eval_set: str, tmp_pa
         "bad_request_rejected": True,
         "alive_after_bad_request": True,
     }
-    assert json.loads((tmp_path / "b.json").read_text())["blessed"] is True
-    assert registry.client().get_model_version("infra-good", "1").tags[INFRA_BLESSED_TAG] == "true"
+    # ONNX answers like sklearn on every evaluation row, so it serves; the sandbox already saw that.
+    assert result.serving_runtime == "onnx"
+    assert result.onnx_parity.startswith("passed: max |Δ probability|")
+    assert result.onnx_parity.endswith(f"over {len(registry.rows)} rows, labels equal")
+    blessing = json.loads((tmp_path / "b.json").read_text())
+    assert blessing["blessed"] is True and blessing["serving_runtime"] == "onnx"
+    tags = registry.client().get_model_version("infra-good", version).tags
+    assert tags[INFRA_BLESSED_TAG] == "true"
+    assert (tags[SERVING_RUNTIME_TAG], tags[ONNX_PARITY_TAG]) == ("onnx", result.onnx_parity)
+
+
+@pytest.mark.server
+def test_a_model_without_onnx_parity_is_served_by_sklearn_and_still_blessed(registry: Registry, tmp_path: Path) -> None:
+    """float32 inputs send every row down one branch of this tree; the sklearn model serves it instead."""
+    import mlflow
+    import mlflow.sklearn
+    from mlflow.models import infer_signature
+
+    from components.common import tracking
+
+    model, frame, _ = float32_sensitive_model()
+    tracking.ensure_experiment("serving-tests", registry.tracking_uri)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name="model",
+            serialization_format="cloudpickle",
+            signature=infer_signature(frame, model.predict_proba(frame)),
+            input_example=frame.head(3),
+            pip_requirements=tracking.pip_requirements(),
+        )
+    version = register(info.model_uri, run.info.run_id, "infra-float32", True, registry.tracking_uri).version
+    assert registry.client().get_model_version("infra-float32", version).tags[ONNX_TAG] == "compiled"
+    eval_set = tmp_path / "eval.parquet"
+    frame.to_parquet(eval_set)
+    dataset = DATASET.model_copy(update={"numeric_features": ["x"], "categorical_features": []})
+    result = infra_validate(
+        version,
+        ServingSpec(model_name="infra-float32"),
+        registry.tracking_uri,
+        str(tmp_path),
+        str(eval_set),
+        dataset,
+        str(tmp_path / "b.json"),
+    )
+    assert result.blessed, result.reason
+    assert result.serving_runtime == "sklearn"
+    assert result.onnx_parity == (
+        "failed: max |Δ probability| 1.0e+00 over 200 rows, 100 of 200 labels differ (tolerance 1e-05)"
+    )
+    parity = next(c for c in result.checks if c.name == "onnx_parity")
+    assert parity.passed and "serving runtime sklearn" in parity.detail and result.onnx_parity in parity.detail
+    tags = registry.client().get_model_version("infra-float32", version).tags
+    assert tags[INFRA_BLESSED_TAG] == "true"
+    assert (tags[SERVING_RUNTIME_TAG], tags[ONNX_PARITY_TAG]) == ("sklearn", result.onnx_parity)
 
 
 @pytest.mark.server
@@ -74,6 +143,9 @@ def test_corrupted_challenger_never_gets_traffic(registry: Registry, eval_set: s
         )
         assert not result.blessed
         assert "cannot load version 2" in result.reason or "did not become ready" in result.reason, result.reason
+        # Created without register, it was never compiled: the reason says so (and sklearn would serve it).
+        assert result.serving_runtime == "sklearn"
+        assert result.onnx_parity == "no ONNX: the version has no ctpipe.onnx tag (registered without ONNX compilation)"
         assert registry.client().get_model_version("infra-bad", "2").tags[INFRA_BLESSED_TAG] == "false"
 
         with pytest.raises(DeployError, match="failed infra validation"):

@@ -7,16 +7,21 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import pandas as pd
 import pytest
 from mlflow import MlflowClient
 
 from components.common import tracking
 from components.common.errors import CtpipeError, ModelNotFound
+from components.common.io import file_sha256
 from components.common.registry import (
     BLESSED_TAG,
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     HISTORY_TAG,
+    ONNX_ARTIFACT,
+    ONNX_SHA256_TAG,
+    ONNX_TAG,
     PREVIOUS_CHAMPION_TAG,
     SUITE_HASH_TAG,
     promote,
@@ -219,6 +224,97 @@ def test_register_accepts_a_runs_uri(runs: Runs, name: str) -> None:
     assert tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER_ALIAS}", runs.uri) is not None
 
 
+# --- ONNX ------------------------------------------------------------------------------------
+
+
+def _download(uri: str, tracking_uri: str, folder: Path) -> Path:
+    import mlflow.artifacts
+
+    tracking.configure(tracking_uri)
+    return Path(mlflow.artifacts.download_artifacts(artifact_uri=uri, dst_path=str(folder)))
+
+
+def _logged_onnx(runs: Runs, name: str, version: str) -> Path:
+    """Where the artifact store keeps the version's model.onnx (a local folder for sqlite MLflow)."""
+    from urllib.parse import urlparse
+
+    client = MlflowClient(runs.uri)
+    model_id = client.get_model_version(name, version).source.removeprefix("models:/")
+    return Path(urlparse(client.get_logged_model(model_id).artifact_location).path) / ONNX_ARTIFACT
+
+
+def test_register_logs_onnx_with_the_version(runs: Runs, name: str, dataset_spec: DatasetSpec, tmp_path: Path) -> None:
+    from mlflow.models import Model as MlflowModel
+
+    from components.common.compiled_model import OnnxScorer, check_parity
+    from components.common.model_input import features_of, prepare_features
+
+    result = _register(runs, 0, name)
+    assert result.onnx == "compiled"
+    tags = MlflowClient(runs.uri).get_model_version(name, result.version).tags
+    assert tags[ONNX_TAG] == "compiled"
+    # models:/NAME/VERSION brings model.onnx along with the model, as the model server downloads it.
+    local = _download(f"models:/{name}/{result.version}", runs.uri, tmp_path / "version")
+    assert {"MLmodel", "model.pkl", ONNX_ARTIFACT} <= {p.name for p in local.iterdir()}
+    assert file_sha256(local / ONNX_ARTIFACT) == tags[ONNX_SHA256_TAG]
+    model = tracking.load_sklearn_model(str(local))
+    features = features_of(MlflowModel.load(str(local)), model)
+    scorer = OnnxScorer.from_file(local / ONNX_ARTIFACT, tags[ONNX_SHA256_TAG], features, "score")
+    rows = prepare_features(pd.read_parquet(runs.runs[0].eval_path), dataset_spec)
+    parity = check_parity(model, scorer, rows, "score")
+    assert parity.passed and parity.rows == runs.runs[0].eval_rows, parity.reason
+
+
+def test_onnx_compilation_is_idempotent(runs: Runs, name: str, tmp_path: Path) -> None:
+    first = _register(runs, 1, name)
+    stored = _logged_onnx(runs, name, first.version)
+    sha = MlflowClient(runs.uri).get_model_version(name, first.version).tags[ONNX_SHA256_TAG]
+    written = stored.stat().st_mtime_ns
+    # Again: the version has its tag, so nothing is compiled or uploaded.
+    again = _register(runs, 1, name)
+    assert (again.created, again.onnx) == (False, "compiled")
+    assert stored.stat().st_mtime_ns == written
+    # Another registered model's version of the same run keeps the file its logged model holds.
+    other = register(runs.runs[1].model_uri, runs.runs[1].run_id, f"{name}-other", True, runs.uri)
+    assert other.onnx == "compiled" and stored.stat().st_mtime_ns == written
+    assert MlflowClient(runs.uri).get_model_version(f"{name}-other", other.version).tags[ONNX_SHA256_TAG] == sha
+    # The tag, not the file, says the work is done: without the tag the file is compiled again, identically.
+    stored.unlink()
+    _register(runs, 1, name)
+    assert not stored.exists()
+    third = register(runs.runs[1].model_uri, runs.runs[1].run_id, f"{name}-third", True, runs.uri)
+    assert third.onnx == "compiled" and file_sha256(stored) == sha
+
+
+def test_a_model_onnx_cannot_express_is_registered_with_the_reason(runs: Runs, name: str) -> None:
+    import mlflow
+    import mlflow.sklearn
+    import numpy as np
+    from mlflow.models import infer_signature
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import FunctionTransformer
+
+    frame = pd.DataFrame({"calls": np.arange(40.0)})
+    model = Pipeline([("log", FunctionTransformer(np.log1p)), ("estimator", LogisticRegression())])
+    model.fit(frame, (frame["calls"] > 20).astype(int))
+    tracking.ensure_experiment("register-tests", runs.uri)
+    with mlflow.start_run() as run:
+        info = mlflow.sklearn.log_model(
+            model,
+            name=tracking.MODEL_ARTIFACT,
+            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            signature=infer_signature(frame, model.predict_proba(frame)),
+            pip_requirements=tracking.pip_requirements(),
+        )
+    result = register(info.model_uri, run.info.run_id, name, True, runs.uri)
+    assert result.created and result.blessed and result.aliases == [CHALLENGER_ALIAS]
+    assert result.onnx.startswith("unsupported: skl2onnx cannot compile Pipeline: RuntimeError: FunctionTransformer")
+    tags = MlflowClient(runs.uri).get_model_version(name, result.version).tags
+    assert tags[ONNX_TAG] == result.onnx and ONNX_SHA256_TAG not in tags
+    assert register(info.model_uri, run.info.run_id, name, True, runs.uri).onnx == result.onnx
+
+
 # --- lineage ---------------------------------------------------------------------------------
 
 
@@ -321,6 +417,9 @@ def _processes():
             "mlflow.store.model_registry.sqlalchemy_store",
             "components.register",
             "tests.unit.test_register",
+            # What register's ONNX compilation imports (about a second in every child otherwise).
+            "skl2onnx",
+            "onnxruntime",
         ]
     )
     return context

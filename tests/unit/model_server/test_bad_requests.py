@@ -20,10 +20,10 @@ from tests.serving_helpers import FEATURES, GOOD, GOOD_JSON, MAX_ROWS, Registry,
 BAD_REQUESTS: list[tuple[str, str, Any, list[str]]] = [
     ("wrong content type", "v1:text/csv", "tenure,charges\n1,2\n", ["415", "text/csv", "application/json"]),
     ("xml content type", "v1:application/xml", GOOD_JSON, ["415", "application/xml"]),
-    # Python's JSON reader (text/plain bodies) accepts NaN/Infinity; the model server must not.
-    ("NaN as text/plain", "v1:text/plain", GOOD_JSON.replace("12.0", "NaN"), ["tenure", "nan", "finite"]),
-    ("Infinity as text/plain", "v1:text/plain", GOOD_JSON.replace("70.5", "-Infinity"), ["charges", "finite"]),
-    ("huge number", "v1", GOOD_JSON.replace("70.5", "1e999"), ["infinity"]),
+    # Python's JSON reader accepts NaN/Infinity; the model server reads strict JSON, whatever the content type.
+    ("NaN as text/plain", "v1:text/plain", GOOD_JSON.replace("12.0", "NaN"), ["not valid JSON", "NaN", "finite"]),
+    ("Infinity as text/plain", "v1:text/plain", GOOD_JSON.replace("70.5", "-Infinity"), ["Infinity", "finite"]),
+    ("huge number", "v1", GOOD_JSON.replace("70.5", "1e999"), ["not valid JSON", "number"]),
     ("oversized batch", "v1", {"instances": [GOOD] * (MAX_ROWS + 1)}, ["413", f"{MAX_ROWS + 1} rows", "at most"]),
     ("unknown model name", "v1:model=nosuchmodel", {"instances": [GOOD]}, ["404", "nosuchmodel"]),
     ("entity ids without feature store", "v1", {"entity_ids": [1, 2]}, ["entity ids", "instances"]),
@@ -51,7 +51,7 @@ BAD_REQUESTS: list[tuple[str, str, Any, list[str]]] = [
                 for i in columnar(pd.DataFrame([GOOD]))["inputs"]
             ]
         },
-        ["charges", "finite"],
+        ["NaN", "finite"],
     ),
     ("v2 malformed JSON", "v2", '{"inputs": [', []),
     ("missing feature", "v1", {"instances": [{k: v for k, v in GOOD.items() if k != "calls"}]}, ["missing", "calls"]),
@@ -61,9 +61,14 @@ BAD_REQUESTS: list[tuple[str, str, Any, list[str]]] = [
     ("fraction for integer", "v1", {"instances": [{**GOOD, "calls": 2.5}]}, ["calls", "integer"]),
     ("null value", "v1", {"instances": [{**GOOD, "charges": None}]}, ["charges", "null"]),
     # kserve decodes the body before the model sees it and names the JSON error itself.
-    ("NaN literal", "v1", '{"instances": [{"tenure": NaN, "charges": 1, "calls": 1, "plan": "basic"}]}', ["format"]),
+    (
+        "NaN literal",
+        "v1",
+        '{"instances": [{"tenure": NaN, "charges": 1, "calls": 1, "plan": "basic"}]}',
+        ["not valid JSON"],
+    ),
     ("empty batch", "v1", {"instances": []}, ["empty"]),
-    ("malformed JSON", "v1", '{"instances": [', ["format", "end of data"]),
+    ("malformed JSON", "v1", '{"instances": [', ["not valid JSON"]),
     ("no instances key", "v1", {"rows": []}, ["instances"]),
     ("instance not an object", "v1", {"instances": [42]}, ["instance 0"]),
     ("short row", "v1", {"instances": [[1.0, 2.0]]}, ["2 values", "expected 4"]),
@@ -214,25 +219,42 @@ def test_fuzzed_bad_requests_never_get_a_5xx(champion_server: LocalServer, regis
     np.testing.assert_allclose(good.json()["predictions"], registry.expected("a", rows), rtol=1e-12)
 
 
-def test_frame_from_v2_rejects_duplicates_and_bad_shapes() -> None:
+def test_columns_from_v2_rejects_duplicates_and_bad_shapes() -> None:
     from kserve.errors import InvalidInput
     from kserve.protocol.infer_type import InferInput, InferRequest
 
     from components.common.model_input import Feature
-    from serving.decoding import frame_from_v2
+    from serving.decoding import Tensor, columns_from_v2, tensors_from_json, tensors_from_request, to_frame
 
     features = [Feature("x", "number"), Feature("c", "string")]
     ok = InferRequest(
         "m",
         [InferInput("x", [2, 1], "FP64", [[1.0], [2.0]]), InferInput("c", [2], "BYTES", ["a", "b"])],
     )
-    frame = frame_from_v2(ok, features)
+    frame = to_frame(columns_from_v2(tensors_from_request(ok), features), features)
     assert list(frame.columns) == ["x", "c"] and frame["x"].dtype == np.float64
-    duplicate = InferRequest("m", [InferInput("x", [1], "FP64", [1.0]), InferInput("x", [1], "FP64", [1.0])])
+    as_json, _ = tensors_from_json(
+        {
+            "inputs": [
+                {"name": "x", "shape": [2, 1], "datatype": "FP64", "data": [[1.0], [2.0]]},
+                {"name": "c", "shape": [2], "datatype": "BYTES", "data": ["a", "b"]},
+            ]
+        }
+    )
+    pd.testing.assert_frame_equal(to_frame(columns_from_v2(as_json, features), features), frame)
+    with pytest.raises(InvalidInput, match="datatype BOOL; a number feature takes FP64"):
+        columns_from_v2([Tensor("x", [1], [1.0], "BOOL"), Tensor("c", [1], ["a"])], features)
+    duplicate = [Tensor("x", [1], [1.0], "FP64"), Tensor("x", [1], [1.0], "FP64")]
     with pytest.raises(InvalidInput, match="more than once"):
-        frame_from_v2(duplicate, features)
+        columns_from_v2(duplicate, features)
     with pytest.raises(InvalidInput, match="no inputs"):
-        frame_from_v2(InferRequest("m", []), features)
-    matrix = InferRequest("m", [InferInput("input-0", [1, 3], "FP64", [1.0, 2.0, 3.0])])
+        columns_from_v2([], features)
     with pytest.raises(InvalidInput, match=r"\[rows, 2\]"):
-        frame_from_v2(matrix, features)
+        columns_from_v2([Tensor("input-0", [1, 3], [1.0, 2.0, 3.0])], features)
+    with pytest.raises(InvalidInput, match="nested deeper"):
+        columns_from_v2([Tensor("x", [1], [[[[[[[[[[1.0]]]]]]]]]], "FP64"), Tensor("c", [1], ["a"])], features)
+    # Linear in the number of inputs: 30,000 duplicates are named in a short message.
+    many = [Tensor(f"n{i % 15000}", [1], [1.0]) for i in range(30_000)]
+    with pytest.raises(InvalidInput) as refused:
+        columns_from_v2(many, features)
+    assert "and 14990 more" in str(refused.value) and len(str(refused.value)) < 1500
