@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import os
 import sys
 import traceback
 from collections.abc import Callable
@@ -457,17 +458,35 @@ def serve_command(ctx: click.Context, detach: bool, stop: bool) -> None:
       ctpipe serve --stop
     """
     from components.common import server_process
+    from components.common.feast import EntityLookup
     from serving import server
 
     config = _config(ctx)
+    workspace = str(config.workspace)
+    # Requests may name entity ids: the server reads their features from this workspace's Feast store.
+    lookup = EntityLookup(dataset=config.dataset, feast=config.feast, workspace=workspace)
     if stop:
-        stopped = server_process.stop_local_server(str(config.workspace))
+        stopped = server_process.stop_local_server(workspace)
         click.echo("stopped the local model server" if stopped else "no local model server was running")
     elif detach:
-        local = server_process.start_local_server(config.serving, config.tracking_uri, str(config.workspace))
+        local = server_process.start_local_server(config.serving, config.tracking_uri, workspace, entity_lookup=lookup)
         click.echo(f"serving {config.serving.model_name} at {local.endpoint}")
     else:
-        server.serve(config.serving.model_name, config.tracking_uri, config.serving.host, config.serving.port)
+        # The same server and flags as --detach, in this process; the settings travel as the detached one's do.
+        os.environ["MLFLOW_TRACKING_URI"] = config.tracking_uri
+        os.environ[server_process.ENTITY_LOOKUP_ENV] = lookup.model_dump_json()
+        serving = config.serving
+        server.main(
+            [
+                "--model-name",
+                serving.model_name,
+                "--host",
+                serving.host,
+                "--port",
+                str(serving.port),
+                *server_process.local_server_args(serving, workspace),
+            ]
+        )
 
 
 @main.command("demo")

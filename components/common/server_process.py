@@ -289,9 +289,7 @@ def start_local_server(
             f"on {endpoint}; stop it with stop_local_server({str(workspace)!r}) first"
         )
 
-    args = ["--poll-seconds", str(poll_seconds), *serving_args(serving)]
-    if serving.inference_log:
-        args += ["--inference-log-dir", inference_log_dir(workspace, serving)]
+    args = local_server_args(serving, workspace, poll_seconds)
     proc = spawn_server(serving.model_name, serving.host, serving.port, tracking_uri, log_path, args, entity_lookup)
     write_text(pid_path, f"{proc.pid}\n")
 
@@ -329,6 +327,14 @@ def inference_log_dir(workspace: str | os.PathLike[str], serving: ServingSpec | 
     if serving is not None and serving.inference_log_dir:
         return serving.inference_log_dir
     return str(Path(workspace) / "inference_log")
+
+
+def local_server_args(serving: ServingSpec, workspace: str | os.PathLike[str], poll_seconds: float = 2.0) -> list[str]:
+    """Flags of the embedded profile's server (``ctpipe serve``, detached or not): settings, poll, inference log."""
+    args = ["--poll-seconds", str(poll_seconds), *serving_args(serving)]
+    if serving.inference_log:
+        args += ["--inference-log-dir", inference_log_dir(workspace, serving)]
+    return args
 
 
 def serving_args(serving: ServingSpec) -> list[str]:

@@ -1,10 +1,18 @@
 """Pipelines on kfp.local: caching both ways, and a blocked validation that registers nothing."""
 
+from pathlib import Path
+
 import pandas as pd
 import pytest
+import requests
+import yaml
+from click.testing import CliRunner
 from mlflow import MlflowClient
 
 from components.common import tracking
+from components.common.server_process import stop_local_server
+from pipelines.cli import main
+from pipelines.config import CtpipeConfig
 from pipelines.runner import run_pipeline, window_params
 from tests.helpers import small_config
 
@@ -23,6 +31,7 @@ def test_training_twice_hits_the_cache_for_every_cacheable_task(tmp_path, stop_s
     assert first.succeeded, first.error
     assert {t.name for t in first.tasks if t.status == "ran"} == CACHEABLE | SIDE_EFFECTS
     assert first.outputs["blessed"] is True
+    _ctpipe_serve_answers_by_entity_id(config, tmp_path)
 
     second = run_pipeline("training", config, window, progress=None)
     assert second.succeeded, second.error
@@ -42,6 +51,24 @@ def test_training_twice_hits_the_cache_for_every_cacheable_task(tmp_path, stop_s
     assert third.succeeded, third.error
     assert third.cache_hits == []
     assert {t.name for t in third.tasks if t.status == "ran"} == CACHEABLE | SIDE_EFFECTS
+
+
+def _ctpipe_serve_answers_by_entity_id(config: CtpipeConfig, tmp_path: Path) -> None:
+    """`ctpipe serve --detach` starts the server the deploy step starts: it reads entity ids' features from Feast."""
+    stop_local_server(str(config.workspace))  # the one deploy started
+    config_file = tmp_path / "ctpipe-serve.yaml"
+    config_file.write_text(yaml.safe_dump(config.model_dump(mode="json")))
+    started = CliRunner().invoke(main, ["--config", str(config_file), "serve", "--detach"])
+    assert started.exit_code == 0, started.output
+    try:
+        some_id = int(pd.read_parquet(config.dataset.source)[config.dataset.entity_column].iloc[0])
+        url = f"http://{config.serving.host}:{config.serving.port}/v1/models/{config.serving.model_name}:predict"
+        answer = requests.post(url, json={"entity_ids": [some_id]}, timeout=30)
+        assert answer.status_code == 200, answer.text
+        assert 0.0 <= answer.json()["predictions"][0] <= 1.0
+    finally:
+        stopped = CliRunner().invoke(main, ["--config", str(config_file), "serve", "--stop"])
+        assert "stopped the local model server" in stopped.output
 
 
 def test_missing_feature_column_fails_in_validate_and_registers_nothing(tmp_path):
