@@ -50,7 +50,6 @@ import json
 import os
 import re
 import shutil
-import socket
 import sys
 import tempfile
 import uuid
@@ -66,7 +65,7 @@ from pydantic import BaseModel, ValidationError
 
 from components.common import spark_s3, storage, tracking
 from components.common.errors import ConfigError, CtpipeError, DataError, ModelNotFound, StorageError
-from components.common.io import atomic_path
+from components.common.io import atomic_path, remove_abandoned
 from components.common.logs import get_logger
 from components.common.validation import read_config_mapping, validation_problems
 from components.specs import DatasetSpec
@@ -83,8 +82,6 @@ SHUFFLE_PARTITIONS = 8
 # scikit-learn pipeline (column transformer, validation), small enough to stay at a few tens of MB.
 ARROW_BATCH_ROWS = 100_000
 REJECTED_DIR = "_rejected"
-# In a job's temporary output folder: "<host> <pid>" of the process writing it.
-WRITER_FILE = "writer"
 REJECT_REASON = "reject_reason"
 PARTITION_COLUMN = "date"
 # A remote output: one prefix per run below RUNS_DIR, and the marker naming the committed one.
@@ -148,7 +145,9 @@ def batch_predict(
     Args:
         input_path: CSV or Parquet file, or a folder of Parquet files: a path or an ``s3://`` URI.
         spec: Dataset spec naming the entity, timestamp and feature columns.
-        model_uri: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS``, ``runs:/RUN/model`` or a path.
+        model_uri: ``models:/NAME/VERSION``, ``models:/NAME@ALIAS`` or ``models:/m-<id>`` on the
+            registry of ``tracking_uri`` (no ``runs:/`` URIs or paths); the pickle's SHA-256 must
+            match the one train recorded before it is unpickled.
         tracking_uri: MLflow tracking (and registry) URI.
         output_path: Folder to write, replaced atomically if it exists; or an ``s3://`` prefix, committed
             with a marker (read it back with :func:`predictions_path`).
@@ -169,6 +168,8 @@ def batch_predict(
         ModelNotFound: The registered model, version or alias does not exist.
         StorageError: The object store refused a request or cannot be reached (the message names the location).
     """
+    # Only models:/ URIs of the configured registry: refused before any work.
+    tracking.parse_model_uri(model_uri)
     # Registry clients return versions as int, KFP passes them as str: compare them as text.
     model_version = str(model_version) if model_version not in (None, "") else None
     remote = [
@@ -191,10 +192,10 @@ def batch_predict(
     workdir = Path(tempfile.mkdtemp(prefix="ctpipe-model-"))
     try:
         import cloudpickle
-        import mlflow.sklearn
 
         model_dir = _download_model(download_uri, tracking_uri, workdir)
-        model = mlflow.sklearn.load_model(str(model_dir))
+        # Unpickled only after the SHA-256 that train recorded matched; executors get these checked bytes' model.
+        model = tracking.load_downloaded_model(model_dir, download_uri, tracking.registry_client(tracking_uri))
         features = _model_features(model, spec, model_uri)
         prediction_type = _prediction_type(model, spec, model_uri)
         # cloudpickle, as MLflow stores tree models: classes defined in a notebook travel by value.
@@ -445,29 +446,6 @@ def _remote_input_schema(location: str) -> _Input:
     except pa.ArrowInvalid as exc:
         raise DataError(f"{shown}: not a readable Parquet object or prefix: {exc}") from exc
     return _Input(list(schema.names), _nanos(schema), None, sum(sizes))
-
-
-def _remove_abandoned(output: Path) -> None:
-    """Remove temporary output folders of earlier jobs for ``output`` whose process is gone (killed)."""
-    if not output.parent.is_dir():
-        return
-    host = socket.gethostname()
-    for folder in output.parent.glob(f".{output.name}.*"):
-        try:
-            writer_host, pid = (folder / WRITER_FILE).read_text().split()
-        except (OSError, ValueError):
-            continue  # not ours, or its writer has not said who it is yet
-        if writer_host != host:
-            continue
-        try:
-            os.kill(int(pid), 0)
-            continue  # still running
-        except ProcessLookupError:
-            pass
-        except PermissionError:
-            continue
-        log.warning("removing the temporary output of a job that did not finish", extra={"folder": str(folder)})
-        shutil.rmtree(folder, ignore_errors=True)
 
 
 def _stop_running_tasks(session: SparkSession, timeout: float = 30.0) -> None:
@@ -793,10 +771,11 @@ def _rejected_path(data_path: str) -> str:
 
 def _write_local(session: SparkSession, output: _Output, output_path: str) -> _Written:
     """Write to a temporary folder beside ``output_path`` and swap it into place."""
-    _remove_abandoned(Path(output_path))
+    # A killed job's temporary output is large: remove it now that its owner is provably dead (pid gone,
+    # or reused: io checks the process start time), not only once it is old. atomic_path records this
+    # process as the owner of its own temporary folder.
+    remove_abandoned(output_path, max_age_seconds=0)
     with atomic_path(output_path) as tmp:
-        # Who writes here: lets a later run remove the folder if this process is killed.
-        (tmp.parent / WRITER_FILE).write_text(f"{socket.gethostname()} {os.getpid()}\n")
         try:
             output.scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
             bad_rows = int(output.counted.get.get("rows") or 0)
@@ -1021,8 +1000,8 @@ def _parser() -> argparse.ArgumentParser:
         "--model-uri",
         required=True,
         metavar="URI",
-        help="The model: models:/NAME@ALIAS (resolved once to a version), models:/NAME/VERSION, runs:/RUN/model "
-        "or a path.",
+        help="The model: models:/NAME@ALIAS (resolved once to a version), models:/NAME/VERSION or models:/m-<id>, "
+        "from the registry of --tracking-uri; its SHA-256 is checked before it is unpickled.",
     )
     parser.add_argument(
         "--tracking-uri",

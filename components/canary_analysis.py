@@ -18,8 +18,9 @@ that answered, its latency and its status. :func:`canary_analysis` reads the las
 With fewer than ``min_requests`` logged requests for either version the decision is ``wait``
 and nothing changes. Otherwise every check passing gives ``promote``
 (``components.common.registry.promote``: the challenger becomes champion and takes all traffic) and
-any failing check gives ``rollback``: the canary closes (challenger share 0, the ``challenger``
-alias removed), so the champion, which never stopped being champion, answers every request.
+any failing check gives ``rollback``: the canary closes (``components.common.registry.close_canary``
+under the registry lock: challenger share 0, the ``challenger`` alias removed), so the champion,
+which never stopped being champion, answers every request.
 ``components.common.registry.rollback`` is not the right tool here: it moves ``champion`` back one
 promotion, and during a canary the champion is the good model. The decision and its reasons
 are recorded as tags on the challenger version (``ctpipe.canary_decision``,
@@ -47,9 +48,9 @@ from components.common.registry import (
     CANARY_REASON_TAG,
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
+    close_canary,
     promote,
     redact_uri,
-    set_traffic,
 )
 from components.common.storage import read_table
 from components.specs import DatasetSpec, ServingSpec
@@ -248,10 +249,8 @@ def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str, 
         change = promote(name, tracking_uri, version)
         action = f"promoted version {version} to champion (was {change.previous}); it now takes all traffic"
     else:
-        set_traffic(name, tracking_uri, 0)  # first: the server stops routing to the challenger
-        aliases = dict(client.get_registered_model(name).aliases or {})
-        if str(aliases.get(CHALLENGER_ALIAS)) == version:
-            client.delete_registered_model_alias(name, CHALLENGER_ALIAS)
+        # Under the registry lock: traffic to 0 first (the server stops routing to it), then the alias.
+        close_canary(name, tracking_uri, version)
         action = f"closed the canary: version {version} gets no traffic; champion {result.champion_version} takes all"
     if cluster is not None:
         # The aliases moved; the InferenceService's traffic split follows them in one write.
@@ -313,7 +312,9 @@ def canary_analysis(
     if champion_version is None or challenger_version is None:
         result.reason = f"no canary running: champion {champion_version}, challenger {challenger_version}"
     else:
-        log = read_window(log_dir, start, end, serving.model_name)
+        # Only the columns compared here: the log is scanned with the window as a filter.
+        used = ("request_id", "row", "timestamp", "model_name", "model_version", "prediction", "status", "latency_ms")
+        log = read_window(log_dir, start, end, serving.model_name, columns=used)
         for column in ("status", "latency_ms"):
             if column not in log.columns:
                 log[column] = "ok" if column == "status" else np.nan

@@ -28,11 +28,12 @@ from pydantic import BaseModel, Field
 
 from components.common import report, tracking
 from components.common.errors import ConfigError, DataError, ModelNotFound
+from components.common.imports import import_metric
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.model_input import positive_scores, prepare_features, require_columns
 from components.common.storage import read_table
-from components.specs import DatasetSpec, EvaluationSpec, MetricSpec, import_object
+from components.specs import DatasetSpec, EvaluationSpec, MetricSpec
 
 log = get_logger("evaluate")
 
@@ -84,10 +85,8 @@ def _model_features(model: Any, spec: DatasetSpec) -> list[str]:
 
 
 def _metric_function(metric: MetricSpec) -> Any:
-    function = import_object(metric.import_path)
-    if not callable(function):
-        raise ConfigError(f"metric {metric.name!r} ({metric.import_path}) is not callable")
-    return function
+    # The spec is a run parameter: the module prefix is checked again before anything is imported.
+    return import_metric(metric.import_path, f"metric {metric.name!r}")
 
 
 def compute_metrics(model: Any, frame: pd.DataFrame, spec: DatasetSpec, metrics: list[MetricSpec]) -> dict[str, float]:
@@ -330,8 +329,12 @@ def classification_curves(
 
 
 def _load(uri: str, tracking_uri: str, role: str) -> Any:
+    # Only models:/ URIs of the configured registry, and only after the pickle's SHA-256 matched.
+    tracking.parse_model_uri(uri)
     try:
-        return tracking.load_sklearn_model(uri, tracking_uri)
+        return tracking.load_registered_model(uri, tracking_uri)
+    except (ConfigError, tracking.ModelIntegrityError):
+        raise
     except Exception as exc:  # MLflow raises several types for a missing model
         first_line = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         raise ModelNotFound(f"cannot load the {role} model {uri}: {first_line}") from exc

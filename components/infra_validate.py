@@ -218,7 +218,8 @@ def _onnx_parity(
         local = Path(
             mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{model_name}/{version}", dst_path=staging)
         )
-        sk_model = tracking.load_sklearn_model(str(local))
+        # Unpickled only after the SHA-256 that train recorded matched.
+        sk_model = tracking.load_downloaded_model(local, f"models:/{model_name}/{version}", client)
         features = features_of(MlflowModel.load(str(local)), sk_model)
         output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"
         scorer = OnnxScorer.from_file(local / ONNX_ARTIFACT, tags.get(ONNX_SHA256_TAG, ""), features, output)

@@ -46,10 +46,11 @@ from components.common.drift import (
     psi_from_counts,
 )
 from components.common.errors import DataError
+from components.common.imports import import_metric
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.storage import read_table
-from components.specs import DatasetSpec, MetricSpec, MonitoringSpec, import_object
+from components.specs import DatasetSpec, MetricSpec, MonitoringSpec
 
 Severity = Literal["ok", "warn", "retrain"]
 
@@ -186,7 +187,7 @@ def _metric_values(
         return values
     labels = None if predicted is None else np.asarray(predicted)[labelled]
     for metric in metrics:
-        fn = import_object(metric.import_path)
+        fn = import_metric(metric.import_path, f"metric {metric.name!r}")
         if metric.uses_scores:
             y_pred = scores[labelled]
         else:
@@ -308,8 +309,12 @@ def monitor(
     severities: list[Severity] = []
     if model_uri:
         from components.common import tracking
+        from components.common.errors import ConfigError
 
-        model = tracking.load_sklearn_model(model_uri, tracking_uri)
+        if not tracking_uri:
+            raise ConfigError(f"model_uri {model_uri} needs the tracking_uri of the registry it comes from")
+        # Only models:/ URIs of the configured registry, unpickled after the SHA-256 check.
+        model = tracking.load_registered_model(model_uri, tracking_uri)
         if spec.label_column in reference.columns and reference[spec.label_column].notna().any():
             importances = _importances(model, reference, spec)
             if importances is None:
@@ -409,10 +414,34 @@ def monitor(
 def _read_inference_log(
     log_dir: str, start: str | None, end: str | None, spec: DatasetSpec
 ) -> tuple[pd.DataFrame, np.ndarray]:
-    """The requests answered in the window (failed ones dropped) and their served predictions."""
+    """The requests answered in the window (failed ones dropped) and their served predictions.
+
+    Only the columns monitoring uses are read (the log is scanned with the window as a filter, so
+    memory follows the window's rows and these columns). A feature the server's
+    ``serving.inference_log`` settings exclude or hash is not in the log as its raw value, so its
+    drift cannot be measured: that is an error naming the feature and the ways out.
+    """
     from components.common import inference_log
 
-    frame = inference_log.read_window(log_dir, start or None, end or None)
+    columns = [
+        *spec.feature_columns,
+        spec.entity_column,
+        spec.label_column,
+        spec.timestamp_column,
+        "prediction",
+        "status",
+    ]
+    frame = inference_log.read_window(log_dir, start or None, end or None, columns=[c for c in columns if c])
+    protection = frame.attrs.get("protection") or {}
+    features = set(spec.feature_columns)
+    unmeasurable = {name: how for how in ("excluded", "hashed") for name in protection.get(how, []) if name in features}
+    if unmeasurable:
+        raise DataError(
+            f"{log_dir}: feature(s) {unmeasurable} are excluded from or hashed in the inference log "
+            "(serving.inference_log), so their drift cannot be measured from it; use monitoring.current_source "
+            "'snapshot', or drop them from dataset.feature_columns, or stop protecting them if they are not "
+            "personal data"
+        )
     if "status" in frame.columns:
         frame = frame[frame["status"].fillna("ok") == "ok"]
     frame = frame[frame["prediction"].notna()].reset_index(drop=True)

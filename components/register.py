@@ -130,8 +130,10 @@ def _logged_model_id(model_version: Any) -> str | None:
     return model_id if source.startswith("models:/m-") and "/" not in model_id else None
 
 
-def _compile(local: Path) -> bytes:
-    """Compile the model downloaded to ``local`` (an MLflow model folder) to ONNX.
+def _compile(local: Path, model_uri: str, client: Any) -> bytes:
+    """Compile the model downloaded to ``local`` from ``model_uri`` (an MLflow model folder) to ONNX.
+
+    The pickle is unpickled only after its SHA-256 matched the one train recorded.
 
     Raises:
         CompileError: The model has no usable signature, or it cannot be compiled.
@@ -140,7 +142,7 @@ def _compile(local: Path) -> bytes:
 
     from components.common.model_input import features_of
 
-    sk_model = tracking.load_sklearn_model(str(local))
+    sk_model = tracking.load_downloaded_model(local, model_uri, client)
     try:
         features = features_of(MlflowModel.load(str(local)), sk_model)
     except ValueError as exc:
@@ -178,7 +180,7 @@ def _attach_onnx(client: Any, model_name: str, model_version: Any) -> str:
         if compiled.is_file():
             data = compiled.read_bytes()
         else:
-            data = _compile(local)
+            data = _compile(local, f"models:/{model_name}/{version}", client)
             upload = staging / "onnx"
             upload.mkdir()
             (upload / ONNX_ARTIFACT).write_bytes(data)

@@ -10,12 +10,13 @@ with a message that names it.
 
 from __future__ import annotations
 
-import importlib
 import os
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from components.common.errors import ConfigError
+from components.common.imports import ALLOWED_MODULES_ENV, import_estimator, import_metric
 from components.common.schedule import parse_duration, parse_time
 from components.common.storage import check_location
 
@@ -33,29 +34,14 @@ class StrictModel(BaseModel):
 NAMESPACE_ENV = "CTPIPE_NAMESPACE"
 
 
-def import_object(path: str) -> Any:
-    """Import ``package.module.attr`` and return the attribute.
-
-    Args:
-        path: Dotted import path, for example ``sklearn.ensemble.RandomForestClassifier``.
-
-    Returns:
-        The imported attribute.
-
-    Raises:
-        ValueError: If the path has no module part, the module is missing, or lacks the attribute.
-    """
-    module_name, _, attr = path.rpartition(".")
-    if not module_name:
-        raise ValueError(f"import path {path!r} must look like 'package.module.Name'")
+def _checked(importer: Any, path: str, key: str) -> Any:
+    """Run a guarded importer from a validator: pydantic reports ValueError under the field's key."""
     try:
-        module = importlib.import_module(module_name)
-    except ImportError as exc:
-        raise ValueError(f"cannot import module {module_name!r} (from {path!r}): {exc}") from exc
-    try:
-        return getattr(module, attr)
-    except AttributeError as exc:
-        raise ValueError(f"module {module_name!r} has no attribute {attr!r}") from exc
+        return importer(path, key)
+    except ConfigError as exc:
+        raise ValueError(
+            f"{exc}; more modules can be allowed with {ALLOWED_MODULES_ENV}, see docs/security.md"
+        ) from None
 
 
 class ValidationSpec(StrictModel):
@@ -163,7 +149,9 @@ class ModelSpec(StrictModel):
 
     estimator: str = Field(
         default="sklearn.ensemble.HistGradientBoostingClassifier",
-        description="Import path of a scikit-learn compatible estimator class.",
+        description="Import path of a scikit-learn estimator class under an allowed module prefix: sklearn., "
+        "xgboost., lightgbm., or one added with the CTPIPE_ALLOWED_MODULES variable of the image or of the "
+        "compiling machine (never from the config or a run parameter; docs/security.md).",
     )
     params: dict[str, Any] = Field(default_factory=dict, description="Keyword arguments for the estimator.")
     random_seed: int = Field(default=42, description="Seed for the estimator and any sampling.")
@@ -178,9 +166,8 @@ class ModelSpec(StrictModel):
     @field_validator("estimator")
     @classmethod
     def _estimator_importable(cls, value: str) -> str:
-        obj = import_object(value)
-        if not callable(obj):
-            raise ValueError(f"estimator {value!r} is not a class or factory")
+        # The prefix is checked before the module is imported; then the class is checked.
+        _checked(import_estimator, value, "model.estimator")
         return value
 
 
@@ -209,7 +196,10 @@ class ChangeThreshold(StrictModel):
 class MetricSpec(StrictModel):
     """One evaluation metric, named by import path or by a ``sklearn.metrics`` name."""
 
-    name: str = Field(description="E.g. 'roc_auc_score' or 'sklearn.metrics.f1_score'.")
+    name: str = Field(
+        description="E.g. 'roc_auc_score' or 'sklearn.metrics.f1_score': a function under sklearn.metrics. or a "
+        "prefix added with the CTPIPE_ALLOWED_MODULES variable (docs/security.md)."
+    )
     input: Literal["auto", "label", "score"] = Field(
         default="auto",
         description="Pass predicted labels or scores (probabilities) to the metric; 'auto' picks by name.",
@@ -226,8 +216,7 @@ class MetricSpec(StrictModel):
     @classmethod
     def _metric_importable(cls, value: str) -> str:
         path = value if "." in value else f"sklearn.metrics.{value}"
-        if not callable(import_object(path)):
-            raise ValueError(f"metric {value!r} is not a function")
+        _checked(import_metric, path, "metric name")
         return value
 
     @property
@@ -320,6 +309,66 @@ class CanaryAnalysisSpec(StrictModel):
     min_labeled: int = Field(default=30, ge=1, description="Labeled rows per version needed to compare accuracy.")
 
 
+INFERENCE_LOG_HASH_KEY_ENV = "CTPIPE_INFERENCE_LOG_HASH_KEY"
+
+
+class InferenceLogSpec(StrictModel):
+    """The serving inference log: on or off, how long it is kept, and which columns never reach it raw.
+
+    ``serving.inference_log: true`` / ``false`` is accepted as ``{enabled: true}`` / ``{enabled: false}``,
+    and the model is truthy exactly when the log is enabled, so ``if serving.inference_log:`` keeps working.
+    """
+
+    enabled: bool = Field(default=True, description="Log every answered request.")
+    retention_days: int | None = Field(
+        default=None,
+        ge=1,
+        description="Days of log kept by 'ctpipe inference-log maintain' and the monitoring pipeline's "
+        "maintenance step: date partitions older than this are deleted. Empty keeps everything.",
+    )
+    exclude: list[str] = Field(
+        default_factory=list,
+        description="Request columns never stored (personal data the log must not hold); monitoring cannot "
+        "measure the drift of an excluded feature.",
+    )
+    hash: list[str] = Field(
+        default_factory=list,
+        description="Request columns stored as HMAC-SHA256 hex digests under a key from the environment "
+        "(hash_key_env), never the raw value: still joinable and countable, not readable.",
+    )
+    hash_key_env: str = Field(
+        default=INFERENCE_LOG_HASH_KEY_ENV,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_]*$",
+        description="Environment variable holding the hash key (a Kubernetes Secret on a cluster; never in the "
+        "config). The model server refuses to start when hash is set and this variable is empty.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_bool(cls, value: Any) -> Any:
+        return {"enabled": value} if isinstance(value, bool) else value
+
+    @model_validator(mode="after")
+    def _disjoint(self) -> InferenceLogSpec:
+        both = sorted(set(self.exclude) & set(self.hash))
+        if both:
+            raise ValueError(f"column(s) {both} are both excluded and hashed; name each in one list only")
+        protected = {"request_id", "row", "timestamp", "model_name", "model_version", "model_alias", "prediction"}
+        protected |= {"latency_ms", "status"}
+        reserved = sorted(protected & (set(self.exclude) | set(self.hash)))
+        if reserved:
+            raise ValueError(f"column(s) {reserved} are the log's own columns; only request columns can be protected")
+        return self
+
+    def __bool__(self) -> bool:
+        return self.enabled
+
+    @classmethod
+    def of(cls, value: InferenceLogSpec | bool) -> InferenceLogSpec:
+        """The settings of ``serving.inference_log`` whether it holds the model or a plain bool."""
+        return value if isinstance(value, cls) else cls(enabled=bool(value))
+
+
 class ServingSpec(StrictModel):
     """How the model is served and rolled out."""
 
@@ -365,10 +414,11 @@ class ServingSpec(StrictModel):
         "require 'Authorization: Bearer <token>' with the CTPIPE_SERVING_ADMIN_TOKEN variable, and the server "
         "refuses to start when that variable is empty. Off: those routes answer 404.",
     )
-    inference_log: bool = Field(
-        default=True,
+    inference_log: InferenceLogSpec = Field(
+        default_factory=InferenceLogSpec,
         description="Log every answered request (features, prediction, version, request id) to partitioned "
-        "parquet under inference_log_dir, written by a background thread.",
+        "parquet under inference_log_dir, written by a background thread. true / false, or a mapping with "
+        "enabled, retention_days, exclude, hash and hash_key_env (docs/monitoring.md, personal data).",
     )
     inference_log_dir: str | None = Field(
         default=None,
@@ -383,7 +433,8 @@ class ServingSpec(StrictModel):
         default=100_000,
         ge=1,
         description="Rows the inference log may hold in memory; when the writer falls behind, further rows "
-        "are dropped (and counted in ctpipe_inference_log_dropped_total) rather than slowing requests.",
+        'are dropped (counted in ctpipe_inference_log_dropped_rows_total{reason="queue_full"} and logged) rather '
+        "than slowing requests.",
     )
     credentials_secret: str | None = Field(
         default=None,

@@ -7,7 +7,9 @@ are written to a file that ``evaluate`` reads to score candidate and champion al
 Everything another component needs is in the MLflow run: the model (cloudpickle, with a
 signature, an input example and pinned requirements), the schema suite at
 ``tracking.SUITE_ARTIFACT`` and a sample of the training rows at
-``tracking.REFERENCE_ARTIFACT`` that monitoring compares new data against.
+``tracking.REFERENCE_ARTIFACT`` that monitoring compares new data against. The SHA-256 of the
+pickled model is recorded as the logged-model tag ``tracking.MODEL_SHA256_TAG``; every step that
+loads the model checks it before unpickling.
 """
 
 from __future__ import annotations
@@ -30,6 +32,7 @@ from sklearn.preprocessing import OneHotEncoder, StandardScaler
 
 from components.common import tracking
 from components.common.errors import ConfigError, DataError
+from components.common.imports import import_estimator
 from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
 from components.common.model_input import positive_scores, prepare_features, require_columns
@@ -37,7 +40,7 @@ from components.common.registry import FEATURES_TAG, SUITE_HASH_TAG, TRAINING_SE
 from components.common.storage import read_table
 from components.common.suites import load_suite, suite_hash
 from components.common.timestamps import parse_string_timestamps
-from components.specs import DatasetSpec, ModelSpec, SearchSpec, import_object
+from components.specs import DatasetSpec, ModelSpec, SearchSpec
 
 log = get_logger("train")
 
@@ -52,8 +55,8 @@ _TREE_MODULES = ("sklearn.tree", "sklearn.ensemble", "xgboost", "lightgbm", "cat
 class TrainResult(BaseModel):
     """What ``train`` produced.
 
-    ``model_uri`` is the MLflow 3 logged-model URI ``models:/m-<id>``; ``runs:/<run_id>/model``
-    resolves to the same model.
+    ``model_uri`` is the MLflow 3 logged-model URI ``models:/m-<id>``, the URI evaluate and
+    register load the model from (``runs:/`` URIs are not accepted by the loading steps).
     """
 
     run_id: str
@@ -128,7 +131,9 @@ def build_pipeline(spec: DatasetSpec, model: ModelSpec) -> Pipeline:
     Numeric features are median-imputed (and standardised unless the estimator is
     tree-based); categorical features are imputed with the most frequent value and one-hot
     encoded, ignoring categories unseen in training. The estimator is
-    ``import_object(model.estimator)(**model.params)``; ``random_state`` is set to
+    ``import_estimator(model.estimator)(**model.params)``: the spec reaches this step as a run
+    parameter, so the module prefix is checked again here, before anything is imported, and the
+    class must be a scikit-learn estimator. ``random_state`` is set to
     ``model.random_seed`` when the estimator has one and ``params`` does not set it.
 
     Args:
@@ -139,8 +144,11 @@ def build_pipeline(spec: DatasetSpec, model: ModelSpec) -> Pipeline:
         A ``Pipeline`` with steps ``preprocess`` and ``estimator``.
 
     Raises:
-        ConfigError: The estimator rejects the parameters or is not a scikit-learn estimator.
+        ConfigError: The estimator is not under an allowed module prefix, is not a scikit-learn
+            estimator class, or rejects the parameters.
     """
+    # First, before any other work: the estimator path is untrusted input from the run.
+    factory = import_estimator(model.estimator, "model.estimator")
     numeric_steps: list[tuple[str, Any]] = [("impute", SimpleImputer(strategy="median"))]
     if _needs_scaling(model.estimator):
         numeric_steps.append(("scale", StandardScaler()))
@@ -157,7 +165,6 @@ def build_pipeline(spec: DatasetSpec, model: ModelSpec) -> Pipeline:
         transformers.append(("categorical", categorical, list(spec.categorical_features)))
     preprocess = ColumnTransformer(transformers, remainder="drop", verbose_feature_names_out=False)
 
-    factory = import_object(model.estimator)
     try:
         estimator = factory(**model.params)
     except TypeError as exc:
@@ -403,14 +410,13 @@ def train(
             _log_search(searched, model.search)
         mlflow.log_metrics(metrics)
         logging_started = time.perf_counter()
-        info = mlflow.sklearn.log_model(
+        # Every step checks the hash it records before it unpickles the model (docs/security.md).
+        info = tracking.log_sklearn_model(
             pipeline,
-            name=tracking.MODEL_ARTIFACT,
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
+            tracking_uri,
             signature=signature,
             input_example=x_train.head(INPUT_EXAMPLE_ROWS),
-            pip_requirements=tracking.pip_requirements(),
-            pyfunc_predict_fn="predict_proba" if is_classifier else "predict",
+            predict_fn="predict_proba" if is_classifier else "predict",
         )
         log_model_seconds = time.perf_counter() - logging_started
         staging = Path(tempfile.mkdtemp(prefix="ctpipe-train-"))

@@ -442,6 +442,62 @@ def lineage_command(ctx: click.Context, name: str, version: str, as_json: bool) 
     click.echo(result.model_dump_json(indent=2) if as_json else result.text())
 
 
+@main.group("inference-log")
+def inference_log_group() -> None:
+    """Operate the serving inference log: retention and compaction.
+
+    \b
+    Example:
+      ctpipe inference-log maintain --retention-days 30
+    """
+
+
+@inference_log_group.command("maintain")
+@config_option
+@click.option(
+    "--retention-days",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Delete date partitions older than this many days [default: serving.inference_log.retention_days; "
+    "unset keeps everything].",
+)
+@click.option("--no-compact", is_flag=True, help="Only apply retention; leave the small files as they are.")
+@click.option("--log-dir", default=None, help="The log folder or s3:// URI [default: the configured inference log].")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def inference_log_maintain(
+    ctx: click.Context, retention_days: int | None, no_compact: bool, log_dir: str | None, as_json: bool
+) -> None:
+    """Delete partitions past retention, then compact each past day's files into one.
+
+    Retention deletes whole date=YYYY-MM-DD partitions dated before today minus the retention
+    (UTC), nothing else. Compaction skips today, where the server still writes; readers see
+    every row exactly once while it runs (docs/monitoring.md). Safe to run while serving.
+
+    \b
+    Examples:
+      ctpipe inference-log maintain
+      ctpipe inference-log maintain --retention-days 30 --json
+      ctpipe inference-log maintain --log-dir s3://bucket/inference_log --no-compact
+    """
+    from components.common.inference_log import maintain
+    from components.specs import InferenceLogSpec
+
+    config = _config(ctx)
+    if retention_days is None:
+        retention_days = InferenceLogSpec.of(config.serving.inference_log).retention_days
+    result = maintain(log_dir or config.inference_log_dir, retention_days, compact_days=not no_compact)
+    if as_json:
+        click.echo(json.dumps(result))
+        return
+    kept = "everything kept" if retention_days is None else f"{retention_days} days kept"
+    click.echo(
+        f"{result['log_dir']}: deleted {len(result['pruned_days'])} day(s) past retention ({kept}), "
+        f"compacted {len(result['compacted_days'])} day(s)"
+    )
+
+
 @main.command("serve")
 @config_option
 @click.option("--detach", is_flag=True, help="Start in the background and return once ready.")

@@ -48,6 +48,7 @@ UNCACHED = (
     "infra_validate",
     "deploy",
     "canary_analysis",
+    "maintain_inference_log",
     "notify",
 )
 
@@ -530,6 +531,30 @@ def canary_analysis(
     return outcome.decision
 
 
+def maintain_inference_log(serving: str, inference_log_dir: str, result: Output[Artifact]) -> str:
+    """Retention and compaction of the serving inference log; returns a one-line summary.
+
+    Deletes the date partitions older than ``serving.inference_log.retention_days`` (none when
+    unset), then compacts each past day's files into one (today is left to the server). Safe
+    while the server writes and monitoring reads (docs/monitoring.md). Never cached: it depends on
+    the date and on what the server wrote since.
+    """
+    from components.common import storage
+    from components.common.inference_log import maintain
+    from components.common.io import write_json
+    from components.specs import InferenceLogSpec, ServingSpec
+    from pipelines.artifacts import attach
+
+    settings = InferenceLogSpec.of(ServingSpec.model_validate_json(serving).inference_log)
+    if not storage.is_dir(inference_log_dir):
+        outcome = {"log_dir": storage.redact(inference_log_dir), "pruned_days": [], "compacted_days": {}}
+    else:
+        outcome = maintain(inference_log_dir, settings.retention_days)
+    write_json(result.path, outcome)
+    attach(result, outcome)
+    return f"deleted {len(outcome['pruned_days'])} day(s), compacted {len(outcome['compacted_days'])} day(s)"
+
+
 def notify(pipeline: str, reports_dir: str, status: PipelineTaskFinalStatus, summary: Output[Markdown]) -> str:
     """Exit handler: write the run's Markdown summary, also when the run failed; posts nothing."""
     from components.notify import run_summary
@@ -558,6 +583,7 @@ class Components:
     infra_validate: PythonComponent
     canary_analysis: PythonComponent
     fingerprint_source: PythonComponent
+    maintain_inference_log: PythonComponent
     notify: PythonComponent
 
     def champion_and_snapshot(
@@ -622,5 +648,6 @@ def build_components(images: "str | ImagesSpec") -> Components:
         infra_validate=make(infra_validate),
         canary_analysis=make(canary_analysis),
         fingerprint_source=make(fingerprint_source),
+        maintain_inference_log=make(maintain_inference_log),
         notify=make(notify),
     )

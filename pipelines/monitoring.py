@@ -161,6 +161,9 @@ def build(
             evaluation=evaluation,
             inference_log_dir=inference_log_dir,
         )
+        # After monitoring read the window: retention and compaction of the inference log.
+        upkeep = ops.maintain_inference_log(serving=serving, inference_log_dir=inference_log_dir).after(tasks.monitor)
+        upkeep.set_display_name("maintain inference log")
         finish(config)
         checked = tasks.monitor
         return MonitoringOutputs(checked.outputs["Output"], checked.outputs["result"], checked.outputs["report"])

@@ -6,7 +6,10 @@ conditions and exit handlers too) and, by component name:
 - turns caching off for the side-effect tasks in ``kfp_components.UNCACHED``;
 - renders ``infra.kubernetes`` into the compiled YAML with kfp-kubernetes: secrets as
   environment variables, image pull secrets, node selectors and tolerations (the IR's
-  platform spec), and CPU/memory requests and limits (the container spec).
+  platform spec), and CPU/memory requests and limits (the container spec);
+- copies the compiling machine's ``CTPIPE_ALLOWED_MODULES`` (extra module prefixes the config
+  may import estimators and metrics from; docs/security.md) into every task's environment. It
+  is fixed when the pipeline is compiled: no run parameter can change it.
 
 kfp.local ignores the Kubernetes settings, so the embedded profile runs the same pipeline.
 """
@@ -16,6 +19,7 @@ from __future__ import annotations
 from kfp.dsl import pipeline_context
 from kfp.dsl.pipeline_task import PipelineTask
 
+from components.common.imports import ALLOWED_MODULES_ENV, extra_prefixes
 from pipelines.config import CtpipeConfig, PodSettings
 from pipelines.kfp_components import UNCACHED
 
@@ -58,9 +62,13 @@ def finish(config: CtpipeConfig) -> list[PipelineTask]:
     if pipeline is None:
         raise RuntimeError("finish() must be called inside a @dsl.pipeline function")
     settings = config.infra.kubernetes
+    # Validated here, so a malformed prefix fails the compile rather than every task.
+    allowed_modules = ",".join(extra_prefixes())
     tasks = list(pipeline.tasks.values())
     for task in tasks:
         name = component_name(task)
+        if allowed_modules:
+            task.set_env_variable(ALLOWED_MODULES_ENV, allowed_modules)
         if name in UNCACHED:
             task.set_caching_options(False)
         _apply_pod(task, settings.pod(name))

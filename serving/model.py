@@ -285,7 +285,8 @@ class CtpipeModel(Model):
         staging = tempfile.mkdtemp(prefix="ctpipe-serving-")
         try:
             local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=staging)
-            sk_model = tracking.load_sklearn_model(local)
+            # Unpickled only after the SHA-256 that train recorded matched.
+            sk_model = tracking.load_downloaded_model(local, f"models:/{self.name}/{version}", self.client)
             mlflow_model = MlflowModel.load(local)
             features = features_of(mlflow_model, sk_model)
             output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"

@@ -8,8 +8,12 @@ The inference log is written by :class:`InferenceLogWriter`: a request only puts
 bounded in-memory queue (never blocking), and one background thread writes them in batches with
 :func:`components.common.inference_log.append_batch` (partitioned parquet, atomic files) every
 ``flush_seconds`` and on shutdown. When the writer falls behind and the queue is full, further
-rows are dropped and counted in ``ctpipe_inference_log_dropped_total`` rather than slowing
-requests down.
+rows are dropped rather than slowing requests down; they are counted in
+``ctpipe_inference_log_dropped_rows_total{reason="queue_full"}``, rows lost because a write
+failed in ``{reason="write_failed"}``, and both are logged as a warning at most every
+``DROP_WARNING_SECONDS`` with the count since the last one. Columns the settings exclude
+never reach storage, and hashed ones are stored as keyed digests
+(:func:`components.common.inference_log.protect`, applied on the writer thread).
 """
 
 from __future__ import annotations
@@ -18,7 +22,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -26,7 +30,7 @@ import numpy as np
 import pandas as pd
 from prometheus_client import Counter, Histogram
 
-from components.common.inference_log import append_batch
+from components.common.inference_log import append_batch, protect
 from components.common.logs import get_logger
 from components.common.storage import redact
 
@@ -55,8 +59,13 @@ PREDICTIONS = Histogram(
     buckets=PREDICTION_BUCKETS,
 )
 LOG_DROPPED = Counter(
-    "ctpipe_inference_log_dropped_rows", "Rows not logged because the inference log queue was full.", ["model"]
+    "ctpipe_inference_log_dropped_rows",
+    "Answered rows missing from the inference log: reason=queue_full (the writer fell behind and the queue was "
+    "full) or write_failed (the write to the log's storage failed).",
+    ["model", "reason"],
 )
+#: Shortest time between two warnings about dropped inference log rows.
+DROP_WARNING_SECONDS = 60.0
 LOG_WRITTEN = Counter("ctpipe_inference_log_written_rows", "Rows written to the inference log.", ["model"])
 BODIES_DECODED = Counter(
     "ctpipe_request_bodies_decoded",
@@ -159,15 +168,35 @@ class InferenceLogWriter:
         model_name: Label of the dropped/written counters.
         flush_seconds: Longest time a row waits in memory.
         max_rows: Rows the queue may hold; beyond that rows are dropped, never waited for.
+        exclude: Request columns never stored.
+        hash_columns: Request columns stored as HMAC-SHA256 hex digests under ``hash_key``.
+        hash_key: The key of those digests (from the environment, never the config).
+
+    Raises:
+        ValueError: Columns are to be hashed and the key is empty.
     """
 
     def __init__(
-        self, log_dir: str | os.PathLike[str], model_name: str, flush_seconds: float = 2.0, max_rows: int = 100_000
+        self,
+        log_dir: str | os.PathLike[str],
+        model_name: str,
+        flush_seconds: float = 2.0,
+        max_rows: int = 100_000,
+        exclude: Sequence[str] = (),
+        hash_columns: Sequence[str] = (),
+        hash_key: bytes = b"",
     ):
+        if hash_columns and not hash_key:
+            raise ValueError("the inference log hashes columns but the hash key is empty")
         self.log_dir = os.fspath(log_dir)
         self.model_name = model_name
         self.flush_seconds = flush_seconds
         self.max_rows = max_rows
+        self.exclude = tuple(exclude)
+        self.hash_columns = tuple(hash_columns)
+        self._hash_key = hash_key
+        self._unreported = {"queue_full": 0, "write_failed": 0}
+        self._last_warning = float("-inf")
         self._queue: queue.SimpleQueue[LoggedRequest | None] = queue.SimpleQueue()
         self._queued_rows = 0
         self._count_lock = threading.Lock()
@@ -190,12 +219,31 @@ class InferenceLogWriter:
         rows = record.rows
         with self._count_lock:
             if self._stopping or self._queued_rows + rows > self.max_rows:
-                self.dropped_rows += rows
-                LOG_DROPPED.labels(self.model_name).inc(rows)
+                self._dropped(rows, "queue_full")
                 return False
             self._queued_rows += rows
         self._queue.put(record)
         return True
+
+    def _dropped(self, rows: int, reason: str) -> None:
+        """Count dropped rows; warn at most every DROP_WARNING_SECONDS with the count since the last warning."""
+        self.dropped_rows += rows
+        LOG_DROPPED.labels(self.model_name, reason).inc(rows)
+        self._unreported[reason] += rows
+        now = time.monotonic()
+        if now - self._last_warning >= DROP_WARNING_SECONDS:
+            self._last_warning = now
+            counts, self._unreported = self._unreported, {"queue_full": 0, "write_failed": 0}
+            logger.warning(
+                "inference log rows dropped",
+                extra={
+                    "model": self.model_name,
+                    "queue_full_rows": counts["queue_full"],
+                    "write_failed_rows": counts["write_failed"],
+                    "queue_rows": self.max_rows,
+                    "since_seconds": DROP_WARNING_SECONDS,
+                },
+            )
 
     def flush(self, timeout: float = 10.0) -> None:
         """Ask the thread to write what is queued now and wait until the queue is empty."""
@@ -204,13 +252,23 @@ class InferenceLogWriter:
         while self._queued_rows and time.monotonic() < deadline:
             time.sleep(0.01)
 
-    def stop(self, timeout: float = 10.0) -> None:
-        """Write everything still queued, then end the thread."""
+    def stop(self, timeout: float = 30.0) -> bool:
+        """Write everything still queued, then end the thread; False when it did not finish in ``timeout``.
+
+        Rows submitted after this are dropped (``queue_full``).
+        """
         with self._count_lock:
             self._stopping = True
         self._queue.put(None)
         if self._thread is not None:
             self._thread.join(timeout)
+            if self._thread.is_alive():
+                logger.error(
+                    "the inference log writer did not finish before shutdown; queued rows are lost",
+                    extra={"model": self.model_name, "queued_rows": self._queued_rows, "timeout_seconds": timeout},
+                )
+                return False
+        return True
 
     def _run(self) -> None:
         pending: list[LoggedRequest] = []
@@ -238,14 +296,14 @@ class InferenceLogWriter:
     def _write(self, records: list[LoggedRequest]) -> None:
         rows = sum(r.rows for r in records)
         try:
-            batch = log_frame(records)
+            batch = protect(log_frame(records), self.exclude, self.hash_columns, self._hash_key)
             self.files += len(append_batch(self.log_dir, batch))
             self.written_rows += rows
             LOG_WRITTEN.labels(self.model_name).inc(rows)
         except Exception:  # a full disk must not stop serving; the rows are lost and counted
             logger.exception("cannot write the inference log", extra={"log_dir": redact(self.log_dir), "rows": rows})
-            self.dropped_rows += rows
-            LOG_DROPPED.labels(self.model_name).inc(rows)
+            with self._count_lock:
+                self._dropped(rows, "write_failed")
         finally:
             with self._count_lock:
                 self._queued_rows -= rows

@@ -26,6 +26,7 @@ import sys
 import threading
 import time
 import warnings
+from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from types import FrameType
 from typing import Any
@@ -39,7 +40,7 @@ from components.common.server_process import (
     GRACEFUL_SHUTDOWN_SECONDS,
     SERVING_TOKEN_ENV,
 )
-from components.specs import ServingSpec
+from components.specs import INFERENCE_LOG_HASH_KEY_ENV, ServingSpec
 from serving.http import HttpSettings, add_routes
 from serving.observability import InferenceLogWriter
 
@@ -148,6 +149,9 @@ def serve(
     entity_lookup: EntityLookup | None = None,
     http: HttpSettings | None = None,
     log_file: str | None = None,
+    log_exclude: Sequence[str] = (),
+    log_hash: Sequence[str] = (),
+    log_hash_key: bytes = b"",
 ) -> None:
     """Serve one registered model until SIGINT or SIGTERM (blocking).
 
@@ -168,6 +172,9 @@ def serve(
         entity_lookup: Feast settings for requests that carry entity ids.
         http: Body limit, tokens and worker threads; default: the ServingSpec defaults, no tokens.
         log_file: Write the log lines here, rotated; None writes them to stderr.
+        log_exclude: Request columns the inference log never stores.
+        log_hash: Request columns the inference log stores as HMAC-SHA256 digests under ``log_hash_key``.
+        log_hash_key: The key of those digests (from the environment).
     """
     http = http or HttpSettings(max_request_bytes=_MAX_BYTES)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -180,7 +187,9 @@ def serve(
     started = time.perf_counter()
     writer = None
     if inference_log_dir:
-        writer = InferenceLogWriter(inference_log_dir, model_name, log_flush_seconds, log_queue_rows)
+        writer = InferenceLogWriter(
+            inference_log_dir, model_name, log_flush_seconds, log_queue_rows, log_exclude, log_hash, log_hash_key
+        )
         writer.start()
     model = CtpipeModel(
         model_name,
@@ -230,7 +239,12 @@ def serve(
         model.stop_watcher()
         pool.shutdown(wait=True)
         if writer is not None:
-            writer.stop()  # write what is still queued
+            # Every answered request was queued before its answer went out; write them all before exiting.
+            writer.stop(timeout=max(10.0, 4 * log_flush_seconds))
+            logger.info(
+                "inference log flushed",
+                extra={"written_rows": writer.written_rows, "dropped_rows": writer.dropped_rows, "files": writer.files},
+            )
         logger.info("model server stopped", extra={"model": model_name, "port": port})
 
 
@@ -288,6 +302,26 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--log-flush-seconds", type=float, default=2.0, help="Inference log flush interval.")
     parser.add_argument("--log-queue-rows", type=int, default=100_000, help="Inference log queue size in rows.")
     parser.add_argument(
+        "--log-exclude",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="A request column the inference log never stores (repeatable).",
+    )
+    parser.add_argument(
+        "--log-hash",
+        action="append",
+        default=[],
+        metavar="COLUMN",
+        help="A request column the inference log stores as an HMAC-SHA256 hex digest (repeatable); the key is "
+        "read from the variable --log-hash-key-env names.",
+    )
+    parser.add_argument(
+        "--log-hash-key-env",
+        default=INFERENCE_LOG_HASH_KEY_ENV,
+        help="Environment variable holding the inference log hash key.",
+    )
+    parser.add_argument(
         "--max-request-bytes", type=int, default=_MAX_BYTES, help="Largest request body; larger ones get HTTP 413."
     )
     parser.add_argument(
@@ -332,6 +366,15 @@ def main(argv: list[str] | None = None) -> int:
         admin_token=admin_token if args.model_repository_api else None,
         worker_threads=args.worker_threads,
     )
+    hash_key = os.environ.get(args.log_hash_key_env, "")
+    if args.log_hash and not hash_key:
+        parser.error(
+            f"--log-hash {args.log_hash} needs the hash key in ${args.log_hash_key_env}; it is empty (the inference "
+            "log would store those columns unprotected, so the server does not start)"
+        )
+    both = sorted(set(args.log_hash) & set(args.log_exclude))
+    if both:
+        parser.error(f"column(s) {both} are both --log-exclude and --log-hash; name each once")
     lookup = os.environ.get(ENTITY_LOOKUP_ENV)
     # kserve parses sys.argv with its own parser when it is imported; these flags are ours.
     sys.argv = sys.argv[:1]
@@ -351,6 +394,9 @@ def main(argv: list[str] | None = None) -> int:
         EntityLookup.model_validate_json(lookup) if lookup else None,
         http,
         args.log_file,
+        args.log_exclude,
+        args.log_hash,
+        hash_key.encode(),
     )
     return 0
 

@@ -112,19 +112,17 @@ def build_registry(folder: Path) -> Registry:
             warnings.simplefilter("ignore", UserWarning)
             signature = infer_signature(train[FEATURES], pipeline.predict_proba(train[FEATURES]))
         with mlflow.start_run() as run:
-            info = mlflow.sklearn.log_model(
-                pipeline,
-                name="model",
-                serialization_format="cloudpickle",
-                signature=signature,
-                input_example=train[FEATURES].head(3),
-                pip_requirements=tracking.pip_requirements(),
+            info = tracking.log_sklearn_model(
+                pipeline, tracking_uri, signature=signature, input_example=train[FEATURES].head(3)
             )
         pipelines[key] = pipeline
         sources[key] = (info.model_uri, run.info.run_id, info.model_id)
         if key == "broken":
             local = Path(info.artifact_path.removeprefix("file://"))
             (local / "model.pkl").write_bytes(b"this is not a pickle")
+            # The hash is recorded again after the garbage write, so "broken" passes the hash check and
+            # fails where it is unpickled.
+            tracking.record_model_sha256(info.model_id, tracking_uri)
     return Registry(tracking_uri, sources, pipelines, make_frame(20, seed=2))
 
 

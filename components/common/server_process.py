@@ -34,7 +34,7 @@ from components.common.feast import EntityLookup
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.registry import STATUS_ROUTE, redact_uri
-from components.specs import ServingSpec
+from components.specs import InferenceLogSpec, ServingSpec
 
 logger = get_logger("server_process")
 
@@ -337,6 +337,16 @@ def local_server_args(serving: ServingSpec, workspace: str | os.PathLike[str], p
     return args
 
 
+def inference_log_args(serving: ServingSpec) -> list[str]:
+    """Flags of ``python -m serving.server`` that protect personal data in the inference log (exclude, hash)."""
+    settings = InferenceLogSpec.of(serving.inference_log)
+    args = [arg for name in settings.exclude for arg in ("--log-exclude", name)]
+    args += [arg for name in settings.hash for arg in ("--log-hash", name)]
+    if settings.hash:
+        args += ["--log-hash-key-env", settings.hash_key_env]
+    return args
+
+
 def serving_args(serving: ServingSpec) -> list[str]:
     """Command-line flags of ``python -m serving.server`` that come from the serving settings."""
     return [
@@ -352,6 +362,7 @@ def serving_args(serving: ServingSpec) -> list[str]:
         str(serving.inference_log_queue_rows),
         *(["--require-token"] if serving.require_token else []),
         *(["--model-repository-api"] if serving.model_repository_api else []),
+        *inference_log_args(serving),
     ]
 
 

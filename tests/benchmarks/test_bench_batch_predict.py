@@ -53,12 +53,10 @@ def test_spark_vs_single_threaded_predict(tmp_path, record_bench):
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     tracking.ensure_experiment("bench", uri)
     with mlflow.start_run() as run:
-        mlflow.sklearn.log_model(
-            model, name="model", serialization_format="cloudpickle", pip_requirements=tracking.pip_requirements()
-        )
+        info = tracking.log_sklearn_model(model, uri)
     client = tracking.registry_client(uri)
     client.create_registered_model("bench")
-    version = client.create_model_version("bench", f"runs:/{run.info.run_id}/model", run.info.run_id)
+    version = client.create_model_version("bench", info.model_uri, run.info.run_id, model_id=info.model_id)
     model_uri = f"models:/bench/{version.version}"
 
     features = frame[spec.feature_columns]

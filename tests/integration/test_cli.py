@@ -99,3 +99,24 @@ def test_data_generate(tmp_path):
     result = CliRunner().invoke(main, args)
     assert result.exit_code == 0, result.output
     assert "wrote 100 rows in 2 windows" in result.output
+
+
+def test_inference_log_maintain_applies_retention_and_compacts(tmp_path):
+    import pandas as pd
+
+    from components.common.inference_log import append_batch, read_window
+
+    log_dir = tmp_path / "inference_log"
+    today = pd.Timestamp.now(tz="UTC").normalize()
+    for stamp in (today - pd.Timedelta(days=40), today - pd.Timedelta(days=2), today - pd.Timedelta(days=2), today):
+        rows = {"request_id": ["r"], "timestamp": [stamp], "model_name": "m", "model_version": "1", "prediction": [0.5]}
+        append_batch(log_dir, pd.DataFrame(rows))
+    args = ["--config", str(ROOT / "ctpipe.yaml"), "inference-log", "maintain", "--log-dir", str(log_dir)]
+    result = CliRunner().invoke(main, [*args, "--retention-days", "30", "--json"])
+    assert result.exit_code == 0, result.output
+    outcome = json.loads(result.stdout.strip().splitlines()[-1])
+    assert outcome["pruned_days"] == [(today - pd.Timedelta(days=40)).strftime("%Y-%m-%d")]
+    assert outcome["compacted_days"] == {(today - pd.Timedelta(days=2)).strftime("%Y-%m-%d"): 2}
+    assert len(read_window(log_dir)) == 3
+    again = CliRunner().invoke(main, args)
+    assert again.exit_code == 0 and "deleted 0 day(s)" in again.output and "compacted 0 day(s)" in again.output

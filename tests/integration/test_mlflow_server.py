@@ -180,3 +180,167 @@ def test_mlflow_server_keeps_artifacts_in_the_object_store(
     # The keys reached the server through its environment only: never its command line or its log.
     assert s3_server.secret_key not in " ".join(server.process.popen.args)  # type: ignore[arg-type]
     assert s3_server.secret_key not in server.process.log_path.read_text(errors="replace")
+
+
+# --- Registry concurrency: promote and rollback racing on the server -------------------------------
+
+_RACE_WORKER = """
+import json, os, random, sys, time
+from pathlib import Path
+from components.common import registry
+from components.common.errors import ModelNotFound
+
+uri, name, state, worker, ops = sys.argv[1], sys.argv[2], Path(sys.argv[3]), int(sys.argv[4]), int(sys.argv[5])
+choices = json.loads(sys.argv[6])
+records = []
+
+
+def instrument(kind, locked):
+    # Runs inside the registry lock: an exclusive marker file proves no two workers are inside at once,
+    # and a plain file counter (safe only under the lock) numbers the operations in their true order.
+    def wrapped(client, model_name, *args):
+        try:
+            os.close(os.open(state / "inside", os.O_CREAT | os.O_EXCL | os.O_WRONLY))
+            overlap = False
+        except FileExistsError:
+            overlap = True
+        seq = int((state / "seq").read_text()) + 1
+        (state / "seq").write_text(str(seq))
+        record = {"seq": seq, "worker": worker, "kind": kind, "overlap": overlap}
+        if kind == "promote":
+            record["version"] = args[0]
+        try:
+            change = locked(client, model_name, *args)
+            record.update(previous=change.previous, current=change.current)
+            return change
+        except ModelNotFound as exc:
+            record["error"] = str(exc)
+            raise
+        finally:
+            records.append(record)
+            if not overlap:
+                os.unlink(state / "inside")
+
+    return wrapped
+
+
+registry._promote_locked = instrument("promote", registry._promote_locked)
+registry._rollback_locked = instrument("rollback", registry._rollback_locked)
+(state / f"ready-{worker}").touch()
+while not (state / "go").exists():
+    time.sleep(0.01)
+rng = random.Random(worker)
+for _ in range(ops):
+    try:
+        if rng.random() < 0.5:
+            registry.promote(name, uri, rng.choice(choices))
+        else:
+            registry.rollback(name, uri)
+    except ModelNotFound:
+        pass
+(state / f"worker-{worker}.json").write_text(json.dumps(records))
+"""
+
+
+def _replay(records: list[dict], champion: str, challenger: str | None) -> tuple[str, list[str], str | None]:
+    """Apply the operations in lock order to a model of the registry; assert each matches what it returned."""
+    history: list[str] = []
+    for record in records:
+        if record["kind"] == "promote":
+            version = record["version"] or challenger
+            if version is None:
+                assert "error" in record, record
+                continue
+            assert "error" not in record and (record["previous"], record["current"]) == (champion, version), record
+            if version != champion:
+                history.append(champion)
+            if version == challenger:
+                challenger = None
+            champion = version
+        else:
+            while history and history[-1] == champion:
+                history.pop()
+            if not history:
+                assert "error" in record, record
+                continue
+            target = history.pop()
+            assert "error" not in record and (record["previous"], record["current"]) == (champion, target), record
+            champion = target
+    return champion, history, challenger
+
+
+def test_racing_promotions_and_rollbacks_keep_aliases_and_history_consistent(
+    tmp_path: Path, mlflow_server: MlflowServer
+) -> None:
+    import json
+    import time
+
+    from components.common.registry import HISTORY_TAG, LOCK_SUFFIX
+
+    workers, ops = 8, 4
+    uri, name = mlflow_server.uri, f"race-{uuid.uuid4().hex[:6]}"
+    client = tracking.registry_client(uri)
+    client.create_registered_model(name)
+    experiment = client.create_experiment(f"race-{name}")
+    for _ in range(5):
+        run = client.create_run(experiment)
+        client.create_model_version(name, f"runs:/{run.info.run_id}/model", run.info.run_id, tags={BLESSED_TAG: "true"})
+    client.set_registered_model_alias(name, CHAMPION_ALIAS, "1")
+    client.set_registered_model_alias(name, CHALLENGER_ALIAS, "5")
+    state = tmp_path / "state"
+    state.mkdir()
+    (state / "seq").write_text("0")
+
+    processes = [
+        subprocess.Popen(
+            [
+                sys.executable,
+                "-c",
+                _RACE_WORKER,
+                uri,
+                name,
+                str(state),
+                str(worker),
+                str(ops),
+                '["1","2","3","4",null]',
+            ],
+            env={**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[2])},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for worker in range(workers)
+    ]
+    deadline = time.monotonic() + 120
+    while len(list(state.glob("ready-*"))) < workers and time.monotonic() < deadline:
+        assert all(p.poll() is None for p in processes), [p.communicate()[1][-2000:] for p in processes if p.poll()]
+        time.sleep(0.05)
+    started = time.monotonic()
+    (state / "go").touch()  # all imported: race from here
+    for process in processes:
+        _, err = process.communicate(timeout=240)
+        assert process.returncode == 0, err[-3000:]
+    elapsed = time.monotonic() - started
+
+    records = sorted(
+        (r for w in range(workers) for r in json.loads((state / f"worker-{w}.json").read_text())),
+        key=lambda r: r["seq"],
+    )
+    assert not [r for r in records if r["overlap"]]  # never two writers inside the lock at once
+    assert [r["seq"] for r in records] == list(range(1, workers * ops + 1))  # none lost, none doubled
+    assert sum("error" not in r for r in records) >= workers  # real work, not only refusals
+
+    champion, history, challenger = _replay(records, "1", "5")
+    model = client.get_registered_model(name)
+    aliases = {alias: str(version) for alias, version in model.aliases.items()}
+    assert aliases.get(CHAMPION_ALIAS) == champion and aliases.get(CHALLENGER_ALIAS) == challenger
+    assert aliases.get(CHAMPION_ALIAS) != aliases.get(CHALLENGER_ALIAS)
+    for version in aliases.values():
+        assert client.get_model_version(name, version).tags[BLESSED_TAG] == "true"
+    stored = json.loads(model.tags.get(HISTORY_TAG, "[]"))
+    # The stored history is the replayed one, up to entries equal to the champion that rollback skips.
+    assert [v for v in stored if v != champion] == [v for v in history if v != champion], (stored, history)
+    assert all(v in {"1", "2", "3", "4", "5"} for v in stored)
+    assert client.search_registered_models(f"name LIKE '{name}{LOCK_SUFFIX}%'") == []  # released, none broken
+    print(f"race: {workers} processes x {ops} operations in {elapsed:.1f}s")
+    assert elapsed < 90

@@ -61,9 +61,7 @@ def _register(model: Any, tracking_uri: str, name: str, alias: str | None = None
 
     tracking.ensure_experiment("batch-predict-tests", tracking_uri)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model, name="model", serialization_format="cloudpickle", pip_requirements=tracking.pip_requirements()
-        )
+        info = tracking.log_sklearn_model(model, tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     if not client.search_registered_models(filter_string=f"name = '{name}'"):
         client.create_registered_model(name)

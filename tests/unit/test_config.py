@@ -141,3 +141,11 @@ def test_the_serving_namespace_defaults_to_the_cronjobs_own(monkeypatch, tmp_pat
     assert load_config(Path(__file__).resolve().parents[2] / "manifests/base/ctpipe.yaml").serving.namespace == (
         "ctpipe-staging"
     )
+
+
+@pytest.mark.parametrize("estimator", ["os.system", "subprocess.Popen"])
+def test_an_estimator_outside_the_allowed_modules_is_refused(estimator):
+    raw = _raw()
+    raw["model"]["estimator"] = estimator
+    with pytest.raises(ConfigError, match=r"model\.estimator.*not under an allowed module.*sklearn\., xgboost\."):
+        parse_config(raw, ROOT)

@@ -268,6 +268,12 @@ def test_any_metric_by_import_path(models: Models) -> None:
         compute_metrics(model, frame, models.spec, [MetricSpec(name="precision_recall_curve", input="score")])
 
 
+def test_a_runs_uri_is_refused(models: Models) -> None:
+    candidate = models.good.model_copy(update={"model_uri": f"runs:/{models.good.run_id}/model"})
+    with pytest.raises(ConfigError, match="not accepted"):
+        _run(models, candidate, None, GATE, "runs-uri")
+
+
 def test_missing_champion_is_model_not_found(models: Models) -> None:
     with pytest.raises(ModelNotFound, match="champion"):
         _run(

@@ -95,13 +95,11 @@ def test_a_model_without_onnx_parity_is_served_by_sklearn_and_still_blessed(regi
     model, frame, _ = float32_sensitive_model()
     tracking.ensure_experiment("serving-tests", registry.tracking_uri)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
+        info = tracking.log_sklearn_model(
             model,
-            name="model",
-            serialization_format="cloudpickle",
+            registry.tracking_uri,
             signature=infer_signature(frame, model.predict_proba(frame)),
             input_example=frame.head(3),
-            pip_requirements=tracking.pip_requirements(),
         )
     version = register(info.model_uri, run.info.run_id, "infra-float32", True, registry.tracking_uri).version
     assert registry.client().get_model_version("infra-float32", version).tags[ONNX_TAG] == "compiled"

@@ -95,9 +95,7 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracking.ensure_experiment("monitor-tests", uri)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model, name="model", serialization_format="cloudpickle", pip_requirements=tracking.pip_requirements()
-        )
+        info = tracking.log_sklearn_model(model, uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("churn")
     version = client.create_model_version("churn", info.model_uri, run.info.run_id, model_id=info.model_id)

@@ -300,13 +300,7 @@ def test_a_model_onnx_cannot_express_is_registered_with_the_reason(runs: Runs, n
     model.fit(frame, (frame["calls"] > 20).astype(int))
     tracking.ensure_experiment("register-tests", runs.uri)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
-            model,
-            name=tracking.MODEL_ARTIFACT,
-            serialization_format=mlflow.sklearn.SERIALIZATION_FORMAT_CLOUDPICKLE,
-            signature=infer_signature(frame, model.predict_proba(frame)),
-            pip_requirements=tracking.pip_requirements(),
-        )
+        info = tracking.log_sklearn_model(model, runs.uri, signature=infer_signature(frame, model.predict_proba(frame)))
     result = register(info.model_uri, run.info.run_id, name, True, runs.uri)
     assert result.created and result.blessed and result.aliases == [CHALLENGER_ALIAS]
     assert result.onnx.startswith("unsupported: skl2onnx cannot compile Pipeline: RuntimeError: FunctionTransformer")

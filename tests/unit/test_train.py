@@ -217,6 +217,9 @@ def test_run_has_params_metrics_tags_and_artifacts(
     logged = mlflow.get_logged_model(result.model_uri.removeprefix("models:/"))
     assert logged.source_run_id == result.run_id
     assert logged.name == tracking.MODEL_ARTIFACT
+    # The SHA-256 every loading step checks before unpickling (docs/security.md).
+    assert len(logged.tags[tracking.MODEL_SHA256_TAG]) == 64
+    assert hasattr(tracking.load_registered_model(result.model_uri, module_tracking_uri), "predict_proba")
 
 
 def test_logged_model_loads_predicts_and_has_a_signature(

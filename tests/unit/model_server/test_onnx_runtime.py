@@ -91,13 +91,11 @@ def _regressor(registry: Registry) -> tuple[str, str, Any]:
     ).fit(train[FEATURES], target)
     tracking.ensure_experiment("serving-tests", registry.tracking_uri)
     with mlflow.start_run() as run:
-        info = mlflow.sklearn.log_model(
+        info = tracking.log_sklearn_model(
             model,
-            name="model",
-            serialization_format="cloudpickle",
+            registry.tracking_uri,
             signature=infer_signature(train[FEATURES], model.predict(train[FEATURES])),
             input_example=train[FEATURES].head(3),
-            pip_requirements=tracking.pip_requirements(),
         )
     return info.model_uri, run.info.run_id, model
 
