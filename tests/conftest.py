@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 import pandas as pd
@@ -203,3 +203,12 @@ def kube_crds(kube_apiserver) -> list[str]:
     if schemas is None:
         pytest.skip("shared/schemas (kserve/, spark-operator/) not found beside the checkout: no CRDs to install")
     return kube_apiserver.install_crds(schemas)
+
+
+@pytest.fixture(scope="module")
+def one_openmp_thread() -> Iterator[None]:
+    """Gradient boosting fits and predicts several times faster on one OpenMP thread than on two contended ones."""
+    from threadpoolctl import threadpool_limits
+
+    with threadpool_limits(limits=1, user_api="openmp"):
+        yield

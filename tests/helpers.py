@@ -180,3 +180,21 @@ def float32_sensitive_model(rows: int = 200) -> tuple[Any, pd.DataFrame, list[An
         ]
     ).fit(frame, label)
     return model, frame, [Feature("x", "number")]
+
+
+def spec_features(spec: DatasetSpec) -> list[Any]:
+    """The ``Feature`` list a model trained on ``spec`` has: numeric columns, then categorical ones."""
+    from components.common.model_input import Feature
+
+    return [Feature(c, "number") for c in spec.numeric_features] + [
+        Feature(c, "string") for c in spec.categorical_features
+    ]
+
+
+def onnx_precision(data: bytes) -> str:
+    """A compiled graph's ``ctpipe.precision``: ``float64``, or ``float32: <why not>``."""
+    import onnx
+
+    from components.common.compiled_model import PRECISION_KEY
+
+    return {p.key: p.value for p in onnx.load_from_string(data).metadata_props}[PRECISION_KEY]

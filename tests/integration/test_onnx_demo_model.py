@@ -7,41 +7,21 @@ so the test uses ``pipelines.demo_data`` on purpose (the unit tests use their ow
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-
 import numpy as np
 import pandas as pd
 import pytest
 from sklearn.pipeline import Pipeline
-from threadpoolctl import threadpool_limits
 
-from components.common.compiled_model import PRECISION_KEY, OnnxScorer, check_parity, compile_onnx
-from components.common.model_input import Feature, prepare_features
+from components.common.compiled_model import OnnxScorer, check_parity, compile_onnx
+from components.common.model_input import prepare_features
 from components.specs import DatasetSpec
 from components.train import build_pipeline, split_by_time
 from pipelines import demo_data
 from pipelines.config import load_config
 from pipelines.windows import Window
-from tests.helpers import ROOT
+from tests.helpers import ROOT, onnx_precision, spec_features
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_openmp_thread() -> Iterator[None]:
-    """Gradient boosting fits several times faster on one OpenMP thread than on two contended ones."""
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
-
-
-def _precision(data: bytes) -> str:
-    import onnx
-
-    return {p.key: p.value for p in onnx.load_from_string(data).metadata_props}[PRECISION_KEY]
-
-
-def _features(spec: DatasetSpec) -> list[Feature]:
-    return [Feature(c, "number") for c in spec.numeric_features] + [
-        Feature(c, "string") for c in spec.categorical_features
-    ]
+pytestmark = pytest.mark.usefixtures("one_openmp_thread")
 
 
 @pytest.fixture(scope="module")
@@ -98,8 +78,8 @@ def test_the_demo_model_passes_parity_on_every_demo_window(
     }
     assert ambiguous == expected.get(window, [])
 
-    data = compile_onnx(model, _features(spec))
-    assert _precision(data) == "float64"
-    parity = check_parity(model, OnnxScorer(data, _features(spec), "score"), x_eval, "score")
+    data = compile_onnx(model, spec_features(spec))
+    assert onnx_precision(data) == "float64"
+    parity = check_parity(model, OnnxScorer(data, spec_features(spec), "score"), x_eval, "score")
     assert parity.passed, parity.reason
     assert parity.rows == 1250 and parity.max_abs_diff <= 1e-6

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import hashlib
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -17,12 +16,10 @@ from sklearn.linear_model import LinearRegression, LogisticRegression
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.tree import DecisionTreeClassifier
-from threadpoolctl import threadpool_limits
 
 from components.common.compiled_model import (
     MISSING_CATEGORY,
     PARITY_TOLERANCE,
-    PRECISION_KEY,
     CompileError,
     OnnxIntegrityError,
     OnnxScorer,
@@ -34,7 +31,7 @@ from components.common.model_input import Feature, prepare_features
 from components.specs import DatasetSpec, ModelSpec
 from components.train import build_pipeline
 from tests.data import churn_spec
-from tests.helpers import float32_sensitive_model
+from tests.helpers import float32_sensitive_model, onnx_precision, spec_features
 
 # The demo's model (ctpipe.yaml).
 DEMO_MODEL = ModelSpec(
@@ -44,29 +41,11 @@ DEMO_MODEL = ModelSpec(
 )
 TRAIN_ROWS = 1350  # of the 1800 generated rows; the newest 450 are the evaluation rows
 
-
-@pytest.fixture(scope="module", autouse=True)
-def one_openmp_thread() -> Iterator[None]:
-    """Gradient boosting fits and predicts several times faster on one OpenMP thread than on two contended ones."""
-    with threadpool_limits(limits=1, user_api="openmp"):
-        yield
-
-
-def _precision(data: bytes) -> str:
-    """The compiled graph's ``ctpipe.precision``: ``float64``, or ``float32: <why not>``."""
-    import onnx
-
-    return {p.key: p.value for p in onnx.load_from_string(data).metadata_props}[PRECISION_KEY]
+pytestmark = pytest.mark.usefixtures("one_openmp_thread")
 
 
 def _input_types(scorer: OnnxScorer) -> set[str]:
     return {i.type for i in scorer._session.get_inputs()}
-
-
-def _features(spec: DatasetSpec) -> list[Feature]:
-    return [Feature(c, "number") for c in spec.numeric_features] + [
-        Feature(c, "string") for c in spec.categorical_features
-    ]
 
 
 def _with_missing(features: pd.DataFrame) -> pd.DataFrame:
@@ -94,9 +73,9 @@ def binary(churn_frame: pd.DataFrame) -> tuple[DatasetSpec, Pipeline, pd.DataFra
 def test_binary_classifier_passes_parity_on_every_row(binary: tuple[DatasetSpec, Pipeline, pd.DataFrame]) -> None:
     spec, model, x_eval = binary
     assert x_eval["plan"].isna().any() and x_eval["region"].isna().any() and x_eval["tenure_months"].isna().any()
-    data = compile_onnx(model, _features(spec))
-    scorer = OnnxScorer(data, _features(spec), "score")
-    assert _precision(data) == "float64"
+    data = compile_onnx(model, spec_features(spec))
+    scorer = OnnxScorer(data, spec_features(spec), "score")
+    assert onnx_precision(data) == "float64"
     assert _input_types(scorer) == {"tensor(double)", "tensor(string)"}
     parity = check_parity(model, scorer, x_eval, "score")
     assert parity.passed, parity.reason
@@ -130,12 +109,12 @@ def test_linear_classifier_with_scaling_passes_parity(churn_frame: pd.DataFrame)
     spec = churn_spec("unused.parquet")
     x_train, y_train, x_eval = _split(churn_frame, spec)
     model = build_pipeline(spec, ModelSpec(estimator="sklearn.linear_model.LogisticRegression")).fit(x_train, y_train)
-    data = compile_onnx(model, _features(spec))
-    scorer = OnnxScorer(data, _features(spec), "score")
+    data = compile_onnx(model, spec_features(spec))
+    scorer = OnnxScorer(data, spec_features(spec), "score")
     parity = check_parity(model, scorer, x_eval, "score")
     assert parity.passed, parity.reason
     # Imputer, scaler, coefficients and sigmoid all in float64.
-    assert _precision(data) == "float64" and parity.max_abs_diff <= 1e-12
+    assert onnx_precision(data) == "float64" and parity.max_abs_diff <= 1e-12
 
 
 @pytest.mark.parametrize(
@@ -158,9 +137,9 @@ def test_regressors_pass_parity(churn_frame: pd.DataFrame, estimator: str) -> No
     )
     x_train, y_train, x_eval = _split(churn_frame, spec)
     model = build_pipeline(spec, ModelSpec(estimator=estimator)).fit(x_train, y_train)
-    data = compile_onnx(model, _features(spec))
-    assert _precision(data) == "float64"
-    scorer = OnnxScorer(data, _features(spec), "prediction")
+    data = compile_onnx(model, spec_features(spec))
+    assert onnx_precision(data) == "float64"
+    scorer = OnnxScorer(data, spec_features(spec), "prediction")
     parity = check_parity(model, scorer, x_eval, "prediction")
     assert parity.passed, parity.reason
     # float32 tree outputs: about one float32 step of the value.
@@ -178,7 +157,7 @@ def test_multiclass_scores_are_the_probability_matrix(churn_frame: pd.DataFrame)
     model = build_pipeline(spec, ModelSpec(estimator="sklearn.linear_model.LogisticRegression")).fit(
         x, churn_frame["region"]
     )
-    scorer = OnnxScorer(compile_onnx(model, _features(spec)), _features(spec), "score")
+    scorer = OnnxScorer(compile_onnx(model, spec_features(spec)), spec_features(spec), "score")
     scores = scorer.score_frame(x.head(5))
     assert scores.shape == (5, 4) and scores.dtype == np.float64
     np.testing.assert_allclose(scores, model.predict_proba(x.head(5)), atol=PARITY_TOLERANCE)
@@ -189,7 +168,7 @@ def test_a_model_that_float32_changes_fails_parity() -> None:
     model, frame, features = float32_sensitive_model()
     assert (model.predict(frame) == (np.arange(200) >= 100)).all()  # sklearn separates the rows
     data = compile_onnx(model, features)
-    assert _precision(data).startswith("float32: onnxruntime cannot load the ONNX model: ")
+    assert onnx_precision(data).startswith("float32: onnxruntime cannot load the ONNX model: ")
     scorer = OnnxScorer(data, features, "score")
     assert _input_types(scorer) == {"tensor(float)"}  # and the scorer feeds float32
     parity = check_parity(model, scorer, frame, "score")
@@ -216,7 +195,7 @@ def test_trees_see_float32_inputs_as_sklearn_does() -> None:
     ).fit(frame, label)
     features = [Feature("x", "number")]
     data = compile_onnx(model, features)
-    assert _precision(data) == "float64"
+    assert onnx_precision(data) == "float64"
     parity = check_parity(model, OnnxScorer(data, features, "score"), frame, "score")
     assert parity.passed and parity.max_abs_diff == 0.0, parity.reason
 
@@ -252,7 +231,7 @@ def test_a_threshold_one_float64_step_below_a_value_decides_as_in_sklearn() -> N
     assert not parity32.passed and parity32.label_mismatches == 1
 
     data = compile_onnx(model, features)
-    assert _precision(data) == "float64"
+    assert onnx_precision(data) == "float64"
     parity = check_parity(model, OnnxScorer(data, features, "score"), rows, "score")
     assert parity.passed and parity.max_abs_diff <= 1e-6, parity.reason
 
@@ -270,7 +249,7 @@ def test_an_imputer_fills_in_its_float64_value() -> None:
         assert (statistics.astype(np.float32).astype(np.float64) != statistics).all()  # float32 would round them
         features = [Feature("a", "number"), Feature("b", "number")]
         data = compile_onnx(model, features)
-        assert _precision(data) == "float64"
+        assert onnx_precision(data) == "float64"
         rows = pd.DataFrame({"a": [marker, 990.0, marker], "b": [0.09, marker, marker]})
         scores = OnnxScorer(data, features, "prediction").score_frame(rows)
         np.testing.assert_allclose(scores, model.predict(rows), rtol=1e-13)
@@ -293,7 +272,7 @@ def test_an_onnx_file_that_does_not_match_its_recorded_hash_is_refused(
     binary: tuple[DatasetSpec, Pipeline, pd.DataFrame], tmp_path: Path
 ) -> None:
     spec, model, x_eval = binary
-    features = _features(spec)
+    features = spec_features(spec)
     data = compile_onnx(model, features)
     recorded = sha256_of(data)
     assert recorded == hashlib.sha256(data).hexdigest()
@@ -315,17 +294,17 @@ def test_an_onnx_file_that_does_not_match_its_recorded_hash_is_refused(
 
 def test_scorer_refuses_features_the_graph_does_not_take(binary: tuple[DatasetSpec, Pipeline, pd.DataFrame]) -> None:
     spec, model, _ = binary
-    data = compile_onnx(model, _features(spec))
-    wrong = [Feature(f.name, "string" if f.name == "tenure_months" else f.kind) for f in _features(spec)]
+    data = compile_onnx(model, spec_features(spec))
+    wrong = [Feature(f.name, "string" if f.name == "tenure_months" else f.kind) for f in spec_features(spec)]
     with pytest.raises(CompileError, match="tenure_months"):
         OnnxScorer(data, wrong, "score")
     with pytest.raises(CompileError, match="onnxruntime cannot load"):
-        OnnxScorer(b"not an onnx model", _features(spec), "score")
+        OnnxScorer(b"not an onnx model", spec_features(spec), "score")
 
 
 def test_no_rows_or_unscorable_rows_fail_parity(binary: tuple[DatasetSpec, Pipeline, pd.DataFrame]) -> None:
     spec, model, x_eval = binary
-    scorer = OnnxScorer(compile_onnx(model, _features(spec)), _features(spec), "score")
+    scorer = OnnxScorer(compile_onnx(model, spec_features(spec)), spec_features(spec), "score")
     assert check_parity(model, scorer, x_eval.head(0), "score").reason == "failed: no evaluation rows to compare"
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
