@@ -203,7 +203,7 @@ def _onnx_parity(
     from mlflow.models import Model as MlflowModel
 
     from components.common import tracking
-    from components.common.compiled_model import OnnxScorer, check_parity
+    from components.common.compiled_model import OnnxScorer, check_parity, output_kind
     from components.common.model_input import features_of, prepare_features
 
     client = tracking.registry_client(tracking_uri)
@@ -221,7 +221,7 @@ def _onnx_parity(
         # Unpickled only after the SHA-256 that train recorded matched.
         sk_model = tracking.load_downloaded_model(local, f"models:/{model_name}/{version}", client)
         features = features_of(MlflowModel.load(str(local)), sk_model)
-        output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"
+        output = output_kind(sk_model)
         scorer = OnnxScorer.from_file(local / ONNX_ARTIFACT, tags.get(ONNX_SHA256_TAG, ""), features, output)
         rows = prepare_features(frame, dataset, [f.name for f in features])
         parity = check_parity(sk_model, scorer, rows, output)

@@ -40,7 +40,7 @@ from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from components.common import tracking
-from components.common.compiled_model import OnnxScorer
+from components.common.compiled_model import PARITY_TOLERANCE, OnnxScorer, output_kind
 from components.common.feast import EntityLookup
 from components.common.logs import get_logger
 from components.common.model_input import Feature, features_of
@@ -289,7 +289,7 @@ class CtpipeModel(Model):
             sk_model = tracking.load_downloaded_model(local, f"models:/{self.name}/{version}", self.client)
             mlflow_model = MlflowModel.load(local)
             features = features_of(mlflow_model, sk_model)
-            output: Literal["score", "prediction"] = "score" if hasattr(sk_model, "predict_proba") else "prediction"
+            output = output_kind(sk_model)
             runtime = tags.get(SERVING_RUNTIME_TAG)
             onnx = None
             if runtime == "onnx":
@@ -316,7 +316,9 @@ class CtpipeModel(Model):
                 columns = {f.name: smoke[f.name].to_numpy() for f in features}
                 if onnx is not None:
                     # The fast path answers like the model it was compiled from, or it is not used.
-                    np.testing.assert_allclose(onnx.score_frame(smoke), loaded.score_frame(smoke), atol=1e-5)
+                    np.testing.assert_allclose(
+                        onnx.score_frame(smoke), loaded.score_frame(smoke), atol=PARITY_TOLERANCE
+                    )
                 loaded.score(columns)
         finally:
             shutil.rmtree(staging, ignore_errors=True)

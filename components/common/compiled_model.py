@@ -54,6 +54,12 @@ PARITY_TOLERANCE = 1e-5
 
 Output = Literal["score", "prediction"]
 
+
+def output_kind(model: Any) -> Output:
+    """What a model serves: ``score`` (class probabilities) when it has ``predict_proba``, else ``prediction``."""
+    return "score" if hasattr(model, "predict_proba") else "prediction"
+
+
 _NUMERIC_KINDS = ("number", "integer")
 _STRING_KINDS = ("string",)
 #: Graph input types a feature of each kind may have (``float64`` normally, ``float32`` after a fallback).
@@ -143,7 +149,7 @@ def compile_onnx(model: Any, features: Sequence[Feature]) -> bytes:
 
     compiled = copy.deepcopy(model)
     _use_missing_sentinel(compiled)
-    output: Output = "score" if hasattr(model, "predict_proba") else "prediction"
+    output = output_kind(model)
     options = {"zipmap": False} if is_classifier(model) else None
     props = {
         "ctpipe.missing_category": MISSING_CATEGORY,
