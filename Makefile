@@ -14,7 +14,7 @@ export GX_ANALYTICS_ENABLED := False
 export MLFLOW_ENABLE_TELEMETRY := false
 export FEAST_USAGE := False
 
-.PHONY: demo test lint typecheck unit bench compile docs clean java help lock wheelhouse images test-containers test-cluster components-yaml
+.PHONY: demo test lint typecheck unit bench compile docs clean java help lock wheelhouse images release test-containers test-cluster components-yaml
 
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -52,12 +52,20 @@ DOCKER ?= docker
 lock: $(STAMP)  ## Regenerate containers/*.lock (the images' pins) from the virtualenv.
 	$(BIN)/python -m pipelines.images lock
 
-wheelhouse: $(STAMP)  ## Download every locked wheel into $(WHEELHOUSE) (the only step that needs the index).
+wheelhouse: $(STAMP)  ## Download every locked file, hashes checked, into $(WHEELHOUSE) (the only step that needs the index).
 	$(BIN)/python -m pipelines.images wheelhouse $(WHEELHOUSE)
 
-images: wheelhouse  ## Build the components and serving images offline from the wheelhouse.
+images: wheelhouse  ## Build the components and serving images offline from the wheelhouse; SBOMs into out/release.
 	$(BIN)/python -m pipelines.images build --wheelhouse $(WHEELHOUSE) --docker $(DOCKER) \
 	  $(if $(BASE_IMAGE),--base-image $(BASE_IMAGE)) $(if $(CA_BUNDLE),--ca-bundle $(CA_BUNDLE))
+	$(BIN)/python -m pipelines.release sbom
+
+# A release by digest (docs/containers.md): REGISTRY=host:port, OVERLAY=manifests/overlays/production.
+release: images  ## Push the images to $(REGISTRY) and write out/release/<overlay> naming them by digest.
+	@test -n "$(REGISTRY)" || { echo "usage: make release REGISTRY=host[:port] [OVERLAY=manifests/overlays/production]"; exit 2; }
+	$(BIN)/python -m pipelines.release push --registry $(REGISTRY) --docker $(DOCKER)
+	$(BIN)/python -m pipelines.release pin --overlay $(or $(OVERLAY),manifests/overlays/production)
+	$(BIN)/python -m pipelines.release sbom
 
 test-containers: $(STAMP)  ## Build both images on a Debian-built base in a private dockerd and run them.
 	$(BIN)/pytest tests/containers -m containers -p no:randomly

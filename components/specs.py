@@ -441,6 +441,13 @@ class ServingSpec(StrictModel):
         description="Cluster profile: the Kubernetes Secret whose keys become the predictor pods' environment "
         "(object-store keys for the inference log, MLflow credentials); never the keys themselves.",
     )
+    egress: list[str] = Field(
+        default_factory=list,
+        description="Cluster profile: what the predictor pods may connect to besides DNS, infra.tracking_uri and "
+        "Feast's Redis, as host:port (e.g. the object store of the models and the inference log, "
+        "minio.ctpipe-system.svc:9000). The predictor's NetworkPolicy (python -m pipelines.network_policy) "
+        "allows only these.",
+    )
     infra_validation: InfraValidationSpec = Field(default_factory=InfraValidationSpec)
     canary_analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec)
 
@@ -448,6 +455,15 @@ class ServingSpec(StrictModel):
     @classmethod
     def _no_credentials(cls, value: str | None) -> str | None:
         return None if value is None else check_location(value, "inference_log_dir")
+
+    @field_validator("egress")
+    @classmethod
+    def _host_and_port(cls, value: list[str]) -> list[str]:
+        for index, destination in enumerate(value):
+            host, _, port = destination.rpartition(":")
+            if not host or "/" in host or not port.isdigit() or not 1 <= int(port) <= 65535:
+                raise ValueError(f"egress[{index}]: expected host:port (port 1-65535), found {destination!r}")
+        return value
 
 
 class MonitoringSpec(StrictModel):

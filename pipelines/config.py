@@ -67,6 +67,10 @@ def check_image(value: str, key: str = "image") -> str:
     return value
 
 
+# The variables a digest-pinned release sets (pipelines/release.py): they replace the default tags.
+IMAGE_ENV = {"components": "CTPIPE_IMAGE_COMPONENTS", "serving": "CTPIPE_IMAGE_SERVING"}
+
+
 class ImagesSpec(StrictModel):
     """Container images; pin by digest in production (``name:tag@sha256:...``).
 
@@ -74,11 +78,21 @@ class ImagesSpec(StrictModel):
     these names, and the compiled pipelines refer to them.
     """
 
-    # The one place the tags are set (the package version): `make images` builds exactly these.
+    # The one place the tags are set (the package version): `make images` builds exactly these. A release
+    # pinned by digest (`python -m pipelines.release pin`) sets the variables in the CronJob that compiles
+    # the pipelines, so its tasks and the InferenceService that deploy writes name the pushed digests.
     components: str = Field(
-        default=f"ctpipe/components:{package_version()}", description="Image every KFP component runs in."
+        default_factory=lambda: os.environ.get(IMAGE_ENV["components"]) or f"ctpipe/components:{package_version()}",
+        validate_default=True,  # a variable's value is checked like a configured one
+        description=f"Image every KFP component runs in; default the {IMAGE_ENV['components']} variable, else "
+        "ctpipe/components:<package version>.",
     )
-    serving: str = Field(default=f"ctpipe/serving:{package_version()}", description="KServe predictor image.")
+    serving: str = Field(
+        default_factory=lambda: os.environ.get(IMAGE_ENV["serving"]) or f"ctpipe/serving:{package_version()}",
+        validate_default=True,
+        description=f"KServe predictor image; default the {IMAGE_ENV['serving']} variable, else "
+        "ctpipe/serving:<package version>.",
+    )
     overrides: dict[str, str] = Field(
         default_factory=dict,
         description="Per-component image, by component name (e.g. train: repo/ctpipe-gpu:0.1.0@sha256:...).",
@@ -87,7 +101,9 @@ class ImagesSpec(StrictModel):
     @field_validator("components", "serving")
     @classmethod
     def _pinned(cls, value: str, info: ValidationInfo) -> str:
-        return check_image(value, str(info.field_name))
+        field = str(info.field_name)
+        variable = IMAGE_ENV[field]
+        return check_image(value, f"{field} (from ${variable})" if os.environ.get(variable) == value else field)
 
     @field_validator("overrides")
     @classmethod

@@ -29,12 +29,10 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from components.common import spark_s3, storage
 from components.common.errors import ConfigError, CtpipeError
-from components.common.io import write_text
 from pipelines.config import CtpipeConfig, load_config
+from pipelines.generated_manifest import dump_yaml, emit
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
 KIND = "ScheduledSparkApplication"
@@ -97,13 +95,6 @@ HEADER = (
     f"#   {REGENERATE}\n"
     "# Batch scoring on Kubernetes with the Kubeflow Spark operator: docs/cluster.md, 'Batch scoring on Kubernetes'.\n"
 )
-
-
-class _NoAliases(yaml.SafeDumper):
-    """A dumper that writes a repeated mapping out again instead of as an anchor and ``*alias``."""
-
-    def ignore_aliases(self, data: Any) -> bool:
-        return True
 
 
 def spark_version() -> str:
@@ -309,7 +300,7 @@ def render_scheduled_spark_application(
 
 def to_yaml(manifest: dict[str, Any]) -> str:
     """The manifest as the YAML text committed in ``manifests/base`` (with its header)."""
-    return HEADER + yaml.dump(manifest, Dumper=_NoAliases, sort_keys=False, default_flow_style=False, width=120)
+    return dump_yaml(manifest, HEADER)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -349,19 +340,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if exc.hint:
             print(f"hint: {exc.hint}", file=sys.stderr)
         return 1
-    if args.out is None:
-        sys.stdout.write(text)
-        return 0
-    out = Path(args.out)
-    current = out.read_text() if out.is_file() else None
-    if args.check:
-        if current != text:
-            print(f"{out}: differs from the rendering of {args.config}; regenerate with: {REGENERATE}", file=sys.stderr)
-            return 1
-        return 0
-    if current != text:
-        write_text(out, text)
-    return 0
+    return emit(text, args.out, args.check, args.config, REGENERATE)
 
 
 if __name__ == "__main__":

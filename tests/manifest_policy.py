@@ -110,9 +110,11 @@ def _strings(node: Any) -> Iterator[str]:
             yield from _strings(value)
 
 
-def _image_problem(image: str) -> str | None:
+def _image_problem(image: str, require_digest: bool) -> str | None:
     if "@sha256:" in image:
         return None
+    if require_digest:
+        return f"image {image!r} is not pinned by digest (@sha256:...)"
     last = image.rsplit("/", 1)[-1]
     if ":" not in last:
         return f"image {image!r} has no tag (that means latest)"
@@ -121,9 +123,11 @@ def _image_problem(image: str) -> str | None:
     return None
 
 
-def _container_problems(container: dict[str, Any], pod: dict[str, Any], resources_checked: bool = True) -> list[str]:
+def _container_problems(
+    container: dict[str, Any], pod: dict[str, Any], resources_checked: bool = True, require_digest: bool = False
+) -> list[str]:
     problems = []
-    image_problem = _image_problem(str(container.get("image", "")))
+    image_problem = _image_problem(str(container.get("image", "")), require_digest)
     if image_problem:
         problems.append(image_problem)
     resources = container.get("resources") or {}
@@ -154,29 +158,36 @@ def _container_problems(container: dict[str, Any], pod: dict[str, Any], resource
     return problems
 
 
-def violations(documents: list[dict[str, Any]]) -> list[str]:
-    """Every policy violation in ``documents`` (rendered manifests), one line each."""
+def violations(documents: list[dict[str, Any]], require_digest: bool = False) -> list[str]:
+    """Every policy violation in ``documents`` (rendered manifests), one line each.
+
+    Args:
+        documents: The rendered objects.
+        require_digest: A released overlay (``python -m pipelines.release pin``): every image by digest.
+    """
     found: list[str] = []
     for doc in documents:
         name = _name(doc)
         if doc.get("kind") == "Secret" and (doc.get("data") or doc.get("stringData")):
             found.append(f"{name}: a Secret with values; reference Secrets created outside the repository")
+        if doc.get("kind") == "NetworkPolicy" and set(doc["spec"].get("policyTypes") or []) != {"Ingress", "Egress"}:
+            found.append(f"{name}: a NetworkPolicy that does not restrict both Ingress and Egress")
         for text in _strings(doc):
             for pattern, what in _LITERAL_SECRETS:
                 if pattern.search(text):
                     found.append(f"{name}: contains {what}")
         for pod in pod_specs(doc):
             for container in [*(pod.get("initContainers") or []), *(pod.get("containers") or [])]:
-                for problem in _container_problems(container, pod):
+                for problem in _container_problems(container, pod, require_digest=require_digest):
                     found.append(f"{name}: container {container.get('name')}: {problem}")
         for settings, pod in spark_pods(doc):
             main, *others = pod["containers"]
             for problem in [
                 *_spark_resource_problems(settings),
-                *_container_problems(main, pod, resources_checked=False),
+                *_container_problems(main, pod, resources_checked=False, require_digest=require_digest),
             ]:
                 found.append(f"{name}: container {main['name']}: {problem}")
             for container in [*pod["initContainers"], *others]:
-                for problem in _container_problems(container, pod):
+                for problem in _container_problems(container, pod, require_digest=require_digest):
                     found.append(f"{name}: container {main['name']}/{container.get('name')}: {problem}")
     return found

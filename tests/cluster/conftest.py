@@ -35,6 +35,7 @@ from tests.containers.fixtures import (
     config,
     docker,
     images,
+    registry,
     timings,
     wheelhouse,
 )
@@ -50,6 +51,7 @@ __all__ = [
     "config",
     "docker",
     "images",
+    "registry",
     "timings",
     "wheelhouse",
 ]

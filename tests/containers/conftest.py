@@ -9,6 +9,8 @@ from tests.containers.fixtures import (
     config,
     docker,
     images,
+    registry,
+    released,
     timings,
     wheelhouse,
 )
@@ -23,6 +25,8 @@ __all__ = [
     "config",
     "docker",
     "images",
+    "registry",
+    "released",
     "timings",
     "wheelhouse",
 ]

@@ -28,7 +28,8 @@ import pytest
 
 from pipelines.config import CtpipeConfig, load_config
 from pipelines.images import build_images, build_wheelhouse, git_commit, lock_key
-from tests.servers import DockerDaemon, containers_cache, debian_base_image
+from pipelines.release import push_images
+from tests.servers import DockerDaemon, RegistryServer, containers_cache, debian_base_image, free_port
 
 REPO_ROOT = Path(__file__).resolve().parents[2]
 BASE_TAG = "ctpipe-test/python:3.11-bookworm"
@@ -91,12 +92,23 @@ def docker(cache: Path, tmp_path_factory: pytest.TempPathFactory, timings: Timin
 
 
 @pytest.fixture(scope="session")
-def base_image(docker: DockerDaemon, cache: Path, timings: Timings) -> str:
+def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RegistryServer]:
+    """A container registry on 127.0.0.1 (Debian's docker-registry): the images are pushed and named by digest."""
+    with machine_limits("cannot start a container registry"):
+        server = RegistryServer(tmp_path_factory.mktemp("registry"), free_port())
+    yield server
+    server.stop()
+
+
+@pytest.fixture(scope="session")
+def base_image(docker: DockerDaemon, cache: Path, timings: Timings, registry: RegistryServer) -> str:
+    """The Debian-built base, pushed to the registry and named by the digest it returned (as BASE_IMAGE is)."""
     started = time.monotonic()
     with machine_limits("cannot build the Debian base image"):
         tag = debian_base_image(docker, cache, BASE_TAG)
+    pushed = push_images({"base": tag}, registry.address, docker.cli, docker.env)
     timings.measure("base_image", started)
-    return tag
+    return pushed["base"]
 
 
 @pytest.fixture(scope="session")
@@ -167,3 +179,14 @@ def images(
         timings.values[f"{kind}_image_mb"] = round(int(size) / 1e6)
     timings.measure("build_images", started)
     return dict(built)
+
+
+@pytest.fixture(scope="session")
+def released(
+    images: dict[str, str], docker: DockerDaemon, registry: RegistryServer, timings: Timings
+) -> dict[str, str]:
+    """Both images pushed to the registry: kind -> ``127.0.0.1:PORT/ctpipe/<kind>@sha256:...`` it returned."""
+    started = time.monotonic()
+    pushed = push_images(images, registry.address, docker.cli, docker.env)
+    timings.measure("push_images", started)
+    return dict(pushed)

