@@ -42,7 +42,7 @@ lint: $(STAMP)  ## ruff (style, Google docstrings) and mypy.
 	$(BIN)/mypy
 
 test: $(STAMP) java lint  ## Lint, type-check and run every test.
-	$(BIN)/pytest
+	$(BIN)/pytest --durations=20
 
 # The images: tags come from infra.images (ctpipe/<kind>:<package version>); builds are offline
 # from a wheelhouse. BASE_IMAGE=... and CA_BUNDLE=proxy-ca.pem (a build secret) are optional.

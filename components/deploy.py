@@ -15,6 +15,13 @@ traffic until deploy sets the canary percent for that exact version (registered-
   write it into the cluster's object, keeping every field ctpipe does not own
   (``components.common.kserve.cluster.KServeSeam``); ``dry_run`` writes the manifest and records
   the call without touching a cluster.
+
+Given the registry state the pipeline read (:mod:`components.common.registry_state`), an embedded
+deploy whose work is already done (the version is the challenger, the canary tags say this share
+for it, and the local server answers that it serves exactly these versions at this share) changes
+nothing and says so (an idempotent skip), without importing MLflow. The server is asked every time,
+so a server that stopped is started again. The cluster profile always writes the manifest (the
+write is idempotent; the cluster's object is not known without reading it).
 """
 
 from __future__ import annotations
@@ -22,34 +29,35 @@ from __future__ import annotations
 import contextlib
 import functools
 import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
 
-import requests
-import yaml
 from pydantic import BaseModel
 
 from components.common import tracking
 from components.common.errors import DeployError, ModelNotFound
-from components.common.feast import EntityLookup
-from components.common.io import scratch_folder, write_text
-from components.common.kserve.traffic import (
-    ClusterTarget,
-    TrafficState,
-    desired_inference_service,
-    render_for_state,
-)
 from components.common.logs import get_logger
 from components.common.registry import (
     CANARY_TAG,
+    CANARY_VERSION_TAG,
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
     INFRA_BLESSED_TAG,
+    SERVING_RUNTIME_TAG,
     STATUS_ROUTE,
+    redact_uri,
     require_registered_model,
     set_traffic,
 )
-from components.specs import ServingSpec
+from components.common.registry_state import RegistryState
+from components.common.skips import log_skip
+
+# requests, yaml, Feast, KServe and the specs are imported where they are used: a task that finds
+# the canary already open starts without them (tests/unit/test_import_budget.py).
+if TYPE_CHECKING:
+    from components.common.feast import EntityLookup
+    from components.common.kserve.traffic import ClusterTarget
+    from components.specs import ServingSpec
 
 logger = get_logger("deploy")
 
@@ -66,6 +74,7 @@ class DeployResult(BaseModel):
     manifest_path: str | None = None
     dry_run: bool = False
     message: str = ""
+    skipped: str = ""
 
 
 def wait_for_serving(
@@ -93,6 +102,8 @@ def wait_for_serving(
         DeployError: The server reports that an expected version failed to load, serves another
             model, or does not switch within ``timeout``.
     """
+    import requests
+
     url = endpoint.rstrip("/") + STATUS_ROUTE
     deadline = time.monotonic() + timeout
     status: dict[str, Any] | None = None
@@ -149,6 +160,75 @@ def check_infra_blessing(client: Any, model_name: str, version: str) -> None:
             "it gets no traffic",
             hint="See the infra blessing of the training run for why the sandbox server could not serve it.",
         )
+
+
+def _server_status(endpoint: str) -> dict[str, Any] | None:
+    """The model server's ``/ctpipe/status`` at ``endpoint``; None when nothing there answers it."""
+    import requests
+
+    try:
+        response = requests.get(endpoint.rstrip("/") + STATUS_ROUTE, timeout=2)
+        status = response.json() if response.status_code == 200 else None
+    except (requests.RequestException, ValueError):
+        return None
+    return status if isinstance(status, dict) else None
+
+
+def already_deployed(
+    state: RegistryState, version: str, serving: ServingSpec, tracking_uri: str
+) -> DeployResult | None:
+    """The embedded deployment of ``version`` when it is already in place, per ``state`` and the server; else None.
+
+    In place: ``version`` is the challenger, not refused by infra validation, the canary tags give
+    it ``serving.canary_percent``, and the local server for this model and registry answers that it
+    serves this champion and this challenger at the effective share, with the runtime infra
+    validation chose, and has failed to load neither.
+    """
+    from components.common.server_process import endpoint_url
+
+    name = serving.model_name
+    held = state.version(version)
+    if not state.exists or state.aliases.get(CHALLENGER_ALIAS) != version or held is None:
+        return None
+    if held.tags.get(INFRA_BLESSED_TAG) == "false":
+        return None
+    if state.tags.get(CANARY_TAG) != str(serving.canary_percent) or state.tags.get(CANARY_VERSION_TAG) != version:
+        return None
+    champion = state.aliases.get(CHAMPION_ALIAS)
+    effective = 100 if champion is None else serving.canary_percent
+    endpoint = endpoint_url(serving.host, serving.port)
+    status = _server_status(endpoint)
+    if status is None or status.get("pinned_version"):
+        return None
+    if (status.get("model_name"), status.get("tracking_uri")) != (name, redact_uri(tracking_uri)):
+        return None
+    if (status.get("champion_version"), status.get("challenger_version"), status.get("canary_percent")) != (
+        champion,
+        version,
+        effective,
+    ):
+        return None
+    if {version, champion} & set(status.get("failed_versions") or {}):
+        return None
+    wanted_runtime = held.tags.get(SERVING_RUNTIME_TAG)
+    served_runtime = ((status.get("runtimes") or {}).get(version) or {}).get("runtime")
+    if wanted_runtime and served_runtime and wanted_runtime != served_runtime:
+        return None
+    share = f"champion version {champion} the rest" if champion is not None else "no champion"
+    reason = (
+        f"the server at {endpoint} (pid {status.get('pid')}) already serves challenger version {version} "
+        f"at {effective}% ({share}), as the registry asks"
+    )
+    return DeployResult(
+        mode="local",
+        endpoint=endpoint,
+        model_name=name,
+        champion_version=champion,
+        challenger_version=version,
+        canary_percent=effective,
+        message=reason,
+        skipped=reason,
+    )
 
 
 def _deploy_local(
@@ -226,8 +306,12 @@ def _deploy_cluster(
     workspace: str,
     target: ClusterTarget,
 ) -> DeployResult:
+    import yaml
+
+    from components.common.io import scratch_folder, write_text
     from components.common.kserve.cluster import KServeSeam
     from components.common.kserve.manifests import isvc_name
+    from components.common.kserve.traffic import TrafficState, desired_inference_service, render_for_state
 
     name = isvc_name(serving.model_name)
     notes: list[str] = []
@@ -306,8 +390,12 @@ def deploy(
     timeout: float = 60.0,
     entity_lookup: EntityLookup | None = None,
     force: bool = False,
+    known_state: RegistryState | None = None,
 ) -> DeployResult:
     """Send a share of live traffic to a registered model version.
+
+    With ``known_state`` (the registry as the pipeline last read it), an embedded deployment that
+    is already in place (:func:`already_deployed`) changes nothing and ``skipped`` says why.
 
     Args:
         version: Registry version to deploy; in the embedded profile it must be the current
@@ -325,6 +413,7 @@ def deploy(
             pods) answer requests by entity id.
         force: Cluster profile: overwrite fields of the InferenceService that ctpipe owns but
             someone else changed since ctpipe wrote them (otherwise that is an error).
+        known_state: The model's registry state read earlier in the run; None to deploy regardless.
 
     Returns:
         Where the model is served and which versions get which share.
@@ -336,8 +425,18 @@ def deploy(
     """
     version = str(version)
     if profile == "embedded":
+        done = (
+            already_deployed(known_state, version, serving, tracking_uri)
+            if known_state is not None and not dry_run
+            else None
+        )
+        if done is not None:
+            log_skip(logger, done.skipped, model=serving.model_name, version=version)
+            return done
         return _deploy_local(version, serving, tracking_uri, workspace, timeout, dry_run, entity_lookup)
     if profile == "cluster":
+        from components.common.kserve.traffic import ClusterTarget
+
         target = ClusterTarget(image=image, entity_lookup=entity_lookup, force=force, dry_run=dry_run)
         return _deploy_cluster(version, serving, tracking_uri, workspace, target)
     raise DeployError(f"unknown profile {profile!r}; expected 'embedded' or 'cluster'")

@@ -22,6 +22,11 @@ outcome chooses what the model server scores the version with, tag ``ctpipe.serv
 ``onnx`` when parity holds, ``sklearn`` otherwise, with the reason in ``ctpipe.onnx_parity``. It
 is informational (check ``onnx_parity`` always passes): a model without ONNX parity is served by
 sklearn, not refused. The sandbox started afterwards already sees the runtime tag.
+
+Given the registry state the pipeline read (:mod:`components.common.registry_state`), a version
+that is already infra-blessed (and whose ONNX parity was checked, if it has an ONNX model) is not
+validated again: its blessing is written from the tags, nothing is started and MLflow is not
+imported (an idempotent skip). A version whose validation failed is always tried again.
 """
 
 from __future__ import annotations
@@ -31,14 +36,11 @@ import shutil
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
-import pandas as pd
-import requests
 from pydantic import BaseModel, Field
 
 from components.common.errors import DataError, DeployError
-from components.common.io import scratch_folder, write_json
 from components.common.logs import get_logger
 from components.common.registry import (
     INFRA_BLESSED_TAG,
@@ -50,8 +52,15 @@ from components.common.registry import (
     get_version,
     redact_uri,
 )
-from components.common.storage import read_table
-from components.specs import DatasetSpec, ServingSpec
+from components.common.registry_state import RegistryState, renew_epoch
+from components.common.skips import log_skip
+
+# pandas, requests, the specs and the storage layer are imported where a validation runs: a task
+# that finds the version already blessed starts without them (tests/unit/test_import_budget.py).
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from components.specs import DatasetSpec, ServingSpec
 
 logger = get_logger("infra_validate")
 
@@ -85,6 +94,7 @@ class InfraValidationResult(BaseModel):
         default="sklearn", description="What the model server scores this version with (tag ctpipe.serving_runtime)."
     )
     onnx_parity: str = Field(default="", description="Why: the ONNX parity verdict (tag ctpipe.onnx_parity).")
+    skipped: str = Field(default="", description="Why nothing was validated (an idempotent skip); empty otherwise.")
 
 
 def _sample(frame: pd.DataFrame, eval_set_path: str, dataset: DatasetSpec, rows: int) -> pd.DataFrame:
@@ -128,6 +138,8 @@ def _predictions_ok(values: Any, rows: int) -> str:
 
 
 def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataFrame) -> list[InfraCheck]:
+    import requests
+
     from components.common.server_process import client_headers
 
     session = requests.Session()
@@ -250,6 +262,27 @@ def _record_tag(model_name: str, version: str, tracking_uri: str, blessed: bool)
 
     client = tracking.registry_client(tracking_uri)
     client.set_model_version_tag(model_name, version, INFRA_BLESSED_TAG, "true" if blessed else "false")
+    # Last write: the validation changed the registry, so no cached run keyed on the state before it is replayed.
+    renew_epoch(client, model_name)
+
+
+def already_infra_blessed(state: RegistryState, version: str) -> str | None:
+    """Why ``version`` needs no infra validation now, per ``state``; None when it must be validated.
+
+    It needs none when its ``ctpipe.infra_blessed`` tag is ``true`` and the serving runtime and the
+    ONNX parity verdict are recorded, unless its ONNX model was compiled after parity was last
+    checked. A ``false`` tag (or none) means validate: the failure may have been the sandbox's.
+    """
+    held = state.version(version)
+    if held is None or held.status != "READY":
+        return None
+    tags = held.tags
+    runtime, parity = tags.get(SERVING_RUNTIME_TAG), tags.get(ONNX_PARITY_TAG)
+    if tags.get(INFRA_BLESSED_TAG) != "true" or runtime not in ("onnx", "sklearn") or parity is None:
+        return None
+    if tags.get(ONNX_TAG) == "compiled" and parity.startswith("no ONNX"):
+        return None
+    return f"version {version} is already infra-blessed ({INFRA_BLESSED_TAG}=true, serving runtime {runtime})"
 
 
 def infra_validate(
@@ -260,8 +293,14 @@ def infra_validate(
     eval_set_path: str,
     dataset: DatasetSpec,
     blessing_path: str,
+    known_state: RegistryState | None = None,
 ) -> InfraValidationResult:
     """Start ``version`` in a sandbox server, send sample and bad requests, write the infra blessing.
+
+    With ``known_state`` (the registry as the pipeline last read it), a version that is already
+    infra-blessed is not validated again (:func:`already_infra_blessed`): the blessing is written
+    from its tags and ``skipped`` says why. A validation that ran renews the registry epoch
+    (:mod:`components.common.registry_state`).
 
     Args:
         version: Registry version to validate (normally the new challenger).
@@ -272,6 +311,7 @@ def infra_validate(
         eval_set_path: Evaluation data (CSV/Parquet) the sample requests are built from.
         dataset: Feature columns of the sample requests.
         blessing_path: Where the infra blessing JSON is written.
+        known_state: The model's registry state read earlier in the run; None to validate regardless.
 
     Returns:
         The verdict; ``blessed`` is False when the model does not load, is not ready in time or
@@ -280,22 +320,62 @@ def infra_validate(
     Raises:
         DataError: The evaluation data cannot be read or has no complete row.
     """
-    from components.common.server_process import start_sandbox_server, stop_sandbox_server
+    from components.common.io import write_json
 
     version = str(version)
     settings = serving.infra_validation
     if not settings.enabled:
+        off = "infra validation is switched off (serving.infra_validation.enabled: false)"
         result = InfraValidationResult(
             model_name=serving.model_name,
             version=version,
             blessed=True,
-            reason="infra validation is switched off (serving.infra_validation.enabled: false)",
+            reason=off,
             blessing_path=str(blessing_path),
             serving_runtime="sklearn",
             onnx_parity="not checked: infra validation is switched off",
+            skipped=off,
         )
         write_json(blessing_path, result.model_dump(mode="json"))
+        log_skip(logger, off, model=serving.model_name, version=version)
         return result
+    done = already_infra_blessed(known_state, version) if known_state is not None else None
+    if known_state is not None and done is not None:
+        tags = known_state.versions[version].tags
+        result = InfraValidationResult(
+            model_name=serving.model_name,
+            version=version,
+            blessed=True,
+            reason=done,
+            checks=[InfraCheck(name="already_infra_blessed", passed=True, detail=done)],
+            blessing_path=str(blessing_path),
+            serving_runtime="onnx" if tags[SERVING_RUNTIME_TAG] == "onnx" else "sklearn",
+            onnx_parity=tags[ONNX_PARITY_TAG],
+            skipped=done,
+        )
+        write_json(blessing_path, {**result.model_dump(mode="json"), "tracking_uri": redact_uri(tracking_uri)})
+        log_skip(logger, done, model=serving.model_name, version=version)
+        return result
+    return _validate(version, serving, tracking_uri, workspace, eval_set_path, dataset, blessing_path)
+
+
+def _validate(
+    version: str,
+    serving: ServingSpec,
+    tracking_uri: str,
+    workspace: str,
+    eval_set_path: str,
+    dataset: DatasetSpec,
+    blessing_path: str,
+) -> InfraValidationResult:
+    """The validation itself: parity, the sandbox server, its answers, the tags (see :func:`infra_validate`)."""
+    import requests
+
+    from components.common.io import scratch_folder, write_json
+    from components.common.server_process import start_sandbox_server, stop_sandbox_server
+    from components.common.storage import read_table
+
+    settings = serving.infra_validation
     frame = read_table(eval_set_path)
     rows = _sample(frame, eval_set_path, dataset, settings.sample_rows)
     parity_started = time.perf_counter()

@@ -7,16 +7,19 @@ recorded as the model's data lineage.
 
 from __future__ import annotations
 
-import pandas as pd
+from typing import TYPE_CHECKING
+
 from pydantic import BaseModel
 
-from components.common import storage
 from components.common.errors import DataError
-from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
-from components.common.storage import read_table
-from components.common.timestamps import parse_string_timestamps
-from components.specs import DatasetSpec
+
+# pandas and the storage layer are imported where a snapshot is taken: the fingerprint task, which
+# runs on every pipeline run, needs only the source's bytes (tests/unit/test_import_budget.py).
+if TYPE_CHECKING:
+    import pandas as pd
+
+    from components.specs import DatasetSpec
 
 logger = get_logger("ingest")
 
@@ -35,6 +38,8 @@ class IngestResult(BaseModel):
 
 def _utc_bound(value: str | None, name: str) -> pd.Timestamp | None:
     """A window bound as a UTC timestamp; naive means UTC, empty means unbounded."""
+    import pandas as pd
+
     if not value:
         return None
     try:
@@ -64,6 +69,10 @@ def parse_timestamps(frame: pd.DataFrame, column: str, source: str) -> pd.Series
     Raises:
         DataError: The column is missing, is numeric, or holds values that are not timestamps.
     """
+    import pandas as pd
+
+    from components.common.timestamps import parse_string_timestamps
+
     if column not in frame.columns:
         raise DataError(
             f"{source}: timestamp column {column!r} is missing; found columns {sorted(map(str, frame.columns))}"
@@ -125,6 +134,12 @@ def ingest(
         DataError: The source is missing or unreadable, lacks the timestamp column or has
             unparseable timestamps, the bounds are invalid, or no rows fall in the window.
     """
+    import pandas as pd
+
+    from components.common import storage
+    from components.common.io import frame_sha256, write_parquet
+    from components.common.storage import read_table
+
     start, end = _utc_bound(window_start, "window_start"), _utc_bound(window_end, "window_end")
     if start is not None and end is not None and start >= end:
         raise DataError(f"window_start {window_start} is not before window_end {window_end}")
@@ -189,6 +204,8 @@ def source_fingerprint(source: str) -> str:
         DataError: The source does not exist.
         StorageError: The object store refused the request or cannot be reached.
     """
+    from components.common import storage
+
     if not storage.exists(source):
         raise DataError(
             f"{storage.redact(source)}: source data not found", hint="Run 'ctpipe data generate' or fix dataset.source."

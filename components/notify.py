@@ -9,8 +9,6 @@ from __future__ import annotations
 
 from pydantic import BaseModel
 
-from components.common import storage
-from components.common.io import write_text
 from components.common.logs import get_logger
 
 logger = get_logger("notify")
@@ -43,6 +41,10 @@ def run_summary(
     Returns:
         The summary and the files written.
     """
+    # Imported here: the storage layer loads pandas, which this exit handler has no use for at start-up.
+    from components.common import storage
+    from components.common.io import write_text
+
     ok = state.upper() in ("SUCCEEDED", "SUCCESS")
     lines = [
         f"# {pipeline}: {'succeeded' if ok else state.lower()}",

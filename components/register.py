@@ -10,6 +10,14 @@ is logged among the logged model's artifacts, so ``models:/NAME/VERSION`` downlo
 model (the model server's fast path, and the export for edge deployment), and the version gets
 the tags ``ctpipe.onnx`` (``compiled`` or ``unsupported: <reason>``) and ``ctpipe.onnx_sha256``.
 A model that cannot be compiled is still registered; the sklearn model serves it.
+
+What is registered is only what ``train`` hands over: a logged model ``models:/m-<id>`` on the
+configured tracking server, logged by the given run, with the SHA-256 every loader checks. Not
+``runs:/`` URIs, paths or registered versions (docs/security.md).
+
+In a pipeline, ``register`` gets the registry state ``current_champion`` read
+(:mod:`components.common.registry_state`); when the candidate is already registered exactly as it
+would register it, it changes nothing and says so (an idempotent skip), without importing MLflow.
 """
 
 from __future__ import annotations
@@ -24,8 +32,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from components.common import tracking
-from components.common.compiled_model import CompileError, compile_onnx, sha256_of
-from components.common.errors import CtpipeError, ModelNotFound
+from components.common.errors import ConfigError, CtpipeError, ModelNotFound
 from components.common.logs import get_logger
 from components.common.registry import (
     BLESSED_TAG,
@@ -52,6 +59,8 @@ from components.common.registry import (
     set_alias,
     suite_hash_of,
 )
+from components.common.registry_state import RegistryState, VersionState, renew_epoch
+from components.common.skips import log_skip
 
 log = get_logger("register")
 
@@ -69,6 +78,7 @@ class RegisterResult(BaseModel):
     aliases: list[str]
     created: bool
     onnx: str = Field(default="", description="The version's ctpipe.onnx tag: compiled, or unsupported: <reason>.")
+    skipped: str = Field(default="", description="Why nothing was changed (an idempotent skip); empty when it worked.")
 
 
 def _ensure_registered_model(client: Any, model_name: str) -> None:
@@ -91,19 +101,57 @@ def _existing_version(client: Any, model_name: str, run_id: str) -> Any | None:
     return min(versions, key=lambda v: int(v.version)) if versions else None
 
 
-def _create_version(client: Any, model_uri: str, run_id: str, model_name: str, tags: dict[str, str]) -> Any:
-    import mlflow
-    from mlflow.store.artifact.runs_artifact_repo import RunsArtifactRepository
+def logged_model_id(model_uri: str) -> str:
+    """The logged model ``model_uri`` names; register takes nothing else.
 
-    if RunsArtifactRepository.is_runs_uri(model_uri):
-        uri_run_id, _ = RunsArtifactRepository.parse_runs_uri(model_uri)
-        if uri_run_id != run_id:
-            raise CtpipeError(f"model URI {model_uri} belongs to run {uri_run_id}, not to run {run_id}")
-        # MLflow resolves a runs:/ URI to the logged model it names.
-        return mlflow.register_model(model_uri, model_name, tags=tags)
-    model_id = None
-    if model_uri.startswith("models:/m-") and "/" not in model_uri.removeprefix("models:/"):
-        model_id = model_uri.removeprefix("models:/")
+    Raises:
+        ConfigError: ``model_uri`` is not ``models:/m-<id>`` (a ``runs:/`` URI, a path, a
+            registered version or alias, another scheme), naming the field and the expected form.
+    """
+    try:
+        model_id = tracking.parse_model_uri(model_uri).model_id
+    except ConfigError:
+        model_id = None
+    if model_id is None:
+        raise ConfigError(
+            f"register: model_uri {str(model_uri)!r} is not accepted; expected models:/m-<id>, the logged model "
+            "that train returns (its model_uri), on the configured tracking server. runs:/ URIs, paths and "
+            "registered versions or aliases (models:/NAME/VERSION, models:/NAME@ALIAS) are refused",
+            hint="Pass the model_uri of train's result (the trained_model artifact's metadata in a pipeline).",
+        )
+    return model_id
+
+
+def _check_logged_model(client: Any, model_uri: str, model_id: str, run_id: str) -> None:
+    """The logged model exists on this tracking server, was logged by ``run_id``, and has the hash loaders check.
+
+    Raises:
+        ModelNotFound: No such logged model on the configured server.
+        CtpipeError: It was logged by another run.
+        ModelIntegrityError: No SHA-256 was recorded for it: no ctpipe step could load the version.
+    """
+    from mlflow.exceptions import MlflowException
+
+    try:
+        logged = client.get_logged_model(model_id)
+    except MlflowException as exc:
+        raise ModelNotFound(
+            f"register: model_uri {model_uri}: no such logged model on the tracking server: {exc}"
+        ) from exc
+    if logged.source_run_id and logged.source_run_id != run_id:
+        raise CtpipeError(
+            f"register: model_uri {model_uri} was logged by run {logged.source_run_id}, not by run {run_id}"
+        )
+    if not (logged.tags or {}).get(tracking.MODEL_SHA256_TAG):
+        raise tracking.ModelIntegrityError(
+            f"register: model_uri {model_uri} has no recorded SHA-256 (logged-model tag {tracking.MODEL_SHA256_TAG}); "
+            "a version of it could not be loaded by any ctpipe step, so it is not registered"
+        )
+
+
+def _create_version(
+    client: Any, model_uri: str, model_id: str, run_id: str, model_name: str, tags: dict[str, str]
+) -> Any:
     return client.create_model_version(model_name, source=model_uri, run_id=run_id, tags=tags, model_id=model_id)
 
 
@@ -140,6 +188,7 @@ def _compile(local: Path, model_uri: str, client: Any) -> bytes:
     """
     from mlflow.models import Model as MlflowModel
 
+    from components.common.compiled_model import CompileError, compile_onnx
     from components.common.model_input import features_of
 
     sk_model = tracking.load_downloaded_model(local, model_uri, client)
@@ -159,6 +208,9 @@ def _attach_onnx(client: Any, model_name: str, model_version: Any) -> str:
     ``unsupported: <reason>``; any other failure (the artifact store) is logged and leaves no tag,
     so registering the run again tries again. Never raises: the sklearn model can always serve.
     """
+    # Imported here: numpy, pandas and the ONNX toolchain are needed only when there is something to compile.
+    from components.common.compiled_model import CompileError, sha256_of
+
     version = str(model_version.version)
     tags = dict(model_version.tags or {})
     if ONNX_TAG in tags:
@@ -209,6 +261,46 @@ def _attach_onnx(client: Any, model_name: str, model_version: Any) -> str:
     return status
 
 
+def _already_registered(
+    state: RegistryState, model_id: str, run_id: str, blessed: bool, tags: dict[str, str]
+) -> tuple[VersionState, str] | None:
+    """The version that already holds the candidate exactly as :func:`register` would leave it, and why; else None.
+
+    Exactly: the run's first version, READY, from the same logged model (same content), with every
+    tag register writes (``pipeline_run`` aside: it names the run that last changed the version),
+    compiled to ONNX (or marked unsupported), and with the alias a blessing asks for.
+    """
+    if not state.exists:
+        return None
+    found = [v for v in state.versions.values() if v.run_id == run_id and v.first_of_run]
+    if not found:
+        return None
+    version = found[0]
+    if version.status != "READY" or version.model_id != model_id or ONNX_TAG not in version.tags:
+        return None
+    if any(version.tags.get(key) != value for key, value in tags.items() if key != PIPELINE_RUN_TAG):
+        return None
+    challenger = state.aliases.get(CHALLENGER_ALIAS)
+    if blessed:
+        holder = state.version(challenger) if challenger is not None else None
+        if challenger == version.version:
+            alias = f"it is the {CHALLENGER_ALIAS}"
+        elif (
+            holder is not None and int(holder.version) > int(version.version) and holder.tags.get(BLESSED_TAG) == "true"
+        ):
+            alias = f"a newer blessed {CHALLENGER_ALIAS} (version {holder.version}) is waiting"
+        else:
+            return None
+    elif version.version in (challenger, state.aliases.get(CHAMPION_ALIAS)):
+        return None  # the full path removes the alias, or refuses to unbless the champion
+    else:
+        alias = "it has no alias"
+    return version, (
+        f"version {version.version} already holds run {run_id}'s logged model models:/{model_id} with the same tags "
+        f"({BLESSED_TAG}={tags[BLESSED_TAG]}, {ONNX_TAG}={version.tags[ONNX_TAG]}); {alias}"
+    )
+
+
 def register(
     model_uri: str,
     run_id: str,
@@ -216,6 +308,7 @@ def register(
     blessed: bool,
     tracking_uri: str,
     lineage: dict[str, str] | None = None,
+    known_state: RegistryState | None = None,
 ) -> RegisterResult:
     """Register a trained model (once per run) with lineage tags; a blessed one becomes ``challenger``.
 
@@ -226,21 +319,32 @@ def register(
     (before its tag changes) if it had it. ``challenger`` is not moved back to an older
     version than the blessed one it holds: of racing registrations, the newest wins.
 
+    With ``known_state`` (the registry as the pipeline read it when the run started), a candidate
+    that is already registered exactly so is left alone: nothing is written, MLflow is not even
+    imported, and ``skipped`` says why. Otherwise, having changed the registry, it renews the
+    registry epoch (:mod:`components.common.registry_state`), so no cached run of this step keyed
+    on the state before the change is ever replayed.
+
     Args:
-        model_uri: ``models:/m-...`` (as returned by ``train``) or ``runs:/RUN/model``.
-        run_id: The training run.
+        model_uri: The logged model ``train`` returned, ``models:/m-<id>``, on the server of ``tracking_uri``.
+        run_id: The training run that logged it.
         model_name: Registered model name, created if missing.
         blessed: The evaluation decision.
         tracking_uri: MLflow tracking (and registry) URI.
         lineage: Extra version tags: data snapshot hash, suite hash, config hash, pipeline run, git commit...
+        known_state: The model's registry state read earlier in the run; None to read everything now.
 
     Returns:
-        The version, whether it was created now, and its aliases.
+        The version, whether it was created now, its aliases, and ``skipped`` when nothing changed.
 
     Raises:
-        CtpipeError: A lineage key collides with a ctpipe tag, the URI belongs to another run,
-            registration failed, or an unblessed decision targets the serving champion.
+        ConfigError: ``model_uri`` is not a ``models:/m-<id>`` logged model URI (``runs:/``, a path...).
+        ModelNotFound: The logged model does not exist on the tracking server.
+        ModelIntegrityError: The logged model has no recorded SHA-256.
+        CtpipeError: A lineage key collides with a ctpipe tag, the logged model belongs to another
+            run, registration failed, or an unblessed decision targets the serving champion.
     """
+    model_id = logged_model_id(model_uri)
     lineage = {str(key): str(value) for key, value in (lineage or {}).items()}
     clashes = sorted(set(lineage) & set(RESERVED_TAGS))
     if clashes:
@@ -248,15 +352,36 @@ def register(
     blessed_tag = str(blessed).lower()
     tags = {**lineage, BLESSED_TAG: blessed_tag, RUN_ID_TAG: run_id}
 
+    done = _already_registered(known_state, model_id, run_id, blessed, tags) if known_state is not None else None
+    if known_state is not None and done is not None:
+        held, reason = done
+        log_skip(log, reason, model=model_name, version=held.version)
+        return RegisterResult(
+            name=model_name,
+            version=held.version,
+            blessed=blessed,
+            aliases=sorted(alias for alias, version in known_state.aliases.items() if version == held.version),
+            created=False,
+            onnx=held.tags[ONNX_TAG],
+            skipped=reason,
+        )
+
     client = tracking.registry_client(tracking_uri)
+    _check_logged_model(client, model_uri, model_id, run_id)
     _ensure_registered_model(client, model_name)
     existing = _existing_version(client, model_name, run_id)
     if existing is None:
-        version = str(_create_version(client, model_uri, run_id, model_name, tags).version)
+        version = str(_create_version(client, model_uri, model_id, run_id, model_name, tags).version)
         created = True
     else:
         version = str(existing.version)
         created = False
+        held_id = _logged_model_id(existing)
+        if held_id is not None and held_id != model_id:
+            raise CtpipeError(
+                f"run {run_id} is already registered as version {version} of {model_name!r} with logged model "
+                f"models:/{held_id}, not {model_uri}; register one logged model per run"
+            )
         for key, value in tags.items():
             if key != BLESSED_TAG:
                 client.set_model_version_tag(model_name, version, key, value)
@@ -292,6 +417,8 @@ def register(
                 client.delete_registered_model_alias(model_name, CHALLENGER_ALIAS)
             client.set_model_version_tag(model_name, version, BLESSED_TAG, blessed_tag)
         final_aliases = sorted(alias for alias, v in aliases_of(client, model_name).items() if v == version)
+    # Last write: a crash before it fails the step, and kfp caches only steps that finished.
+    renew_epoch(client, model_name)
     log.info(
         "registered",
         extra={

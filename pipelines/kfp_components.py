@@ -29,6 +29,7 @@ from kfp.dsl import (
     Metrics,
     Model,
     Output,
+    OutputPath,
     PipelineTaskFinalStatus,
 )
 from kfp.dsl.pipeline_task import PipelineTask
@@ -38,19 +39,24 @@ if TYPE_CHECKING:
     from pipelines.config import ImagesSpec
 
 # Never cached, by component name: steps with side effects that must happen on every run
-# (moving aliases, changing traffic, notifying) and lookups of things that change outside the
-# pipeline (the champion alias, the source's content). ``pipelines.platform.finish`` applies it.
+# (changing traffic, notifying), steps whose target lives outside the registry (the model server
+# deploy checks), and lookups of things that change outside the pipeline (the registry, the
+# source's content). ``pipelines.platform.finish`` applies it.
 UNCACHED = (
     "schedule_window",
     "current_champion",
     "fingerprint_source",
-    "register",
-    "infra_validate",
     "deploy",
     "canary_analysis",
     "maintain_inference_log",
     "notify",
 )
+# Side-effect steps that are cached anyway, keyed on the registry: their ``registry_state`` input
+# is the model's registry state as the run found it (``current_champion``) or as the previous step
+# left it, so their cache key changes exactly when the registry changes. Running one changes the
+# registry (or it skips, changing nothing), so only idempotent skips are ever replayed from the
+# cache (components.common.registry_state).
+REGISTRY_KEYED = ("register", "infra_validate")
 
 
 def schedule_window(
@@ -76,6 +82,7 @@ def schedule_window(
     from collections import namedtuple
 
     from components.common.schedule import run_windows
+    from components.common.teardown import freeze_for_exit
     from components.specs import ScheduleSpec
 
     spec = ScheduleSpec.model_validate_json(schedule)
@@ -87,6 +94,7 @@ def schedule_window(
         f"reference [{resolved.reference_start or '-'}, {resolved.reference_end or '-'}) ({resolved.origin})"
     )
     Window = namedtuple("Window", ["window_start", "window_end", "reference_start", "reference_end", "origin"])
+    freeze_for_exit()  # it runs on every run: its exit need not walk what the specs imported
     return Window(
         resolved.window_start, resolved.window_end, resolved.reference_start, resolved.reference_end, resolved.origin
     )
@@ -98,28 +106,53 @@ def fingerprint_source(source: str, declared: str) -> str:
     ``declared`` (an object version or ETag the caller knows) is used as is; empty means
     hash the source's content now.
     """
+    from components.common.teardown import freeze_for_exit
     from components.ingest import source_fingerprint
 
-    return declared or source_fingerprint(source)
+    fingerprint = declared or source_fingerprint(source)
+    freeze_for_exit()  # it runs on every run: its exit need not walk what the storage layer imported
+    return fingerprint
 
 
 def current_champion(serving: str, tracking_uri: str) -> NamedTuple(  # type: ignore[valid-type]
-    "Champion", [("found", bool), ("version", str), ("model_uri", str), ("run_id", str), ("model_name", str)]
+    "Champion",
+    [
+        ("found", bool),
+        ("version", str),
+        ("model_uri", str),
+        ("run_id", str),
+        ("model_name", str),
+        ("registry_state", str),
+    ],
 ):
     """Resolve the registry alias ``champion`` to a fixed version, so later steps cache on it.
 
     The model is ``serving``'s ``model_name``, the spec deploy, infra validation and canary
     analysis read it from too; the name is an output, so train and register use the same one.
+    ``registry_state`` is the model's whole registry state, read at the same time
+    (components.common.registry_state): register, infra validation and deploy decide from it
+    whether they have anything to do, and register's and infra validation's cache is keyed on it.
     """
     from collections import namedtuple
 
-    from components.common.registry import resolve_alias
+    from components.common.errors import ModelNotFound
+    from components.common.registry import CHAMPION_ALIAS
+    from components.common.registry_state import read_state
+    from components.common.teardown import freeze_for_exit
     from components.specs import ServingSpec
 
     model_name = ServingSpec.model_validate_json(serving).model_name
-    ref = resolve_alias(model_name, "champion", tracking_uri)
-    Champion = namedtuple("Champion", ["found", "version", "model_uri", "run_id", "model_name"])
-    return Champion(ref.found, ref.version or "", ref.model_uri or "", ref.run_id or "", model_name)
+    # One read for both: the champion is the one the state shows (an aliased version is always detailed).
+    state = read_state(model_name, tracking_uri)
+    version = state.aliases.get(CHAMPION_ALIAS, "")
+    held = state.version(version) if version else None
+    if version and held is None:
+        raise ModelNotFound(f"model {model_name!r} has no version {version}, which its {CHAMPION_ALIAS} alias names")
+    Champion = namedtuple("Champion", ["found", "version", "model_uri", "run_id", "model_name", "registry_state"])
+    freeze_for_exit()  # MLflow is loaded: the exit would walk it all
+    if held is None:
+        return Champion(False, "", "", "", model_name, state.to_json())
+    return Champion(True, version, f"models:/{model_name}/{version}", held.run_id, model_name, state.to_json())
 
 
 def ingest(
@@ -305,22 +338,41 @@ def register(
     suite_hash: str,
     pipeline_run: str,
     summary: Output[Markdown],
-) -> NamedTuple("Registered", [("version", str), ("blessed", bool)]):  # type: ignore[valid-type]
-    """Register the candidate with lineage tags; a blessed one gets the ``challenger`` alias."""
+    registry_state: str = "",
+) -> NamedTuple(  # type: ignore[valid-type]
+    "Registered", [("version", str), ("blessed", bool), ("registry_state_after", str)]
+):
+    """Register the candidate with lineage tags; a blessed one gets the ``challenger`` alias.
+
+    ``registry_state`` (current_champion's) keys the cache and lets a candidate that is already
+    registered so be left alone; ``registry_state_after`` is the state it leaves, for infra validation.
+    Cache this task only with ``registry_state`` wired so; without it, turn its caching off.
+    """
     from collections import namedtuple
 
     from components.common.io import write_text
     from components.common.registry import PIPELINE_RUN_TAG, lineage_tags
+    from components.common.registry_state import RegistryState, read_state
+    from components.common.teardown import freeze_for_exit
     from components.register import register as run_register
     from pipelines.artifacts import markdown_table
 
     tags = {**lineage_tags(lineage, snapshot_hash, suite_hash), PIPELINE_RUN_TAG: pipeline_run}
     result = run_register(
-        trained_model.metadata["model_uri"], trained_model.metadata["run_id"], model_name, blessed, tracking_uri, tags
+        trained_model.metadata["model_uri"],
+        trained_model.metadata["run_id"],
+        model_name,
+        blessed,
+        tracking_uri,
+        tags,
+        known_state=RegistryState.from_json(registry_state, model_name),
     )
     write_text(summary.path, markdown_table(result.model_dump(mode="json"), f"Registered {model_name}"))
-    Registered = namedtuple("Registered", ["version", "blessed"])
-    return Registered(result.version, result.blessed)
+    # A skip changed nothing: the state it was given is still the state. Otherwise read what it left.
+    after = registry_state if result.skipped else read_state(model_name, tracking_uri).to_json()
+    Registered = namedtuple("Registered", ["version", "blessed", "registry_state_after"])
+    freeze_for_exit()
+    return Registered(result.version, result.blessed, after)
 
 
 def deploy(
@@ -334,13 +386,18 @@ def deploy(
     summary: Output[Markdown],
     dataset: str = "",
     feast: str = "",
+    registry_state: str = "",
 ) -> str:
     """Roll the challenger out as a canary (local server or InferenceService); returns the endpoint.
 
     With ``dataset`` and ``feast`` a local server this starts also answers requests by entity id.
+    ``registry_state`` (as infra validation left it) lets a canary already open, on a local server
+    that answers so, be left alone. Never cached: the server can stop without the registry changing.
     """
     from components.common.feast import EntityLookup
     from components.common.io import write_text
+    from components.common.registry_state import RegistryState
+    from components.common.teardown import freeze_for_exit
     from components.deploy import deploy as run_deploy
     from components.specs import ServingSpec
     from pipelines.artifacts import markdown_table
@@ -356,8 +413,10 @@ def deploy(
         image,
         dry_run,
         entity_lookup=lookup,
+        known_state=RegistryState.from_json(registry_state, spec.model_name),
     )
     write_text(summary.path, markdown_table(result.model_dump(mode="json"), "Deployment"))
+    freeze_for_exit()
     return result.endpoint
 
 
@@ -468,25 +527,40 @@ def infra_validate(
     workspace: str,
     blessing: Output[Artifact],
     summary: Output[Markdown],
+    registry_state_after: OutputPath(str),  # type: ignore[valid-type]
+    registry_state: str = "",
 ) -> bool:
-    """Start the registered version in a sandbox model server and try it; returns whether it is infra-blessed."""
+    """Start the registered version in a sandbox model server and try it; returns whether it is infra-blessed.
+
+    ``registry_state`` (as register left it) keys the cache and lets a version that is already
+    infra-blessed skip the sandbox; ``registry_state_after`` is the state it leaves, for deploy.
+    Cache this task only with ``registry_state`` wired so; without it, turn its caching off.
+    """
     from components.common.io import write_text
+    from components.common.registry_state import RegistryState, read_state
+    from components.common.teardown import freeze_for_exit
     from components.infra_validate import infra_validate as run_infra_validate
     from components.specs import DatasetSpec, ServingSpec
     from pipelines.artifacts import attach, markdown_table
 
+    spec = ServingSpec.model_validate_json(serving)
     result = run_infra_validate(
         version,
-        ServingSpec.model_validate_json(serving),
+        spec,
         tracking_uri,
         workspace,
         eval_set.path,
         DatasetSpec.model_validate_json(dataset),
         blessing.path,
+        known_state=RegistryState.from_json(registry_state, spec.model_name),
     )
-    attach(blessing, {"blessed": result.blessed, "reason": result.reason})
+    attach(blessing, {"blessed": result.blessed, "reason": result.reason, "skipped": result.skipped})
     rows = {c.name: f"{'passed' if c.passed else 'FAILED'}: {c.detail}" for c in result.checks}
     write_text(summary.path, markdown_table({"blessed": result.blessed, **rows}, f"Infra validation of v{version}"))
+    # A skip changed nothing; a validation wrote tags, so deploy gets the state as it is now.
+    after = registry_state if result.skipped else read_state(spec.model_name, tracking_uri).to_json()
+    write_text(registry_state_after, after)
+    freeze_for_exit()
     return result.blessed
 
 

@@ -3,6 +3,11 @@
 ``ctpipe run`` executes the very functions that ``ctpipe compile`` compiles: the same
 components, the same DAG, with kfp.local's SubprocessRunner and its cache. Task output
 goes to a log file per run; the console gets one progress line per task and a summary.
+
+Each task ends in one of: ``ran``; ``no-op`` (it ran, found its work already done and changed
+nothing: an idempotent skip it logged with its reason, :mod:`components.common.skips`); ``cached``
+(served from the pipeline cache, not started); ``skipped`` (its condition was false); ``failed``.
+Every status but ``ran`` and ``failed`` comes with the reason.
 """
 
 from __future__ import annotations
@@ -25,9 +30,10 @@ from typing import Any, TextIO
 from components.common import errors
 from components.common.errors import ConfigError
 from components.common.schedule import parse_time, scheduled_windows
+from components.common.skips import skip_reason
 from pipelines import batch_scoring, canary_analysis, continuous_training, monitoring, training
 from pipelines.config import CtpipeConfig
-from pipelines.kfp_components import build_components
+from pipelines.kfp_components import REGISTRY_KEYED, build_components
 from pipelines.submit import UNKNOWN_VERSION, VERSION_ENV
 from pipelines.windows import load_windows
 
@@ -52,6 +58,16 @@ _EVENTS = [
     ("cached", re.compile(r"Task '?([\w-]+)'? cache hit")),
     ("skipped", re.compile(r"Skipping conditional task '?([\w-]+)'?")),
 ]
+# Why a task did not run. kfp.local names a task after its component (dashes, "-2" for a second use).
+CACHE_HIT = "cache hit: same inputs as an earlier run"
+REGISTRY_CACHE_HIT = "cache hit: same inputs and the same registry state as an earlier run"
+CONDITION_FALSE = "its condition was false"
+
+
+def cache_reason(task: str) -> str:
+    """Why a cached task was not run: its inputs, and for the registry-keyed steps the registry too."""
+    component = re.sub(r"-\d+$", "", task).replace("-", "_")
+    return REGISTRY_CACHE_HIT if component in REGISTRY_KEYED else CACHE_HIT
 
 
 def git_commit(cwd: str | Path = ".") -> str:
@@ -187,9 +203,11 @@ class TaskRecord:
     """What happened to one task in a local run."""
 
     name: str
-    status: str = "running"  # ran, cached, skipped, failed
+    status: str = "running"  # ran, no-op, cached, skipped, failed
     seconds: float = 0.0
+    reason: str = ""  # why it did not run (cached, skipped) or changed nothing (no-op)
     _started: float = field(default=0.0, repr=False)
+    _skip: str = field(default="", repr=False)  # the idempotent skip its log reported
 
 
 @dataclass
@@ -210,13 +228,21 @@ class RunReport:
         """Names of the tasks served from the cache."""
         return [t.name for t in self.tasks if t.status == "cached"]
 
+    @property
+    def no_ops(self) -> list[str]:
+        """Names of the tasks that ran and found nothing to do (idempotent skips)."""
+        return [t.name for t in self.tasks if t.status == "no-op"]
+
     def to_json(self) -> dict[str, Any]:
         """JSON-able summary for ``--json``."""
         return {
             "pipeline": self.pipeline,
             "succeeded": self.succeeded,
             "seconds": round(self.seconds, 2),
-            "tasks": [{"name": t.name, "status": t.status, "seconds": round(t.seconds, 2)} for t in self.tasks],
+            "tasks": [
+                {"name": t.name, "status": t.status, "seconds": round(t.seconds, 2), "reason": t.reason}
+                for t in self.tasks
+            ],
             "outputs": self.outputs,
             "pipeline_root": self.pipeline_root,
             "log": self.log_path,
@@ -230,6 +256,8 @@ class _TaskLog(io.TextIOBase):
     def __init__(self, log: TextIO, on_event: Callable[[TaskRecord], None]) -> None:
         self._log, self._on_event, self._pending = log, on_event, ""
         self.records: dict[str, TaskRecord] = {}
+        # kfp.local runs one task at a time and streams its log between start and finish.
+        self._current: TaskRecord | None = None
 
     def writable(self) -> bool:
         return True
@@ -243,6 +271,11 @@ class _TaskLog(io.TextIOBase):
         return len(text)
 
     def _parse(self, line: str) -> None:
+        reason = skip_reason(line)
+        if reason is not None:
+            if self._current is not None:
+                self._current._skip = reason
+            return
         for kind, pattern in _EVENTS:
             match = pattern.search(line)
             if not match:
@@ -251,11 +284,19 @@ class _TaskLog(io.TextIOBase):
             record = self.records.setdefault(name, TaskRecord(name))
             if kind == "start":
                 record._started = time.monotonic()
+                self._current = record
             elif kind == "done":
                 record.seconds = time.monotonic() - record._started
-                record.status = "ran" if match.group(2) == "SUCCESS" else "failed"
+                if match.group(2) != "SUCCESS":
+                    record.status = "failed"
+                elif record._skip:
+                    record.status, record.reason = "no-op", record._skip
+                else:
+                    record.status = "ran"
+                self._current = None
             else:
                 record.status = kind
+                record.reason = cache_reason(name) if kind == "cached" else CONDITION_FALSE
             if kind != "start":
                 self._on_event(record)
             return
@@ -327,8 +368,9 @@ def run_pipeline(
     def report_event(record: TaskRecord) -> None:
         if progress is None:
             return
-        detail = f"{record.seconds:5.1f}s" if record.status == "ran" else ""
-        print(f"  {record.status:>7}  {record.name:<28} {detail}", file=progress, flush=True)
+        detail = f"{record.seconds:5.1f}s" if record.status in ("ran", "no-op") else ""
+        why = f"  {record.reason}" if record.status == "no-op" else ""
+        print(f"  {record.status:>7}  {record.name:<28} {detail}{why}", file=progress, flush=True)
 
     if progress is not None:
         print(f"▶ {name}: running locally (task logs: {log_path})", file=progress, flush=True)

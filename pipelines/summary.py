@@ -1,4 +1,9 @@
-"""Human-readable summaries of pipeline runs for the console."""
+"""Human-readable summaries of pipeline runs for the console.
+
+The task table says what each task did and, for every task that did not run or changed nothing,
+why: a cache hit (same inputs; for register and infra validation also the same registry state), an
+idempotent skip with the step's own reason (``no-op``), or a condition that was false.
+"""
 
 from __future__ import annotations
 
@@ -44,18 +49,21 @@ def key_facts(metadata: dict[str, Any]) -> list[str]:
 
 
 def print_run(report: RunReport, out: TextIO = sys.stdout) -> None:
-    """Print what ran, what came from cache, how long each took, key metrics, the outputs and where the logs are."""
-    counts = {status: sum(t.status == status for t in report.tasks) for status in ("ran", "cached", "skipped")}
+    """Print what ran, what was skipped and why, how long each took, key metrics, the outputs and where the logs are."""
+    statuses = ("ran", "no-op", "cached", "skipped")
+    counts = {status: sum(t.status == status for t in report.tasks) for status in statuses}
     state = "succeeded" if report.succeeded else "FAILED"
     print(
         f"\n{report.pipeline} {state} in {report.seconds:.1f}s "
-        f"({counts['ran']} ran, {counts['cached']} cached, {counts['skipped']} skipped)",
+        f"({counts['ran']} ran, {counts['no-op']} no-op, {counts['cached']} cached, {counts['skipped']} skipped)",
         file=out,
     )
-    print(f"  {'task':<28} {'status':<8} {'seconds':>7}", file=out)
+    print(f"  {'task':<28} {'status':<8} {'seconds':>7}  why", file=out)
     for task in report.tasks:
-        seconds = f"{task.seconds:7.1f}" if task.status == "ran" else " " * 7
-        print(f"  {task.name:<28} {task.status:<8} {seconds}", file=out)
+        # A no-op task ran (its start-up is what it cost); cached and skipped ones were not started.
+        seconds = f"{task.seconds:7.1f}" if task.status in ("ran", "no-op") else " " * 7
+        why = f"  {task.reason}" if task.reason else ""
+        print(f"  {task.name:<28} {task.status:<8} {seconds}{why}", file=out)
     for key, value in report.outputs.items():
         print(f"  output {key}: {_value(value)}", file=out)
     for key, value in report.outputs.items():

@@ -4,6 +4,11 @@ A candidate reaches traffic only if it passed validation, was blessed against th
 champion on the same held-out data, was registered with its lineage, and loaded and
 answered requests in a sandbox model server (infra validation).
 
+The registry state the champion lookup reads is handed along register → infra validation →
+deploy (each passes on the state it leaves): each step skips work already done, and register's
+and infra validation's cache is keyed on it (``kfp_components.REGISTRY_KEYED``), so a re-run on
+unchanged data and config starts no sandbox and moves nothing.
+
 :func:`add_training_tasks` builds the task graph after the first steps (champion and
 snapshot); the training pipeline and the ``continuous_training`` pipeline both call it, so
 there is one training DAG.
@@ -140,6 +145,8 @@ def add_training_tasks(
         snapshot_hash=snapshot.outputs["Output"],
         suite_hash=checked.outputs["Output"],
         pipeline_run=dsl.PIPELINE_JOB_NAME_PLACEHOLDER,
+        # The registry as the run found it: the cache key changes exactly when the registry does.
+        registry_state=champion.outputs["registry_state"],
     )
     with dsl.If(evaluated.outputs["Output"] == True, name="candidate-blessed"):  # noqa: E712
         # Infra validation: the version must load and answer in a sandbox server before any traffic.
@@ -150,6 +157,7 @@ def add_training_tasks(
             serving=serving,
             tracking_uri=tracking_uri,
             workspace=workspace,
+            registry_state=registered.outputs["registry_state_after"],
         )
         infra.set_display_name("infra validation")
         with dsl.If(infra.outputs["Output"] == True, name="infra-blessed"):  # noqa: E712
@@ -163,6 +171,7 @@ def add_training_tasks(
                 dry_run=dry_run,
                 dataset=dataset,
                 feast=feast,
+                registry_state=infra.outputs["registry_state_after"],
             )
             canary.set_display_name("deploy canary")
     return TrainingTasks(checked, features, trained, evaluated, registered, infra, canary)

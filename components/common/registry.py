@@ -53,7 +53,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from components.common import storage, tracking
+from components.common import tracking
 from components.common.errors import CtpipeError, DeployError, ModelNotFound
 from components.common.logs import get_logger
 
@@ -128,6 +128,9 @@ STATUS_ROUTE = "/ctpipe/status"
 
 def redact_uri(uri: str) -> str:
     """A tracking or registry URI safe to log or report (no password, no query): :func:`storage.redact`."""
+    # Imported here: storage imports pandas, which the steps that only read the registry do not need.
+    from components.common import storage
+
     return storage.redact(uri)
 
 

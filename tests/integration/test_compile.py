@@ -9,16 +9,26 @@ from kfp.components import load_component_from_file
 
 from pipelines import cli, runner
 from pipelines.config import ImagesSpec, load_config, parse_config
-from pipelines.kfp_components import UNCACHED
+from pipelines.kfp_components import REGISTRY_KEYED, UNCACHED
 from pipelines.runner import PIPELINES, build_pipeline, compile_pipelines
 from tests.helpers import ROOT
 
 # Exactly these tasks may be cached; every other task has a side effect or reads something that moves.
+# register and infra-validate are cached on the registry state they are given (REGISTRY_KEYED).
 CACHEABLE = {
-    "training": {"ingest", "validate", "fetch-features", "train", "evaluate"},
+    "training": {"ingest", "validate", "fetch-features", "train", "evaluate", "register", "infra-validate"},
     "batch_scoring": {"ingest", "batch-predict"},
     "monitoring": {"ingest", "monitor"},
-    "continuous_training": {"ingest", "monitor", "validate", "fetch-features", "train", "evaluate"},
+    "continuous_training": {
+        "ingest",
+        "monitor",
+        "validate",
+        "fetch-features",
+        "train",
+        "evaluate",
+        "register",
+        "infra-validate",
+    },
     "canary_analysis": set(),
 }
 DIGEST = "sha256:" + "a" * 64
@@ -71,6 +81,27 @@ def test_caching_is_off_exactly_on_the_side_effect_tasks(compiled, name):
     assert cached == CACHEABLE[name]
     uncached = set(tasks) - cached
     assert {task_name.replace("-", "_") for task_name in uncached} <= set(UNCACHED)
+
+
+@pytest.mark.parametrize("name", ["training", "continuous_training"])
+def test_the_registry_keyed_steps_are_keyed_on_the_registry_state_chain(compiled, name):
+    """register gets the state current-champion read; infra validation and deploy the state the step before left."""
+    spec = yaml.safe_load(compiled[name].read_text())
+    tasks = _tasks(spec)
+    for step in REGISTRY_KEYED:
+        assert tasks[step.replace("_", "-")].get("cachingOptions", {}).get("enableCache")
+
+    def source(task: str) -> str:
+        # An output of a task in the same DAG, or (inside a condition) the group input that carries it.
+        parameter = tasks[task]["inputs"]["parameters"]["registry_state"]
+        if "taskOutputParameter" in parameter:
+            output = parameter["taskOutputParameter"]
+            return f"{output['producerTask']}-{output['outputParameterKey']}"
+        return parameter["componentInputParameter"].removeprefix("pipelinechannel--")
+
+    assert source("register") == "current-champion-registry_state"
+    assert source("infra-validate") == "register-registry_state_after"
+    assert source("deploy") == "infra-validate-registry_state_after"
 
 
 def test_ingest_is_keyed_on_the_sources_content_never_on_time(compiled):

@@ -1,4 +1,4 @@
-"""Pipelines on kfp.local: caching both ways, and a blocked validation that registers nothing."""
+"""Pipelines on kfp.local: caching and idempotent skips both ways, and a blocked validation that registers nothing."""
 
 from pathlib import Path
 
@@ -13,32 +13,75 @@ from components.common import tracking
 from components.common.server_process import stop_local_server
 from pipelines.cli import main
 from pipelines.config import CtpipeConfig
-from pipelines.runner import run_pipeline, window_params
+from pipelines.runner import CACHE_HIT, REGISTRY_CACHE_HIT, RunReport, run_pipeline, window_params
 from tests.helpers import small_config
 
 pytestmark = pytest.mark.slow
 
-CACHEABLE = {"ingest", "validate", "fetch-features", "train", "evaluate"}
-SIDE_EFFECTS = {"schedule-window", "current-champion", "fingerprint-source", "register", "infra-validate", "deploy"}
+# Steps keyed on the data and config only; register and infra validation are keyed on the registry too.
+DATA_STEPS = {"ingest", "validate", "fetch-features", "train", "evaluate"}
+REGISTRY_KEYED = {"register", "infra-validate"}
+# Lookups of what moves outside the pipeline: they run on every run.
+LOOKUPS = {"schedule-window", "current-champion", "fingerprint-source"}
+SIDE_EFFECTS = REGISTRY_KEYED | {"deploy"}
 
 
-def test_training_twice_hits_the_cache_for_every_cacheable_task(tmp_path, stop_server):
+def _statuses(report: RunReport) -> dict[str, set[str]]:
+    found: dict[str, set[str]] = {}
+    for task in report.tasks:
+        found.setdefault(task.status, set()).add(task.name)
+    return found
+
+
+def test_training_reruns_exactly_what_changed(tmp_path, stop_server):
+    """One workspace, run after run: unchanged, unchanged, server stopped, config changed, data changed."""
     config = small_config(tmp_path)
     stop_server(tmp_path)
     window = window_params(config, 1)
+    client = MlflowClient(config.tracking_uri)
 
     first = run_pipeline("training", config, window, progress=None)
     assert first.succeeded, first.error
-    assert {t.name for t in first.tasks if t.status == "ran"} == CACHEABLE | SIDE_EFFECTS
+    assert _statuses(first) == {"ran": DATA_STEPS | LOOKUPS | SIDE_EFFECTS}
     assert first.outputs["blessed"] is True
-    _ctpipe_serve_answers_by_entity_id(config, tmp_path)
+    version = first.outputs["version"]
 
+    # Unchanged data and config: the data steps are cache hits; the side-effect steps run, find their
+    # work done on the registry current-champion read (and on the server deploy started), and say so.
     second = run_pipeline("training", config, window, progress=None)
     assert second.succeeded, second.error
-    assert set(second.cache_hits) == CACHEABLE
-    # Side effects run every time, and registration is idempotent: same version, no new one.
-    assert {t.name for t in second.tasks if t.status == "ran"} == SIDE_EFFECTS
-    assert second.outputs["version"] == first.outputs["version"]
+    assert _statuses(second) == {"ran": LOOKUPS, "cached": DATA_STEPS, "no-op": SIDE_EFFECTS}
+    reasons = {task.name: task.reason for task in second.tasks}
+    assert reasons["register"].startswith(f"version {version} already holds run ")
+    assert reasons["infra-validate"].startswith(f"version {version} is already infra-blessed")
+    assert f"already serves challenger version {version} at 100% (no champion)" in reasons["deploy"]
+    assert {reasons[name] for name in DATA_STEPS} == {CACHE_HIT}
+    assert second.outputs["version"] == version
+    assert len(client.search_model_versions(f"name='{config.serving.model_name}'")) == 1
+
+    # Again: nothing touched the registry since, so register and infra validation are cache hits too.
+    third = run_pipeline("training", config, window, progress=None)
+    assert third.succeeded, third.error
+    assert _statuses(third) == {"ran": LOOKUPS, "cached": DATA_STEPS | REGISTRY_KEYED, "no-op": {"deploy"}}
+    assert {task.reason for task in third.tasks if task.name in REGISTRY_KEYED} == {REGISTRY_CACHE_HIT}
+    assert third.outputs["version"] == version
+
+    # The server deploy started is stopped (the registry does not change): deploy is never cached, and runs.
+    _ctpipe_serve_answers_by_entity_id(config, tmp_path)
+    fourth = run_pipeline("training", config, window, progress=None)
+    assert fourth.succeeded, fourth.error
+    assert _statuses(fourth) == {"ran": LOOKUPS | {"deploy"}, "cached": DATA_STEPS | REGISTRY_KEYED}
+
+    # Another model setting: what reads the model config runs again, on the same snapshot and features.
+    params = {**config.model.params, "max_iter": int(config.model.params["max_iter"]) + 1}
+    tuned = config.model_copy(update={"model": config.model.model_copy(update={"params": params})})
+    fifth = run_pipeline("training", tuned, window, progress=None)
+    assert fifth.succeeded, fifth.error
+    assert _statuses(fifth) == {
+        "ran": LOOKUPS | {"train", "evaluate"} | SIDE_EFFECTS,
+        "cached": {"ingest", "validate", "fetch-features"},
+    }
+    assert fifth.outputs["version"] == str(int(version) + 1)
 
     # One value in one row of the window changes: ingest and everything downstream run again.
     frame = pd.read_parquet(config.dataset.source)
@@ -47,10 +90,10 @@ def test_training_twice_hits_the_cache_for_every_cacheable_task(tmp_path, stop_s
     in_window = frame.index[inside][0]
     frame.loc[in_window, "tenure_months"] += 1.0
     frame.to_parquet(config.dataset.source, index=False)
-    third = run_pipeline("training", config, window, progress=None)
-    assert third.succeeded, third.error
-    assert third.cache_hits == []
-    assert {t.name for t in third.tasks if t.status == "ran"} == CACHEABLE | SIDE_EFFECTS
+    sixth = run_pipeline("training", tuned, window, progress=None)
+    assert sixth.succeeded, sixth.error
+    assert _statuses(sixth) == {"ran": DATA_STEPS | LOOKUPS | SIDE_EFFECTS}
+    assert sixth.outputs["version"] == str(int(version) + 2)
 
 
 def _ctpipe_serve_answers_by_entity_id(config: CtpipeConfig, tmp_path: Path) -> None:

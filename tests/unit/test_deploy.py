@@ -12,6 +12,7 @@ import yaml
 
 from components.common.errors import DeployError, ModelNotFound
 from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG, set_traffic
+from components.common.registry_state import read_state
 from components.common.server_process import stop_local_server
 from components.deploy import DeployResult, deploy, wait_for_serving
 from components.specs import ServingSpec
@@ -63,6 +64,19 @@ def test_deploy_opens_the_canary_for_the_challenger(registry: Registry, workspac
     again = deploy("2", spec, registry.tracking_uri, workspace, timeout=30)
     assert "server reused" in again.message
 
+    # Given the registry state, a canary already open on a server that says so is left alone.
+    state = read_state("dep-canary", registry.tracking_uri)
+    skipped = deploy("2", spec, registry.tracking_uri, workspace, known_state=state)
+    assert skipped.skipped.startswith(f"the server at {result.endpoint} (pid ")
+    assert "already serves challenger version 2 at 30% (champion version 1 the rest)" in skipped.skipped
+    assert (skipped.champion_version, skipped.challenger_version, skipped.canary_percent) == ("1", "2", 30)
+    assert read_state("dep-canary", registry.tracking_uri).digest == state.digest
+    # Another share is work to do, whatever the state says.
+    wider = deploy(
+        "2", spec.model_copy(update={"canary_percent": 40}), registry.tracking_uri, workspace, known_state=state
+    )
+    assert not wider.skipped and tags(registry, "dep-canary")[CANARY_TAG] == "40"
+
     set_traffic("dep-canary", registry.tracking_uri, 0)
     wait_for_serving(result.endpoint, "dep-canary", "1", "2", timeout=10, canary_percent=0)
     assert {predict(result)["model_version"] for _ in range(30)} == {"1"}
@@ -78,6 +92,14 @@ def test_deploy_without_champion_serves_the_challenger_fully(registry: Registry,
     answers = [predict(result) for _ in range(10)]
     assert {a["model_version"] for a in answers} == {"1"}
     assert {a["model_alias"] for a in answers} == {"challenger"}
+
+    state = read_state("dep-first", registry.tracking_uri)
+    assert "100% (no champion)" in deploy("1", spec, registry.tracking_uri, workspace, known_state=state).skipped
+    # The registry is unchanged but the server stopped: the deployment is not in place, so it runs.
+    stop_local_server(workspace)
+    restarted = deploy("1", spec, registry.tracking_uri, workspace, known_state=state)
+    assert not restarted.skipped and "server started" in restarted.message
+    assert predict(restarted)["model_version"] == "1"
 
 
 @pytest.mark.server

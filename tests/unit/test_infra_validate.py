@@ -16,9 +16,10 @@ from components.common.registry import (
     ONNX_TAG,
     SERVING_RUNTIME_TAG,
 )
+from components.common.registry_state import read_state
 from components.common.server_process import start_local_server, stop_local_server
 from components.deploy import deploy, wait_for_serving
-from components.infra_validate import infra_validate
+from components.infra_validate import already_infra_blessed, infra_validate
 from components.register import register
 from components.specs import DatasetSpec, ServingSpec
 from tests.helpers import float32_sensitive_model, free_port
@@ -81,6 +82,30 @@ def test_good_version_is_infra_blessed(registry: Registry, eval_set: str, tmp_pa
     tags = registry.client().get_model_version("infra-good", version).tags
     assert tags[INFRA_BLESSED_TAG] == "true"
     assert (tags[SERVING_RUNTIME_TAG], tags[ONNX_PARITY_TAG]) == ("onnx", result.onnx_parity)
+
+    # Run again on the registry as it is now: already blessed, so no sandbox and no registry write.
+    state = read_state("infra-good", registry.tracking_uri)
+    again_workspace = tmp_path / "again"
+    again = infra_validate(
+        version,
+        spec,
+        registry.tracking_uri,
+        str(again_workspace),
+        eval_set,
+        DATASET,
+        str(tmp_path / "again.json"),
+        known_state=state,
+    )
+    assert (
+        again.blessed
+        and again.skipped
+        == f"version {version} is already infra-blessed (ctpipe.infra_blessed=true, serving runtime onnx)"
+    )
+    assert (again.serving_runtime, again.onnx_parity) == ("onnx", result.onnx_parity)
+    assert [c.name for c in again.checks] == ["already_infra_blessed"]
+    assert not (again_workspace / "infra_validation").exists(), "no sandbox was started"
+    assert json.loads((tmp_path / "again.json").read_text())["skipped"] == again.skipped
+    assert read_state("infra-good", registry.tracking_uri).digest == state.digest
 
 
 @pytest.mark.server
@@ -145,6 +170,8 @@ def test_corrupted_challenger_never_gets_traffic(registry: Registry, eval_set: s
         assert result.serving_runtime == "sklearn"
         assert result.onnx_parity == "no ONNX: the version has no ctpipe.onnx tag (registered without ONNX compilation)"
         assert registry.client().get_model_version("infra-bad", "2").tags[INFRA_BLESSED_TAG] == "false"
+        # A failed validation is never skipped: the next run tries the sandbox again.
+        assert already_infra_blessed(read_state("infra-bad", registry.tracking_uri), "2") is None
 
         with pytest.raises(DeployError, match="failed infra validation"):
             deploy("2", spec, registry.tracking_uri, workspace)
@@ -159,3 +186,20 @@ def test_corrupted_challenger_never_gets_traffic(registry: Registry, eval_set: s
             assert response.status_code == 200 and response.json()["model_version"] == "1"
     finally:
         stop_local_server(workspace)
+
+
+def test_parity_not_yet_checked_on_a_compiled_model_means_validate_again() -> None:
+    from components.common.registry_state import RegistryState, VersionState
+
+    tags = {
+        INFRA_BLESSED_TAG: "true",
+        SERVING_RUNTIME_TAG: "sklearn",
+        ONNX_TAG: "unsupported: x",
+        ONNX_PARITY_TAG: "no ONNX: x",
+    }
+    version = VersionState(version="3", status="READY", run_id="r", model_id="m-1", first_of_run=True, tags=tags)
+    state = RegistryState(model_name="m", exists=True, digest="d", versions={"3": version})
+    assert already_infra_blessed(state, "3") is not None
+    version.tags[ONNX_TAG] = "compiled"  # compiled after the validation that found no ONNX model
+    assert already_infra_blessed(state, "3") is None
+    assert already_infra_blessed(state, "4") is None, "a version the state does not detail is validated"

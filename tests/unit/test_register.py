@@ -12,7 +12,7 @@ import pytest
 from mlflow import MlflowClient
 
 from components.common import tracking
-from components.common.errors import CtpipeError, ModelNotFound
+from components.common.errors import ConfigError, CtpipeError, ModelNotFound
 from components.common.io import file_sha256
 from components.common.registry import (
     BLESSED_TAG,
@@ -22,11 +22,21 @@ from components.common.registry import (
     ONNX_ARTIFACT,
     ONNX_SHA256_TAG,
     ONNX_TAG,
+    PIPELINE_RUN_TAG,
     PREVIOUS_CHAMPION_TAG,
+    RUN_ID_TAG,
     SUITE_HASH_TAG,
     promote,
+    registered_model,
     resolve_alias,
     rollback,
+)
+from components.common.registry_state import (
+    DETAIL_VERSIONS,
+    EPOCH_TAG,
+    RegistryState,
+    VersionState,
+    read_state,
 )
 from components.register import register
 from components.specs import DatasetSpec, ModelSpec
@@ -212,16 +222,164 @@ def test_errors_name_the_problem(runs: Runs, name: str) -> None:
     with pytest.raises(ModelNotFound, match="no version 9"):
         promote(name, runs.uri, version="9")
     run = runs.runs[0]
-    with pytest.raises(CtpipeError, match="belongs to run"):
-        register(f"runs:/{run.run_id}/model", runs.runs[1].run_id, name, True, runs.uri)
+    with pytest.raises(CtpipeError, match=f"was logged by run {run.run_id}, not by run {runs.runs[1].run_id}"):
+        register(run.model_uri, runs.runs[1].run_id, name, True, runs.uri)
 
 
-def test_register_accepts_a_runs_uri(runs: Runs, name: str) -> None:
+# --- what register accepts: only the logged model train hands over (issue 20) ------------------
+
+
+@pytest.mark.parametrize(
+    "uri",
+    [
+        "runs:/{run_id}/model",
+        "/tmp/model",
+        "file:///tmp/model",
+        "models:/{name}/1",
+        "models:/{name}@challenger",
+        "s3://bucket/model",
+        "models://other-registry/m-0123abcd",
+    ],
+)
+def test_register_refuses_anything_but_a_logged_model_uri(runs: Runs, name: str, uri: str) -> None:
     run = runs.runs[2]
-    result = register(f"runs:/{run.run_id}/{tracking.MODEL_ARTIFACT}", run.run_id, name, True, runs.uri)
-    assert result.created and result.aliases == [CHALLENGER_ALIAS]
-    assert resolve_alias(name, CHALLENGER_ALIAS, runs.uri).run_id == run.run_id
-    assert tracking.load_sklearn_model(f"models:/{name}@{CHALLENGER_ALIAS}", runs.uri) is not None
+    with pytest.raises(ConfigError, match=r"register: model_uri .* is not accepted; expected models:/m-<id>"):
+        register(uri.format(run_id=run.run_id, name=name), run.run_id, name, True, runs.uri)
+    assert registered_model(MlflowClient(runs.uri), name) is None, "refused before anything was written"
+
+
+def test_register_refuses_a_logged_model_the_tracking_server_does_not_hold(runs: Runs, name: str) -> None:
+    with pytest.raises(ModelNotFound, match="no such logged model on the tracking server"):
+        register("models:/m-0123456789abcdef0123456789abcdef", runs.runs[0].run_id, name, True, runs.uri)
+    assert registered_model(MlflowClient(runs.uri), name) is None
+
+
+def test_register_refuses_a_logged_model_without_the_hash_loaders_check(runs: Runs, name: str) -> None:
+    import mlflow
+    import mlflow.sklearn
+    from sklearn.linear_model import LogisticRegression
+
+    frame = pd.DataFrame({"calls": [0.0, 1.0, 2.0, 3.0]})
+    model = LogisticRegression().fit(frame, [0, 0, 1, 1])
+    tracking.ensure_experiment("register-tests", runs.uri)
+    with mlflow.start_run() as run:
+        # Logged outside ctpipe's train step: no ctpipe.model_sha256 tag, so no step could load it.
+        info = mlflow.sklearn.log_model(model, name="model", pip_requirements=tracking.pip_requirements())
+    with pytest.raises(tracking.ModelIntegrityError, match="no recorded SHA-256"):
+        register(info.model_uri, run.info.run_id, name, True, runs.uri)
+    assert MlflowClient(runs.uri).search_model_versions(f"name='{name}'") == []
+
+
+# --- idempotent skips on the registry state the pipeline read -----------------------------------
+
+
+def test_a_candidate_registered_so_is_left_alone_given_the_registry_state(runs: Runs, name: str) -> None:
+    first = _register(runs, 0, name, data_snapshot="s1", pipeline_run="run-1")
+    state = read_state(name, runs.uri)
+    run = runs.runs[0]
+
+    again = register(
+        run.model_uri, run.run_id, name, True, runs.uri, {"data_snapshot": "s1", "pipeline_run": "run-2"}, state
+    )
+
+    assert again.skipped.startswith(f"version {first.version} already holds run {run.run_id}'s logged model")
+    assert (again.version, again.created, again.aliases, again.onnx) == (
+        first.version,
+        False,
+        [CHALLENGER_ALIAS],
+        "compiled",
+    )
+    after = read_state(name, runs.uri)
+    assert after.digest == state.digest, "an idempotent skip writes nothing"
+    # pipeline_run keeps naming the run that last changed the registration.
+    assert after.versions[first.version].tags[PIPELINE_RUN_TAG] == "run-1"
+
+    # Another lineage is work to do: applied, and the registry epoch renewed.
+    changed = register(run.model_uri, run.run_id, name, True, runs.uri, {"data_snapshot": "s2"}, state)
+    assert not changed.skipped and changed.version == first.version
+    renewed = read_state(name, runs.uri)
+    assert renewed.versions[first.version].tags["data_snapshot"] == "s2"
+    assert renewed.tags[EPOCH_TAG] != state.tags[EPOCH_TAG]
+    # Unblessing the challenger is work too (the alias goes), even from a state that knew it.
+    demoted = register(run.model_uri, run.run_id, name, False, runs.uri, {"data_snapshot": "s2"}, renewed)
+    assert not demoted.skipped and demoted.aliases == []
+
+
+def _state(**versions: VersionState) -> RegistryState:
+    return RegistryState(model_name="m", exists=True, digest="d", versions=versions)
+
+
+def _version(number: str, run_id: str = "r1", **tags: str) -> VersionState:
+    base = {BLESSED_TAG: "true", RUN_ID_TAG: run_id, ONNX_TAG: "compiled"}
+    return VersionState(
+        version=number, status="READY", run_id=run_id, model_id="m-1", first_of_run=True, tags={**base, **tags}
+    )
+
+
+def test_what_counts_as_already_registered() -> None:
+    from components.register import _already_registered
+
+    tags = {BLESSED_TAG: "true", RUN_ID_TAG: "r1"}
+    challenger = _state(**{"1": _version("1")})
+    challenger.aliases = {CHALLENGER_ALIAS: "1"}
+    assert _already_registered(challenger, "m-1", "r1", True, tags) is not None
+    assert _already_registered(challenger, "m-2", "r1", True, tags) is None, "another logged model: other content"
+    no_alias = _state(**{"1": _version("1")})
+    assert _already_registered(no_alias, "m-1", "r1", True, tags) is None, "a blessed candidate needs the alias"
+    no_onnx = _state(**{"1": _version("1")})
+    no_onnx.versions["1"].tags.pop(ONNX_TAG)
+    no_onnx.aliases = {CHALLENGER_ALIAS: "1"}
+    assert _already_registered(no_onnx, "m-1", "r1", True, tags) is None, "ONNX compilation is still to do"
+    later = _version("1")
+    later.first_of_run = False
+    assert _already_registered(_state(**{"1": later}), "m-1", "r1", True, tags) is None
+
+    # A newer blessed challenger waiting: the older candidate has nothing to do; an unblessed newer one is replaced.
+    waiting = _state(**{"1": _version("1"), "2": _version("2", run_id="r2")})
+    waiting.aliases = {CHALLENGER_ALIAS: "2"}
+    done = _already_registered(waiting, "m-1", "r1", True, tags)
+    assert done is not None and "a newer blessed challenger (version 2) is waiting" in done[1]
+    waiting.versions["2"].tags[BLESSED_TAG] = "false"
+    assert _already_registered(waiting, "m-1", "r1", True, tags) is None
+
+    # Unblessed: done when it holds no alias; the champion is never unblessed by a skip.
+    unblessed = {BLESSED_TAG: "false", RUN_ID_TAG: "r1"}
+    rejected = _state(**{"1": _version("1", **{BLESSED_TAG: "false"})})
+    assert _already_registered(rejected, "m-1", "r1", False, unblessed) is not None
+    rejected.aliases = {CHAMPION_ALIAS: "1"}
+    assert _already_registered(rejected, "m-1", "r1", False, unblessed) is None
+    assert (
+        _already_registered(RegistryState(model_name="m", exists=False, digest="absent"), "m-1", "r1", True, tags)
+        is None
+    )
+
+
+def test_the_registry_state_digests_everything_and_details_a_bounded_few(runs: Runs, name: str) -> None:
+    assert not read_state(name, runs.uri).exists
+    first = _register(runs, 1, name)
+    promote(name, runs.uri)
+    state = read_state(name, runs.uri)
+    assert state.exists and state.aliases == {CHAMPION_ALIAS: first.version}
+    assert RegistryState.from_json(state.to_json(), name) == state
+    assert RegistryState.from_json(state.to_json(), "another-model") is None
+    assert RegistryState.from_json("", name) is None and RegistryState.from_json("{not json", name) is None
+
+    client = MlflowClient(runs.uri)
+    run = runs.runs[1]
+    model_id = run.model_uri.removeprefix("models:/")
+    for _ in range(DETAIL_VERSIONS + 1):  # more versions than are detailed, all of the same run
+        client.create_model_version(name, source=run.model_uri, run_id=run.run_id, model_id=model_id)
+    many = read_state(name, runs.uri)
+    newest = DETAIL_VERSIONS + 2
+    assert set(many.versions) == {first.version} | {str(v) for v in range(newest - DETAIL_VERSIONS + 1, newest + 1)}
+    assert many.versions[first.version].first_of_run and not many.versions[str(newest)].first_of_run
+    assert many.digest != state.digest
+
+    # A tag on a version that is not detailed still changes the digest.
+    client.set_model_version_tag(name, "2", "note", "x")
+    tagged = read_state(name, runs.uri)
+    assert "2" not in tagged.versions and tagged.digest != many.digest
+    assert read_state(name, runs.uri).digest == tagged.digest  # reading changes nothing
 
 
 # --- ONNX ------------------------------------------------------------------------------------

@@ -1,4 +1,5 @@
 import io
+import re
 
 from pipelines.runner import RunReport, TaskRecord
 from pipelines.summary import print_run
@@ -69,3 +70,67 @@ def test_summary_is_silent_when_every_entity_has_features():
     report.outputs["training_set"] = {"path": "/ts", "metadata": {"rows": 600.0, "missing_entities": 0.0}}
     print_run(report, out)
     assert "missing entities" not in out.getvalue()
+
+
+def _task_log(lines: list[str]) -> dict[str, TaskRecord]:
+    """Feed kfp.local's log lines through the runner's parser, as a run does."""
+    from pipelines.runner import _TaskLog
+
+    tee = _TaskLog(io.StringIO(), lambda record: None)
+    tee.write("\n".join(lines) + "\n")
+    return tee.records
+
+
+def test_the_run_says_which_tasks_were_skipped_and_why():
+    from pipelines.runner import CACHE_HIT, CONDITION_FALSE, REGISTRY_CACHE_HIT
+
+    skip = (
+        '    {"ts": "2026-01-01T00:00:00Z", "level": "info", "logger": "ctpipe.deploy", "msg": "idempotent skip", '
+        '"reason": "the server already serves challenger version 3 at 20%"}'
+    )
+    records = _task_log(
+        [
+            "Task ingest cache hit (key=88a39906c49c); skipping execution.",
+            "Task register cache hit (key=1a2b3c4d5e6f); skipping execution.",
+            "Task infra-validate-2 cache hit (key=1a2b3c4d5e6f); skipping execution.",
+            "12:00:00.000 - INFO - Executing task \x1b[96m'deploy'\x1b[0m",
+            skip,
+            "12:00:01.000 - INFO - Task \x1b[96m'deploy'\x1b[0m finished with status \x1b[92mSUCCESS\x1b[0m",
+            "12:00:01.000 - INFO - Executing task 'current-champion'",
+            "12:00:02.000 - INFO - Task 'current-champion' finished with status SUCCESS",
+            "Skipping conditional task condition-3 (condition evaluated to False)",
+        ]
+    )
+    assert (records["ingest"].status, records["ingest"].reason) == ("cached", CACHE_HIT)
+    # register and infra validation are keyed on the registry too, so their hit says so.
+    assert (records["register"].status, records["register"].reason) == ("cached", REGISTRY_CACHE_HIT)
+    assert records["infra-validate-2"].reason == REGISTRY_CACHE_HIT
+    assert (records["deploy"].status, records["deploy"].reason) == (
+        "no-op",
+        "the server already serves challenger version 3 at 20%",
+    )
+    assert (records["current-champion"].status, records["current-champion"].reason) == ("ran", "")
+    assert (records["condition-3"].status, records["condition-3"].reason) == ("skipped", CONDITION_FALSE)
+
+    report = _report({})
+    report.tasks = list(records.values())
+    out = io.StringIO()
+    print_run(report, out)
+    text = out.getvalue()
+    assert "(1 ran, 1 no-op, 3 cached, 1 skipped)" in text
+    assert f"  register                     cached            {REGISTRY_CACHE_HIT}\n" in text
+    assert re.search(r"^  deploy +no-op +\d+\.\d  the server already serves challenger version 3 at 20%$", text, re.M)
+    as_json = {task["name"]: task for task in report.to_json()["tasks"]}
+    assert (as_json["deploy"]["status"], as_json["deploy"]["reason"]) == ("no-op", records["deploy"].reason)
+    assert as_json["ingest"]["reason"] == CACHE_HIT
+
+
+def test_a_failed_task_is_failed_even_after_it_logged_a_skip():
+    records = _task_log(
+        [
+            "Executing task 'register'",
+            '{"msg": "idempotent skip", "reason": "nothing to do"}',
+            "Task 'register' finished with status FAILURE",
+        ]
+    )
+    assert records["register"].status == "failed"
