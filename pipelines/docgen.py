@@ -197,11 +197,12 @@ def reuse_markdown() -> list[str]:
     """The how-to: use a component from its YAML in a pipeline that does not import ctpipe."""
     from pipelines.component_yaml import DEFAULT_CONFIG
     from pipelines.config import load_config
-    from pipelines.kfp_components import UNCACHED
+    from pipelines.kfp_components import REGISTRY_KEYED, UNCACHED
 
     images = load_config(DEFAULT_CONFIG).infra.images
     overridden = ", ".join(f"`{name}` in `{image}`" for name, image in sorted(images.overrides.items()))
     uncached = ", ".join(f"`{name}`" for name in UNCACHED)
+    keyed = ", ".join(f"`{name}`" for name in REGISTRY_KEYED)
     return [
         f"## {REUSE_TITLE}",
         "",
@@ -230,7 +231,9 @@ def reuse_markdown() -> list[str]:
         "  do from `infra.kubernetes`.",
         f"- **Caching.** ctpipe's pipelines never cache these components: {uncached}.",
         "  They have side effects or look up something that changes outside the pipeline; call",
-        "  `set_caching_options(False)` on their tasks too.",
+        f"  `set_caching_options(False)` on their tasks too. {keyed} are cached in ctpipe's pipelines only",
+        "  because their `registry_state` input (from `current_champion`) changes whenever the registry",
+        "  does; without that input wired in, turn their caching off as well.",
         "- **`notify`** takes the run's final status: use it as the exit task of a `dsl.ExitHandler`.",
         "- **Failures.** A component that raises (see *Failure modes* above) fails its task with the",
         "  message in the task's log, so a blocking validation failure stops your pipeline too.",
