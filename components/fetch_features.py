@@ -28,7 +28,15 @@ from pydantic import BaseModel
 
 from components.common import storage
 from components.common.errors import DataError
-from components.common.feast import ensure_definitions, feast_root, feature_view_name, offline_folder
+from components.common.feast import (
+    EntityType,
+    ensure_definitions,
+    entity_type_of_arrow,
+    feast_root,
+    feature_view_name,
+    offline_folder,
+    resolve_entity_type,
+)
 from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
 from components.common.storage import read_table
@@ -53,8 +61,14 @@ class FeatureSetResult(BaseModel):
     """Newest event time the online store holds values up to (ISO-8601, UTC)."""
 
 
-def _check_snapshot(snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec, source: str) -> pd.Series:
-    """Check the columns the feature view needs; return the timestamps as UTC."""
+def _check_snapshot(
+    snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec, source: str
+) -> tuple[pd.Series, EntityType]:
+    """Check the columns the feature view needs; return the timestamps as UTC and the entity type.
+
+    The entity type is ``feast.entity_type`` (checked against the column) or, when that is not
+    set, the column's own: integers are ``int64``, strings ``string``.
+    """
     needed = [spec.entity_column, spec.timestamp_column, spec.label_column, *spec.feature_columns]
     missing_columns = [c for c in needed if c not in snapshot.columns]
     if missing_columns:
@@ -67,26 +81,21 @@ def _check_snapshot(snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec,
     entity = snapshot[spec.entity_column]
     if entity.isna().any():
         raise DataError(f"{source}: entity column {spec.entity_column!r} has {int(entity.isna().sum())} empty value(s)")
-    is_int = pd.api.types.is_integer_dtype(entity)
-    if (feast.entity_type == "int64") != is_int:
-        expected = "integers" if feast.entity_type == "int64" else "strings"
-        raise DataError(
-            f"{source}: entity column {spec.entity_column!r} has dtype {entity.dtype}, "
-            f"but feast.entity_type is {feast.entity_type!r} (expected {expected})"
-        )
+    entity_type = resolve_entity_type(entity, feast, source, spec.entity_column)
     stamps = snapshot[spec.timestamp_column]
     if not pd.api.types.is_datetime64_any_dtype(stamps):
         raise DataError(f"{source}: column {spec.timestamp_column!r} has dtype {stamps.dtype}, expected timestamps")
     if stamps.isna().any():
         raise DataError(f"{source}: column {spec.timestamp_column!r} has {int(stamps.isna().sum())} empty timestamp(s)")
     # Naive timestamps are UTC, as in ingest and in Feast.
-    return stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
+    utc = stamps.dt.tz_localize("UTC") if stamps.dt.tz is None else stamps.dt.tz_convert("UTC")
+    return utc, entity_type
 
 
-def _feature_rows(snapshot: pd.DataFrame, spec: DatasetSpec, feast: FeastSpec) -> pd.DataFrame:
+def _feature_rows(snapshot: pd.DataFrame, spec: DatasetSpec, entity_type: EntityType) -> pd.DataFrame:
     """The offline-store rows of a snapshot: entity, timestamp, features, typed like the feature view."""
     rows = snapshot[[*spec.key_columns, *spec.feature_columns]].copy()
-    rows[spec.entity_column] = rows[spec.entity_column].astype("int64" if feast.entity_type == "int64" else str)
+    rows[spec.entity_column] = rows[spec.entity_column].astype("int64" if entity_type == "int64" else str)
     if spec.numeric_features:
         try:
             rows[spec.numeric_features] = rows[spec.numeric_features].astype("float64")
@@ -188,11 +197,25 @@ def _migrate_offline_files(spec: DatasetSpec, feast: FeastSpec, workspace: str) 
     return migrated
 
 
-def _check_offline_files(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> None:
-    """All offline files must have the columns the spec names now: Feast's Dask reader fails obscurely otherwise."""
+def _check_offline_files(spec: DatasetSpec, feast: FeastSpec, workspace: str, entity_type: EntityType) -> None:
+    """All offline files must have the columns the spec names now, and entity ids of the snapshot's type.
+
+    Feast's Dask reader fails obscurely otherwise (or, for entity ids of another type, joins nothing).
+    """
     expected = [*spec.key_columns, *spec.feature_columns]
     for path in _offline_files(spec, feast, workspace):
-        found = _read_schema(path).names
+        schema = _read_schema(path)
+        found = schema.names
+        if spec.entity_column in found:
+            stored = entity_type_of_arrow(schema.field(spec.entity_column).type)
+            if stored != entity_type:
+                raise DataError(
+                    f"{storage.redact(path)}: offline feature file has entity column {spec.entity_column!r} of type "
+                    f"{schema.field(spec.entity_column).type}, but this snapshot's entity ids are {entity_type!r}; "
+                    "the entity type changed since it was written",
+                    hint=f"Remove {storage.redact(offline_folder(spec, feast, workspace))} and re-run the snapshots "
+                    "whose history you need, or use a new feast.root or workspace.",
+                )
         if set(found) != set(expected):
             lacking = [c for c in expected if c not in found]
             extra = [c for c in found if c not in expected]
@@ -253,14 +276,15 @@ def build_training_set(
 
     Raises:
         DataError: The snapshot lacks a column the spec names, is empty, has empty or
-            mistyped entity ids or timestamps, or neither it nor the offline store has any
-            feature value.
+            mistyped entity ids (neither integers nor strings, or not ``feast.entity_type``)
+            or timestamps, its entity type differs from the offline store's files, or neither
+            it nor the offline store has any feature value.
     """
     snapshot = read_table(snapshot_path)
-    stamps = _check_snapshot(snapshot, spec, feast, snapshot_path)
+    stamps, entity_type = _check_snapshot(snapshot, spec, feast, snapshot_path)
     snapshot = snapshot.assign(**{spec.timestamp_column: stamps})
-    rows = _feature_rows(snapshot, spec, feast)
-    _check_offline_files(spec, feast, workspace)
+    rows = _feature_rows(snapshot, spec, entity_type)
+    _check_offline_files(spec, feast, workspace, entity_type)
     _migrate_offline_files(spec, feast, workspace)
     if not rows.empty:
         _store_offline(rows, spec, feast, workspace)
@@ -269,11 +293,12 @@ def build_training_set(
             f"{snapshot_path}: every row has all feature columns {spec.feature_columns} empty and the offline "
             f"store {storage.redact(offline_folder(spec, feast, workspace))} is empty; no feature values to join"
         )
-    store, applied = ensure_definitions(spec, feast, workspace)
+    # Applied with the data's type: the registry records it for the model server's lookups.
+    store, applied = ensure_definitions(spec, feast, workspace, entity_type)
     view = feature_view_name(spec)
 
     # Ask Feast once per distinct (entity, timestamp); it collapses duplicates anyway.
-    entity_dtype = "int64" if feast.entity_type == "int64" else str
+    entity_dtype = "int64" if entity_type == "int64" else str
     snapshot = snapshot.assign(**{spec.entity_column: snapshot[spec.entity_column].astype(entity_dtype)})
     keys = snapshot[spec.key_columns].drop_duplicates().reset_index(drop=True)
     joined = store.get_historical_features(

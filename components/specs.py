@@ -543,7 +543,12 @@ class FeastSpec(StrictModel):
         description="Spark settings for offline_store 'spark', e.g. {'spark.master': 'spark://host:7077'}.",
     )
     ttl_days: int = Field(default=3650, ge=1, description="How far back a feature value stays valid.")
-    entity_type: Literal["int64", "string"] = Field(default="int64", description="Type of the entity id column.")
+    entity_type: Literal["int64", "string"] | None = Field(
+        default=None,
+        description="Type of the entity id column. Empty: taken from the data (an integer column is 'int64', a "
+        "string column 'string') when fetch_features applies the Feast entity; the model server then reads it from "
+        "the Feast registry. When set, the data must match it. `ctpipe config --check-data` compares it before a run.",
+    )
 
     @field_validator("root")
     @classmethod

@@ -570,18 +570,45 @@ def demo_command(ctx: click.Context, rows: int, keep_serving: bool) -> None:
 
 @main.command("config")
 @config_option
+@click.option(
+    "--check-data",
+    is_flag=True,
+    help="Instead of printing the configuration, read the schema of dataset.source (never all rows) and check "
+    "the declared columns and types against it: exit 1 with one line per disagreement, else print 'ok' and the "
+    "entity type the pipelines will use.",
+)
 @click.pass_context
 @_friendly_errors
-def config_command(ctx: click.Context) -> None:
+def config_command(ctx: click.Context, check_data: bool) -> None:
     """Validate the configuration file and print it with defaults filled in.
 
+    With --check-data, compare it with the data instead: every named column present, the entity
+    column integers or strings (and feast.entity_type, if set), numeric features numbers, the
+    timestamp column timestamps, the label fit for dataset.task. Run it before a pipeline.
+
     \b
-    Example:
+    Examples:
       ctpipe config --config my-cluster.yaml
+      ctpipe config --check-data
     """
+    config = _config(ctx)
+    if check_data:
+        from pipelines.check_data import check_data as run_check
+
+        check = run_check(config)
+        if not check.ok:
+            for problem in check.problems:
+                click.echo(problem, err=True)
+            click.secho(f"error: {len(check.problems)} problem(s) in {check.source}", fg="red", err=True)
+            sys.exit(1)
+        click.echo(
+            f"ok: {check.source} agrees with the configuration; "
+            f"entity type {check.entity_type} (from {check.entity_type_origin})"
+        )
+        return
     import yaml
 
-    click.echo(yaml.safe_dump(_config(ctx).model_dump(mode="json"), sort_keys=False))
+    click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -5,18 +5,25 @@ needs no Python), the store settings from the ``feast`` config section, and onli
 go through one cached ``FeatureStore`` per thread. The fetch-features step builds training
 sets on top of this module; the model server uses it for requests that name entity ids.
 Feast is imported inside the functions: it is slow to import.
+
+The entity's value type is ``feast.entity_type`` when the configuration sets it; otherwise it
+comes from the data (:func:`entity_type_of_values`, when fetch-features applies the
+definitions) and is recorded in the Feast registry, where everything without data (the model
+server's lookups, ``feature_repo/features.py``) reads it (:func:`recorded_entity_type`).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
 import threading
+import weakref
 from collections import OrderedDict
 from datetime import timedelta
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel
 
@@ -27,8 +34,15 @@ from components.common.logs import get_logger
 from components.specs import DatasetSpec, FeastSpec
 
 if TYPE_CHECKING:
+    import pandas as pd
+    import pyarrow as pa
     from feast import FeatureStore
     from feast.repo_config import RepoConfig
+
+EntityType = Literal["int64", "string"]
+"""The Feast value types ctpipe applies to an entity: ``INT64`` or ``STRING``."""
+ENTITY_KINDS = "integers (feast.entity_type 'int64') or strings (feast.entity_type 'string')"
+"""What an entity column may hold, for error messages."""
 
 # Feast reads this when it is imported; it must be set before the first import.
 os.environ.setdefault("FEAST_USAGE", "False")
@@ -203,10 +217,120 @@ def _restore_feast_sqlite_timestamps() -> None:
         sqlite3.register_converter("timestamp", feast_sqlite.convert_timestamp)
 
 
-def _fingerprint(spec: DatasetSpec, feast: FeastSpec, source_path: str) -> str:
+def entity_type_of_values(values: pd.Series) -> EntityType | None:
+    """The entity type a column of ids has: integers are ``int64``, strings ``string``, anything else None.
+
+    A categorical column counts as the type of its categories; booleans, floats (an integer
+    column with an empty value reads as floats) and columns mixing types are None.
+    """
+    import pandas as pd
+
+    if isinstance(values.dtype, pd.CategoricalDtype):
+        return entity_type_of_values(pd.Series(values.cat.categories))
+    if pd.api.types.is_bool_dtype(values):
+        return None
+    if pd.api.types.is_integer_dtype(values):
+        return "int64"
+    if pd.api.types.infer_dtype(values, skipna=True) == "string":
+        return "string"
+    return None
+
+
+def entity_type_of_arrow(kind: pa.DataType) -> EntityType | None:
+    """The entity type of a Parquet/Arrow column type (what :func:`entity_type_of_values` gives once read)."""
+    import pyarrow as pa
+
+    if pa.types.is_dictionary(kind):
+        kind = kind.value_type
+    if pa.types.is_integer(kind):
+        return "int64"
+    if pa.types.is_string(kind) or pa.types.is_large_string(kind) or pa.types.is_string_view(kind):
+        return "string"
+    return None
+
+
+def resolve_entity_type(values: pd.Series, feast: FeastSpec, source: str, column: str) -> EntityType:
+    """The entity type to apply for a snapshot's entity column: ``feast.entity_type``, checked, or the data's.
+
+    Args:
+        values: The entity column (no empty values: the caller checks those first).
+        feast: Feast settings; ``entity_type`` None means "from the data".
+        source: The file the column was read from, for messages.
+        column: The entity column's name, for messages.
+
+    Returns:
+        ``"int64"`` or ``"string"``.
+
+    Raises:
+        DataError: The column holds neither integers nor strings, or not what ``feast.entity_type`` says.
+    """
+    found = entity_type_of_values(values)
+    if feast.entity_type is not None:
+        if found != feast.entity_type:
+            expected = "integers" if feast.entity_type == "int64" else "strings"
+            raise DataError(
+                f"{source}: entity column {column!r} has dtype {values.dtype}, "
+                f"but feast.entity_type is {feast.entity_type!r} (expected {expected})"
+            )
+        return feast.entity_type
+    if found is None:
+        raise DataError(
+            f"{source}: entity column {column!r} has dtype {values.dtype}; expected {ENTITY_KINDS} "
+            "(feast.entity_type is not set, so the type comes from the data)"
+        )
+    return found
+
+
+def _entity_type_in(store: FeatureStore, spec: DatasetSpec, registry: str) -> EntityType | None:
+    """The value type of the entity applied in ``store``'s registry; None when it is not applied yet.
+
+    Raises:
+        DataError: The applied entity has a value type ctpipe does not apply (someone else applied it).
+    """
+    from feast import ValueType
+    from feast.errors import FeastObjectNotFoundException
+
+    try:
+        entity = store.get_entity(spec.entity_column)
+    except FeastObjectNotFoundException:
+        return None
+    if entity.value_type == ValueType.INT64:
+        return "int64"
+    if entity.value_type == ValueType.STRING:
+        return "string"
+    raise DataError(
+        f"{storage.redact(registry)}: Feast entity {spec.entity_column!r} has value type {entity.value_type.name}, "
+        "expected INT64 or STRING (what ctpipe applies); set feast.entity_type and re-run the training pipeline"
+    )
+
+
+def recorded_entity_type(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> EntityType | None:
+    """The entity type recorded in the Feast registry (applied by fetch-features); None without one.
+
+    For callers that have no data to infer it from, such as ``feature_repo/features.py``.
+    """
+    from feast import FeatureStore
+
+    registry = registry_location(feast, workspace)
+    if not storage.exists(registry):
+        return None
+    return _entity_type_in(FeatureStore(config=repo_config(feast, workspace)), spec, registry)
+
+
+def _unknown_entity_type(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> ConfigError:
+    return ConfigError(
+        f"feast.entity_type is not set and the Feast registry {storage.redact(registry_location(feast, workspace))} "
+        f"has no entity {spec.entity_column!r} yet, so its type is unknown",
+        hint="Run the training pipeline once (fetch_features applies the entity with the data's type), "
+        "or set feast.entity_type to 'int64' or 'string'.",
+    )
+
+
+def _fingerprint(spec: DatasetSpec, feast: FeastSpec, source_path: str, entity_type: EntityType) -> str:
+    # The effective type, not feast.entity_type: leaving it out or naming what the data has is the same definition.
     payload = {
         "version": _DEFINITIONS_VERSION,
-        "entity": [spec.entity_column, feast.entity_type],
+        "entity": [spec.entity_column, entity_type],
         "timestamp": spec.timestamp_column,
         "numeric": spec.numeric_features,
         "categorical": spec.categorical_features,
@@ -216,25 +340,35 @@ def _fingerprint(spec: DatasetSpec, feast: FeastSpec, source_path: str) -> str:
     return hashlib.sha256(json.dumps(payload, sort_keys=True).encode()).hexdigest()[:16]
 
 
-def definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> list[Any]:
+def definitions(
+    spec: DatasetSpec, feast: FeastSpec, workspace: str, entity_type: EntityType | None = None
+) -> list[Any]:
     """The Feast entity and feature view for ``spec`` (also what ``feature_repo/features.py`` exposes).
 
     Numeric features are ``Float64`` and categorical features ``String``; the label is never
-    part of the feature view. The view carries a fingerprint tag of its inputs, so
-    :func:`feature_store` re-applies only when something changed.
+    part of the feature view. The view carries a fingerprint tag of its inputs (with the
+    effective entity type), so :func:`feature_store` re-applies only when something changed.
 
     Args:
         spec: The dataset spec (entity, timestamp and feature columns).
         feast: Feast settings (entity type, TTL, offline store).
         workspace: Folder of the local stores (the Feast root when ``feast.root`` is empty).
+        entity_type: The entity's type, as found in the data; None for ``feast.entity_type`` or,
+            when that is not set either, the type recorded in the registry.
 
     Returns:
         ``[entity, feature_view]``.
+
+    Raises:
+        ConfigError: No type is given, configured or recorded in the registry.
     """
     from feast import Entity, FeatureView, Field, FileSource, ValueType
     from feast.types import Float64, String
 
-    value_type = ValueType.INT64 if feast.entity_type == "int64" else ValueType.STRING
+    kind = entity_type or feast.entity_type or recorded_entity_type(spec, feast, workspace)
+    if kind is None:
+        raise _unknown_entity_type(spec, feast, workspace)
+    value_type = ValueType.INT64 if kind == "int64" else ValueType.STRING
     entity = Entity(name=spec.entity_column, join_keys=[spec.entity_column], value_type=value_type)
     path = offline_folder(spec, feast, workspace)
     name = f"{feature_view_name(spec)}_source"
@@ -253,7 +387,7 @@ def definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> list[Any
         schema=schema,
         source=source,
         online=True,
-        tags={_FINGERPRINT_TAG: _fingerprint(spec, feast, path)},
+        tags={_FINGERPRINT_TAG: _fingerprint(spec, feast, path, kind)},
     )
     return [entity, view]
 
@@ -269,7 +403,9 @@ def _is_applied(store: FeatureStore, entity: Any, view: Any) -> bool:
     return bool(registered.tags.get(_FINGERPRINT_TAG) == view.tags[_FINGERPRINT_TAG])
 
 
-def feature_store(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> FeatureStore:
+def feature_store(
+    spec: DatasetSpec, feast: FeastSpec, workspace: str, entity_type: EntityType | None = None
+) -> FeatureStore:
     """A Feast store for the profile in ``feast``, with the generated definitions applied.
 
     Applying is idempotent and skipped when the registry already holds definitions with the
@@ -279,22 +415,41 @@ def feature_store(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> Featur
         spec: The dataset spec.
         feast: Feast settings.
         workspace: Folder of the local stores (the Feast root when ``feast.root`` is empty).
+        entity_type: The data's entity type; None for ``feast.entity_type``, else the registry's.
 
     Returns:
         The ``feast.FeatureStore``.
+
+    Raises:
+        ConfigError: No entity type is given, configured or recorded in the registry.
     """
-    return ensure_definitions(spec, feast, workspace)[0]
+    return ensure_definitions(spec, feast, workspace, entity_type)[0]
 
 
-def ensure_definitions(spec: DatasetSpec, feast: FeastSpec, workspace: str) -> tuple[FeatureStore, bool]:
-    """A Feast store with the generated definitions applied, and whether they were (re)applied just now."""
+def ensure_definitions(
+    spec: DatasetSpec, feast: FeastSpec, workspace: str, entity_type: EntityType | None = None
+) -> tuple[FeatureStore, bool]:
+    """A Feast store with the generated definitions applied, and whether they were (re)applied just now.
+
+    Args:
+        spec: The dataset spec.
+        feast: Feast settings.
+        workspace: Folder of the local stores.
+        entity_type: The data's entity type; None for ``feast.entity_type``, else the registry's.
+
+    Raises:
+        ConfigError: No entity type is given, configured or recorded in the registry.
+    """
     from feast import FeatureStore
 
     folder = offline_folder(spec, feast, workspace)
     if not storage.is_remote(folder):  # an object store has no folders to create
         Path(folder).mkdir(parents=True, exist_ok=True)
     store = FeatureStore(config=repo_config(feast, workspace))
-    entity, view = definitions(spec, feast, workspace)
+    kind = entity_type or feast.entity_type or _entity_type_in(store, spec, registry_location(feast, workspace))
+    if kind is None:
+        raise _unknown_entity_type(spec, feast, workspace)
+    entity, view = definitions(spec, feast, workspace, kind)
     if _is_applied(store, entity, view):
         return store, False
     store.apply([entity, view])
@@ -306,7 +461,8 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     """Latest online feature values for ``entity_ids``, fetched in one call.
 
     Args:
-        entity_ids: Ids to look up (ints for ``entity_type: int64``, strings otherwise).
+        entity_ids: Ids to look up: ints for an ``int64`` entity, strings for a ``string`` one (the type is
+            ``feast.entity_type``, else the one recorded in the registry when the entity was applied).
         spec: The dataset spec.
         feast: Feast settings.
         workspace: Folder of the local stores (empty in a cluster pod).
@@ -321,7 +477,11 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     from feast.errors import FeastObjectNotFoundException
     from feast.protos.feast.serving.ServingService_pb2 import FieldStatus
 
-    ids = _typed_ids(entity_ids, spec, feast)
+    # A configured type checks the ids before anything is read; otherwise the registry says, below.
+    configured = feast.entity_type
+    ids = list(entity_ids)
+    if configured is not None:
+        ids = _typed_ids(ids, spec, configured, f"feast.entity_type is {configured!r}")
     if not ids:
         return OnlineFeatures(rows=[], missing=[])
     view = feature_view_name(spec)
@@ -333,6 +493,11 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     store = _online_store(feast, workspace)
     if store is None:
         raise not_registered
+    if configured is None:
+        recorded = _recorded_entity_type(store, spec, registry)
+        if recorded is None:
+            raise not_registered
+        ids = _typed_ids(ids, spec, recorded, f"the Feast registry records the entity as {recorded!r}")
     features = [f"{view}:{c}" for c in spec.feature_columns]
     entity_rows = [{spec.entity_column: entity_id} for entity_id in ids]
     try:
@@ -340,6 +505,7 @@ def online_features(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec, 
     except FeastObjectNotFoundException:
         # Applied since this store last read the registry: read it again, once.
         store.refresh_registry()
+        _forget_entity_types(store)
         try:
             response = store.get_online_features(features=features, entity_rows=entity_rows)
         except FeastObjectNotFoundException as exc:
@@ -384,10 +550,17 @@ def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore | None:
         # With the registry file's identity: a workspace deleted and built again (a notebook, a test)
         # gets a new store, not one holding a connection to the deleted online database. Feast
         # rewrites the registry in place, so applying definitions keeps the same store.
+        #
+        # The registry's inode alone can be reused by the rebuilt file (nothing holds the deleted one
+        # open), which handed out the old store. The sqlite online database's cannot: the old store's
+        # connection keeps the deleted file's inode allocated, so a rebuilt database gets another one.
         if not Path(registry).is_file():
             return None
-        stat = Path(registry).stat()
-        identity = [stat.st_dev, stat.st_ino]
+        identity = []
+        for path in (Path(registry), _local_state(workspace) / "online.db"):
+            with contextlib.suppress(FileNotFoundError):  # no online database until the first materialize
+                stat = path.stat()
+                identity += [stat.st_dev, stat.st_ino]
     key = json.dumps([settings, identity], sort_keys=True)
     stores: OrderedDict[str, FeatureStore] | None = getattr(_ONLINE_STORES, "stores", None)
     if stores is None:
@@ -407,10 +580,51 @@ def _online_store(feast: FeastSpec, workspace: str) -> FeatureStore | None:
     return store
 
 
-def _typed_ids(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec) -> list[Any]:
+# The entity type each FeatureStore's registry records, per entity name: read once per store,
+# not on every request. Weak keys, so a store evicted from _ONLINE_STORES takes its entry along;
+# the lock because the stores of several threads share the dictionary.
+_ENTITY_TYPES: weakref.WeakKeyDictionary[FeatureStore, dict[str, EntityType]] = weakref.WeakKeyDictionary()
+_ENTITY_TYPES_LOCK = threading.Lock()
+
+
+def _recorded_entity_type(store: FeatureStore, spec: DatasetSpec, registry: str) -> EntityType | None:
+    """The entity type in ``store``'s registry, cached per store; read again once if it is not there yet."""
+    with _ENTITY_TYPES_LOCK:
+        cached = _ENTITY_TYPES.get(store, {}).get(spec.entity_column)
+    if cached is not None:
+        return cached
+    found = _entity_type_in(store, spec, registry)
+    if found is None:
+        # Applied since this store last read the registry (the sync cache may not have looked yet).
+        store.refresh_registry()
+        found = _entity_type_in(store, spec, registry)
+    if found is not None:
+        with _ENTITY_TYPES_LOCK:
+            _ENTITY_TYPES.setdefault(store, {})[spec.entity_column] = found
+    return found
+
+
+def _forget_entity_types(store: FeatureStore) -> None:
+    """Drop ``store``'s cached entity types: its registry was read again and may have changed."""
+    with _ENTITY_TYPES_LOCK:
+        _ENTITY_TYPES.pop(store, None)
+
+
+def _typed_ids(entity_ids: list[Any], spec: DatasetSpec, entity_type: EntityType, origin: str) -> list[Any]:
+    """The ids as the entity's type: ints (refusing anything else) for ``int64``, strings for ``string``.
+
+    Args:
+        entity_ids: Ids as requested.
+        spec: The dataset spec (the entity column, for messages).
+        entity_type: The entity's type.
+        origin: Where the type comes from, for messages ("feast.entity_type is 'int64'").
+
+    Raises:
+        DataError: An id is not an integer for an ``int64`` entity.
+    """
     typed: list[Any] = []
     for entity_id in entity_ids:
-        if feast.entity_type == "string":
+        if entity_type == "string":
             typed.append(str(entity_id))
             continue
         try:
@@ -418,8 +632,7 @@ def _typed_ids(entity_ids: list[Any], spec: DatasetSpec, feast: FeastSpec) -> li
                 raise ValueError
         except (TypeError, ValueError):
             raise DataError(
-                f"entity id {entity_id!r} for column {spec.entity_column!r} is not an integer "
-                "(feast.entity_type is 'int64')"
+                f"entity id {entity_id!r} for column {spec.entity_column!r} is not an integer ({origin})"
             ) from None
         typed.append(int(entity_id))
     return typed

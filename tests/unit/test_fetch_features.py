@@ -451,7 +451,7 @@ def test_spark_and_redis_profile_renders_a_config_feast_accepts(tmp_path):
     assert config.online_store.connection_string == "redis.ctpipe.svc:6379,ssl=true"
     # The same feature view, read through Spark from the same Parquet folder.
     spec = _tiny_spec(tmp_path)
-    _, view = definitions(spec, feast, str(tmp_path / "ws"))
+    _, view = definitions(spec, feast, str(tmp_path / "ws"), entity_type="int64")
     assert isinstance(view.batch_source, SparkSource)
     assert view.batch_source.path == str(Path(offline_folder(spec, FEAST, str(tmp_path / "ws"))))
     assert view.batch_source.file_format == "parquet"
