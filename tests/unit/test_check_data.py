@@ -14,12 +14,13 @@ from components.common.errors import DataError
 from pipelines.check_data import check_data, source_schema
 from pipelines.cli import main
 from pipelines.config import parse_config
+from tests.data import churn_spec, write_churn
 from tests.helpers import ROOT
 
 
 def _config_file(tmp_path: Path, source: Path, **feast: Any) -> Path:
     raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
-    raw["dataset"]["source"] = str(source)
+    raw["dataset"] = churn_spec(source).model_dump(mode="json")  # the columns of tests/data.py
     raw["infra"]["workspace"] = str(tmp_path / "ws")
     raw["feast"].update(feast)
     path = tmp_path / f"ctpipe-{len(list(tmp_path.glob('ctpipe-*.yaml')))}.yaml"
@@ -29,10 +30,9 @@ def _config_file(tmp_path: Path, source: Path, **feast: Any) -> Path:
 
 @pytest.fixture(scope="module")
 def demo_data(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    from pipelines.demo_data import generate
-
-    path = tmp_path_factory.mktemp("demo") / "churn.parquet"
-    generate(str(path), windows=2, rows_per_window=200, seed=3)
+    """The tests' churn data (tests/data.py), which has the columns ctpipe.yaml names."""
+    path = tmp_path_factory.mktemp("churn") / "churn.parquet"
+    write_churn(path, windows=2, rows=200, seed=3)
     return path
 
 
@@ -68,7 +68,7 @@ def test_broken_data_fails_with_one_line_per_problem(tmp_path, demo_data):
     problems = lines[:-1]
     assert problems[0].startswith(f"dataset.numeric_features: column 'support_calls' is not in {source}; expected it")
     assert problems[1].startswith(f"dataset.categorical_features: column 'region' is not in {source}; expected it")
-    assert "found columns [avg_session_minutes, churned, customer_id," in problems[0]
+    assert "found columns [churned, customer_id, event_timestamp," in problems[0]
     assert problems[2:] == [
         "feast.entity_type: is 'string' but column 'customer_id' (dataset.entity_column) has type int64; "
         "expected strings, or leave feast.entity_type out to use 'int64'",
