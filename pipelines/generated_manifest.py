@@ -8,12 +8,15 @@ command line, and a test fails when the committed file differs from the renderin
 
 from __future__ import annotations
 
+import argparse
 import sys
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 import yaml
 
+from components.common.errors import CtpipeError
 from components.common.io import write_text
 
 
@@ -52,3 +55,36 @@ def emit(text: str, out: str | None, check: bool, source: str, regenerate: str) 
     if current != text:
         write_text(path, text)
     return 0
+
+
+def manifest_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``--config``, ``--out FILE`` and ``--check``, the options every generator's command line has."""
+    parser.add_argument(
+        "--config", required=True, metavar="PATH", help="Cluster configuration, e.g. manifests/base/ctpipe.yaml."
+    )
+    parser.add_argument("--out", default=None, metavar="FILE", help="Write the YAML here instead of stdout.")
+    parser.add_argument("--check", action="store_true", help="With --out: write nothing, exit 1 if FILE differs.")
+
+
+def run(
+    parser: argparse.ArgumentParser,
+    argv: Sequence[str] | None,
+    render: Callable[[argparse.Namespace], str],
+    regenerate: str,
+) -> int:
+    """Parse ``argv`` (the options of :func:`manifest_arguments`, and more), render; print, write or check it.
+
+    A :class:`CtpipeError` while rendering (a configuration that cannot give this manifest) is
+    printed with its hint, exit 1.
+    """
+    args = parser.parse_args(argv)
+    if args.check and not args.out:
+        parser.error("--check needs --out FILE: the file to compare with the rendering")
+    try:
+        text = render(args)
+    except CtpipeError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        if exc.hint:
+            print(f"hint: {exc.hint}", file=sys.stderr)
+        return 1
+    return emit(text, args.out, args.check, args.config, regenerate)

@@ -27,9 +27,8 @@ from collections.abc import Sequence
 from typing import Any
 from urllib.parse import urlsplit
 
-from components.common.errors import CtpipeError
 from pipelines.config import CtpipeConfig, load_config
-from pipelines.generated_manifest import dump_yaml, emit
+from pipelines.generated_manifest import dump_yaml, manifest_arguments, run
 
 NAME = "ctpipe-predictor"
 # The pods of an InferenceService carry its name under this label (KServe sets it on every revision).
@@ -128,20 +127,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         prog="python -m pipelines.network_policy",
         description="Render the predictor's NetworkPolicy of a cluster configuration (YAML on stdout, or --out FILE).",
     )
-    parser.add_argument(
-        "--config", required=True, metavar="PATH", help="Cluster configuration, e.g. manifests/base/ctpipe.yaml."
+    manifest_arguments(parser)
+    return run(
+        parser, argv, lambda args: dump_yaml(render_network_policy(load_config(args.config)), HEADER), REGENERATE
     )
-    parser.add_argument("--out", default=None, metavar="FILE", help="Write the YAML here instead of stdout.")
-    parser.add_argument("--check", action="store_true", help="With --out: write nothing, exit 1 if FILE differs.")
-    args = parser.parse_args(argv)
-    if args.check and not args.out:
-        parser.error("--check needs --out FILE: the file to compare with the rendering")
-    try:
-        text = dump_yaml(render_network_policy(load_config(args.config)), HEADER)
-    except CtpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 1
-    return emit(text, args.out, args.check, args.config, REGENERATE)
 
 
 if __name__ == "__main__":

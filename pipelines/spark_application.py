@@ -30,9 +30,9 @@ from pathlib import Path
 from typing import Any
 
 from components.common import spark_s3, storage
-from components.common.errors import ConfigError, CtpipeError
+from components.common.errors import ConfigError
 from pipelines.config import CtpipeConfig, load_config
-from pipelines.generated_manifest import dump_yaml, emit
+from pipelines.generated_manifest import dump_yaml, manifest_arguments, run
 
 API_VERSION = "sparkoperator.k8s.io/v1beta2"
 KIND = "ScheduledSparkApplication"
@@ -311,9 +311,6 @@ def main(argv: Sequence[str] | None = None) -> int:
         "ScheduledSparkApplication (YAML on stdout, or --out FILE).",
     )
     parser.add_argument(
-        "--config", required=True, metavar="PATH", help="Cluster configuration, e.g. manifests/base/ctpipe.yaml."
-    )
-    parser.add_argument(
         "--schedule",
         default=DEFAULT_SCHEDULE,
         metavar="CRON",
@@ -326,21 +323,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         metavar="URI",
         help="Where to write (default: s3://<bucket of dataset.source>/predictions/<serving.model_name>).",
     )
-    parser.add_argument("--out", default=None, metavar="FILE", help="Write the YAML here instead of stdout.")
-    parser.add_argument("--check", action="store_true", help="With --out: write nothing, exit 1 if FILE differs.")
-    args = parser.parse_args(argv)
-    if args.check and not args.out:
-        parser.error("--check needs --out FILE: the file to compare with the rendering")
-    try:
-        text = to_yaml(
-            render_scheduled_spark_application(load_config(args.config), args.schedule, args.input_uri, args.output_uri)
-        )
-    except CtpipeError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        if exc.hint:
-            print(f"hint: {exc.hint}", file=sys.stderr)
-        return 1
-    return emit(text, args.out, args.check, args.config, REGENERATE)
+    manifest_arguments(parser)
+
+    def render(args: argparse.Namespace) -> str:
+        config = load_config(args.config)
+        return to_yaml(render_scheduled_spark_application(config, args.schedule, args.input_uri, args.output_uri))
+
+    return run(parser, argv, render, REGENERATE)
 
 
 if __name__ == "__main__":
