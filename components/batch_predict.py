@@ -1,11 +1,14 @@
 """Batch scoring with Spark: one pinned model version over a snapshot, written atomically.
 
 The model is resolved once on the driver (an alias becomes a fixed version), loaded with
-MLflow and shipped to the executors as a broadcast of its cloudpickle bytes, so the same
-code runs in ``local[*]`` and on a cluster without a shared file system (and executors
-need not import MLflow). Each Python worker process unpickles the model once (a
-module-level cache keyed by the broadcast) and scores large Arrow batches with
-``mapInPandas``, one ``predict_proba`` call per batch.
+MLflow and shipped to the executors as a broadcast, so the same code runs in ``local[*]`` and
+on a cluster without a shared file system (and executors need not import MLflow). What is
+shipped depends on the version, as for the model server: its compiled ONNX model when infra
+validation chose ONNX for it and the file is the one registered, else the scikit-learn model's
+cloudpickle bytes (:mod:`components.common.batch_model`). Each Python worker loads the model once
+(a module-level cache keyed by the bytes' SHA-256) and scores large Arrow batches of the feature
+columns with a scalar-iterator Arrow UDF: one model call per batch, and the entity and timestamp
+columns never leave the JVM.
 
 Rows the model cannot take (missing entity or timestamp, null / NaN / infinite /
 non-numeric numeric features, null categorical features) are never scored silently:
@@ -34,7 +37,7 @@ nothing (every entry below it starts with ``_``, which Spark and pyarrow skip), 
 mixture of runs. A failed run leaves the marker, and so the previous output, untouched and
 removes its own prefix; a re-run commits a complete new run in one step, so it is idempotent.
 One writer per output at a time, as for a local folder: a run never deletes a run that started
-after it.
+after it. The session, reading and writing are :mod:`components.common.spark_batch`.
 
 The same job runs from the command line, ``python -m components.batch_predict --help``, or as this
 file under spark-submit: the Spark operator's ``mainApplicationFile`` in the components image
@@ -48,25 +51,28 @@ import contextlib
 import functools
 import json
 import os
-import re
 import shutil
 import sys
 import tempfile
-import uuid
-from collections.abc import Iterator, Sequence
-from dataclasses import dataclass
+import warnings
+from collections.abc import Sequence
 from datetime import UTC, datetime
-from pathlib import Path, PurePosixPath
-from typing import TYPE_CHECKING, Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Literal
 
-import numpy as np
-import pandas as pd
 from pydantic import BaseModel, ValidationError
 
-from components.common import spark_s3, storage, tracking
-from components.common.errors import ConfigError, CtpipeError, DataError, ModelNotFound, StorageError
-from components.common.io import atomic_path, remove_abandoned
+from components.common import batch_model, spark_batch, spark_s3, storage, tracking
+from components.common.batch_model import predict_with_proba
+from components.common.errors import ConfigError, CtpipeError, DataError, ModelNotFound
 from components.common.logs import get_logger
+from components.common.spark_batch import (
+    COMMIT_FILE,
+    PARTITION_COLUMN,
+    REJECTED_DIR,
+    RUNS_DIR,
+    SHUFFLE_PARTITIONS,
+)
 from components.common.validation import read_config_mapping, validation_problems
 from components.specs import DatasetSpec
 
@@ -75,22 +81,31 @@ if TYPE_CHECKING:
     from pyspark.sql import DataFrame, SparkSession
     from pyspark.sql.types import DataType
 
+__all__ = [
+    "ARROW_BATCH_ROWS",
+    "COMMIT_FILE",
+    "PARTITION_COLUMN",
+    "REJECTED_DIR",
+    "REJECT_REASON",
+    "RUNS_DIR",
+    "SHUFFLE_PARTITIONS",
+    "BatchPredictResult",
+    "batch_predict",
+    "dataset_from_config",
+    "dataset_from_json",
+    "main",
+    "predict_with_proba",
+    "predictions_path",
+]
+
 APP_NAME = "ctpipe-batch-predict"
-# Scoring is a narrow map; shuffles only happen for the rebalance, so few partitions suffice.
-SHUFFLE_PARTITIONS = 8
 # Rows per Arrow batch handed to the model: large enough to amortise the per-call overhead of a
-# scikit-learn pipeline (column transformer, validation), small enough to stay at a few tens of MB.
+# scikit-learn pipeline (column transformer, validation) and of the JVM-Python exchange, small enough
+# to stay at a few tens of MB per batch.
 ARROW_BATCH_ROWS = 100_000
-REJECTED_DIR = "_rejected"
 REJECT_REASON = "reject_reason"
-PARTITION_COLUMN = "date"
-# A remote output: one prefix per run below RUNS_DIR, and the marker naming the committed one.
-RUNS_DIR = "_runs"
-COMMIT_FILE = "_committed.json"
-COMMIT_FORMAT = 1
-_RUN_ID = re.compile(r"^\d{8}T\d{6}Z-[0-9a-f]{8}$")
-# Input files read as text, and their separators.
-_TEXT_SEPARATORS = {".csv": ",", ".tsv": "\t", ".txt": ","}
+# The struct column the scoring UDF returns, split into prediction and score right away.
+_SCORED = "_ctpipe_scored"
 
 # Session settings batch_predict relies on; set for the job and restored afterwards.
 _SESSION_CONF = {
@@ -103,9 +118,9 @@ _SESSION_CONF = {
     # all its rows by date first (Spark's default); it falls back to sorting past this many.
     "spark.sql.maxConcurrentOutputFileWriters": "64",
 }
-
-# Models loaded in this Python process, keyed by a token of the job (one load per executor worker).
-_MODELS: dict[str, Any] = {}
+# Parquet writer options of the predictions: a probability is nearly unique per row, so a dictionary
+# for it is built only to be thrown away once it outgrows its page.
+_WRITE_OPTIONS = {"parquet.enable.dictionary#score": "false"}
 
 log = get_logger("batch_predict")
 
@@ -121,6 +136,8 @@ class BatchPredictResult(BaseModel):
     model_uri: str
     model_version: str | None
     partitions: list[str]
+    # What scored the rows: the version's ONNX model or its scikit-learn model (components.common.batch_model).
+    runtime: Literal["sklearn", "onnx"] = "sklearn"
 
 
 def batch_predict(
@@ -173,12 +190,14 @@ def batch_predict(
     # Registry clients return versions as int, KFP passes them as str: compare them as text.
     model_version = str(model_version) if model_version not in (None, "") else None
     remote = [
-        path for path, field in ((input_path, "input_path"), (output_path, "output_path")) if _remote(path, field)
+        path
+        for path, field in ((input_path, "input_path"), (output_path, "output_path"))
+        if spark_batch.check_location(path, field)
     ]
     if remote:
         # Before any work: a wrong endpoint or half a key pair is named now, not after the model download.
         spark_s3.hadoop_settings()
-    source = _input_schema(input_path)
+    source = spark_batch.input_schema(input_path)
     needed = [spec.entity_column, spec.timestamp_column, *spec.feature_columns]
     missing = [c for c in needed if c not in source.columns]
     if missing:
@@ -191,48 +210,60 @@ def batch_predict(
     scored_at = datetime.now(UTC).replace(microsecond=0)
     workdir = Path(tempfile.mkdtemp(prefix="ctpipe-model-"))
     try:
-        import cloudpickle
-
         model_dir = _download_model(download_uri, tracking_uri, workdir)
+        client = tracking.registry_client(tracking_uri)
         # Unpickled only after the SHA-256 that train recorded matched; executors get these checked bytes' model.
-        model = tracking.load_downloaded_model(model_dir, download_uri, tracking.registry_client(tracking_uri))
-        features = _model_features(model, spec, model_uri)
-        prediction_type = _prediction_type(model, spec, model_uri)
-        # cloudpickle, as MLflow stores tree models: classes defined in a notebook travel by value.
-        model_bytes = cloudpickle.dumps(model)
+        model = tracking.load_downloaded_model(model_dir, download_uri, client)
+        features = batch_model.model_features(model, spec, model_uri)
+        prediction_type = batch_model.prediction_type(model, spec, model_uri)
+        choice = batch_model.choose_runtime(
+            model, model_dir, _version_tags(client, model_name, model_version), spec, features
+        )
+        log.info("batch scoring runtime", extra={"runtime": choice.runtime, "reason": choice.reason})
 
         from pyspark.sql import Observation
         from pyspark.sql import functions as F
+        from pyspark.sql import types as T
 
+        job = batch_model.scoring_job(
+            choice,
+            model,
+            features,
+            classifier=spec.task == "binary_classification",
+            string_labels=isinstance(prediction_type, T.StringType),
+        )
         with (
             _session(spark, spark_master, s3=bool(remote)) as session,
             spark_s3.s3a_configured(session, remote) if remote else contextlib.nullcontext(),
             # The store's refusals (keys, bucket, endpoint) name the location; other errors pass unchanged.
             spark_s3.spark_errors(input_path, output_path),
         ):
-            shipped = session.sparkContext.broadcast(model_bytes)
-            _spread_input(session, source)
-            raw = _read(session, input_path, source)
-            with_reason = raw.withColumn(REJECT_REASON, F.expr(_reject_reason(spec)))
-            rejected = with_reason.filter(F.col(REJECT_REASON) != "")
-            # Counted while the scoring job reads the input, so a clean input is read only once.
-            counted = Observation("rejected")
-            checked = with_reason.observe(counted, F.sum((F.col(REJECT_REASON) != "").cast("long")).alias("rows"))
-            good = checked.filter(F.col(REJECT_REASON) == "").selectExpr(
-                _quote(spec.entity_column),
-                *[f"{_cast_sql(c, spec)} AS {_quote(c)}" for c in [spec.timestamp_column, *features]],
+            shipped = session.sparkContext.broadcast(choice.payload)
+            spark_batch.spread_input(session, source)
+            raw = spark_batch.read_input(session, input_path, source)
+            # Why a row is rejected is spelled out only for the rejected rows; the scoring pass tests a condition.
+            rejectable = _rejectable(spec)
+            rejected = raw.filter(rejectable).withColumn(REJECT_REASON, F.expr(_reject_reason(spec)))
+            # Counted while the scoring job reads the input: rows read but not written were rejected.
+            read = Observation("read")
+            good = (
+                raw.observe(read, F.count(F.lit(1)).alias("rows"))
+                .filter(f"NOT ({rejectable})")
+                .selectExpr(
+                    _quote(spec.entity_column),
+                    *[f"{_cast_sql(c, spec)} AS {_quote(c)}" for c in [spec.timestamp_column, *features]],
+                )
             )
-            parallelism = session.sparkContext.defaultParallelism
-            if good.rdd.getNumPartitions() < parallelism:
-                # A file of one row group is one partition; spread it so every core scores. Hash
+            if spark_batch.needs_spreading(session, good, source):
+                # A file of one row group is read by one task; spread it so every core scores. Hash
                 # partitioning by entity is deterministic, so unlike round robin it needs no sort.
-                good = good.repartition(parallelism, spec.entity_column)
-            scored = _score(good, spec, features, shipped, prediction_type, model_name, model_version, scored_at)
-            output = _Output(scored, rejected, counted)
+                good = good.repartition(session.sparkContext.defaultParallelism, spec.entity_column)
+            scored = _score(good, spec, job, shipped, prediction_type, model_name, model_version, scored_at)
+            output = spark_batch.Output(scored, rejected, read, dict(_WRITE_OPTIONS))
             if spark_s3.is_s3(output_path):
-                written = _write_remote(session, output, output_path, scored_at, model_uri, model_version)
+                written = spark_batch.write_remote(session, output, output_path, scored_at, model_uri, model_version)
             else:
-                written = _write_local(session, output, output_path)
+                written = spark_batch.write_local(session, output, output_path)
             shipped.destroy()
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -245,12 +276,13 @@ def batch_predict(
         model_uri=model_uri,
         model_version=model_version,
         partitions=written.partitions,
+        runtime=choice.runtime,
     )
     log.info("batch predictions written", extra=result.model_dump())
     if written.bad_rows:
         log.warning(
             "rows rejected",
-            extra={"bad_rows": written.bad_rows, "rejected_path": _rejected_path(written.data_path)},
+            extra={"bad_rows": written.bad_rows, "rejected_path": spark_batch.rejected_path(written.data_path)},
         )
     return result
 
@@ -273,7 +305,7 @@ def predictions_path(output_path: str) -> str:
     """
     if not storage.is_remote(output_path):
         return output_path
-    commit = _read_commit(output_path)
+    commit = spark_batch.read_commit(output_path)
     if commit is None:
         raise DataError(
             f"{storage.redact(output_path)}: no committed batch predictions (no {COMMIT_FILE}); a batch_predict "
@@ -282,181 +314,7 @@ def predictions_path(output_path: str) -> str:
     return storage.join(output_path, RUNS_DIR, commit["run"])
 
 
-# --- executor side -----------------------------------------------------------------------
-
-
-def _load_cached(shipped: Broadcast[bytes], key: str) -> Any:
-    """Unpickle the broadcast model once per process."""
-    model = _MODELS.get(key)
-    if model is None:
-        import pickle
-
-        model = pickle.loads(shipped.value)  # cloudpickle output loads with plain pickle
-        # Keep one model per process: a long-lived worker may serve many jobs.
-        _MODELS.clear()
-        _MODELS[key] = model
-    return model
-
-
-def predict_with_proba(model: Any, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Class labels and positive-class probabilities from a single ``predict_proba`` call.
-
-    The label is the class with the highest probability (ties go to the first class), which
-    is what scikit-learn's classifiers' ``predict`` returns; computing it from the
-    probabilities halves the work per batch.
-
-    Args:
-        model: A fitted binary classifier with ``predict_proba`` and ``classes_``.
-        frame: Feature columns.
-
-    Returns:
-        The labels and the probabilities of ``classes_[1]``.
-    """
-    proba = np.asarray(model.predict_proba(frame))
-    return np.asarray(model.classes_)[np.argmax(proba, axis=1)], proba[:, 1].astype(float)
-
-
-def _score_batches(
-    batches: Iterator[pd.DataFrame],
-    *,
-    shipped: Broadcast[bytes],
-    model_key: str,
-    entity: str,
-    timestamp: str,
-    features: list[str],
-    classifier: bool,
-    string_labels: bool,
-) -> Iterator[pd.DataFrame]:
-    """``mapInPandas`` body: score each Arrow batch with the process-wide cached model.
-
-    Spark already runs one task per core, so native thread pools (OpenMP in gradient boosting,
-    BLAS) are limited to ``spark.task.cpus`` threads to avoid oversubscribing the executor.
-    """
-    from pyspark import TaskContext
-    from threadpoolctl import threadpool_limits
-
-    model = _load_cached(shipped, model_key)
-    context = TaskContext.get()
-    threads = int(context.cpus()) if context is not None else 1
-    with threadpool_limits(limits=max(threads, 1)):
-        for batch in batches:
-            frame = batch[features]
-            if classifier:
-                prediction, score = predict_with_proba(model, frame)
-            else:
-                prediction, score = np.asarray(model.predict(frame), dtype=float), np.full(len(batch), np.nan)
-            if string_labels:
-                prediction = prediction.astype(str)
-            yield pd.DataFrame(
-                {entity: batch[entity], timestamp: batch[timestamp], "prediction": prediction, "score": score}
-            )
-
-
 # --- driver side -------------------------------------------------------------------------
-
-
-def _remote(location: str, field: str) -> bool:
-    """Whether ``location`` (the argument ``field``) is in an object store; only ``s3://`` and ``s3a://`` are.
-
-    Raises:
-        ConfigError: Another protocol (Spark here has the s3a connector only), no bucket, or credentials in it.
-    """
-    if not storage.is_remote(location):
-        return False
-    if not spark_s3.is_s3(location):
-        raise ConfigError(
-            f"{field}: {storage.redact(location)}: batch_predict on Spark reads and writes local paths and s3:// "
-            f"(or s3a://) URIs; found a {storage.protocol(location)}:// URI"
-        )
-    spark_s3.check_s3_location(location, field)
-    return True
-
-
-@dataclass(frozen=True)
-class _Input:
-    """What the driver learns about the input before Spark starts."""
-
-    columns: list[str]
-    # Columns stored as nanosecond timestamps (Spark reads them as longs).
-    nanos_columns: list[str]
-    # The separator of a text (CSV / TSV) file; None for Parquet.
-    separator: str | None
-    # Bytes of the Parquet files (0 for text), to size the input splits.
-    parquet_bytes: int
-
-
-def _input_schema(path: str) -> _Input:
-    """Column names of the input and the ones stored as nanosecond timestamps, without Spark."""
-    if storage.is_remote(path):
-        return _remote_input_schema(path)
-    source = Path(path)
-    if not source.exists():
-        raise DataError(f"{path}: no such file or folder")
-    separator = _TEXT_SEPARATORS.get(source.suffix.lower()) if source.is_file() else None
-    if separator is not None:
-        try:
-            header = pd.read_csv(source, nrows=0, sep=separator)
-        except (ValueError, OSError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise DataError(f"{path}: not a readable CSV file: {exc}") from exc
-        return _Input([str(c) for c in header.columns], [], separator, 0)
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    try:
-        schema = ds.dataset(str(source), format="parquet", partitioning="hive").schema
-    except (pa.ArrowInvalid, OSError) as exc:
-        raise DataError(f"{path}: not a readable Parquet file or folder: {exc}") from exc
-    files = [source] if source.is_file() else list(source.rglob("*.parquet"))
-    return _Input(list(schema.names), _nanos(schema), None, sum(f.stat().st_size for f in files))
-
-
-def _nanos(schema: Any) -> list[str]:
-    import pyarrow as pa
-
-    return [f.name for f in schema if pa.types.is_timestamp(f.type) and f.type.unit == "ns"]
-
-
-def _remote_input_schema(location: str) -> _Input:
-    """:func:`_input_schema` of an object: the header or the Parquet footers, read through fsspec."""
-    import pyarrow as pa
-    import pyarrow.dataset as ds
-
-    shown = storage.redact(location)
-    fs, path = storage.filesystem(location)
-    with storage.store_errors(location):
-        if not fs.exists(path):
-            raise DataError(f"{shown}: no such object or prefix")
-        folder = bool(fs.isdir(path))
-    separator = None if folder else _TEXT_SEPARATORS.get(PurePosixPath(path).suffix.lower())
-    if separator is not None:
-        try:
-            with storage.open_read(location) as handle:
-                header = pd.read_csv(handle, nrows=0, sep=separator)
-        except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
-            raise DataError(f"{shown}: not a readable CSV file: {exc}") from exc
-        return _Input([str(c) for c in header.columns], [], separator, 0)
-    try:
-        with storage.store_errors(location):
-            schema = ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").schema
-            if folder:
-                found = fs.find(path, detail=True).items()
-                sizes = [int(info["size"]) for key, info in found if key.endswith(".parquet")]
-            else:
-                sizes = [int(fs.size(path))]
-    except pa.ArrowInvalid as exc:
-        raise DataError(f"{shown}: not a readable Parquet object or prefix: {exc}") from exc
-    return _Input(list(schema.names), _nanos(schema), None, sum(sizes))
-
-
-def _stop_running_tasks(session: SparkSession, timeout: float = 30.0) -> None:
-    """Cancel this session's jobs and wait until no stage is active, so nothing writes afterwards."""
-    import time
-
-    context = session.sparkContext
-    context.cancelAllJobs()
-    deadline = time.monotonic() + timeout
-    while context.statusTracker().getActiveStageIds() and time.monotonic() < deadline:
-        time.sleep(0.1)
 
 
 def _resolve_model(model_uri: str, tracking_uri: str, model_version: str | None) -> tuple[str, str, str | None]:
@@ -513,124 +371,20 @@ def _download_model(model_uri: str, tracking_uri: str, dst: Path) -> Path:
     return model_dir
 
 
-def _model_features(model: Any, spec: DatasetSpec, model_uri: str) -> list[str]:
-    """Feature columns in the order the model was fitted with; must match the spec as a set."""
-    fitted = getattr(model, "feature_names_in_", None)
-    if fitted is None:
-        return spec.feature_columns
-    fitted = [str(c) for c in fitted]
-    if set(fitted) != set(spec.feature_columns):
-        raise ConfigError(
-            f"model {model_uri} was fitted on features {sorted(fitted)} but the dataset spec lists "
-            f"{sorted(spec.feature_columns)}: missing from spec {sorted(set(fitted) - set(spec.feature_columns))}, "
-            f"unknown to model {sorted(set(spec.feature_columns) - set(fitted))}"
-        )
-    return fitted
+def _version_tags(client: Any, model_name: str, model_version: str | None) -> dict[str, str]:
+    """The registered version's tags (which runtime infra validation chose); none for a logged model."""
+    if model_version is None or model_name.startswith("models:/"):
+        return {}
+    from components.common.registry import get_version
+
+    return dict(get_version(client, model_name, model_version).tags or {})
 
 
-def _prediction_type(model: Any, spec: DatasetSpec, model_uri: str) -> DataType:
-    """Spark type of the ``prediction`` column, checking the model fits the task."""
-    from pyspark.sql import types as T
-
-    if spec.task == "regression":
-        return T.DoubleType()
-    classes = getattr(model, "classes_", None)
-    if not hasattr(model, "predict_proba") or classes is None:
-        raise ConfigError(
-            f"model {model_uri} has no predict_proba/classes_; task binary_classification needs a classifier"
-        )
-    if len(classes) != 2:
-        raise ConfigError(
-            f"model {model_uri} has {len(classes)} classes {list(classes)}; expected 2 for binary_classification"
-        )
-    dtype = np.asarray(classes).dtype
-    if np.issubdtype(dtype, np.bool_):
-        return T.BooleanType()
-    if np.issubdtype(dtype, np.integer):
-        return T.LongType()
-    if np.issubdtype(dtype, np.floating):
-        return T.DoubleType()
-    return T.StringType()
-
-
-@contextlib.contextmanager
-def _session(spark: SparkSession | None, master: str | None, s3: bool = False) -> Iterator[SparkSession]:
-    """Yield a session with the settings scoring needs; stop it afterwards only if created here.
-
-    With ``s3`` a new session gets the s3a jars (unless they are on Spark's classpath already, as
-    in the image) and the environment's non-secret ``fs.s3a.*`` settings; the keys are set later, on
-    the running session only (:func:`components.common.spark_s3.s3a_configured`).
-
-    A ``master`` of None leaves ``spark.master`` to the process: what spark-submit was given (the
-    Spark operator's driver pod), else Spark's own default, ``local[*]``.
-    """
-    from pyspark.sql import SparkSession
-
-    owned = False
-    if spark is None:
-        spark = SparkSession.getActiveSession()
-        if spark is not None:
-            log.info("reusing the active Spark session", extra={"requested_master": master})
-    if spark is None:
-        os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
-        builder = (
-            SparkSession.builder.appName(APP_NAME)
-            .config("spark.sql.shuffle.partitions", str(SHUFFLE_PARTITIONS))
-            .config("spark.ui.enabled", "false")
-            .config("spark.ui.showConsoleProgress", "false")
-        )
-        if master is not None:
-            builder = builder.master(master)
-        for key, value in _SESSION_CONF.items():
-            builder = builder.config(key, value)
-        # The jars are downloaded once per machine and verified against the pins.
-        for key, value in (spark_s3.session_conf() if s3 else {}).items():
-            builder = builder.config(key, value)
-        spark = builder.getOrCreate()
-        owned = True
-    # Also restored: the split size that _spread_input sets per input.
-    restored = [*_SESSION_CONF, "spark.sql.files.maxPartitionBytes"]
-    previous: dict[str, str | None] = {key: spark.conf.get(key, None) for key in restored}
-    for key, value in _SESSION_CONF.items():
-        spark.conf.set(key, value)
-    try:
-        yield spark
-    finally:
-        if owned:
-            spark.stop()
-        else:
-            for key, old in previous.items():
-                if old is None:
-                    spark.conf.unset(key)
-                else:
-                    spark.conf.set(key, old)
-
-
-def _spread_input(spark: SparkSession, source: _Input) -> None:
-    """Cap the bytes per input split so a file with several row groups is read by every core.
-
-    Spark reads a Parquet row group in one task; by default a split is up to 128 MB, so a
-    file below that would be read, and then scored, by one core.
-    """
-    if source.separator is not None:
-        return
-    cores = max(spark.sparkContext.defaultParallelism, 1)
-    spark.conf.set("spark.sql.files.maxPartitionBytes", str(max(source.parquet_bytes // cores + 1, 1 << 20)))
-
-
-def _read(spark: SparkSession, path: str, source: _Input) -> DataFrame:
-    """Read the input with Spark; nanosecond timestamps arrive as longs and become timestamps."""
-    from pyspark.sql import functions as F
-
-    location = spark_s3.to_s3a(path) if spark_s3.is_s3(path) else path
-    if source.separator is not None:
-        return spark.read.csv(location, header=True, sep=source.separator)
-    frame = spark.read.parquet(location)
-    for column in source.nanos_columns:
-        quoted = "`" + column.replace("`", "``") + "`"
-        # Integer division: a double cannot hold 19-digit nanoseconds exactly.
-        frame = frame.withColumn(column, F.expr(f"timestamp_micros(div({quoted}, 1000))"))
-    return frame
+def _session(
+    spark: SparkSession | None, master: str | None, s3: bool = False
+) -> contextlib.AbstractContextManager[SparkSession]:
+    """:func:`components.common.spark_batch.session` with this job's settings (:data:`_SESSION_CONF`)."""
+    return spark_batch.session(spark, master, _SESSION_CONF, app_name=APP_NAME, s3=s3)
 
 
 def _quote(name: str) -> str:
@@ -677,231 +431,56 @@ def _reject_reason(spec: DatasetSpec) -> str:
     return f"concat_ws('; ', {', '.join(reasons)})"
 
 
+def _rejectable(spec: DatasetSpec) -> str:
+    """SQL that is true exactly when :func:`_reject_reason` is not empty: a row that cannot be scored.
+
+    The scoring pass only needs this condition; building a reason string for every row cost the
+    JVM more than the condition itself.
+    """
+    conditions = [f"{_quote(spec.entity_column)} IS NULL", f"{_cast_sql(spec.timestamp_column, spec)} IS NULL"]
+    for name in spec.numeric_features:
+        value = _cast_sql(name, spec)
+        conditions.append(f"{value} IS NULL OR isnan({value}) OR abs({value}) = CAST('Infinity' AS DOUBLE)")
+    conditions += [f"{_quote(name)} IS NULL" for name in spec.categorical_features]
+    return " OR ".join(f"({condition})" for condition in conditions)
+
+
 def _score(
     good: DataFrame,
     spec: DatasetSpec,
-    features: list[str],
+    job: batch_model.ScoringJob,
     shipped: Broadcast[bytes],
     prediction_type: DataType,
     model_name: str,
     model_version: str | None,
     scored_at: datetime,
 ) -> DataFrame:
-    """Scored rows with the constant model columns and the date partition column."""
+    """Scored rows with the constant model columns and the date partition column.
+
+    Only the feature columns go to Python (a scalar-iterator Arrow UDF over the model's features),
+    and a struct of ``prediction`` and ``score`` comes back; the entity and timestamp stay in the JVM.
+    """
     from pyspark.sql import functions as F
     from pyspark.sql import types as T
+    from pyspark.sql.functions import ArrowUDFType, arrow_udf
 
-    schema = T.StructType(
-        [
-            good.schema[spec.entity_column],
-            T.StructField(spec.timestamp_column, T.TimestampType()),
-            T.StructField("prediction", prediction_type),
-            T.StructField("score", T.DoubleType()),
-        ]
-    )
-    body = functools.partial(
-        _score_batches,
-        shipped=shipped,
-        model_key=uuid.uuid4().hex,
-        entity=spec.entity_column,
-        timestamp=spec.timestamp_column,
-        features=features,
-        classifier=spec.task == "binary_classification",
-        string_labels=isinstance(prediction_type, T.StringType),
-    )
-    return good.mapInPandas(body, schema).select(
-        "*",
+    returned = T.StructType([T.StructField("prediction", prediction_type), T.StructField("score", T.DoubleType())])
+    body = functools.partial(batch_model.score_batches, shipped=shipped, job=job)
+    with warnings.catch_warnings():
+        # A partial has no type hints to tell the UDF's kind from, so the kind is given (which PySpark frowns at).
+        warnings.filterwarnings("ignore", "It is preferred to specify type hints", UserWarning)
+        scores = arrow_udf(body, returned, ArrowUDFType.SCALAR_ITER)  # type: ignore[call-overload]
+    entity, timestamp = _quote(spec.entity_column), _quote(spec.timestamp_column)
+    return good.select(entity, timestamp, scores(*[F.col(_quote(c)) for c in job.features]).alias(_SCORED)).select(
+        entity,
+        timestamp,
+        F.col(f"{_SCORED}.prediction").alias("prediction"),
+        F.col(f"{_SCORED}.score").alias("score"),
         F.lit(model_name).alias("model_name"),
         F.lit(model_version).cast("string").alias("model_version"),
         F.lit(scored_at).cast("timestamp").alias("scored_at"),
-        F.to_date(F.col(spec.timestamp_column)).alias(PARTITION_COLUMN),
+        F.to_date(F.col(timestamp)).alias(PARTITION_COLUMN),
     )
-
-
-def _summarise(folder: Path | str) -> tuple[int, list[str]]:
-    """Rows written (from Parquet footers) and the date partitions, read back from the folder or prefix."""
-    if isinstance(folder, Path):
-        names = [p.name for p in folder.iterdir() if p.is_dir()]
-    else:
-        fs, path = storage.filesystem(folder)
-        with storage.store_errors(folder):
-            names = [PurePosixPath(str(entry)).name for entry in fs.ls(path, detail=False)]
-    partitions = sorted(name.split("=", 1)[1] for name in names if name.startswith(f"{PARTITION_COLUMN}="))
-    if not partitions:
-        return 0, []
-    return _count_rows(folder), partitions
-
-
-def _count_rows(folder: Path | str) -> int:
-    """Rows in a folder (or prefix) of Parquet files, from their footers (entries starting with ``_`` are skipped)."""
-    import pyarrow.dataset as ds
-
-    if isinstance(folder, Path):
-        return int(ds.dataset(str(folder), format="parquet", partitioning="hive").count_rows())
-    fs, path = storage.filesystem(folder)
-    with storage.store_errors(folder):
-        return int(ds.dataset(path, filesystem=fs, format="parquet", partitioning="hive").count_rows())
-
-
-# --- writing the output ----------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class _Output:
-    """The lazy frames a job writes, and the count of rejected rows the scoring job observes."""
-
-    scored: DataFrame
-    rejected: DataFrame
-    counted: Any  # pyspark.sql.Observation
-
-
-@dataclass(frozen=True)
-class _Written:
-    rows: int
-    bad_rows: int
-    partitions: list[str]
-    data_path: str
-
-
-def _rejected_path(data_path: str) -> str:
-    if storage.is_remote(data_path):
-        return storage.join(data_path, REJECTED_DIR)
-    return str(Path(data_path) / REJECTED_DIR)
-
-
-def _write_local(session: SparkSession, output: _Output, output_path: str) -> _Written:
-    """Write to a temporary folder beside ``output_path`` and swap it into place."""
-    # A killed job's temporary output is large: remove it now that its owner is provably dead (pid gone,
-    # or reused: io checks the process start time), not only once it is old. atomic_path records this
-    # process as the owner of its own temporary folder.
-    remove_abandoned(output_path, max_age_seconds=0)
-    with atomic_path(output_path) as tmp:
-        try:
-            output.scored.write.partitionBy(PARTITION_COLUMN).parquet(str(tmp))
-            bad_rows = int(output.counted.get.get("rows") or 0)
-            if bad_rows:
-                output.rejected.write.parquet(str(tmp / REJECTED_DIR))
-                bad_rows = _count_rows(tmp / REJECTED_DIR)
-        except Exception:
-            # Other tasks of a failed job may still be writing; stop them before the folder is removed.
-            _stop_running_tasks(session)
-            raise
-        rows, partitions = _summarise(tmp)
-    return _Written(rows, bad_rows, partitions, str(output_path))
-
-
-def _write_remote(
-    session: SparkSession,
-    output: _Output,
-    output_path: str,
-    scored_at: datetime,
-    model_uri: str,
-    model_version: str | None,
-) -> _Written:
-    """Write a run's own prefix below ``output_path``, then commit it with the marker (see the module docstring)."""
-    run = f"{scored_at:%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:8]}"
-    data = storage.join(output_path, RUNS_DIR, run)
-    try:
-        output.scored.write.partitionBy(PARTITION_COLUMN).parquet(spark_s3.to_s3a(data))
-        bad_rows = int(output.counted.get.get("rows") or 0)
-        if bad_rows:
-            output.rejected.write.parquet(spark_s3.to_s3a(_rejected_path(data)))
-            bad_rows = _count_rows(_rejected_path(data))
-        rows, partitions = _summarise(data)
-        # Read now, not when the job started: the run this one replaces is the one committed last.
-        committed = _read_commit(output_path)
-        previous: str | None = committed["run"] if committed else None
-        commit = {
-            "format": COMMIT_FORMAT,
-            "run": run,
-            "previous": previous,
-            "rows": rows,
-            "bad_rows": bad_rows,
-            "partitions": partitions,
-            "model_uri": model_uri,
-            "model_version": model_version,
-            "scored_at": scored_at.isoformat(),
-        }
-        # The commit: one PUT, which the store publishes whole. Before it nothing names this run.
-        storage.write_json(storage.join(output_path, COMMIT_FILE), commit)
-    except BaseException:
-        # Other tasks of a failed job may still be writing; stop them before the prefix is removed.
-        _stop_running_tasks(session)
-        _remove_prefix(data)
-        raise
-    _remove_superseded(output_path, run, previous)
-    return _Written(rows, bad_rows, partitions, data)
-
-
-def _read_commit(output_path: str) -> dict[str, Any] | None:
-    """The marker of ``output_path``'s committed run, checked; None if no run was committed.
-
-    Raises:
-        DataError: The marker is not a JSON object naming a run as :func:`batch_predict` writes it.
-    """
-    marker = storage.join(output_path, COMMIT_FILE)
-    shown = storage.redact(marker)
-    try:
-        text = storage.read_text(marker)
-    except FileNotFoundError:
-        return None
-    try:
-        commit = json.loads(text)
-    except ValueError as exc:
-        raise DataError(f"{shown}: not JSON ({exc}); expected the commit marker batch_predict writes") from exc
-    if not isinstance(commit, dict):
-        raise DataError(f"{shown}: expected a JSON object, found {type(commit).__name__}")
-    run = commit.get("run")
-    if not isinstance(run, str) or not _RUN_ID.match(run):
-        raise DataError(f"{shown}: field 'run' must be a run id like 20260105T120000Z-0123abcd, found {run!r}")
-    if commit.get("format") != COMMIT_FORMAT:
-        raise DataError(f"{shown}: field 'format' must be {COMMIT_FORMAT}, found {commit.get('format')!r}")
-    return commit
-
-
-def _remove_prefix(location: str) -> None:
-    """Remove everything below ``location`` (best effort: a failure is logged, the caller's error matters more)."""
-    fs, path = storage.filesystem(location)
-    path = path.rstrip("/")
-    try:
-        with storage.store_errors(location):
-            files = list(fs.find(path))
-            # A store backed by a file system (SeaweedFS) keeps emptied folders, listed as prefixes, until each
-            # "folder/" key is deleted, deepest first; on S3 those keys do not exist and deleting them is a no-op.
-            folders = {path} | {str(PurePosixPath(f).parent) for f in files}
-            folders |= {str(parent) for f in folders for parent in PurePosixPath(f).parents}
-            if files:
-                fs.rm(files)
-            for folder in sorted((f for f in folders if f == path or f.startswith(path + "/")), key=len, reverse=True):
-                bucket, _, key = folder.partition("/")
-                fs.call_s3("delete_object", Bucket=bucket, Key=key + "/")
-    except Exception as exc:
-        log.warning(
-            "cannot remove an uncommitted run",
-            extra={"prefix": storage.redact(location), "error": spark_s3.scrub(str(exc))[:300]},
-        )
-
-
-def _remove_superseded(output_path: str, run: str, previous: str | None) -> None:
-    """Delete the runs below ``output_path`` that no reader needs any more.
-
-    Kept: this run, the previous committed one (a reader may have resolved the marker just before
-    this commit) and any run that started after this one (another writer's, maybe still writing).
-    Everything else started earlier and is either superseded or was abandoned by a failed job.
-    """
-    runs = storage.join(output_path, RUNS_DIR)
-    fs, path = storage.filesystem(runs)
-    try:
-        with storage.store_errors(runs):
-            entries = [PurePosixPath(str(entry)).name for entry in fs.ls(path, detail=False)]
-    except (FileNotFoundError, StorageError) as exc:
-        log.warning("cannot list earlier runs", extra={"prefix": storage.redact(runs), "error": str(exc)[:300]})
-        return
-    for name in sorted(entries):
-        if name in (run, previous) or not _RUN_ID.match(name) or name > run:
-            continue
-        log.info("removing a superseded run", extra={"prefix": storage.redact(storage.join(runs, name))})
-        _remove_prefix(storage.join(runs, name))
 
 
 # --- command line: python -m components.batch_predict, or this file run by spark-submit ------------------------
