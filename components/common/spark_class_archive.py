@@ -117,6 +117,8 @@ def plan() -> Plan:
         # Only this user reads and writes the folder: the JVM trusts what it maps from an archive.
         folder.mkdir(mode=0o700, parents=True, exist_ok=True)
         _remove_old(folder, "*.classlist", _STALE_LIST_SECONDS)
+        _remove_old(folder, "*.classpath", _STALE_LIST_SECONDS)  # of a dump that found another one running
+        _remove_old(folder, "*.partial", _STALE_LOCK_SECONDS)  # of a dump process that was killed
         if _locked(archive):
             return Plan()  # another process is making it
         class_list = folder / f"{archive.stem}.{os.getpid()}.classlist"
@@ -241,7 +243,7 @@ def _spark_home() -> Path:
 
 def _agent_options() -> bool:
     """Whether the environment may give the driver JVM an agent or Flight Recorder."""
-    markers = ("-javaagent", "-agentlib", "-agentpath", "FlightRecorder", "StartFlightRecording")
+    markers = ("-javaagent", "-agentlib", "-agentpath", "-Xrun", "FlightRecorder", "StartFlightRecording")
     names = ("JAVA_TOOL_OPTIONS", "JDK_JAVA_OPTIONS", "_JAVA_OPTIONS", "SPARK_SUBMIT_OPTS", "SPARK_DAEMON_JAVA_OPTS")
     texts = [os.environ.get(name, "") for name in names]
     conf_dir = Path(os.environ.get("SPARK_CONF_DIR") or _spark_home() / "conf")
