@@ -41,8 +41,11 @@ lint: $(STAMP)  ## ruff (style, Google docstrings) and mypy.
 	$(BIN)/ruff format --check .
 	$(BIN)/mypy
 
-test: $(STAMP) java lint  ## Lint, type-check and run every test.
-	$(BIN)/pytest --durations=20
+# Two workers (one per core of the reference machine), each taking whole modules so a module's
+# servers and trained fixtures are built once; the heaviest modules start first (tests/conftest.py).
+TEST_WORKERS ?= 2
+test: $(STAMP) java lint  ## Lint, type-check and run every test (TEST_WORKERS=1 for one process).
+	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder --durations=20
 
 # The images: tags come from infra.images (ctpipe/<kind>:<package version>); builds are offline
 # from a wheelhouse. BASE_IMAGE=... and CA_BUNDLE=proxy-ca.pem (a build secret) are optional.

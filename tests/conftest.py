@@ -22,8 +22,34 @@ os.environ.setdefault("GX_ANALYTICS_ENABLED", "False")
 os.environ.setdefault("MLFLOW_ENABLE_TELEMETRY", "false")
 os.environ.setdefault("DO_NOT_TRACK", "1")
 
+# pytest-xdist's workers run under execnet, whose __main__ has neither __spec__ nor __file__. pyspark's
+# connect package then takes itself for a doctest run and calls sys.exit(0) when Great Expectations
+# imports it (only to probe for Spark Connect); a file name makes the worker look like any script.
+_MAIN = sys.modules["__main__"]
+if getattr(_MAIN, "__spec__", None) is None and not hasattr(_MAIN, "__file__"):
+    _MAIN.__file__ = "<pytest-xdist worker>"
+
 SMALL_ROWS = 600
 ROOT = Path(__file__).resolve().parents[1]
+
+
+# --- the heaviest modules first --------------------------------------------------------------------
+# `make test` runs two workers, each taking whole modules (--dist loadfile) in collection order. A
+# module of several minutes that starts last leaves the other core idle until it ends, so modules
+# marked `slow(seconds=...)` (their cost on the 2-core reference machine) are collected first, the
+# heaviest first; the rest keep pytest-randomly's shuffled order.
+@pytest.hookimpl(trylast=True)
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    def module(item: pytest.Item) -> str:
+        return item.nodeid.split("::")[0]
+
+    cost: dict[str, float] = {}
+    for item in items:
+        marker = item.get_closest_marker("slow")
+        seconds = float(marker.kwargs.get("seconds", 1.0)) if marker else 0.0
+        cost[module(item)] = max(cost.get(module(item), 0.0), seconds)
+    items.sort(key=lambda item: -cost[module(item)])  # stable: the order within a cost is kept
+
 
 # --- nothing stray in the repository root -------------------------------------------------------
 # What a test run may add to the repository root: pytest's and hypothesis's caches, and out/ in a run

@@ -29,7 +29,7 @@ from components.train import train
 from pipelines.runner import window_params
 from tests.helpers import data_docs_sections, small_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=160)
 
 
 @pytest.fixture(scope="module")

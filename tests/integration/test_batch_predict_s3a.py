@@ -27,7 +27,7 @@ from components.specs import DatasetSpec
 from tests.data import ENTITY, TIMESTAMP
 from tests.unit.test_batch_predict import POISON, _fit, _register
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow(seconds=100)]
 
 ROOT = Path(__file__).resolve().parents[2]
 # A run id below every real one (abandoned long ago) and one above (a writer that started later).

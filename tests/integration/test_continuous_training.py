@@ -14,7 +14,7 @@ from pipelines.retrain import retrain_on_drift
 from pipelines.runner import parse_at, run_pipeline, scheduled_params, window_params
 from tests.helpers import small_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=130)
 
 TRAINING = {"validate", "fetch-features", "train", "evaluate", "register"}
 

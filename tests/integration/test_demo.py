@@ -8,7 +8,7 @@ from components.common import tracking
 from pipelines.demo import run_demo
 from tests.helpers import small_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=200)
 
 
 def test_demo_tells_the_whole_story_and_replays_from_cache(tmp_path, stop_server, capsys):

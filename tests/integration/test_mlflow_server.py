@@ -38,7 +38,7 @@ from tests.data import churn_spec, write_churn
 from tests.helpers import small_config
 from tests.servers import MlflowServer, PostgresServer, S3Server
 
-pytestmark = [pytest.mark.server, pytest.mark.slow]
+pytestmark = [pytest.mark.server, pytest.mark.slow(seconds=110)]
 
 
 @pytest.fixture(scope="session")

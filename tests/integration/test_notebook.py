@@ -6,7 +6,7 @@ from nbclient import NotebookClient
 
 from tests.helpers import ROOT
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=20)
 
 
 def test_reuse_components_notebook_runs(tmp_path, monkeypatch):

@@ -16,7 +16,7 @@ from pipelines.config import CtpipeConfig
 from pipelines.runner import CACHE_HIT, REGISTRY_CACHE_HIT, RunReport, run_pipeline, window_params
 from tests.helpers import small_config
 
-pytestmark = pytest.mark.slow
+pytestmark = pytest.mark.slow(seconds=190)
 
 # Steps keyed on the data and config only; register and infra validation are keyed on the registry too.
 DATA_STEPS = {"ingest", "validate", "fetch-features", "train", "evaluate"}
