@@ -106,10 +106,17 @@ def _same_entity_type(current: pd.Series, labels: pd.Series, where: str, column:
         ) from exc
 
 
-def _deduplicated(
-    labels: pd.DataFrame, where: str, policy: str, key: str, when: str, label: str
-) -> tuple[pd.DataFrame, int, int]:
+def _key_text(value: object) -> str:
+    """An entity id as the user wrote it: ``6``, ``'C-6'``, not ``np.int64(6)``."""
+    item = getattr(value, "item", None)
+    return repr(item() if callable(item) else value)
+
+
+def _deduplicated(labels: pd.DataFrame, where: str, policy: str, key: str, when: str) -> tuple[pd.DataFrame, int, int]:
     """One label per (entity, timestamp): identical duplicates collapse; disagreeing ones follow ``policy``.
+
+    ``labels`` has the columns ``_entity``, ``_label_time`` and ``_label``; ``key`` and ``when`` are
+    the file's names of the first two, for the message.
 
     Returns:
         The labels, the identical duplicate rows dropped and the disagreeing keys resolved by ``last``.
@@ -117,25 +124,28 @@ def _deduplicated(
     Raises:
         DataError: ``policy`` is ``error`` and some key has disagreeing labels, naming the file and keys.
     """
-    identical = labels.duplicated([key, when, label], keep="last")
+    identical = labels.duplicated(["_entity", "_label_time", "_label"], keep="last")
     collapsed = int(identical.sum())
     labels = labels[~identical]
-    clashing = labels.duplicated([key, when], keep=False)
-    conflicts = int(labels.loc[clashing, [key, when]].drop_duplicates().shape[0])
+    clashing = labels.duplicated(["_entity", "_label_time"], keep=False)
+    conflicts = int(labels.loc[clashing, ["_entity", "_label_time"]].drop_duplicates().shape[0])
     if conflicts and policy == "error":
         shown = (
             labels[clashing]
-            .groupby([key, when], sort=True)[label]
+            .groupby(["_entity", "_label_time"], sort=True)["_label"]
             .agg(lambda values: sorted(map(str, values)))
             .head(SHOWN_DUPLICATES)
         )
-        examples = "; ".join(f"{key}={k!r} {when}={t.isoformat()}: labels {v}" for (k, t), v in shown.items())
+        examples = "; ".join(
+            f"{key}={_key_text(entity)} {when}={moment.isoformat()}: labels {values}"
+            for (entity, moment), values in shown.items()
+        )
         raise DataError(
             f"{where}: {conflicts} (entity, timestamp) key(s) have disagreeing labels, e.g. {examples}; expected one "
             "label per entity and time. Fix the table, or set monitoring.labels_source.duplicates: last to take "
             "the last one in the table's order"
         )
-    return labels.drop_duplicates([key, when], keep="last"), collapsed, conflicts
+    return labels.drop_duplicates(["_entity", "_label_time"], keep="last"), collapsed, conflicts
 
 
 def read_labels(source: LabelsSourceSpec, spec: DatasetSpec) -> tuple[pd.DataFrame, int, int]:
@@ -163,7 +173,7 @@ def read_labels(source: LabelsSourceSpec, spec: DatasetSpec) -> tuple[pd.DataFra
         {"_entity": table[key], "_label_time": _utc(table[when], where, when), "_label": table[label]}
     )
     labels = labels[labels["_entity"].notna() & labels["_label_time"].notna() & labels["_label"].notna()]
-    labels, collapsed, conflicts = _deduplicated(labels, where, source.duplicates, "_entity", "_label_time", "_label")
+    labels, collapsed, conflicts = _deduplicated(labels, where, source.duplicates, key, when)
     return labels.sort_values("_label_time", kind="stable"), collapsed, conflicts
 
 
