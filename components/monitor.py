@@ -295,7 +295,7 @@ def monitor(
             raise DataError(
                 f"{current_path}: no time column '{when}' to join monitoring.labels_source on; found {current_columns}"
             )
-        current, labels = join_late_labels(current, current[when], late, spec, current_path)
+        current, labels = join_late_labels(current, current[when], late, spec, current_path, served is not None)
     elif labels_path:
         current = join_latest_label(current, current_path, labels_path, spec, served=served is not None)
     for path, found in ((reference_path, reference_columns), (current_path, current_columns)):
@@ -348,11 +348,10 @@ def monitor(
         elif prediction_psi >= monitoring.psi_warn:
             severities.append("warn")
             reasons.append(f"Predictions drifted: PSI {prediction_psi:.3f} >= {monitoring.psi_warn} -> warn.")
-        if metrics and spec.label_column in current.columns and current[spec.label_column].notna().any():
+        labelled = int(current[spec.label_column].notna().sum()) if spec.label_column in current.columns else 0
+        if metrics and labelled and baseline is not None:
             predicted = None if served is None else _served_labels(model, served, spec)
             live = metric_values(metrics, model, current, spec, cur_scores, predicted)
-            labelled = int(current[spec.label_column].notna().sum())
-            assert baseline is not None  # read with the model
             performance, perf_severities, perf_reasons = judge_performance(
                 metrics, live, labelled, baseline, monitoring
             )

@@ -178,7 +178,12 @@ def read_labels(source: LabelsSourceSpec, spec: DatasetSpec) -> tuple[pd.DataFra
 
 
 def join_late_labels(
-    current: pd.DataFrame, times: pd.Series, source: LabelsSourceSpec, spec: DatasetSpec, current_path: str = ""
+    current: pd.DataFrame,
+    times: pd.Series,
+    source: LabelsSourceSpec,
+    spec: DatasetSpec,
+    current_path: str = "",
+    served: bool = False,
 ) -> tuple[pd.DataFrame, LabelJoin]:
     """``current`` with the label column taken from ``source``: for each row, the first label at or after its time.
 
@@ -188,6 +193,8 @@ def join_late_labels(
         source: The labels source, its columns and ``max_delay`` and ``duplicates`` policy.
         spec: Dataset spec: the default column names, and the label column written into ``current``.
         current_path: Where ``current`` was read, for error messages.
+        served: ``current`` is the inference log, where only requests by entity id name an entity:
+            requests that sent feature values stay unlabelled (drift is still measured), not an error.
 
     Returns:
         The rows in their order with ``spec.label_column`` set (NaN where unlabelled), and the counts.
@@ -199,6 +206,14 @@ def join_late_labels(
     where = redact(source.path)
     monitored = redact(current_path) if current_path else "the monitored rows"
     key = spec.entity_column
+    if served and key not in current.columns:
+        log.warning(
+            "the served requests carry no entity ids; no late label can match them",
+            extra={"entity_column": key, "rows": len(current), "log": monitored},
+        )
+        unlabelled = current.drop(columns=[spec.label_column], errors="ignore").assign(**{spec.label_column: np.nan})
+        counts = {"rows": len(current), "labelled": 0, "late": 0, "missing": len(current)}
+        return unlabelled, LabelJoin(source=where, duplicates_collapsed=0, conflicts_resolved=0, **counts)
     if key not in current.columns:
         raise DataError(
             f"{monitored}: no entity column '{key}' to join monitoring.labels_source on; "

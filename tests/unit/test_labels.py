@@ -286,3 +286,19 @@ def test_with_the_inference_log_the_time_of_a_prediction_is_when_it_was_served(
     )
     assert result.labels is not None and (result.labels.labelled, result.labels.rows) == (300, 300)
     assert result.performance is not None and set(result.performance) >= {"roc_auc_score", "reference_roc_auc_score"}
+
+    # Requests that sent feature values name no entity: no label can match them; drift is still measured.
+    append_batch(tmp_path / "anonymous_log", requests.drop(columns=[ENTITY]))
+    anonymous = monitor(
+        champion["reference"],
+        str(tmp_path / "anonymous_log"),
+        _spec(),
+        monitoring,
+        str(tmp_path / "result.json"),
+        str(tmp_path / "report.html"),
+        model_uri=champion["model_uri"],
+        tracking_uri=champion["uri"],
+        metrics=METRICS,
+    )
+    assert anonymous.labels is not None and (anonymous.labels.labelled, anonymous.labels.missing) == (0, 300)
+    assert anonymous.performance is None and anonymous.rows_current == 300
