@@ -537,12 +537,12 @@ def _report(
     ]
     sections.append(("Features", report.table(rows, escape=False)))
     if result.performance:
-        source = "" if result.baseline is None else result.baseline.source
+        # reference_<metric> values come only from the version's holdout record (components.common.holdout).
         rows = [
             {
                 "metric": k,
                 "value": v,
-                "measured on": f"holdout ({source})" if k.startswith("reference_") else "current window",
+                "measured on": "the champion's evaluation holdout" if k.startswith("reference_") else "current window",
             }
             for k, v in result.performance.items()
         ]
