@@ -8,22 +8,22 @@ reference sample and, when the current window has labels, live performance.
 
 The decision is the worst of the individual severities:
 
-- a feature is ``warn`` when its PSI reaches ``psi_warn`` and ``retrain`` when it reaches
-  ``psi_retrain``, but only if the shift is statistically significant (p-value below
-  ``ks_pvalue``; guards small windows against noise) and, when importances are known, the
-  model actually uses the feature (normalised importance of at least ``IMPORTANCE_FLOOR``).
-  Strong drift in a feature the model ignores therefore gives at most ``warn``;
+- each feature's severity comes from its PSI, its significance (p-value below ``ks_pvalue``)
+  and, when importances are known, its drift score, importance x PSI, against
+  ``importance_floor`` and ``drift_score_retrain`` (:mod:`components.common.drift_score`). Strong
+  drift in a feature the model ignores therefore gives at most ``warn`` by default;
 - prediction PSI of at least ``prediction_psi_retrain`` gives ``retrain``; of at least
   ``psi_warn`` gives ``warn``;
-- a higher-is-better live metric (AUC, accuracy, ...) more than ``PERFORMANCE_DROP`` below its
-  value on the reference, or any live metric outside its absolute ``threshold`` (the bar a
-  candidate must clear), gives ``retrain``; only ``warn`` with fewer than
-  ``PERFORMANCE_MIN_ROWS`` labelled rows, where the metric's own noise exceeds the tolerance.
-  Lower-is-better metrics (log loss, ...) have no common scale, so they are compared only
-  with their threshold and otherwise just reported. The reference value is measured on the
-  reference table; if that is the model's training data it is optimistic, which makes this
-  rule stricter than intended;
+- live performance is compared with the champion's **evaluation holdout**, recorded on its
+  registered version (:mod:`components.common.holdout`), not with the training rows, which
+  would make every window look like a drop; the verdict rules are in
+  :mod:`components.common.baseline`. Labels come from the window, or arrive later from
+  ``monitoring.labels_source``, joined on entity and time (:mod:`components.common.labels`);
 - with fewer than ``min_rows`` current rows the decision is capped at ``warn``.
+
+The reference table (the champion's training rows, or a reference window) stays the reference
+*distribution* for feature and prediction drift, and the sample permutation importance is
+measured on.
 
 Everything is vectorised, and each numeric feature is sorted once per side for its PSI, KS test
 and plot (:mod:`components.common.drift`): a million rows by twenty features take under 2 s on two
@@ -39,9 +39,10 @@ from typing import Any, Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel
+from pydantic import BaseModel, Field
 
 from components.common import report, storage
+from components.common.baseline import judge_performance, metric_values
 from components.common.drift import (
     CategoricalDrift,
     Histograms,
@@ -51,30 +52,21 @@ from components.common.drift import (
     psi_sorted,
     sorted_sample,
 )
+from components.common.drift_score import FeatureDrift, drift_score, feature_reason, feature_severity
 from components.common.errors import DataError
-from components.common.imports import import_metric
+from components.common.holdout import Baseline
 from components.common.io import write_json, write_text
+from components.common.labels import LabelJoin, join_late_labels, join_latest_label
 from components.common.logs import get_logger
 from components.common.storage import read_table
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec
 
 Severity = Literal["ok", "warn", "retrain"]
 
-# A feature whose normalised permutation importance is below this share of the total is treated
-# as unused by the model: its drift alone never asks for retraining. Measured on the demo data, the
-# label-free control feature (marketing_score) gets 0.00-0.04 of the total from permutation noise and
-# over-fitting when importance is computed on training rows, while the features that drive the label
-# get 0.07-0.30; 0.05 sits between. Weakly used features that drift are still caught by prediction PSI.
-IMPORTANCE_FLOOR = 0.05
 # Labelled reference rows used for permutation importance, and its repeats; small and seeded.
 IMPORTANCE_SAMPLE = 5_000
 IMPORTANCE_REPEATS = 3
 RANDOM_SEED = 0
-# A higher-is-better live metric this much (absolute) below its reference value asks for retraining.
-PERFORMANCE_DROP = 0.05
-# Labelled current rows needed before a performance breach asks for retraining (fewer only warn): on a few
-# hundred rows ROC AUC has a standard error of about 0.03, so a 0.05 drop is within noise.
-PERFORMANCE_MIN_ROWS = 1_000
 # Distribution plots in the HTML report, the features with the largest PSI first.
 MAX_PLOTS = 12
 # Categories shown per bar chart; the rest are summed into "(other)".
@@ -90,18 +82,6 @@ _BADGE = {"ok": "ok", "warn": "warn", "retrain": "bad"}
 log = get_logger("monitor")
 
 
-class FeatureDrift(BaseModel):
-    """Drift of one feature between reference and current data."""
-
-    feature: str
-    kind: Literal["numeric", "categorical"]
-    psi: float
-    statistic: float
-    p_value: float
-    importance: float | None
-    severity: Severity
-
-
 class MonitorResult(BaseModel):
     """Outcome of one monitoring run."""
 
@@ -112,6 +92,10 @@ class MonitorResult(BaseModel):
     performance: dict[str, float] | None
     rows_reference: int
     rows_current: int
+    baseline: Baseline | None = Field(
+        default=None, description="Where the reference values of live performance came from (with a model)."
+    )
+    labels: LabelJoin | None = Field(default=None, description="How labels from monitoring.labels_source matched.")
 
 
 # --- statistics --------------------------------------------------------------------------
@@ -183,6 +167,7 @@ def _feature_drift(
     features: list[FeatureDrift] = []
     for name, drift in measured.items():
         importance = None if importances is None else importances[name]
+        severity = feature_severity(drift.psi, drift.p_value, importance, monitoring)
         features.append(
             FeatureDrift(
                 feature=name,
@@ -191,7 +176,8 @@ def _feature_drift(
                 statistic=drift.statistic,
                 p_value=drift.p_value,
                 importance=importance,
-                severity=_feature_severity(drift.psi, drift.p_value, importance, monitoring),
+                score=drift_score(drift.psi, importance),
+                severity=severity,
             )
         )
     features.sort(key=lambda f: (-_RANK[f.severity], -f.psi))
@@ -231,71 +217,7 @@ def _importances(model: Any, reference: pd.DataFrame, spec: DatasetSpec) -> dict
     return dict(zip(spec.feature_columns, (raw / raw.sum()).tolist(), strict=True))
 
 
-def _metric_values(
-    metrics: list[MetricSpec],
-    model: Any,
-    frame: pd.DataFrame,
-    spec: DatasetSpec,
-    scores: np.ndarray,
-    predicted: np.ndarray | None = None,
-) -> dict[str, float]:
-    """Each metric on labelled rows, called like evaluation calls it (labels or scores).
-
-    ``predicted`` holds already predicted labels for every row of ``frame`` (served ones);
-    without it the model predicts them.
-    """
-    labelled = frame[spec.label_column].notna().to_numpy()
-    y_true = frame[spec.label_column].to_numpy()[labelled]
-    values: dict[str, float] = {}
-    if y_true.size == 0:
-        return values
-    labels = None if predicted is None else np.asarray(predicted)[labelled]
-    for metric in metrics:
-        fn = import_metric(metric.import_path, f"metric {metric.name!r}")
-        if metric.uses_scores:
-            y_pred = scores[labelled]
-        else:
-            if labels is None:
-                labels = np.asarray(model.predict(frame.loc[labelled, spec.feature_columns]))
-            y_pred = labels
-        try:
-            values[metric.short_name] = float(fn(y_true, y_pred))
-        except ValueError as exc:  # e.g. ROC AUC with one class present
-            log.warning("metric not computed", extra={"metric": metric.name, "error": str(exc)})
-    return values
-
-
 # --- decision ----------------------------------------------------------------------------
-
-
-def _feature_severity(psi: float, p_value: float, importance: float | None, monitoring: MonitoringSpec) -> Severity:
-    if psi < monitoring.psi_warn or p_value >= monitoring.ks_pvalue:
-        return "ok"
-    if psi >= monitoring.psi_retrain and (importance is None or importance >= IMPORTANCE_FLOOR):
-        return "retrain"
-    return "warn"
-
-
-def _feature_reason(drift: FeatureDrift, monitoring: MonitoringSpec) -> str:
-    test = "KS" if drift.kind == "numeric" else "chi-square"
-    measured = f"PSI {drift.psi:.3f}, {test} p={drift.p_value:.2g}"
-    importance = "" if drift.importance is None else f", importance {drift.importance:.3f}"
-    if drift.severity == "ok":
-        return (
-            f"Feature '{drift.feature}' has PSI {drift.psi:.3f} but the shift is not significant "
-            f"({test} p={drift.p_value:.2g} >= {monitoring.ks_pvalue}) -> ok."
-        )
-    if drift.severity == "retrain":
-        return (
-            f"Feature '{drift.feature}' drifted strongly ({measured}{importance}): "
-            f"PSI >= {monitoring.psi_retrain} -> retrain."
-        )
-    if drift.psi >= monitoring.psi_retrain:
-        return (
-            f"Feature '{drift.feature}' drifted strongly ({measured}) but the model barely uses it "
-            f"(importance {drift.importance:.3f} < {IMPORTANCE_FLOOR}) -> warn only."
-        )
-    return f"Feature '{drift.feature}' drifted ({measured}{importance}): PSI >= {monitoring.psi_warn} -> warn."
 
 
 def _worst(severities: list[Severity]) -> Severity:
@@ -335,10 +257,12 @@ def monitor(
         report_path: Self-contained HTML report (written atomically).
         model_uri: Model to measure prediction drift, importance and performance with.
         tracking_uri: MLflow tracking URI to load ``model_uri`` from.
-        metrics: Metrics for live performance, computed when the current window has labels.
+        metrics: Metrics for live performance, computed when the current window has labels and
+            compared with the holdout metrics recorded on the model's registered version.
         labels_path: Ground truth that arrived for the window (a table with the entity and label
             columns), joined with the current rows on the entity column; the latest label per
-            entity (by the timestamp column, if present) counts.
+            entity (by the timestamp column, if present) counts. ``monitoring.labels_source``,
+            when set, replaces it (and the window's own labels): joined on entity and time.
         window_start: Inference log only: first request time (UTC, inclusive); none means from the start.
         window_end: Inference log only: last request time (UTC, exclusive); none means up to now.
 
@@ -349,8 +273,9 @@ def monitor(
         DataError: A table is missing, unreadable, empty or lacks a feature (or join) column.
     """
     watch = _Stopwatch()
-    # Only the columns used: the features, the label for a model, the entity to join labels on. With
-    # no model, categorical text is read as categoricals; a model gets the values as read_table reads them.
+    late = monitoring.labels_source
+    # Only the columns used: the features, the label for a model, the entity (and time) to join labels on.
+    # With no model, categorical text is read as categoricals; a model gets the values as read_table reads them.
     wanted = [*spec.feature_columns, *([spec.label_column] if model_uri else [])]
     dictionary = [] if model_uri else list(spec.categorical_features)
     reference, reference_columns = _read_columns(reference_path, wanted, dictionary)
@@ -359,11 +284,20 @@ def monitor(
         current, served = _read_inference_log(current_path, window_start, window_end, spec)
         current_columns = [str(name) for name in current.columns]
     else:
-        current, current_columns = _read_columns(
-            current_path, [*wanted, *([spec.entity_column] if labels_path else [])], dictionary
-        )
-    if labels_path:
-        current = _join_labels(current, current_path, labels_path, spec, served=served is not None)
+        keys = [spec.entity_column] if labels_path else []
+        keys += [spec.entity_column, spec.timestamp_column] if late and model_uri else []
+        current, current_columns = _read_columns(current_path, [*wanted, *keys], dictionary)
+    labels: LabelJoin | None = None
+    if late is not None and model_uri:
+        # The log's own time is when the prediction was served; a snapshot row's is its event time.
+        when = "timestamp" if served is not None else spec.timestamp_column
+        if when not in current.columns:
+            raise DataError(
+                f"{current_path}: no time column '{when}' to join monitoring.labels_source on; found {current_columns}"
+            )
+        current, labels = join_late_labels(current, current[when], late, spec, current_path, served is not None)
+    elif labels_path:
+        current = join_latest_label(current, current_path, labels_path, spec, served=served is not None)
     for path, found in ((reference_path, reference_columns), (current_path, current_columns)):
         missing = [c for c in spec.feature_columns if c not in found]
         if missing:
@@ -376,17 +310,12 @@ def monitor(
     watch.lap("read")
 
     model = None
+    baseline: Baseline | None = None
     importances: dict[str, float] | None = None
-    reasons: list[str] = []
+    reasons: list[str] = [] if labels is None else [labels.sentence()]
     severities: list[Severity] = []
     if model_uri:
-        from components.common import tracking
-        from components.common.errors import ConfigError
-
-        if not tracking_uri:
-            raise ConfigError(f"model_uri {model_uri} needs the tracking_uri of the registry it comes from")
-        # Only models:/ URIs of the configured registry, unpickled after the SHA-256 check.
-        model = tracking.load_registered_model(model_uri, tracking_uri)
+        model, baseline = _champion(model_uri, tracking_uri)
         if spec.label_column in reference.columns and reference[spec.label_column].notna().any():
             importances = _importances(model, reference, spec)
             if importances is None:
@@ -399,7 +328,7 @@ def monitor(
     watch.lap("statistics")
     for drift in features:
         if drift.severity != "ok" or drift.psi >= monitoring.psi_retrain:
-            reasons.append(_feature_reason(drift, monitoring))
+            reasons.append(feature_reason(drift, monitoring))
         severities.append(drift.severity)
 
     prediction_psi = None
@@ -419,10 +348,12 @@ def monitor(
         elif prediction_psi >= monitoring.psi_warn:
             severities.append("warn")
             reasons.append(f"Predictions drifted: PSI {prediction_psi:.3f} >= {monitoring.psi_warn} -> warn.")
-        if metrics and spec.label_column in current.columns and current[spec.label_column].notna().any():
+        labelled = int(current[spec.label_column].notna().sum()) if spec.label_column in current.columns else 0
+        if metrics and labelled and baseline is not None:
             predicted = None if served is None else _served_labels(model, served, spec)
-            performance, perf_severities, perf_reasons = _performance(
-                metrics, model, reference, current, spec, ref_scores, cur_scores, predicted
+            live = metric_values(metrics, model, current, spec, cur_scores, predicted)
+            performance, perf_severities, perf_reasons = judge_performance(
+                metrics, live, labelled, baseline, monitoring
             )
             severities += perf_severities
             reasons += perf_reasons
@@ -456,6 +387,8 @@ def monitor(
         performance=performance,
         rows_reference=len(reference),
         rows_current=len(current),
+        baseline=baseline,
+        labels=labels,
     )
     write_json(result_path, result.model_dump(mode="json"))
     write_text(report_path, _report(result, monitoring, measured, prediction_plot))
@@ -470,6 +403,25 @@ def monitor(
         },
     )
     return result
+
+
+def _champion(model_uri: str, tracking_uri: str | None) -> tuple[Any, Baseline]:
+    """The model ``model_uri`` names and the holdout metrics recorded on its version, both of one version.
+
+    An alias is pinned to the version it points to first, so the model scored and the baseline read
+    cannot belong to different versions when the alias moves meanwhile.
+    """
+    from components.common import tracking
+    from components.common.errors import ConfigError
+    from components.common.holdout import read_baseline
+
+    if not tracking_uri:
+        raise ConfigError(f"model_uri {model_uri} needs the tracking_uri of the registry it comes from")
+    client = tracking.registry_client(tracking_uri)
+    pinned, _ = tracking.pin_model_uri(model_uri, client)
+    # Only models:/ URIs of the configured registry, unpickled after the SHA-256 check.
+    model = tracking.load_registered_model(pinned, tracking_uri)
+    return model, read_baseline(pinned, client)
 
 
 def _read_inference_log(
@@ -523,92 +475,6 @@ def _served_labels(model: Any, served: np.ndarray, spec: DatasetSpec) -> np.ndar
     return np.where(served > 0.5, classes[1], classes[0])
 
 
-def _join_labels(
-    current: pd.DataFrame, current_path: str, labels_path: str, spec: DatasetSpec, served: bool
-) -> pd.DataFrame:
-    """``current`` with the label column taken from the ground truth, matched on the entity column.
-
-    ``served``: ``current`` is the inference log, where only requests by entity id name an entity.
-    """
-    truth = read_table(labels_path)
-    key, label = spec.entity_column, spec.label_column
-    if served and key not in current.columns:
-        # Logged requests that sent feature values name no entity: no ground truth can match them.
-        # Drift is still measured; live performance is not (it needs labelled rows).
-        log.warning(
-            "the served requests carry no entity ids; live performance is not measured",
-            extra={"entity_column": key, "rows": len(current), "log": current_path},
-        )
-        return current.drop(columns=[label], errors="ignore").assign(**{label: np.nan})
-    for path, frame, needed in ((labels_path, truth, [key, label]), (current_path, current, [key])):
-        missing = [c for c in needed if c not in frame.columns]
-        if missing:
-            raise DataError(
-                f"{path}: missing column(s) {missing} needed to join predictions with ground truth on "
-                f"'{key}'; found {sorted(map(str, frame.columns))}"
-            )
-    truth = truth[truth[label].notna()]
-    if spec.timestamp_column in truth.columns:
-        truth = truth.sort_values(spec.timestamp_column, kind="stable")
-    truth = truth.drop_duplicates(key, keep="last")[[key, label]]
-    joined = current.drop(columns=[label], errors="ignore").merge(truth, on=key, how="left", validate="many_to_one")
-    log.info(
-        "joined predictions with ground truth",
-        extra={"rows": len(joined), "labelled": int(joined[label].notna().sum()), "labels_path": labels_path},
-    )
-    return joined
-
-
-def _performance(
-    metrics: list[MetricSpec],
-    model: Any,
-    reference: pd.DataFrame,
-    current: pd.DataFrame,
-    spec: DatasetSpec,
-    ref_scores: np.ndarray,
-    cur_scores: np.ndarray,
-    predicted: np.ndarray | None = None,
-) -> tuple[dict[str, float], list[Severity], list[str]]:
-    """Live metrics (keys: metric name) and reference metrics (``reference_<name>``), with verdicts."""
-    live = _metric_values(metrics, model, current, spec, cur_scores, predicted)
-    baseline: dict[str, float] = {}
-    if spec.label_column in reference.columns:
-        baseline = _metric_values(metrics, model, reference, spec, ref_scores)
-    performance = {**live, **{f"reference_{k}": v for k, v in baseline.items()}}
-    labelled = int(current[spec.label_column].notna().sum())
-    # Too few labels: a metric's own noise exceeds the tolerance, so a breach only warns.
-    breach: Severity = "retrain" if labelled >= PERFORMANCE_MIN_ROWS else "warn"
-    small = "" if breach == "retrain" else f" but only {labelled} labelled rows (< {PERFORMANCE_MIN_ROWS})"
-    severities: list[Severity] = []
-    reasons: list[str] = []
-    for metric in metrics:
-        name = metric.short_name
-        if name not in live:
-            continue
-        value = live[name]
-        if name in baseline and metric.higher_is_better and baseline[name] - value > PERFORMANCE_DROP:
-            severities.append(breach)
-            reasons.append(
-                f"Live {name} {value:.4f} dropped {baseline[name] - value:.4f} below its reference value "
-                f"{baseline[name]:.4f} (more than {PERFORMANCE_DROP}){small} -> {breach}."
-            )
-            continue
-        bound = metric.threshold
-        if bound is not None and (
-            (bound.lower_bound is not None and value < bound.lower_bound)
-            or (bound.upper_bound is not None and value > bound.upper_bound)
-        ):
-            severities.append(breach)
-            reasons.append(
-                f"Live {name} {value:.4f} is outside its threshold [{bound.lower_bound}, {bound.upper_bound}]"
-                f"{small} -> {breach}."
-            )
-            continue
-        reference_note = f" (reference {baseline[name]:.4f})" if name in baseline else ""
-        reasons.append(f"Live {name} {value:.4f}{reference_note}: no retraining signal.")
-    return performance, severities, reasons
-
-
 # --- report ------------------------------------------------------------------------------
 
 
@@ -649,8 +515,12 @@ def _report(
         f"Decision: {report.badge(result.decision.upper(), _BADGE[result.decision])} &mdash; "
         f"{result.rows_reference} reference rows, {result.rows_current} current rows. "
         f"Thresholds: PSI warn {monitoring.psi_warn}, retrain {monitoring.psi_retrain}; prediction PSI retrain "
-        f"{monitoring.prediction_psi_retrain}; p-value {monitoring.ks_pvalue}; importance floor {IMPORTANCE_FLOOR}."
+        f"{monitoring.prediction_psi_retrain}; p-value {monitoring.ks_pvalue}; importance floor "
+        f"{monitoring.importance_floor}; drift score (importance &times; PSI) retrain "
+        f"{monitoring.drift_score_retrain if monitoring.drift_score_retrain is not None else 'off'}."
     )
+    if result.baseline is not None:
+        summary += f" Live-performance reference: {html.escape(result.baseline.note)}."
     sections = [("Reasons", "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in result.reasons) + "</ul>")]
     rows = [
         {
@@ -660,15 +530,23 @@ def _report(
             "statistic": f.statistic,
             "p-value": f.p_value,
             "importance": "" if f.importance is None else f"{f.importance:.3f}",
+            "score (importance x PSI)": "" if f.score is None else f"{f.score:.4f}",
             "severity": report.badge(f.severity, _BADGE[f.severity]),
         }
         for f in result.features
     ]
     sections.append(("Features", report.table(rows, escape=False)))
     if result.performance:
-        sections.append(
-            ("Performance", report.table([{"metric": k, "value": v} for k, v in result.performance.items()]))
-        )
+        # reference_<metric> values come only from the version's holdout record (components.common.holdout).
+        rows = [
+            {
+                "metric": k,
+                "value": v,
+                "measured on": "the champion's evaluation holdout" if k.startswith("reference_") else "current window",
+            }
+            for k, v in result.performance.items()
+        ]
+        sections.append(("Performance", report.table(rows)))
     images = []
     if result.prediction_psi is not None:
         images.append(_numeric_plot(f"prediction (PSI {result.prediction_psi:.3f})", prediction_plot))

@@ -3,7 +3,9 @@
 A version is created once per training run, carrying ``ctpipe.blessed`` from the moment it
 exists; a blessed one becomes ``challenger`` under the registry lock. The alias rules and
 the operations that move aliases (``promote``, ``rollback``) are in
-:mod:`components.common.registry`.
+:mod:`components.common.registry`. With evaluate's result, the version also records the metrics
+evaluation measured on its holdout (``ctpipe.holdout_metrics``), the baseline the monitor compares
+live performance with (:mod:`components.common.holdout`).
 
 Each version is also compiled to ONNX (:mod:`components.common.compiled_model`): ``model.onnx``
 is logged among the logged model's artifacts, so ``models:/NAME/VERSION`` downloads it with the
@@ -33,6 +35,7 @@ from pydantic import BaseModel, Field
 
 from components.common import tracking
 from components.common.errors import ConfigError, CtpipeError, ModelNotFound
+from components.common.holdout import HoldoutMetrics
 from components.common.logs import get_logger
 from components.common.registry import (
     BLESSED_TAG,
@@ -42,6 +45,7 @@ from components.common.registry import (
     CONFIG_HASH_TAG,
     DATA_SNAPSHOT_TAG,
     FEATURES_TAG,
+    HOLDOUT_METRICS_TAG,
     ONNX_ARTIFACT,
     ONNX_SHA256_TAG,
     ONNX_TAG,
@@ -309,6 +313,7 @@ def register(
     tracking_uri: str,
     lineage: dict[str, str] | None = None,
     known_state: RegistryState | None = None,
+    holdout: HoldoutMetrics | None = None,
 ) -> RegisterResult:
     """Register a trained model (once per run) with lineage tags; a blessed one becomes ``challenger``.
 
@@ -333,6 +338,9 @@ def register(
         tracking_uri: MLflow tracking (and registry) URI.
         lineage: Extra version tags: data snapshot hash, suite hash, config hash, pipeline run, git commit...
         known_state: The model's registry state read earlier in the run; None to read everything now.
+        holdout: What evaluation measured on the run's held-out rows, recorded as the version tag
+            ``ctpipe.holdout_metrics``: the monitor's baseline for live performance
+            (:mod:`components.common.holdout`). None records nothing (the monitor then has no baseline).
 
     Returns:
         The version, whether it was created now, its aliases, and ``skipped`` when nothing changed.
@@ -351,6 +359,8 @@ def register(
         raise CtpipeError(f"lineage keys {clashes} are reserved for ctpipe's own version tags")
     blessed_tag = str(blessed).lower()
     tags = {**lineage, BLESSED_TAG: blessed_tag, RUN_ID_TAG: run_id}
+    if holdout is not None:
+        tags[HOLDOUT_METRICS_TAG] = holdout.to_tag()
 
     done = _already_registered(known_state, model_id, run_id, blessed, tags) if known_state is not None else None
     if known_state is not None and done is not None:

@@ -11,6 +11,7 @@ with a message that names it.
 from __future__ import annotations
 
 import os
+from datetime import timedelta
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
@@ -466,6 +467,78 @@ class ServingSpec(StrictModel):
         return value
 
 
+def parse_delay(text: str) -> timedelta:
+    """A label delay such as ``7d``, ``36h`` or ``90m``; ``0`` (or ``0m``, ``0d``) is an exact-time join.
+
+    Raises:
+        ValueError: Not a whole number and one of m, h, d, w (or zero), naming what was found.
+    """
+    if str(text).strip().rstrip("mhdw").strip() == "0":
+        return timedelta(0)
+    try:
+        return parse_duration(text)
+    except ValueError:
+        raise ValueError(
+            f"expected a delay such as 7d, 36h or 90m (a whole number and one of m, h, d, w), or 0 for an "
+            f"exact-time join; found {text!r}"
+        ) from None
+
+
+class LabelsSourceSpec(StrictModel):
+    """Ground truth that arrives later, in its own table, joined to the monitored window on entity and time.
+
+    Each current row (entity ``e``, time ``t``: the row's event timestamp, or for the inference log the
+    time the request was answered) takes the label of ``e`` whose label timestamp is the first at or
+    after ``t`` and at most ``max_delay`` after it. A row with no such label is unlabelled: missing and
+    late labels lower the labelled count, they are never guessed. ``monitoring.labels_source: PATH`` is
+    short for ``{path: PATH}``. Semantics in docs/monitoring.md, "Labels that arrive later".
+    """
+
+    path: str = Field(
+        description="CSV or Parquet file (or a folder of Parquet files) of labels: a path or a URI such as "
+        "s3://bucket/labels.parquet (credentials from the environment). Read whole on every monitoring run."
+    )
+    entity_column: str | None = Field(default=None, description="Entity id column; default dataset.entity_column.")
+    timestamp_column: str | None = Field(
+        default=None,
+        description="When the label became true (the outcome's time); default dataset.timestamp_column. "
+        "Naive times are UTC.",
+    )
+    label_column: str | None = Field(default=None, description="Label column; default dataset.label_column.")
+    max_delay: str = Field(
+        default="7d",
+        description="Longest wait from a prediction to its label: a whole number and m, h, d or w (7d, 36h), "
+        "or 0 for an exact-time join. A label later than this after the prediction is not used for it.",
+    )
+    duplicates: Literal["error", "last"] = Field(
+        default="error",
+        description="Two or more labels for the same entity and timestamp that disagree: 'error' stops with the "
+        "file and the duplicate keys; 'last' takes the last one in the table's order (the latest to arrive in "
+        "an append-only table). Identical duplicates count once either way.",
+    )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _from_path(cls, value: Any) -> Any:
+        return {"path": value} if isinstance(value, str) else value
+
+    @field_validator("path")
+    @classmethod
+    def _no_credentials(cls, value: str) -> str:
+        return check_location(value, "labels_source.path")
+
+    @field_validator("max_delay")
+    @classmethod
+    def _delay(cls, value: str) -> str:
+        parse_delay(value)
+        return value
+
+    @property
+    def delay(self) -> timedelta:
+        """``max_delay`` as a timedelta."""
+        return parse_delay(self.max_delay)
+
+
 class MonitoringSpec(StrictModel):
     """Drift thresholds that turn measurements into ok / warn / retrain."""
 
@@ -476,13 +549,37 @@ class MonitoringSpec(StrictModel):
         default=0.01, gt=0, lt=1, description="KS / chi-square p-value below which drift is significant."
     )
     bins: int = Field(default=10, ge=2, le=100, description="Quantile bins for PSI of numeric features.")
-    min_rows: int = Field(default=100, ge=1, description="Fewer current rows than this gives 'warn', never 'retrain'.")
+    min_rows: int = Field(
+        default=100,
+        ge=1,
+        description="Fewer current rows than this gives 'warn', never 'retrain'; fewer labelled current rows "
+        "than this gives no live-performance verdict (the metrics are still reported).",
+    )
+    importance_floor: float = Field(
+        default=0.05,
+        ge=0,
+        le=1,
+        description="A feature whose normalised permutation importance is below this share is treated as unused: "
+        "its drift alone asks for retraining only through drift_score_retrain. 0 lets every feature's PSI count.",
+    )
+    drift_score_retrain: float | None = Field(
+        default=None,
+        gt=0,
+        description="Drift score (importance x PSI, importance normalised to sum 1) at which a significantly "
+        "drifted feature asks for retraining whatever its PSI and the floor; empty: the score is reported only.",
+    )
     current_source: Literal["snapshot", "inference_log"] = Field(
         default="snapshot",
         description="What monitoring compares with the reference: the window's snapshot, or what the model "
         "server answered in that window (its inference log, serving.inference_log_dir). With the inference log "
         "the served predictions are used for prediction drift, and the window's snapshot supplies the labels "
-        "(joined on the entity column) for live performance.",
+        "(joined on the entity column) for live performance unless labels_source is set.",
+    )
+    labels_source: LabelsSourceSpec | None = Field(
+        default=None,
+        description="Labels that arrive later, in their own table, joined to the window on entity and time "
+        "(path, entity_column, timestamp_column, label_column, max_delay, duplicates). When set, the labels "
+        "of live performance come only from it. Empty: the window's own label column.",
     )
 
     @model_validator(mode="after")

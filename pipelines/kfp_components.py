@@ -330,6 +330,7 @@ def evaluate(
 
 def register(
     trained_model: Input[Model],
+    evaluation: Input[Artifact],
     blessed: bool,
     model_name: str,
     tracking_uri: str,
@@ -344,12 +345,15 @@ def register(
 ):
     """Register the candidate with lineage tags; a blessed one gets the ``challenger`` alias.
 
+    ``evaluation`` is evaluate's result (its ``blessing``): the version records the candidate's holdout
+    metrics from it, the baseline monitoring compares live performance with.
     ``registry_state`` (current_champion's) keys the cache and lets a candidate that is already
     registered so be left alone; ``registry_state_after`` is the state it leaves, for infra validation.
     Cache this task only with ``registry_state`` wired so; without it, turn its caching off.
     """
     from collections import namedtuple
 
+    from components.common.holdout import HoldoutMetrics
     from components.common.io import write_text
     from components.common.registry import PIPELINE_RUN_TAG, lineage_tags
     from components.common.registry_state import RegistryState, read_state
@@ -366,6 +370,7 @@ def register(
         tracking_uri,
         tags,
         known_state=RegistryState.from_json(registry_state, model_name),
+        holdout=HoldoutMetrics.from_evaluation(evaluation.path),
     )
     write_text(summary.path, markdown_table(result.model_dump(mode="json"), f"Registered {model_name}"))
     # A skip changed nothing: the state it was given is still the state. Otherwise read what it left.
@@ -509,7 +514,11 @@ def monitor(
         window_start=window_start or None,
         window_end=window_end or None,
     )
-    attach(result, {"decision": outcome.decision, "reasons": outcome.reasons, "reference": reference_note})
+    facts = {"decision": outcome.decision, "reasons": outcome.reasons, "reference": reference_note}
+    if outcome.baseline is not None:
+        # Where the reference values of live performance came from: the champion's holdout, or none.
+        facts["performance_baseline"] = outcome.baseline.note
+    attach(result, facts)
     values = {f"psi_{f.feature}": f.psi for f in outcome.features}
     if outcome.prediction_psi is not None:
         values["prediction_psi"] = outcome.prediction_psi

@@ -23,7 +23,8 @@ def key_facts(metadata: dict[str, Any]) -> list[str]:
     """The lines worth reading in an output's metadata.
 
     Metrics against the champion, failed checks, entity rows left out for want of features (a
-    training set's ``missing_entities``, with its share) and decisions.
+    training set's ``missing_entities``, with its share), where monitoring's live-performance
+    baseline came from, and decisions.
     """
     lines = []
     candidate = {k[len("candidate_") :]: v for k, v in metadata.items() if k.startswith("candidate_")}
@@ -42,6 +43,8 @@ def key_facts(metadata: dict[str, Any]) -> list[str]:
             f"missing entities: {missing} of {total} entity rows ({100 * missing / total:.1f}%) had no feature "
             "value inside the TTL and were left out of the training set"
         )
+    if metadata.get("performance_baseline"):
+        lines.append(f"live-performance baseline: {metadata['performance_baseline']}")
     if "decision" in metadata:
         reasons = metadata.get("reasons") or ([metadata["reason"]] if metadata.get("reason") else [])
         lines.append(f"decision: {metadata['decision']}" + (f" ({'; '.join(map(str, reasons))})" if reasons else ""))

@@ -139,6 +139,8 @@ def add_training_tasks(
     registered = ops.register(
         trained_model=trained.outputs["trained_model"],
         blessed=evaluated.outputs["Output"],
+        # Evaluate's result: the holdout metrics the version records, the monitor's live-performance baseline.
+        evaluation=evaluated.outputs["blessing"],
         model_name=champion.outputs["model_name"],
         tracking_uri=tracking_uri,
         lineage=lineage,

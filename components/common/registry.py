@@ -92,6 +92,9 @@ ONNX_SHA256_TAG = "ctpipe.onnx_sha256"
 SERVING_RUNTIME_TAG = "ctpipe.serving_runtime"
 #: Infra validation's ONNX parity verdict in one line with figures: ``passed: ...``, ``failed: ...``, ``no ONNX: ...``.
 ONNX_PARITY_TAG = "ctpipe.onnx_parity"
+#: JSON ``{"metrics": {name: value}, "rows": n}``: what evaluation measured on the version's holdout; the
+#: monitor's baseline for live performance (:mod:`components.common.baseline`).
+HOLDOUT_METRICS_TAG = "ctpipe.holdout_metrics"
 #: File name of the compiled model among the logged model's artifacts (downloaded with ``models:/NAME/VERSION``).
 ONNX_ARTIFACT = "model.onnx"
 #: Tags only ctpipe writes; a caller's lineage may not use them.
@@ -104,6 +107,7 @@ RESERVED_TAGS = (
     ONNX_SHA256_TAG,
     SERVING_RUNTIME_TAG,
     ONNX_PARITY_TAG,
+    HOLDOUT_METRICS_TAG,
 )
 
 # --- Lineage tags: on the training run (written by train) and on the version (by register) --------

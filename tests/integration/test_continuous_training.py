@@ -54,6 +54,18 @@ def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(champion
     assert {v.version for v in client.search_model_versions(f"name='{config.serving.model_name}'")} == before
     summary = (config.workspace / "reports" / "ctpipe-continuous-training-last-run.md").read_text()
     assert "SUCCEEDED" in summary
+    # The training pipeline recorded evaluate's holdout metrics on the champion's version, and monitor
+    # judged live performance against them (its result's metadata says so).
+    champion = client.get_model_version_by_alias(config.serving.model_name, registry.CHAMPION_ALIAS)
+    record = json.loads(champion.tags[registry.HOLDOUT_METRICS_TAG])
+    assert set(record["metrics"]) == {m.short_name for m in config.evaluation.metrics} and record["rows"] > 0
+    notes = [
+        json.loads(path.read_text())
+        for path in Path(calm.pipeline_root).rglob("executor_output.json")
+        if "performance_baseline" in path.read_text()
+    ]
+    assert notes, "the monitor task recorded no performance_baseline"
+    assert f"holdout metrics of models:/{config.serving.model_name}/{champion.version}" in json.dumps(notes)
 
     # Window 2 drifted: monitor decides retrain, the training branch runs on window 2 and
     # registers a new version with window 2's snapshot as its data lineage.
@@ -65,6 +77,7 @@ def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(champion
     (new,) = [v for v in after if v.version not in before]
     window2 = ingest(config.dataset.source, config.dataset, str(tmp_path / "w2.parquet"), **window_params(config, 2))
     assert new.tags["data_snapshot"] == window2.content_hash
+    assert json.loads(new.tags[registry.HOLDOUT_METRICS_TAG])["rows"] > 0
     _loop_in_cluster_profile_plans_a_training_run(config, window_params(config, 2))
     assert statuses["notify"] == "ran"
 

@@ -41,6 +41,14 @@ def test_misspelled_key_is_named(tmp_path):
         ("model", "estimator", "sklearn.nope.Model", "cannot import module 'sklearn.nope'"),
         ("model", "eval_fraction", 1.5, "model.eval_fraction"),
         ("monitoring", "psi_warn", 0.5, "psi_warn (0.5) must be below psi_retrain"),
+        ("monitoring", "importance_floor", 1.5, "monitoring.importance_floor"),
+        (
+            "monitoring",
+            "labels_source",
+            {"path": "labels.csv", "max_delay": "3s"},
+            "monitoring.labels_source.max_delay: Value error, expected a delay such as 7d, 36h or 90m",
+        ),
+        ("monitoring", "labels_source", {"path": "labels.csv", "max_dealy": "3d"}, "labels_source.max_dealy"),
     ],
 )
 def test_wrong_value_names_key_and_expectation(section, key, value, expected):

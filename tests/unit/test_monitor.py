@@ -13,11 +13,23 @@ import pytest
 from components.common import tracking
 from components.common.drift import categorical_psi, population_stability_index
 from components.common.errors import DataError
-from components.monitor import IMPORTANCE_FLOOR, MonitorResult, monitor
+from components.common.holdout import HoldoutMetrics
+from components.common.registry import HOLDOUT_METRICS_TAG
+from components.monitor import MonitorResult, monitor
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec, ValueThreshold
-from tests.data import CATEGORICAL_FEATURES, LABEL, NUMERIC_FEATURES, START, TIMESTAMP, Drift, write_churn
+from tests.data import (
+    CATEGORICAL_FEATURES,
+    LABEL,
+    NUMERIC_FEATURES,
+    START,
+    TIMESTAMP,
+    Drift,
+    churn_spec,
+    write_churn,
+)
 
 FEATURES = NUMERIC_FEATURES + CATEGORICAL_FEATURES
+IMPORTANCE_FLOOR = MonitoringSpec().importance_floor
 METRICS = [MetricSpec(name="roc_auc_score"), MetricSpec(name="log_loss"), MetricSpec(name="accuracy_score")]
 
 
@@ -73,7 +85,11 @@ def test_categorical_psi_matches_hand_computation_including_unseen_categories() 
 
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
-    """A model trained on independent stationary data (like a champion from past windows), in MLflow."""
+    """A model trained on independent stationary data (like a champion from past windows), in MLflow.
+
+    Its version records the metrics evaluation measures on a held-out window of the same distribution,
+    as the training pipeline records them: the baseline of live performance.
+    """
     import mlflow
     import mlflow.sklearn
     from mlflow import MlflowClient
@@ -81,6 +97,8 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
     from sklearn.ensemble import HistGradientBoostingClassifier
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import OneHotEncoder
+
+    from components.evaluate import compute_metrics
 
     folder = tmp_path_factory.mktemp("champion")
     write_churn(folder / "history.parquet", windows=1, rows=3000, seed=11)
@@ -98,9 +116,21 @@ def champion(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
         info = tracking.log_sklearn_model(model, uri)
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("churn")
-    version = client.create_model_version("churn", info.model_uri, run.info.run_id, model_id=info.model_id)
+    write_churn(folder / "holdout.parquet", windows=1, rows=1000, seed=13)
+    holdout = pd.read_parquet(folder / "holdout.parquet")
+    record = HoldoutMetrics(metrics=compute_metrics(model, holdout, churn_spec(folder), METRICS), rows=len(holdout))
+    version = client.create_model_version(
+        "churn", info.model_uri, run.info.run_id, model_id=info.model_id, tags={HOLDOUT_METRICS_TAG: record.to_tag()}
+    )
     client.set_registered_model_alias("churn", "champion", version.version)
-    return {"uri": uri, "model_uri": "models:/churn@champion"}
+    # The same model as a version registered before versions recorded their holdout metrics.
+    unrecorded = client.create_model_version("churn", info.model_uri, run.info.run_id, model_id=info.model_id)
+    return {
+        "uri": uri,
+        "model_uri": "models:/churn@champion",
+        "unrecorded_uri": f"models:/churn/{unrecorded.version}",
+        **{f"holdout_{name}": str(value) for name, value in record.metrics.items()},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -282,11 +312,38 @@ def test_live_metric_drop_asks_for_retraining(
     result = _run(tmp_path, reference, flipped, dataset_spec, champion, METRICS)
 
     assert result.performance is not None
+    # The reference is what evaluation measured on the champion's holdout, recorded on its version.
+    assert result.baseline is not None and result.baseline.source == "holdout"
+    assert result.performance["reference_roc_auc_score"] == float(champion["holdout_roc_auc_score"])
     drop = result.performance["reference_roc_auc_score"] - result.performance["roc_auc_score"]
     assert drop > 0.05
     assert {f.severity for f in result.features} == {"ok"} and result.decision == "retrain"
+    assert any(r.startswith("Live roc_auc_score") and "below its holdout value" in r for r in result.reasons)
     assert any(r.startswith("Live roc_auc_score") and "-> retrain" in r for r in result.reasons)
     assert any(r.startswith("Live log_loss") and "no retraining signal" in r for r in result.reasons)
+
+
+def test_a_version_without_a_holdout_record_gets_no_baseline_verdict(
+    tmp_path: Path, stationary: tuple[pd.DataFrame, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    """Registered before versions recorded their holdout: only the thresholds judge live metrics, and it says so."""
+    reference, current = stationary
+    flipped = current.copy()
+    rows = flipped.sample(frac=0.25, random_state=0).index
+    flipped.loc[rows, LABEL] = 1 - flipped.loc[rows, LABEL]
+    unrecorded = {"uri": champion["uri"], "model_uri": champion["unrecorded_uri"]}
+    result = _run(tmp_path, reference, flipped, dataset_spec, unrecorded, METRICS)
+
+    assert result.baseline is not None and result.baseline.source == "none"
+    assert HOLDOUT_METRICS_TAG in result.baseline.note and champion["unrecorded_uri"] in result.baseline.note
+    assert result.performance is not None and not any(k.startswith("reference_") for k in result.performance)
+    assert result.decision == "ok", result.reasons
+    assert any(r.startswith("No performance baseline") for r in result.reasons)
+    assert "no recorded holdout metrics" in (tmp_path / "report.html").read_text()
+
+    # Its absolute threshold still applies.
+    strict = [MetricSpec(name="roc_auc_score", threshold=ValueThreshold(lower_bound=0.99))]
+    assert _run(tmp_path, reference, flipped, dataset_spec, unrecorded, strict).decision == "retrain"
 
 
 def test_missing_feature_column_is_named(
@@ -469,3 +526,44 @@ def test_generated_drift_of_equal_size_retrains_only_for_an_important_feature(
     drifted = next(f for f in result.features if f.feature == feature)
     assert drifted.psi >= 0.25 and drifted.p_value < 1e-6  # the same, strong, significant drift either way
     assert result.decision == expected, result.reasons
+
+
+# --- the drift score: importance x PSI, weighted as configured ------------------------------------
+
+
+def test_the_importance_floor_and_the_drift_score_threshold_change_the_verdict(
+    tmp_path: Path, windows: dict[int, pd.DataFrame], dataset_spec: DatasetSpec, champion: dict[str, str]
+) -> None:
+    reference, current = _halves(windows[1])
+    ignored = current.copy()
+    ignored["marketing_score"] += 3 * ignored["marketing_score"].std()  # strong drift, a feature the model ignores
+    default = _run(tmp_path, reference, ignored, dataset_spec, champion)
+    marketing = next(f for f in default.features if f.feature == "marketing_score")
+    assert marketing.importance is not None and marketing.importance < IMPORTANCE_FLOOR
+    assert marketing.score == pytest.approx(marketing.importance * marketing.psi)
+    assert (marketing.severity, default.decision) == ("warn", "warn")
+
+    # No floor: every feature's PSI counts, as without a model.
+    unfloored = _run(
+        tmp_path, reference, ignored, dataset_spec, champion, monitoring=MonitoringSpec(importance_floor=0)
+    )
+    assert next(f for f in unfloored.features if f.feature == "marketing_score").severity == "retrain"
+    assert unfloored.decision == "retrain"
+
+    # A moderate shift of a feature the model leans on: below psi_retrain, so only a warning by default ...
+    leaned = current.copy()
+    leaned["satisfaction_score"] -= 0.4 * leaned["satisfaction_score"].std()
+    moderate = _run(tmp_path, reference, leaned, dataset_spec, champion)
+    leaned_drift = next(f for f in moderate.features if f.feature == "satisfaction_score")
+    assert MonitoringSpec().psi_warn <= leaned_drift.psi < MonitoringSpec().psi_retrain, leaned_drift
+    assert leaned_drift.severity == "warn" and leaned_drift.score is not None
+    # ... and a retraining signal once its score reaches drift_score_retrain.
+    scored = MonitoringSpec(drift_score_retrain=round(leaned_drift.score * 0.9, 6))
+    strict = _run(tmp_path, reference, leaned, dataset_spec, champion, monitoring=scored)
+    assert next(f for f in strict.features if f.feature == "satisfaction_score").severity == "retrain"
+    assert any("'satisfaction_score'" in r and "drift score >= drift_score_retrain" in r for r in strict.reasons)
+    # The ignored feature's score stays below the same threshold: the floor still spares it.
+    ignored_scored = _run(tmp_path, reference, ignored, dataset_spec, champion, monitoring=scored)
+    assert next(f for f in ignored_scored.features if f.feature == "marketing_score").severity == "warn"
+    page = (tmp_path / "report.html").read_text()
+    assert "score (importance x PSI)" in page and "importance floor 0.05" in page

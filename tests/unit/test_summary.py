@@ -44,9 +44,14 @@ def test_summary_shows_metrics_against_the_champion_failed_checks_and_decisions(
         "failed_checks": ["roc_auc_score dropped 0.088 against the champion (allowed -0.005)"],
     }
     report = _report(blessing)
-    report.outputs["result"] = {"path": "/r", "metadata": {"decision": "retrain", "reasons": ["support_calls PSI 1.9"]}}
+    baseline = "holdout metrics of models:/churn/3 as evaluation measured them on 142 held-out rows"
+    report.outputs["result"] = {
+        "path": "/r",
+        "metadata": {"decision": "retrain", "reasons": ["support_calls PSI 1.9"], "performance_baseline": baseline},
+    }
     print_run(report, out)
     text = out.getvalue()
+    assert f"result: live-performance baseline: {baseline}\n" in text
     assert "metrics: roc_auc_score 0.7123 (champion 0.8); log_loss 0.6\n" in text
     assert "failed check: roc_auc_score dropped 0.088 against the champion (allowed -0.005)" in text
     assert "result: decision: retrain (support_calls PSI 1.9)" in text
