@@ -56,15 +56,12 @@ from serving.decoding import (
     MAX_BATCH_ROWS,
     OIP_DATATYPE,
     Columns,
-    RequestRejected,
     Tensor,
-    check_batch_size,
     checked_request_id,
     columns_from_v1,
     columns_from_v2,
     decode_json,
-    describe,
-    names,
+    entity_rows,
     tensors_from_json,
     tensors_from_request,
 )
@@ -402,35 +399,8 @@ class CtpipeModel(Model):
         return [{"name": serving.output, "datatype": "FP64", "shape": [-1]}]
 
     def _rows_for_entities(self, ids: Any, what: str) -> tuple[dict[str, Any], list[Any]]:
-        """Fetch the online features of ``ids`` from Feast in one call, as a V1 body."""
-        lookup = self.entity_lookup
-        if lookup is None:
-            raise InvalidInput(
-                f"{what}: this server has no Feast feature store configured, so it cannot look up entity ids; "
-                "send feature values in 'instances'"
-            )
-        if not isinstance(ids, list):
-            raise InvalidInput(f"{what} must be a list of entity ids, got {describe(ids)}")
-        check_batch_size(len(ids), what, self.max_batch_rows)
-        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int | str)]
-        if bad:
-            raise InvalidInput(f"{what}: entity ids must be integers or strings; got {describe(bad[0])}")
-        from components.common.errors import DataError
-        from components.common.feast import online_features
-
-        try:
-            found = online_features(list(ids), lookup.dataset, lookup.feast, lookup.workspace)
-        except DataError as exc:
-            raise InvalidInput(f"{what}: {str(exc)[:500]}") from None
-        if found.missing:
-            raise RequestRejected(
-                f"unknown entity id(s) for {lookup.dataset.entity_column!r}: {names(found.missing)} "
-                f"(no online features in Feast); {len(found.rows)} of {len(ids)} ids were found",
-                422,
-            )
-        entity = lookup.dataset.entity_column
-        instances = [{k: v for k, v in row.items() if k != entity} for row in found.rows]
-        return {"instances": instances}, [row[entity] for row in found.rows]
+        """Fetch the online features of ``ids`` from Feast in one call, as a V1 body (:func:`entity_rows`)."""
+        return entity_rows(self.entity_lookup, ids, what, self.max_batch_rows)
 
     def _entity_tensor(self, tensors: list[Tensor]) -> Tensor | None:
         """The one input of a V2 request that names entities instead of features, else None."""
@@ -475,7 +445,8 @@ class CtpipeModel(Model):
                 body, entity_ids = self._rows_for_entities(body[ENTITY_IDS_KEY], f"{ENTITY_IDS_KEY!r}")
             return columns_from_v1(body, serving.features, self.max_batch_rows), entity_ids
 
-        if route_key is None and isinstance(payload, dict) and isinstance(payload.get(ENTITY_IDS_KEY), list):
+        sticky = self.rollout.strategy == "ab"
+        if sticky and route_key is None and isinstance(payload, dict) and isinstance(payload.get(ENTITY_IDS_KEY), list):
             route_key = payload[ENTITY_IDS_KEY][0] if payload[ENTITY_IDS_KEY] else None
         alias, serving, scores, request_id = self._score(columns, request_id, route_key)
         return {
@@ -533,7 +504,7 @@ class CtpipeModel(Model):
             v1_body, entity_ids = self._rows_for_entities(ids.values(), f"input {ids.name!r}")
             return columns_from_v1(v1_body, serving.features, self.max_batch_rows), entity_ids
 
-        if route_key is None:
+        if route_key is None and self.rollout.strategy == "ab":
             ids = self._entity_tensor(tensors)
             values_of_ids = ids.values() if ids is not None else None
             route_key = values_of_ids[0] if isinstance(values_of_ids, list) and values_of_ids else None
