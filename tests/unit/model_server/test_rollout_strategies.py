@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import hashlib
+import threading
 import time
 from pathlib import Path
 
@@ -152,8 +153,23 @@ def test_blue_green_switches_all_at_once_after_infra_validation_and_back(
     client.set_registered_model_tag("bluegreen", LIVE_VERSION_TAG, "2")
     wait_until(lambda: "not infra-blessed" in str(status(server)["last_error"]), 10, "the refusal to be reported")
     assert answers() == {"1"}
+    client.delete_registered_model_tag("bluegreen", LIVE_VERSION_TAG)  # so that only switch_live moves traffic
 
     loaded = {v: r["loaded_at"] for v, r in status(server)["runtimes"].items()}
+    # Requests flow from two threads through both switches: none fails.
+    failures: list[str] = []
+    stop = threading.Event()
+
+    def hammer() -> None:
+        own = requests.Session()
+        while not stop.is_set():
+            response = v1(own, server, {"instances": instances(rows)})
+            if response.status_code != 200:
+                failures.append(f"HTTP {response.status_code}: {response.text}")
+
+    threads = [threading.Thread(target=hammer) for _ in range(2)]
+    for thread in threads:
+        thread.start()
     client.set_model_version_tag("bluegreen", "2", INFRA_BLESSED_TAG, "true")
     assert switch_live("bluegreen", registry.tracking_uri) == "2"
     seconds = wait_until(lambda: status(server)["rollout"]["live_version"] == "2", 10, "the switch")
@@ -162,6 +178,10 @@ def test_blue_green_switches_all_at_once_after_infra_validation_and_back(
     assert switch_live("bluegreen", registry.tracking_uri, back=True) == "1"
     back = wait_until(lambda: status(server)["rollout"]["live_version"] == "1", 10, "the switch back")
     assert answers() == {"1"}
+    stop.set()
+    for thread in threads:
+        thread.join(10)
+    assert failures == []
     after = {v: r["loaded_at"] for v, r in status(server)["runtimes"].items()}
     assert after == loaded, "neither switch loaded a model again: both versions stayed in memory"
     print(f"\n[measure] blue-green switch seen after {seconds:.2f}s, rollback after {back:.2f}s (poll 0.2s)")

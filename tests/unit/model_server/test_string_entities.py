@@ -94,6 +94,8 @@ def test_sticky_ab_keys_on_the_entity_id_when_no_header_is_configured(tmp_path: 
     try:
         session = requests.Session()
         url = f"{server.endpoint}/v1/models/abentities:predict"
+        wanted_versions = {"2" if sticky_bucket("abentities", "", e) < 50 * BUCKETS // 100 else "1" for e in IDS}
+        assert wanted_versions == {"1", "2"}, "these ids reach both versions"
         for index, entity in enumerate(IDS):
             wanted = "2" if sticky_bucket("abentities", "", entity) < 50 * BUCKETS // 100 else "1"
             for _ in range(3):
