@@ -11,6 +11,10 @@ that answered, its latency and its status. :func:`canary_analysis` reads the las
   differences below ``latency_slack_ms`` never fail (on loopback both are a few ms);
 - **prediction distribution** - PSI between the two versions' served values (same traffic
   split at random, so the inputs come from one distribution) at most ``max_prediction_psi``;
+- **significance** (reported, not a gate) - per-version error rate, mean prediction and
+  accuracy with a p-value each (:func:`significance_tests`): two-proportion z-tests, Mann-Whitney
+  U on the scores, and for a shadow challenger, which scored the very requests the champion
+  answered, the Wilcoxon signed-rank test on the paired differences;
 - **accuracy where labels arrived** - a labels table joined on ``request_id`` (and ``row``)
   with the dataset's label column; the challenger may be at most ``max_accuracy_drop`` below
   the champion when each has ``min_labeled`` labeled rows.
@@ -84,6 +88,19 @@ class CanaryCheck(BaseModel):
     detail: str
 
 
+class SignificanceTest(BaseModel):
+    """Whether one difference between the versions is more than chance (reported; the checks decide)."""
+
+    name: str
+    test: str
+    champion: float | None
+    challenger: float | None
+    statistic: float | None
+    p_value: float | None
+    significant: bool
+    detail: str
+
+
 class CanaryAnalysisResult(BaseModel):
     """The decision, the numbers behind it and what was done."""
 
@@ -98,6 +115,7 @@ class CanaryAnalysisResult(BaseModel):
     challenger: VersionStats | None = None
     checks: list[CanaryCheck] = Field(default_factory=list)
     prediction_psi: float | None = None
+    significance: list[SignificanceTest] = Field(default_factory=list)
     acted: bool = False
     action: str = ""
 
@@ -116,6 +134,110 @@ def _stats(rows: pd.DataFrame, version: str) -> VersionStats:
         error_rate=errors / len(per_request) if len(per_request) else 0.0,
         latency_p95_ms=float(np.percentile(latency, 95)) if len(latency) else None,
     )
+
+
+def two_proportion_z(hits_a: int, n_a: int, hits_b: int, n_b: int) -> tuple[float | None, float | None]:
+    """Two-sided two-proportion z-test (pooled): the z statistic and its p-value; None when undefined."""
+    from scipy.stats import norm
+
+    if n_a == 0 or n_b == 0:
+        return None, None
+    pooled = (hits_a + hits_b) / (n_a + n_b)
+    spread = (pooled * (1 - pooled) * (1 / n_a + 1 / n_b)) ** 0.5
+    if spread == 0:
+        return 0.0, 1.0  # both rates 0 or both 1: no evidence of a difference
+    z = (hits_b / n_b - hits_a / n_a) / spread
+    return float(z), float(2 * norm.sf(abs(z)))
+
+
+def _test(
+    name: str, test: str, a: float | None, b: float | None, stat: float | None, p: float | None, level: float, what: str
+) -> SignificanceTest:
+    significant = p is not None and p < level
+    shown = "-" if p is None else f"{p:.3g}"
+    verdict = "significant" if significant else "not significant"
+    return SignificanceTest(
+        name=name,
+        test=test,
+        champion=a,
+        challenger=b,
+        statistic=stat,
+        p_value=p,
+        significant=significant,
+        detail=f"{what}; {test} p={shown}: {verdict} at {level:g}",
+    )
+
+
+def significance_tests(
+    champion: pd.DataFrame,
+    challenger: pd.DataFrame,
+    level: float,
+    label_column: str | None = None,
+) -> list[SignificanceTest]:
+    """Per-version metrics with a significance test each, on the logged rows of the two versions.
+
+    - error rate per request: two-proportion z-test;
+    - scores: Mann-Whitney U on the two versions' predictions (different requests: canary, A/B);
+    - paired scores: where both scored the same rows (shadow: same ``request_id`` and ``row``),
+      the Wilcoxon signed-rank test on the differences, which sees far smaller effects;
+    - accuracy, where ``label_column`` holds arrived labels: two-proportion z-test.
+
+    Args:
+        champion: The champion's log rows (``request_id``, ``row``, ``status``, ``prediction``).
+        challenger: The challenger's (shadow rows included).
+        level: A p-value below this is significant.
+        label_column: A column of joined labels, if any.
+
+    Returns:
+        One test per metric that both versions have data for.
+    """
+    from scipy.stats import mannwhitneyu, wilcoxon
+
+    tests: list[SignificanceTest] = []
+    errors = []
+    for rows in (champion, challenger):
+        per_request = rows.groupby("request_id", sort=False)["status"].first()
+        errors.append((int((per_request == "error").sum()), len(per_request)))
+    (e_a, n_a), (e_b, n_b) = errors
+    z, p = two_proportion_z(e_a, n_a, e_b, n_b)
+    rate_a, rate_b = (e_a / n_a if n_a else None), (e_b / n_b if n_b else None)
+    what = f"error rate champion {e_a}/{n_a}, challenger {e_b}/{n_b}"
+    tests.append(_test("error_rate", "two-proportion z-test", rate_a, rate_b, z, p, level, what))
+    ok_a, ok_b = (rows[rows["status"] == "ok"] for rows in (champion, challenger))
+    score_a, score_b = (rows["prediction"].to_numpy(dtype=float) for rows in (ok_a, ok_b))
+    score_a, score_b = score_a[np.isfinite(score_a)], score_b[np.isfinite(score_b)]
+    if len(score_a) and len(score_b):
+        u = mannwhitneyu(score_a, score_b, alternative="two-sided")
+        mean_a, mean_b = float(score_a.mean()), float(score_b.mean())
+        what = f"mean prediction champion {mean_a:.4f} ({len(score_a)} rows), challenger {mean_b:.4f} ({len(score_b)})"
+        tests.append(
+            _test("prediction", "Mann-Whitney U", mean_a, mean_b, float(u.statistic), float(u.pvalue), level, what)
+        )
+    paired = ok_a.merge(ok_b, on=["request_id", "row"], suffixes=("_a", "_b"))
+    if len(paired):
+        diff = paired["prediction_b"].to_numpy(dtype=float) - paired["prediction_a"].to_numpy(dtype=float)
+        diff = diff[np.isfinite(diff)]
+        if len(diff) and np.any(diff != 0):
+            w = wilcoxon(diff)
+            stat, p_value = float(w.statistic), float(w.pvalue)
+        else:
+            stat, p_value = 0.0, 1.0  # identical answers on every shared row
+        what = f"{len(diff)} rows scored by both; mean difference {diff.mean() if len(diff) else 0.0:+.4f}"
+        mean_a = float(paired["prediction_a"].mean())
+        mean_b = float(paired["prediction_b"].mean())
+        tests.append(_test("paired_prediction", "Wilcoxon signed-rank", mean_a, mean_b, stat, p_value, level, what))
+    if label_column is not None and label_column in champion.columns and label_column in challenger.columns:
+        hits = []
+        for rows in (ok_a, ok_b):
+            labeled = rows[rows[label_column].notna()]
+            predicted = (labeled["prediction"].to_numpy(dtype=float) >= 0.5).astype(int)
+            hits.append((int((predicted == labeled[label_column].to_numpy().astype(int)).sum()), len(labeled)))
+        (h_a, m_a), (h_b, m_b) = hits
+        if m_a and m_b:
+            z, p = two_proportion_z(h_a, m_a, h_b, m_b)
+            what = f"accuracy champion {h_a}/{m_a}, challenger {h_b}/{m_b}"
+            tests.append(_test("accuracy", "two-proportion z-test", h_a / m_a, h_b / m_b, z, p, level, what))
+    return tests
 
 
 def _accuracy(rows: pd.DataFrame, labels: pd.DataFrame, label_column: str) -> tuple[int, float | None]:
@@ -236,6 +358,13 @@ def _report(result: CanaryAnalysisResult) -> str:
         lines += ["| check | passed | detail |", "|---|---|---|"]
         lines += [f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.detail} |" for c in result.checks]
         lines.append("")
+    if result.significance:
+        lines += ["| metric | champion | challenger | test | p-value | significant |", "|---|---|---|---|---|---|"]
+        for t in result.significance:
+            shown = ["-" if v is None else f"{v:.4g}" for v in (t.champion, t.challenger, t.p_value)]
+            mark = "**yes**" if t.significant else "no"
+            lines.append(f"| {t.name} | {shown[0]} | {shown[1]} | {t.test} | {shown[2]} | {mark} |")
+        lines.append("")
     lines.append(f"Action: {result.action or 'none'}")
     return "\n".join(lines) + "\n"
 
@@ -345,6 +474,16 @@ def canary_analysis(
                 labels = _read_labels(str(labels_path), dataset)
                 for stats in (champion, challenger):
                     stats.labeled, stats.accuracy = _accuracy(by_version[stats.version], labels, dataset.label_column)
+            labeled = {v: rows for v, rows in by_version.items()}
+            label_column = None
+            if has_labels and dataset is not None:
+                label_column = dataset.label_column
+                labeled = {
+                    v: rows.merge(labels, on=["request_id", "row"], how="left") for v, rows in by_version.items()
+                }
+            result.significance = significance_tests(
+                labeled[champion_version], labeled[challenger_version], limits.significance_level, label_column
+            )
             result.checks = _checks(champion, challenger, psi, serving, has_labels)
             failed = [c for c in result.checks if not c.passed]
             result.decision = "rollback" if failed else "promote"

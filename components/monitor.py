@@ -443,6 +443,7 @@ def _read_inference_log(
         spec.timestamp_column,
         "prediction",
         "status",
+        "model_alias",
     ]
     frame = inference_log.read_window(log_dir, start or None, end or None, columns=[c for c in columns if c])
     protection = frame.attrs.get("protection") or {}
@@ -457,6 +458,10 @@ def _read_inference_log(
         )
     if "status" in frame.columns:
         frame = frame[frame["status"].fillna("ok") == "ok"]
+    if "model_alias" in frame.columns:
+        # A shadow's answers were never served: monitoring measures the traffic and what it was answered.
+        frame = frame[frame["model_alias"].fillna("") != "shadow"]
+    frame = frame.drop(columns=["model_alias"], errors="ignore")
     frame = frame[frame["prediction"].notna()].reset_index(drop=True)
     if frame.empty:
         raise DataError(

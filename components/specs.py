@@ -308,6 +308,61 @@ class CanaryAnalysisSpec(StrictModel):
         description="Where labels arrived: challenger accuracy may be lower than the champion's by at most this.",
     )
     min_labeled: int = Field(default=30, ge=1, description="Labeled rows per version needed to compare accuracy.")
+    significance_level: float = Field(
+        default=0.05,
+        gt=0,
+        lt=0.5,
+        description="p-value below which the report calls a difference between the versions significant "
+        "(two-proportion z-tests on error rate and accuracy, Mann-Whitney U on scores, Wilcoxon on paired "
+        "shadow scores).",
+    )
+
+
+RolloutStrategy = Literal["canary", "ab", "shadow", "blue_green"]
+_HEADER_NAME = r"^[A-Za-z0-9!#$%&'*+.^_`|~-]+$"
+
+
+class RolloutSpec(StrictModel):
+    """How the model server splits traffic between champion and challenger (docs/serving.md, rollout strategies).
+
+    Every strategy is routed inside ctpipe's model server, which holds both versions, so it works
+    the same on the local server and in a cluster pod.
+    """
+
+    strategy: RolloutStrategy = Field(
+        default="canary",
+        description="canary: each request goes to the challenger at random with serving.canary_percent. "
+        "ab: a SHA-256 hash of the request's key (sticky_header, else its first entity id) sends the same key "
+        "to the same version, serving.canary_percent of keys to the challenger. shadow: the champion answers "
+        "every request; the challenger scores a copy off the request path and its answers are only logged "
+        "(model_alias 'shadow'). blue_green: all traffic to one version; 'ctpipe switch' moves it to an "
+        "infra-blessed challenger at once and 'ctpipe switch --back' returns it, both loaded throughout.",
+    )
+    sticky_header: str | None = Field(
+        default=None,
+        pattern=_HEADER_NAME,
+        description="ab: the request header whose value is the assignment key (e.g. x-user-id); without it, or "
+        "when a request lacks it, the request's first entity id is the key.",
+    )
+    unkeyed: Literal["champion", "random"] = Field(
+        default="champion",
+        description="ab: where a request with no key goes: always the champion (no anonymous user enters the "
+        "experiment), or at random with serving.canary_percent.",
+    )
+    salt: str = Field(
+        default="",
+        max_length=200,
+        description="ab: mixed into the hash; a new salt reshuffles which keys see the challenger.",
+    )
+    shadow_percent: int = Field(
+        default=100, ge=1, le=100, description="shadow: share of requests copied to the challenger."
+    )
+    shadow_queue: int = Field(
+        default=1000,
+        ge=1,
+        description="shadow: copies waiting to be scored; when full further copies are dropped and counted "
+        "(ctpipe_shadow_dropped_total), never waited for.",
+    )
 
 
 INFERENCE_LOG_HASH_KEY_ENV = "CTPIPE_INFERENCE_LOG_HASH_KEY"
@@ -451,6 +506,7 @@ class ServingSpec(StrictModel):
     )
     infra_validation: InfraValidationSpec = Field(default_factory=InfraValidationSpec)
     canary_analysis: CanaryAnalysisSpec = Field(default_factory=CanaryAnalysisSpec)
+    rollout: RolloutSpec = Field(default_factory=RolloutSpec)
 
     @field_validator("inference_log_dir")
     @classmethod

@@ -421,6 +421,38 @@ def rollback_command(ctx: click.Context, as_json: bool, force: bool) -> None:
     _alias_command("rollback")(ctx, as_json, force=force)
 
 
+@main.command("switch")
+@config_option
+@click.option("--back", is_flag=True, help="Send all traffic back to the champion (the instant rollback).")
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def switch_command(ctx: click.Context, back: bool, as_json: bool) -> None:
+    """Blue-green (serving.rollout.strategy: blue_green): move all traffic to the challenger at once, or --back.
+
+    The challenger must be infra-blessed. Both versions stay loaded in the model server, so the
+    switch and the switch back take effect within one registry poll, without loading a model;
+    'ctpipe promote' confirms the switch.
+
+    \b
+    Examples:
+      ctpipe switch          # all traffic to the infra-blessed challenger
+      ctpipe switch --back   # all traffic to the champion again
+    """
+    from components.common import registry
+
+    config = _config(ctx)
+    if config.serving.rollout.strategy != "blue_green":
+        raise click.UsageError(
+            f"serving.rollout.strategy is {config.serving.rollout.strategy!r}; 'ctpipe switch' needs 'blue_green'"
+        )
+    live = registry.switch_live(config.serving.model_name, config.tracking_uri, back=back)
+    if as_json:
+        click.echo(json.dumps({"model_name": config.serving.model_name, "live_version": live, "back": back}))
+    else:
+        click.echo(f"{config.serving.model_name}: all traffic to version {live}")
+
+
 @main.command("lineage")
 @config_option
 @click.argument("name")

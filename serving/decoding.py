@@ -44,6 +44,7 @@ import simdjson
 from kserve.errors import InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
+from components.common.feast import EntityLookup
 from components.common.model_input import Feature, FeatureKind
 from components.specs import ServingSpec
 from serving.observability import BODIES_DECODED
@@ -475,3 +476,41 @@ def columns_from_v2(tensors: Sequence[Tensor], features: Sequence[Feature], max_
             for i, value in enumerate(tensor.values())
         ]
     return _columns(values, features)
+
+
+def entity_rows(
+    lookup: EntityLookup | None, ids: Any, what: str, max_batch_rows: int
+) -> tuple[dict[str, Any], list[Any]]:
+    """Fetch the online features of ``ids`` from Feast in one call, as a V1 body, and the ids found.
+
+    Raises:
+        InvalidInput: No Feast configured, or the ids are not a list of integers or strings (400).
+        RequestRejected: Some ids have no online features (422).
+    """
+    if lookup is None:
+        raise InvalidInput(
+            f"{what}: this server has no Feast feature store configured, so it cannot look up entity ids; "
+            "send feature values in 'instances'"
+        )
+    if not isinstance(ids, list):
+        raise InvalidInput(f"{what} must be a list of entity ids, got {describe(ids)}")
+    check_batch_size(len(ids), what, max_batch_rows)
+    bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int | str)]
+    if bad:
+        raise InvalidInput(f"{what}: entity ids must be integers or strings; got {describe(bad[0])}")
+    from components.common.errors import DataError
+    from components.common.feast import online_features
+
+    try:
+        found = online_features(list(ids), lookup.dataset, lookup.feast, lookup.workspace)
+    except DataError as exc:
+        raise InvalidInput(f"{what}: {str(exc)[:500]}") from None
+    if found.missing:
+        raise RequestRejected(
+            f"unknown entity id(s) for {lookup.dataset.entity_column!r}: {names(found.missing)} "
+            f"(no online features in Feast); {len(found.rows)} of {len(ids)} ids were found",
+            422,
+        )
+    entity = lookup.dataset.entity_column
+    instances = [{k: v for k, v in row.items() if k != entity} for row in found.rows]
+    return {"instances": instances}, [row[entity] for row in found.rows]

@@ -202,8 +202,10 @@ def add_routes(app: Any, model: CtpipeModel, settings: HttpSettings) -> ThreadPo
                 if not binary.isdigit():
                     raise InvalidInput(f"header {_BINARY_HEADER} must be a number of bytes, got {binary[:40]!r}")
                 args = (*args, int(binary))
+            header = model.rollout.sticky_header
+            key = request.headers.get(header) if header else None  # the ab key; checked where it is used
             loop = asyncio.get_running_loop()
-            answer = await loop.run_in_executor(pool, lambda: orjson.dumps(work(*args)))
+            answer = await loop.run_in_executor(pool, lambda: orjson.dumps(work(*args, route_key=key)))
             return Response(answer, media_type="application/json")
         except RequestRejected as exc:
             return rejected(exc.status, str(exc), route, request_id)

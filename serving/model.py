@@ -1,10 +1,11 @@
 """``CtpipeModel``: a ``kserve.Model`` that serves the MLflow champion and challenger.
 
 The model follows the registry instead of a fixed artifact. It serves the version behind the
-alias ``champion`` and, when present, the one behind ``challenger``; each request goes to the
-challenger with probability ``canary_percent / 100`` (tag ``ctpipe.canary_percent`` on the
-registered model, 0 when absent) and otherwise to the champion. With a challenger and no
-champion the challenger serves every request.
+alias ``champion`` and, when present, the one behind ``challenger``. Which of them answers a
+request is the rollout strategy's choice (``serving.rollout``, :mod:`serving.routing`): a random
+canary with ``canary_percent`` (tag ``ctpipe.canary_percent`` on the registered model, 0 when
+absent) by default, sticky A/B, shadow or blue-green. With a challenger and no champion the
+challenger serves every request.
 
 A watcher thread polls the aliases and the canary tag every ``poll_seconds``. A new version is
 downloaded and loaded completely (and scored on its logged input example) before one reference
@@ -23,146 +24,52 @@ from __future__ import annotations
 
 import os
 import random
-import shutil
-import tempfile
 import threading
 import time
 import uuid
 from collections import Counter
 from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
-import pandas as pd
 from kserve import Model
 from kserve.errors import InferenceError, InvalidInput
 from kserve.protocol.infer_type import InferRequest
 
 from components.common import tracking
-from components.common.compiled_model import PARITY_TOLERANCE, OnnxScorer, output_kind
 from components.common.feast import EntityLookup
 from components.common.logs import get_logger
-from components.common.model_input import Feature, features_of
 from components.common.registry import (
     CANARY_TAG,
     CANARY_VERSION_TAG,
     CHALLENGER_ALIAS,
     CHAMPION_ALIAS,
-    ONNX_ARTIFACT,
-    ONNX_PARITY_TAG,
-    ONNX_SHA256_TAG,
+    INFRA_BLESSED_TAG,
+    LIVE_VERSION_TAG,
     SERVING_RUNTIME_TAG,
     redact_uri,
 )
+from components.specs import RolloutSpec
 from serving.decoding import (
     ENTITY_IDS_KEY,
     MAX_BATCH_ROWS,
     OIP_DATATYPE,
     Columns,
-    RequestRejected,
     Tensor,
-    check_batch_size,
     checked_request_id,
     columns_from_v1,
     columns_from_v2,
     decode_json,
-    describe,
-    names,
+    entity_rows,
     tensors_from_json,
     tensors_from_request,
-    to_frame,
 )
 from serving.observability import BODIES_DECODED, InferenceLogWriter, LoggedRequest, observe
+from serving.routing import SHADOW_ALIAS, Route, RoutingState, ShadowScorer, checked_key
+from serving.versions import LoadedVersion, load_version
 
 logger = get_logger("serving.model")
-
-
-@dataclass(frozen=True)
-class LoadedVersion:
-    """A registered model version loaded into memory, ready to score.
-
-    ``runtime`` says what scores requests: ``onnx`` (the version's compiled ``model.onnx``, when
-    infra validation proved it gives the scikit-learn model's answers) or ``sklearn``;
-    ``runtime_reason`` says why. ``runtime_decided`` is False while infra validation has not
-    recorded a verdict yet: the watcher then loads the version again once it has.
-    """
-
-    version: str
-    model: Any = field(repr=False, compare=False)
-    features: tuple[Feature, ...]
-    output: Literal["score", "prediction"]
-    run_id: str | None = None
-    loaded_at: float = 0.0
-    onnx: OnnxScorer | None = field(default=None, repr=False, compare=False)
-    runtime_reason: str = ""
-    runtime_decided: bool = True
-
-    @property
-    def runtime(self) -> str:
-        """``onnx`` or ``sklearn``."""
-        return "sklearn" if self.onnx is None else "onnx"
-
-    @property
-    def feature_names(self) -> list[str]:
-        """Feature names in the order the model expects them."""
-        return [f.name for f in self.features]
-
-    def score_frame(self, frame: pd.DataFrame) -> np.ndarray:
-        """The scikit-learn model's answer for a DataFrame (the reference the ONNX model must match)."""
-        if self.output == "score":
-            proba = np.asarray(self.model.predict_proba(frame))
-            return proba[:, 1] if proba.ndim == 2 and proba.shape[1] == 2 else proba
-        return np.asarray(self.model.predict(frame))
-
-    def score(self, columns: Columns) -> np.ndarray:
-        """Positive-class probability for binary classifiers, ``predict`` otherwise.
-
-        The ONNX runtime scores the columns as they are; scikit-learn gets a DataFrame.
-        """
-        if self.onnx is not None:
-            return self.onnx.score_columns(columns)
-        return self.score_frame(to_frame(columns, self.features))
-
-
-@dataclass(frozen=True)
-class RoutingState:
-    """What is served right now; replaced as a whole, never mutated."""
-
-    champion: LoadedVersion | None = None
-    challenger: LoadedVersion | None = None
-    canary_percent: int = 0
-
-    @property
-    def ready(self) -> bool:
-        """Whether at least one version can answer."""
-        return self.champion is not None or self.challenger is not None
-
-    def key(self) -> tuple[str | None, str | None, int]:
-        """Versions and percent, to tell whether a refresh changed anything."""
-        return (
-            self.champion.version if self.champion else None,
-            self.challenger.version if self.challenger else None,
-            self.canary_percent,
-        )
-
-    def runtimes(self) -> dict[str, str]:
-        """What scores each loaded version: ``{"3": "onnx"}``."""
-        return {v.version: v.runtime for v in (self.champion, self.challenger) if v is not None}
-
-    def pick(self, rng: random.Random) -> tuple[str, LoadedVersion]:
-        """Choose the alias and version that answers one request.
-
-        Raises:
-            InferenceError: No version is loaded.
-        """
-        if self.champion is None:
-            if self.challenger is None:
-                raise InferenceError("no model version is loaded yet", status="503")
-            return CHALLENGER_ALIAS, self.challenger
-        if self.challenger is not None and rng.random() * 100 < self.canary_percent:
-            return CHALLENGER_ALIAS, self.challenger
-        return CHAMPION_ALIAS, self.champion
 
 
 @dataclass(frozen=True)
@@ -171,6 +78,8 @@ class _Wanted:
     challenger: str | None
     canary_percent: int
     canary_version: str | None
+    live_version: str | None = None
+    live_blessed: bool = False
 
 
 # ---------------------------------------------------------------------------------------------
@@ -193,6 +102,7 @@ class CtpipeModel(Model):
         max_batch_rows: Most rows (instances or entity ids) one request may carry.
         inference_log: Background writer that logs every answered request; None logs nothing.
         entity_lookup: Feast settings to answer requests that carry entity ids.
+        rollout: The rollout strategy (:mod:`serving.routing`); default a random canary.
     """
 
     def __init__(
@@ -207,8 +117,15 @@ class CtpipeModel(Model):
         max_batch_rows: int = MAX_BATCH_ROWS,
         inference_log: InferenceLogWriter | None = None,
         entity_lookup: EntityLookup | None = None,
+        rollout: RolloutSpec | None = None,
     ) -> None:
         super().__init__(name)
+        self.rollout = rollout or RolloutSpec()
+        if followed_alias is not None and self.rollout.strategy != "canary":
+            raise ValueError(
+                f"rollout strategy {self.rollout.strategy!r} routes between champion and challenger in one server; "
+                "a server following one alias (followed_alias) can only take part in a canary"
+            )
         self.max_batch_rows = max_batch_rows
         self.inference_log = inference_log
         self.entity_lookup = entity_lookup
@@ -221,7 +138,8 @@ class CtpipeModel(Model):
         self.pinned_version = pinned_version
         self.followed_alias = followed_alias
         self.retry_seconds = retry_seconds if retry_seconds is not None else max(30.0, 10 * poll_seconds)
-        self._state = RoutingState()
+        self._state = RoutingState(rollout=self.rollout)
+        self._shadow = ShadowScorer(name, self.rollout.shadow_queue)
         self._rng = random.Random(seed)
         self._refresh_lock = threading.Lock()
         self._stop = threading.Event()
@@ -266,63 +184,24 @@ class CtpipeModel(Model):
             if not 0 <= canary <= 100:
                 self._record_error(None, None, f"tag {CANARY_TAG}={raw!r} is outside 0-100; using 0")
                 canary = 0
-        return _Wanted(aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS), canary, tags.get(CANARY_VERSION_TAG))
+        champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
+        live, blessed = tags.get(LIVE_VERSION_TAG), False
+        if self.rollout.strategy == "blue_green" and challenger is not None and live == challenger:
+            # Checked here as well as by switch_live: a tag set by hand never routes to an unvalidated version.
+            version_tags = self.client.get_model_version(self.name, challenger).tags or {}
+            blessed = version_tags.get(INFRA_BLESSED_TAG) == "true"
+            if not blessed:
+                self._record_error(
+                    CHALLENGER_ALIAS,
+                    challenger,
+                    f"{LIVE_VERSION_TAG} names version {challenger}, which is not "
+                    f"infra-blessed ({INFRA_BLESSED_TAG} is not 'true'); the champion keeps all traffic",
+                )
+        return _Wanted(champion, challenger, canary, tags.get(CANARY_VERSION_TAG), live, blessed)
 
     def load_version(self, version: str) -> LoadedVersion:
-        """Download, load and smoke-test one registered version (no traffic change).
-
-        The version's ``model.onnx`` is loaded as well when infra validation recorded that it
-        gives the same answers (tag ``ctpipe.serving_runtime=onnx``); its SHA-256 must match the
-        one recorded at registration.
-
-        Raises:
-            Exception: Whatever MLflow, unpickling, the ONNX runtime or the smoke test raises.
-        """
-        import mlflow.artifacts
-        from mlflow.models import Model as MlflowModel
-
-        tags = dict(self.client.get_model_version(self.name, version).tags or {})
-        staging = tempfile.mkdtemp(prefix="ctpipe-serving-")
-        try:
-            local = mlflow.artifacts.download_artifacts(artifact_uri=f"models:/{self.name}/{version}", dst_path=staging)
-            # Unpickled only after the SHA-256 that train recorded matched.
-            sk_model = tracking.load_downloaded_model(local, f"models:/{self.name}/{version}", self.client)
-            mlflow_model = MlflowModel.load(local)
-            features = features_of(mlflow_model, sk_model)
-            output = output_kind(sk_model)
-            runtime = tags.get(SERVING_RUNTIME_TAG)
-            onnx = None
-            if runtime == "onnx":
-                onnx = OnnxScorer.from_file(
-                    os.path.join(local, ONNX_ARTIFACT), tags.get(ONNX_SHA256_TAG, ""), features, output
-                )
-            reason = tags.get(ONNX_PARITY_TAG) or (
-                "infra validation has not checked the ONNX model yet" if runtime is None else f"runtime {runtime}"
-            )
-            loaded = LoadedVersion(
-                version=version,
-                model=sk_model,
-                features=features,
-                output=output,
-                run_id=mlflow_model.run_id,
-                loaded_at=time.time(),
-                onnx=onnx,
-                runtime_reason=reason,
-                runtime_decided=runtime is not None,
-            )
-            example = mlflow_model.load_input_example(local) if mlflow_model.saved_input_example_info else None
-            if isinstance(example, pd.DataFrame) and len(example):
-                smoke = example[loaded.feature_names]
-                columns = {f.name: smoke[f.name].to_numpy() for f in features}
-                if onnx is not None:
-                    # The fast path answers like the model it was compiled from, or it is not used.
-                    np.testing.assert_allclose(
-                        onnx.score_frame(smoke), loaded.score_frame(smoke), atol=PARITY_TOLERANCE
-                    )
-                loaded.score(columns)
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        return loaded
+        """Download, load and smoke-test one version, no traffic change (:func:`serving.versions.load_version`)."""
+        return load_version(self.client, self.name, version)
 
     def _record_error(self, alias: str | None, version: str | None, message: str) -> None:
         now = time.time()
@@ -409,12 +288,14 @@ class CtpipeModel(Model):
             canary = 0
             if challenger is not None and wanted.canary_version in (None, challenger.version):
                 canary = wanted.canary_percent
-            new = RoutingState(champion, challenger, canary)
+            live = challenger is not None and wanted.live_blessed and wanted.live_version == challenger.version
+            new = RoutingState(champion, challenger, canary, self.rollout, live)
             # _resolve hands back the very object it was given when nothing changed for an alias.
             changed = (
                 new.champion is not current.champion
                 or new.challenger is not current.challenger
                 or new.canary_percent != current.canary_percent
+                or new.live_challenger != current.live_challenger
             )
             if changed:
                 self._state = new  # the one atomic switch
@@ -426,6 +307,8 @@ class CtpipeModel(Model):
                         "champion": new.key()[0],
                         "challenger": new.key()[1],
                         "canary_percent": new.canary_percent,
+                        "strategy": self.rollout.strategy,
+                        "live_challenger": new.live_challenger,
                         "runtimes": new.runtimes(),
                         "previous": list(current.key()),
                     },
@@ -465,6 +348,7 @@ class CtpipeModel(Model):
     def stop(self) -> None:
         """Kserve stop hook: stop watching the registry and write what the inference log holds."""
         self.stop_watcher()
+        self.stop_shadow()  # its rows go to the inference log, which stops after it
         if self.inference_log is not None:
             self.inference_log.stop()
         super().stop()
@@ -477,7 +361,7 @@ class CtpipeModel(Model):
         """
         self.stop_watcher()
         with self._refresh_lock:
-            self._state = RoutingState()
+            self._state = RoutingState(rollout=self.rollout)
             self.ready = False
             self._last_change_at = time.time()
         logger.warning("model unloaded", extra={"model": self.name})
@@ -515,35 +399,8 @@ class CtpipeModel(Model):
         return [{"name": serving.output, "datatype": "FP64", "shape": [-1]}]
 
     def _rows_for_entities(self, ids: Any, what: str) -> tuple[dict[str, Any], list[Any]]:
-        """Fetch the online features of ``ids`` from Feast in one call, as a V1 body."""
-        lookup = self.entity_lookup
-        if lookup is None:
-            raise InvalidInput(
-                f"{what}: this server has no Feast feature store configured, so it cannot look up entity ids; "
-                "send feature values in 'instances'"
-            )
-        if not isinstance(ids, list):
-            raise InvalidInput(f"{what} must be a list of entity ids, got {describe(ids)}")
-        check_batch_size(len(ids), what, self.max_batch_rows)
-        bad = [i for i in ids if isinstance(i, bool) or not isinstance(i, int | str)]
-        if bad:
-            raise InvalidInput(f"{what}: entity ids must be integers or strings; got {describe(bad[0])}")
-        from components.common.errors import DataError
-        from components.common.feast import online_features
-
-        try:
-            found = online_features(list(ids), lookup.dataset, lookup.feast, lookup.workspace)
-        except DataError as exc:
-            raise InvalidInput(f"{what}: {str(exc)[:500]}") from None
-        if found.missing:
-            raise RequestRejected(
-                f"unknown entity id(s) for {lookup.dataset.entity_column!r}: {names(found.missing)} "
-                f"(no online features in Feast); {len(found.rows)} of {len(ids)} ids were found",
-                422,
-            )
-        entity = lookup.dataset.entity_column
-        instances = [{k: v for k, v in row.items() if k != entity} for row in found.rows]
-        return {"instances": instances}, [row[entity] for row in found.rows]
+        """Fetch the online features of ``ids`` from Feast in one call, as a V1 body (:func:`entity_rows`)."""
+        return entity_rows(self.entity_lookup, ids, what, self.max_batch_rows)
 
     def _entity_tensor(self, tensors: list[Tensor]) -> Tensor | None:
         """The one input of a V2 request that names entities instead of features, else None."""
@@ -553,13 +410,21 @@ class CtpipeModel(Model):
 
     # -- inference (runs on the server's worker threads, never on the event loop) ---------------
 
-    def infer_v1(self, body: bytes, content_type: str | None = None, request_id: str | None = None) -> dict[str, Any]:
+    def infer_v1(
+        self,
+        body: bytes,
+        content_type: str | None = None,
+        request_id: str | None = None,
+        route_key: str | None = None,
+    ) -> dict[str, Any]:
         """Answer a V1 ``:predict`` body: decode, validate, score, log.
 
         Args:
             body: The raw request body.
             content_type: Its ``Content-Type`` header.
             request_id: The checked ``x-request-id`` header, if any.
+            route_key: The ``serving.rollout.sticky_header`` value, if any (``ab``); else the
+                first entity id is the key.
 
         Returns:
             ``{"predictions", "model_version", "model_alias", "request_id"}``.
@@ -580,7 +445,10 @@ class CtpipeModel(Model):
                 body, entity_ids = self._rows_for_entities(body[ENTITY_IDS_KEY], f"{ENTITY_IDS_KEY!r}")
             return columns_from_v1(body, serving.features, self.max_batch_rows), entity_ids
 
-        alias, serving, scores, request_id = self._score(columns, request_id)
+        sticky = self.rollout.strategy == "ab"
+        if sticky and route_key is None and isinstance(payload, dict) and isinstance(payload.get(ENTITY_IDS_KEY), list):
+            route_key = payload[ENTITY_IDS_KEY][0] if payload[ENTITY_IDS_KEY] else None
+        alias, serving, scores, request_id = self._score(columns, request_id, route_key)
         return {
             "predictions": scores.tolist(),
             "model_version": serving.version,
@@ -594,6 +462,7 @@ class CtpipeModel(Model):
         content_type: str | None = None,
         request_id: str | None = None,
         binary_json_length: int | None = None,
+        route_key: str | None = None,
     ) -> dict[str, Any]:
         """Answer a V2 ``/infer`` body (JSON, or JSON plus binary tensor data).
 
@@ -603,6 +472,7 @@ class CtpipeModel(Model):
             request_id: The checked ``x-request-id`` header; else the body's ``id`` (checked the same way).
             binary_json_length: ``Inference-Header-Content-Length``: the body is that many bytes of
                 JSON followed by binary tensor data.
+            route_key: The ``serving.rollout.sticky_header`` value, if any; else the first entity id.
 
         Returns:
             The Open Inference Protocol response as a dict.
@@ -634,7 +504,11 @@ class CtpipeModel(Model):
             v1_body, entity_ids = self._rows_for_entities(ids.values(), f"input {ids.name!r}")
             return columns_from_v1(v1_body, serving.features, self.max_batch_rows), entity_ids
 
-        alias, serving, scores, request_id = self._score(columns, request_id)
+        if route_key is None and self.rollout.strategy == "ab":
+            ids = self._entity_tensor(tensors)
+            values_of_ids = ids.values() if ids is not None else None
+            route_key = values_of_ids[0] if isinstance(values_of_ids, list) and values_of_ids else None
+        alias, serving, scores, request_id = self._score(columns, request_id, route_key)
         values = np.asarray(scores, dtype="float64")
         return {
             "model_name": self.name,
@@ -655,15 +529,17 @@ class CtpipeModel(Model):
         self,
         columns_for: Callable[[LoadedVersion], tuple[Columns, list[Any] | None]],
         request_id: str | None,
+        route_key: Any = None,
     ) -> tuple[str, LoadedVersion, np.ndarray, str]:
-        """Route one request to the champion or the challenger, score it, count it and log it.
+        """Route one request (:mod:`serving.routing`), score it, count it and log it; queue its shadow copy.
 
         Returns:
             The answering alias and version, the scores and the request id.
         """
         started = time.perf_counter()
         state = self._state  # one read: the whole request uses the same version
-        alias, serving = state.pick(self._rng)
+        route = state.pick(self._rng, self.name, checked_key(route_key, "the sticky routing key"))
+        alias, serving = route.alias, route.version
         alias = self.followed_alias or alias  # a pod of one traffic target answers (and logs) as its alias
         request_id = request_id or str(uuid.uuid4())
         columns: Columns | None = None
@@ -689,7 +565,53 @@ class CtpipeModel(Model):
         seconds = time.perf_counter() - started
         observe(self.name, serving.version, alias, "ok", seconds, scores)
         self._log(request_id, serving.version, alias, columns, scores, seconds, "ok", entity_ids)
+        if route.shadow is not None:
+            self._queue_shadow(route, columns_for, columns, entity_ids, request_id)
         return alias, serving, scores, request_id
+
+    def _queue_shadow(
+        self,
+        route: Route,
+        columns_for: Callable[[LoadedVersion], tuple[Columns, list[Any] | None]],
+        columns: Columns,
+        entity_ids: list[Any] | None,
+        request_id: str,
+    ) -> None:
+        """Hand the shadow a copy of this request; it is scored and logged on the shadow thread only."""
+        shadow, served = route.shadow, route.version
+        assert shadow is not None
+
+        def work() -> None:
+            started = time.perf_counter()
+            ids = entity_ids
+            # The answered columns fit the shadow when it has the same features; else decode for it (off the path).
+            own = columns if shadow.features == served.features else None
+            status, scores = "ok", None
+            try:
+                if own is None:
+                    own, ids = columns_for(shadow)
+                scores = shadow.score(own)
+            except Exception:
+                status = "error"
+                raise
+            finally:
+                if own is not None:
+                    self._log(
+                        request_id,
+                        shadow.version,
+                        SHADOW_ALIAS,
+                        own,
+                        scores,
+                        time.perf_counter() - started,
+                        status,
+                        ids,
+                    )
+
+        self._shadow.submit(work)
+
+    def stop_shadow(self, timeout: float = 5.0) -> None:
+        """Score the queued shadow copies (up to ``timeout``) and end the shadow thread."""
+        self._shadow.stop(timeout)
 
     def _log(
         self,
@@ -725,14 +647,21 @@ class CtpipeModel(Model):
     def status(self) -> dict[str, Any]:
         """What the server serves now, what the registry asks for, and the last failure."""
         state = self._state
-        champion, challenger, canary = state.key()
+        champion, challenger, _ = state.key()
         primary = state.champion or state.challenger
         return {
             "model_name": self.name,
             "ready": state.ready,
             "champion_version": champion,
             "challenger_version": challenger,
-            "canary_percent": 100 if champion is None and challenger is not None else canary,
+            "canary_percent": 100 if champion is None and challenger is not None else state.canary_percent,
+            # What the strategy makes of it: shadow answers nothing, blue-green all or nothing.
+            "challenger_share": state.effective_percent(),
+            "rollout": {
+                "strategy": self.rollout.strategy,
+                "live_version": challenger if state.live_challenger else champion or challenger,
+                "shadow": self._shadow.status(),
+            },
             "pinned_version": self.pinned_version,
             "followed_alias": self.followed_alias,
             "registry": {
@@ -740,10 +669,11 @@ class CtpipeModel(Model):
                 "challenger": self._wanted.challenger,
                 "canary_percent": self._wanted.canary_percent,
                 "canary_version": self._wanted.canary_version,
+                "live_version": self._wanted.live_version,
             },
             "features": primary.feature_names if primary is not None else [],
             "runtimes": {
-                v.version: {"runtime": v.runtime, "reason": v.runtime_reason}
+                v.version: {"runtime": v.runtime, "reason": v.runtime_reason, "loaded_at": v.loaded_at}
                 for v in (state.champion, state.challenger)
                 if v is not None
             },

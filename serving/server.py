@@ -40,7 +40,7 @@ from components.common.server_process import (
     GRACEFUL_SHUTDOWN_SECONDS,
     SERVING_TOKEN_ENV,
 )
-from components.specs import INFERENCE_LOG_HASH_KEY_ENV, ServingSpec
+from components.specs import INFERENCE_LOG_HASH_KEY_ENV, RolloutSpec, ServingSpec
 from serving.http import HttpSettings, add_routes
 from serving.observability import InferenceLogWriter
 
@@ -152,6 +152,7 @@ def serve(
     log_exclude: Sequence[str] = (),
     log_hash: Sequence[str] = (),
     log_hash_key: bytes = b"",
+    rollout: RolloutSpec | None = None,
 ) -> None:
     """Serve one registered model until SIGINT or SIGTERM (blocking).
 
@@ -175,6 +176,7 @@ def serve(
         log_exclude: Request columns the inference log never stores.
         log_hash: Request columns the inference log stores as HMAC-SHA256 digests under ``log_hash_key``.
         log_hash_key: The key of those digests (from the environment).
+        rollout: The rollout strategy (``serving.rollout``); default a random canary.
     """
     http = http or HttpSettings(max_request_bytes=_MAX_BYTES)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
@@ -200,6 +202,7 @@ def serve(
         max_batch_rows=max_batch_rows,
         inference_log=writer,
         entity_lookup=entity_lookup,
+        rollout=rollout,
     )
     model.load()
     app, pool = build_app(model, port, http)
@@ -226,6 +229,7 @@ def serve(
             "port": port,
             "tracking_uri": redact_uri(tracking_uri),
             "status": model.status(),
+            "rollout": model.rollout.model_dump(),
             "worker_threads": http.worker_threads,
             "max_request_bytes": http.max_request_bytes,
             "token_required": http.inference_token is not None,
@@ -238,6 +242,7 @@ def serve(
     finally:
         model.stop_watcher()
         pool.shutdown(wait=True)
+        model.stop_shadow()  # shadow rows are queued for the inference log before it is written
         if writer is not None:
             # Every answered request was queued before its answer went out; write them all before exiting.
             writer.stop(timeout=max(10.0, 4 * log_flush_seconds))
@@ -338,6 +343,13 @@ def main(argv: list[str] | None = None) -> int:
         help="Enable POST /v2/repository/models/NAME/load and /unload, which require 'Authorization: Bearer "
         f"<token>' with the token from ${ADMIN_TOKEN_ENV}. Off: they answer 404.",
     )
+    parser.add_argument(
+        "--rollout",
+        default=None,
+        metavar="JSON",
+        help='The rollout strategy and its settings as JSON, e.g. \'{"strategy": "ab", "sticky_header": '
+        '"x-user-id"}\' (serving.rollout; docs/serving.md). Default: a random canary.',
+    )
     parser.add_argument("--log-file", default=None, help="Write the log here as JSON lines, rotated at 10 MiB.")
     args = parser.parse_args(argv)
     if not args.tracking_uri:
@@ -375,6 +387,14 @@ def main(argv: list[str] | None = None) -> int:
     both = sorted(set(args.log_hash) & set(args.log_exclude))
     if both:
         parser.error(f"column(s) {both} are both --log-exclude and --log-hash; name each once")
+    rollout = None
+    if args.rollout:
+        try:
+            rollout = RolloutSpec.model_validate_json(args.rollout)
+        except ValueError as exc:
+            parser.error(f"--rollout is not a valid serving.rollout: {exc}")
+    if rollout is not None and rollout.strategy != "canary" and args.alias is not None:
+        parser.error(f"--rollout strategy {rollout.strategy!r} routes inside one server; it excludes --alias")
     lookup = os.environ.get(ENTITY_LOOKUP_ENV)
     # kserve parses sys.argv with its own parser when it is imported; these flags are ours.
     sys.argv = sys.argv[:1]
@@ -397,6 +417,7 @@ def main(argv: list[str] | None = None) -> int:
         args.log_exclude,
         args.log_hash,
         hash_key.encode(),
+        rollout,
     )
     return 0
 

@@ -7,7 +7,7 @@ it runs wherever onnxruntime does, without Python, sklearn or a pickle.
 
 What: :func:`compile_onnx` converts a fitted pipeline with skl2onnx; :class:`OnnxScorer` runs
 the result with one intra-op thread (one model-server worker, one core) and returns what
-``serving.model.LoadedVersion.score`` returns; :func:`check_parity` compares both on every
+``serving.versions.LoadedVersion.score`` returns; :func:`check_parity` compares both on every
 evaluation row, and only a version that passes is served through ONNX (``components.infra_validate``).
 
 Conventions of the compiled graph:
@@ -279,7 +279,7 @@ class OnnxScorer:
             path: The ``model.onnx`` downloaded with the model version.
             expected_sha256: The version's ``ctpipe.onnx_sha256`` tag.
             features: The model's input columns (``model_input.features_of``).
-            output: ``"score"`` or ``"prediction"``, as for ``serving.model.LoadedVersion``.
+            output: ``"score"`` or ``"prediction"``, as for ``serving.versions.LoadedVersion``.
 
         Raises:
             OnnxIntegrityError: The file's SHA-256 is not ``expected_sha256`` (both are named).

@@ -71,6 +71,9 @@ CANARY_TAG = "ctpipe.canary_percent"
 CANARY_VERSION_TAG = "ctpipe.canary_version"
 #: JSON list of previous champion versions, oldest first.
 HISTORY_TAG = "ctpipe.champion_history"
+#: Blue-green rollout: the version that takes all traffic. The server sends everything to the
+#: challenger only while this names it and the challenger is infra-blessed; else to the champion.
+LIVE_VERSION_TAG = "ctpipe.live_version"
 
 # --- Model-version tags -------------------------------------------------------------------------
 BLESSED_TAG = "ctpipe.blessed"
@@ -764,3 +767,44 @@ def close_canary(model_name: str, tracking_uri: str, version: str) -> bool:
             client.delete_registered_model_alias(model_name, CHALLENGER_ALIAS)
     log.info("canary closed", extra={"model": model_name, "version": version, "alias_removed": removed})
     return removed
+
+
+def switch_live(model_name: str, tracking_uri: str, back: bool = False) -> str:
+    """Blue-green: send all traffic to the challenger at once, or (``back``) to the champion again.
+
+    Both versions stay loaded in the model server (``serving.rollout.strategy: blue_green``), so
+    either way the switch is one reference swap within a poll interval, with no model load.
+    ``promote`` then confirms a switch (the challenger becomes champion); until then switching
+    back is instant.
+
+    Args:
+        model_name: Registered model name.
+        tracking_uri: MLflow tracking/registry URI.
+        back: Switch traffic back to the champion.
+
+    Returns:
+        The version that now takes all traffic.
+
+    Raises:
+        DeployError: No challenger (or champion, for ``back``), or the challenger is not infra-blessed.
+        ModelNotFound: The registered model does not exist.
+    """
+    client = tracking.registry_client(tracking_uri)
+    require_registered_model(client, model_name, tracking_uri)
+    with registry_lock(client, model_name) as lock:
+        aliases = aliases_of(client, model_name)
+        alias = CHAMPION_ALIAS if back else CHALLENGER_ALIAS
+        version = aliases.get(alias)
+        if version is None:
+            raise DeployError(f"registered model {model_name!r} has no {alias!r} alias to switch traffic to")
+        if not back:
+            blessed = (client.get_model_version(model_name, version).tags or {}).get(INFRA_BLESSED_TAG)
+            if blessed != "true":
+                raise DeployError(
+                    f"version {version} of {model_name!r} is not infra-blessed (tag {INFRA_BLESSED_TAG}: expected "
+                    f"'true', found {blessed!r}); run infra validation before switching traffic to it"
+                )
+        lock.check()
+        client.set_registered_model_tag(model_name, LIVE_VERSION_TAG, version)
+    log.info("blue-green switch", extra={"model": model_name, "live_version": version, "back": back})
+    return version

@@ -34,7 +34,7 @@ from components.common.feast import EntityLookup
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.registry import STATUS_ROUTE, redact_uri
-from components.specs import InferenceLogSpec, ServingSpec
+from components.specs import InferenceLogSpec, RolloutSpec, ServingSpec
 
 logger = get_logger("server_process")
 
@@ -363,6 +363,8 @@ def serving_args(serving: ServingSpec) -> list[str]:
         *(["--require-token"] if serving.require_token else []),
         *(["--model-repository-api"] if serving.model_repository_api else []),
         *inference_log_args(serving),
+        # Only a changed strategy is passed, so the default canary renders the same command as before.
+        *(["--rollout", serving.rollout.model_dump_json()] if serving.rollout != RolloutSpec() else []),
     ]
 
 

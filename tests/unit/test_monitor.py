@@ -419,6 +419,18 @@ def test_inference_log_as_current_uses_served_predictions_and_joins_ground_truth
         .assign(status="error")
         .astype({"prediction": float}),
     )
+    # A shadow challenger's answers to the same requests were never served: monitoring leaves them out.
+    shadow = current.drop(columns=[LABEL, TIMESTAMP]).assign(
+        request_id=[f"r{i}" for i in range(len(current))],
+        timestamp=start + pd.to_timedelta(np.arange(len(current)), unit="min"),
+        model_name="churn",
+        model_version="2",
+        model_alias="shadow",
+        prediction=0.99,
+        status="ok",
+        latency_ms=1.0,
+    )
+    append_batch(tmp_path / "inference_log", shadow)
 
     result = _monitor_log(tmp_path, reference, current, dataset_spec, champion)
 

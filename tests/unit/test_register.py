@@ -687,3 +687,38 @@ def test_a_crash_at_any_write_leaves_no_alias_on_an_unblessed_version(runs: Runs
     writes = _crash_at_every_write(runs, name, 1, False, lambda: _register(runs, 1, name))
     assert writes >= 4
     assert not resolve_alias(name, CHALLENGER_ALIAS, runs.uri).found
+
+
+def test_cli_switch_needs_blue_green_and_an_infra_blessed_challenger(runs: Runs, name: str, tmp_path: Path) -> None:
+    import yaml
+    from click.testing import CliRunner
+
+    from components.common import tracking
+    from components.common.registry import INFRA_BLESSED_TAG, LIVE_VERSION_TAG
+    from pipelines.cli import main
+
+    path = _cli_config(tmp_path, runs, name)
+    cli = CliRunner()
+    v1 = _register(runs, 0, name).version
+    assert cli.invoke(main, ["--config", str(path), "promote"]).exit_code == 0
+    v2 = _register(runs, 1, name).version  # the challenger
+    canary = cli.invoke(main, ["--config", str(path), "switch"])
+    assert canary.exit_code != 0 and "needs 'blue_green'" in canary.output, canary.output
+
+    raw = yaml.safe_load(path.read_text())
+    raw["serving"]["rollout"] = {"strategy": "blue_green"}
+    path.write_text(yaml.safe_dump(raw))
+    client = tracking.registry_client(runs.uri)
+    client.set_model_version_tag(name, v2, INFRA_BLESSED_TAG, "false")
+    refused = cli.invoke(main, ["--config", str(path), "switch"])
+    assert refused.exit_code != 0 and "not infra-blessed" in refused.output and "'false'" in refused.output
+    assert LIVE_VERSION_TAG not in (client.get_registered_model(name).tags or {})
+
+    client.set_model_version_tag(name, v2, INFRA_BLESSED_TAG, "true")
+    switched = cli.invoke(main, ["--config", str(path), "switch", "--json"])
+    assert switched.exit_code == 0, switched.output
+    assert json.loads(switched.stdout) == {"model_name": name, "live_version": v2, "back": False}
+    assert client.get_registered_model(name).tags[LIVE_VERSION_TAG] == v2
+    back = cli.invoke(main, ["--config", str(path), "switch", "--back"])
+    assert back.exit_code == 0 and back.stdout.strip() == f"{name}: all traffic to version {v1}"
+    assert client.get_registered_model(name).tags[LIVE_VERSION_TAG] == v1

@@ -90,14 +90,18 @@ def _check_tracking_uri(tracking_uri: str) -> None:
 def _predictor(
     serving: ServingSpec,
     image: str,
-    alias: str,
+    alias: str | None,
     tracking_uri: str,
     knative: bool,
     credentials_secret: str | None,
     resources: dict[str, dict[str, str]] | None,
     entity_lookup: EntityLookup | None,
 ) -> dict[str, Any]:
-    """A predictor block (custom ctpipe container) that serves and follows one registry alias."""
+    """A predictor block (custom ctpipe container) that serves and follows one registry alias.
+
+    ``alias`` None: the pods serve champion and challenger and route by ``serving.rollout`` (its
+    ``--rollout`` flag comes with :func:`serving_args`).
+    """
     args = [
         "--model-name",
         serving.model_name,
@@ -113,7 +117,8 @@ def _predictor(
         # An object-store prefix (s3://...) that monitoring and canary analysis read; the pod writes it
         # with the keys its Secret puts in the environment (envFrom), never with keys in this manifest.
         args += ["--inference-log-dir", serving.inference_log_dir]
-    args += ["--alias", alias]  # each traffic target follows one alias; KServe splits between targets
+    if alias is not None:
+        args += ["--alias", alias]  # each traffic target follows one alias; KServe splits between targets
     ready_path = f"/v2/models/{serving.model_name}/ready"
     readiness: dict[str, Any] = {
         "httpGet": {"path": ready_path},
@@ -179,7 +184,7 @@ def render_inference_service(
     credentials_secret: str | None = None,
     resources: dict[str, dict[str, str]] | None = None,
     stable_version: str | None = None,
-    alias: str = CHAMPION_ALIAS,
+    alias: str | None = CHAMPION_ALIAS,
     entity_lookup: EntityLookup | None = None,
 ) -> dict[str, Any]:
     """Render a KServe v1beta1 InferenceService that rolls out one registered model version.
@@ -199,7 +204,9 @@ def render_inference_service(
         stable_version: The champion during a canary. Needed in Standard mode, where
             ``spec.predictor`` keeps serving it; Knative keeps the last ready revision itself.
         alias: The alias the single target follows when ``canary_percent`` is None:
-            ``champion``, or ``challenger`` while there is no champion yet.
+            ``champion``, or ``challenger`` while there is no champion yet; None (only with a
+            ``serving.rollout`` strategy other than ``canary``): the pods follow both aliases and
+            route between them themselves.
         entity_lookup: Dataset and Feast settings, so the pods answer requests by entity id.
 
     Returns:
@@ -223,11 +230,17 @@ def render_inference_service(
             f"got {stable_version!r}"
         )
 
-    if alias not in (CHAMPION_ALIAS, CHALLENGER_ALIAS):
+    if alias is None and (serving.rollout.strategy == "canary" or canary_percent is not None):
+        raise DeployError(
+            "alias None (pods that route between champion and challenger themselves) needs serving.rollout.strategy "
+            f"ab, shadow or blue_green and no KServe split; found strategy {serving.rollout.strategy!r}, "
+            f"canary_percent {canary_percent!r}"
+        )
+    if alias is not None and alias not in (CHAMPION_ALIAS, CHALLENGER_ALIAS):
         raise DeployError(f"alias must be {CHAMPION_ALIAS!r} or {CHALLENGER_ALIAS!r}, got {alias!r}")
     secret = credentials_secret if credentials_secret is not None else serving.credentials_secret
 
-    def following(target_alias: str) -> dict[str, Any]:
+    def following(target_alias: str | None) -> dict[str, Any]:
         """The predictor block of one traffic target: pods that serve and follow ``target_alias``."""
         return _predictor(serving, image, target_alias, tracking_uri, knative, secret, resources, entity_lookup)
 

@@ -65,7 +65,22 @@ def traffic_state(serving: ServingSpec, aliases: dict[str, str]) -> TrafficState
 def render_for_state(
     serving: ServingSpec, state: TrafficState, tracking_uri: str, target: ClusterTarget
 ) -> dict[str, Any]:
-    """The InferenceService for ``state``."""
+    """The InferenceService for ``state``.
+
+    With a rollout strategy other than ``canary`` the pods hold both versions and route inside
+    (:mod:`serving.routing`): one target, no alias, no KServe split.
+    """
+    if serving.rollout.strategy != "canary":
+        rolled_out = state.challenger_version or state.champion_version
+        return render_inference_service(
+            serving,
+            target.image,
+            str(rolled_out or "0"),
+            tracking_uri,
+            None,
+            alias=None,
+            entity_lookup=target.entity_lookup,
+        )
     canary = 0 < state.canary_percent < 100
     rolled_out = state.challenger_version if state.challenger_version is not None else state.champion_version
     return render_inference_service(

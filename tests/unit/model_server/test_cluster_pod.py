@@ -197,3 +197,69 @@ def test_the_rendered_pod_writes_its_inference_log_to_the_object_store(
         f"\n[measure] pods ready after {ready_seconds:.1f}s, promotion seen after {promoted_after:.1f}s, "
         f"test {time.perf_counter() - started:.1f}s"
     )
+
+
+@pytest.mark.server
+def test_the_rendered_pod_routes_by_the_configured_rollout(registry: Registry, tmp_path: Path) -> None:
+    """serving.rollout reaches the pod: one target without --alias, routing sticky A/B itself."""
+    from components.common.kserve.traffic import ClusterTarget, render_for_state, traffic_state
+    from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG
+    from components.specs import RolloutSpec
+
+    name = "podab"
+    registry.create(name, ["a", "b"], {"champion": 1, "challenger": 2})
+    client = registry.client()
+    client.set_registered_model_tag(name, CANARY_VERSION_TAG, "2")
+    client.set_registered_model_tag(name, CANARY_TAG, "50")
+    rollout = RolloutSpec(strategy="ab", sticky_header="x-user-id")
+    serving = ServingSpec(model_name=name, rollout=rollout, inference_log=False)
+    state = traffic_state(serving, {"champion": "1", "challenger": "2"})
+    manifest = render_for_state(serving, state, registry.tracking_uri, ClusterTarget(image="ctpipe/serving:test"))
+    errors = [f"{list(e.path)}: {e.message}" for e in kserve_crd_validator().iter_errors(manifest)]
+    assert not errors, "\n".join(errors)
+    assert "canary" not in manifest["spec"] and "canaryTrafficPercent" not in manifest["spec"]["predictor"]
+    (container,) = manifest["spec"]["predictor"]["containers"]
+    args = container["args"]
+    assert "--alias" not in args, "the pod holds both versions and routes between them"
+    assert RolloutSpec.model_validate_json(args[args.index("--rollout") + 1]) == rollout
+
+    port = free_port()
+    scratch = tmp_path / "pod"
+    scratch.mkdir()
+    output = tmp_path / "pod.log"
+    with open(output, "wb") as out:
+        proc = subprocess.Popen(
+            _pod_command(container, port),
+            env=_pod_env(container, {}, scratch),
+            cwd=scratch,
+            stdin=subprocess.DEVNULL,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    endpoint = f"http://127.0.0.1:{port}"
+    try:
+        ready = endpoint + container["readinessProbe"]["httpGet"]["path"]
+
+        def is_ready() -> bool:
+            assert proc.poll() is None, f"pod exited:\n{output.read_text(errors='replace')[-3000:]}"
+            try:
+                return requests.get(ready, timeout=1).status_code == 200
+            except requests.ConnectionError:
+                return False
+
+        wait_until(is_ready, 60, "the pod to be ready")
+        session = requests.Session()
+        body = {"instances": instances(registry.rows.head(1))}
+        seen: dict[str, set[str]] = {}
+        for user in range(60):
+            for _ in range(2):
+                answer = session.post(
+                    f"{endpoint}/v1/models/{name}:predict", json=body, headers={"x-user-id": str(user)}, timeout=10
+                ).json()
+                seen.setdefault(str(user), set()).add(answer["model_version"])
+        assert all(len(versions) == 1 for versions in seen.values()), seen
+        assert set().union(*seen.values()) == {"1", "2"}
+        assert requests.get(f"{endpoint}/ctpipe/status", timeout=5).json()["rollout"]["strategy"] == "ab"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(20)

@@ -71,3 +71,38 @@ def test_server_answers_entity_id_requests_with_string_ids(tmp_path: Path, regis
         assert "cust-9999" in unknown.text
     finally:
         stop_local_server(server_workspace)
+
+
+def test_sticky_ab_keys_on_the_entity_id_when_no_header_is_configured(tmp_path: Path, registry: Registry) -> None:
+    from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG
+    from components.specs import RolloutSpec
+    from serving.routing import BUCKETS, sticky_bucket
+
+    spec, feast, workspace, rows = _string_entity_store(tmp_path)
+    registry.create("abentities", ["a", "b"], {"champion": 1, "challenger": 2})
+    client = registry.client()
+    client.set_registered_model_tag("abentities", CANARY_VERSION_TAG, "2")
+    client.set_registered_model_tag("abentities", CANARY_TAG, "50")
+    serving = ServingSpec(
+        model_name="abentities", port=free_port(), inference_log=False, rollout=RolloutSpec(strategy="ab")
+    )
+    lookup = EntityLookup(dataset=spec, feast=feast, workspace=workspace)
+    server_workspace = str(tmp_path / "server")
+    server = start_local_server(
+        serving, registry.tracking_uri, server_workspace, timeout=60, poll_seconds=POLL, entity_lookup=lookup
+    )
+    try:
+        session = requests.Session()
+        url = f"{server.endpoint}/v1/models/abentities:predict"
+        wanted_versions = {"2" if sticky_bucket("abentities", "", e) < 50 * BUCKETS // 100 else "1" for e in IDS}
+        assert wanted_versions == {"1", "2"}, "these ids reach both versions"
+        for index, entity in enumerate(IDS):
+            wanted = "2" if sticky_bucket("abentities", "", entity) < 50 * BUCKETS // 100 else "1"
+            for _ in range(3):
+                answer = session.post(url, json={"entity_ids": [entity]}, timeout=30).json()
+                assert answer["model_version"] == wanted, (entity, answer)
+                key = "b" if wanted == "2" else "a"
+                expected = registry.expected(key, rows.iloc[[index]].reset_index(drop=True)[FEATURES])
+                assert answer["predictions"] == [float(p) for p in expected]
+    finally:
+        stop_local_server(server_workspace)
