@@ -384,6 +384,13 @@ class ServingSpec(StrictModel):
         description="Kubernetes namespace of the InferenceService; default the CTPIPE_NAMESPACE variable (the "
         "CronJob sets it to its own namespace, the overlay's), else 'ctpipe'.",
     )
+    environment: Literal["dev", "staging", "prod"] | None = Field(
+        default=None,
+        description="The environment this configuration serves (docs/operations.md, environments): its "
+        "InferenceService follows that environment's aliases (dev-/staging-champion and -challenger; prod's are "
+        "champion and challenger), goes to environments.ENV.namespace unless serving.namespace is set, and its "
+        "canary analysis records its verdict for that environment. Empty: prod's aliases, as before environments.",
+    )
     max_batch_rows: int = Field(
         default=10_000,
         ge=1,

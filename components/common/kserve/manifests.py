@@ -42,6 +42,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from components.common import environments
 from components.common.errors import DeployError
 from components.common.feast import EntityLookup
 from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
@@ -227,8 +228,14 @@ def render_inference_service(
         raise DeployError(f"alias must be {CHAMPION_ALIAS!r} or {CHALLENGER_ALIAS!r}, got {alias!r}")
     secret = credentials_secret if credentials_secret is not None else serving.credentials_secret
 
-    def following(target_alias: str) -> dict[str, Any]:
-        """The predictor block of one traffic target: pods that serve and follow ``target_alias``."""
+    def following(role: str) -> dict[str, Any]:
+        """The predictor block of one traffic target: pods that serve and follow the alias of ``role``.
+
+        The role's alias in ``serving.environment``: ``staging-champion`` for the champion in staging;
+        prod's (and a configuration without an environment) are ``champion`` and ``challenger``.
+        """
+        env = serving.environment or environments.PROD
+        target_alias = environments.serving_alias(env) if role == CHAMPION_ALIAS else environments.challenger_alias(env)
         return _predictor(serving, image, target_alias, tracking_uri, knative, secret, resources, entity_lookup)
 
     # With a canary, Standard keeps the champion in spec.predictor; in Knative the predictor is the new revision.
