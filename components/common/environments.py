@@ -143,39 +143,68 @@ class EnvironmentSpec(_Strict):
     requires: GateSpec = Field(default_factory=GateSpec, description="The gate into this environment.")
 
 
+#: Each environment's settings when the configuration leaves them out; a configured environment is merged
+#: over these key by key (its ``requires`` too), so ``prod: {requires: {min_hours: 24}}`` keeps the rest.
+DEFAULTS: dict[str, dict[str, Any]] = {
+    "dev": {"namespace": "ctpipe-dev", "overlay": None, "requires": {}},
+    "staging": {"namespace": "ctpipe-staging", "overlay": "manifests/overlays/staging", "requires": {}},
+    "prod": {
+        "namespace": "ctpipe-production",
+        "overlay": "manifests/overlays/production",
+        "requires": {"passed_previous": True, "canary_passed": True},
+    },
+}
+
+
 class EnvironmentsSpec(_Strict):
-    """The environments dev → staging → prod: namespaces, overlays and gates (docs/operations.md)."""
+    """The environments dev → staging → prod: namespaces, overlays and gates (docs/operations.md).
+
+    A configured environment is merged over its defaults key by key, ``requires`` included.
+    """
 
     dev: EnvironmentSpec = Field(
-        default_factory=lambda: EnvironmentSpec(namespace="ctpipe-dev"),
-        description="Development: the embedded profile or a scratch namespace; no gate.",
+        default_factory=lambda: EnvironmentSpec.model_validate(DEFAULTS["dev"]),
+        description="Development (aliases dev-champion, dev-challenger): default namespace ctpipe-dev, no overlay, "
+        "no gate.",
     )
     staging: EnvironmentSpec = Field(
-        default_factory=lambda: EnvironmentSpec(namespace="ctpipe-staging", overlay="manifests/overlays/staging"),
-        description="Staging: any blessed version may enter unless requires says otherwise.",
+        default_factory=lambda: EnvironmentSpec.model_validate(DEFAULTS["staging"]),
+        description="Staging (aliases staging-champion, staging-challenger): default namespace ctpipe-staging, "
+        "overlay manifests/overlays/staging, no gate beyond blessing.",
     )
     prod: EnvironmentSpec = Field(
-        default_factory=lambda: EnvironmentSpec(
-            namespace="ctpipe-production",
-            overlay="manifests/overlays/production",
-            requires=GateSpec(passed_previous=True, canary_passed=True),
-        ),
-        description="Production (aliases champion and challenger): by default only a version whose staging "
-        "canary passed.",
+        default_factory=lambda: EnvironmentSpec.model_validate(DEFAULTS["prod"]),
+        description="Production (aliases champion, challenger, as before environments): default namespace "
+        "ctpipe-production, overlay manifests/overlays/production, requires passed_previous and canary_passed "
+        "(a version whose staging canary passed).",
     )
 
     @model_validator(mode="before")
     @classmethod
-    def _known(cls, value: Any) -> Any:
+    def _known_and_merged(cls, value: Any) -> Any:
+        if not isinstance(value, Mapping):
+            return value
         # pydantic's "extra inputs are not permitted" does not say which names are allowed.
-        if isinstance(value, Mapping):
-            unknown = sorted(str(key) for key in value if key not in ENVIRONMENTS)
-            if unknown:
-                raise ValueError(
-                    f"unknown environment(s) {unknown}; expected only {', '.join(ENVIRONMENTS)} "
-                    "(prod keeps the aliases champion and challenger)"
-                )
-        return value
+        unknown = sorted(str(key) for key in value if key not in ENVIRONMENTS)
+        if unknown:
+            raise ValueError(
+                f"unknown environment(s) {unknown}; expected only {', '.join(ENVIRONMENTS)} "
+                "(prod keeps the aliases champion and challenger)"
+            )
+        merged: dict[str, Any] = {}
+        for env, given in value.items():
+            if isinstance(given, EnvironmentSpec):
+                given = given.model_dump()
+            if not isinstance(given, Mapping):
+                merged[env] = given  # pydantic reports the wrong type under the environment's key
+                continue
+            requires = given.get("requires", {})
+            if isinstance(requires, GateSpec):
+                requires = requires.model_dump(exclude_unset=True)
+            if isinstance(requires, Mapping):
+                requires = {**DEFAULTS[env]["requires"], **requires}
+            merged[env] = {**DEFAULTS[env], **given, "requires": requires}
+        return merged
 
     def of(self, env: str) -> EnvironmentSpec:
         """The settings of ``env``."""

@@ -206,6 +206,7 @@ def test_plain_promote_keeps_its_old_behaviour_and_min_hours_refuses(tmp_path):
     # No --to: the challenger becomes champion with no gate, as before environments.
     plain = CliRunner().invoke(main, [*cli, "promote"])
     assert plain.exit_code == 0 and "churn-envs@champion: version - → 2" in plain.output
+    assert "ctpipe.env.prod.since" in client.get_model_version("churn-envs", "2").tags  # for `ctpipe status`
     assert registry.aliases_of(client, "churn-envs") == {"champion": "2", "staging-champion": "1"}
     canary = CliRunner().invoke(main, [*cli, "promote", "--to", "staging", "--canary", "--version", "2"])
     assert canary.exit_code == 0 and "churn-envs@staging-challenger (staging): version - → 2" in canary.output

@@ -194,6 +194,14 @@ def test_environments_config_names_field_expected_and_found():
         EnvironmentsSpec.model_validate({"prod": {"namespace": "p", "requires": {"min_hours": -1}}})
     with pytest.raises(ValueError, match="min_hour"):
         EnvironmentsSpec.model_validate({"prod": {"namespace": "p", "requires": {"min_hour": 3}}})
+    with pytest.raises(ValueError, match="namespace"):
+        EnvironmentsSpec.model_validate({"staging": {"namespace": "Not_A_Namespace"}})
+    # A configured environment is merged over its defaults: the rest of prod's gate and namespace stay.
+    merged = EnvironmentsSpec.model_validate({"prod": {"requires": {"min_hours": 24}}})
+    assert merged.prod.requires == GateSpec(passed_previous=True, canary_passed=True, min_hours=24)
+    assert (merged.prod.namespace, merged.prod.overlay) == ("ctpipe-production", "manifests/overlays/production")
+    relaxed = EnvironmentsSpec.model_validate({"prod": {"requires": {"canary_passed": False}}})
+    assert relaxed.prod.requires == GateSpec(passed_previous=True)
     defaults = EnvironmentsSpec()
     assert defaults.prod.requires == GateSpec(passed_previous=True, canary_passed=True, min_hours=0)
     assert defaults.staging.requires == GateSpec()
