@@ -446,8 +446,9 @@ def promote_command(
     change = promote_to(
         config.serving.model_name, config.tracking_uri, to, config.environments, version=version, canary=canary
     )
-    if to == PROD and config.infra.profile == "cluster":
-        # prod's aliases are the ones the configured InferenceService follows, as for a plain promote.
+    if to == (config.serving.environment or PROD) and config.infra.profile == "cluster":
+        # The configured InferenceService follows this environment's aliases: its split follows the move.
+        # Another environment's pods follow their alias by themselves; its own configuration syncs its split.
         _sync_cluster(config, force)
     if as_json:
         click.echo(change.model_dump_json())

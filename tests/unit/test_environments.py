@@ -293,3 +293,33 @@ def test_an_environment_chooses_the_namespace_aliases_and_manifest_folder_of_dep
     assert manifest["spec"]["predictor"]["containers"][0]["args"][-2:] == ["--alias", "staging-champion"]
     with pytest.raises(CtpipeError, match=r"neither staging's challenger \(staging-challenger: None\)"):
         deploy("1", serving, uri, str(tmp_path / "ws"), profile="cluster", image="img:1", dry_run=True)
+
+
+@pytest.mark.parametrize(
+    ("section", "expected"),
+    [
+        (
+            {"serving": {"environment": "qa"}},
+            "serving.environment: Input should be 'dev', 'staging' or 'prod' (found 'qa')",
+        ),
+        (
+            {"environments": {"prod": {"requires": {"min_hours": "soon"}}}},
+            "environments.prod.requires.min_hours: Input should be a valid number",
+        ),
+        ({"environments": {"qa": {}}}, "unknown environment(s) ['qa']; expected only dev, staging, prod"),
+        ({"environments": {"prod": 3}}, "environments.prod: Input should be a valid dictionary"),
+    ],
+)
+def test_a_wrong_configuration_names_the_field_and_what_was_found(section: dict[str, object], expected: str):
+    import yaml
+
+    from components.common.errors import ConfigError
+    from pipelines.config import parse_config
+    from tests.helpers import ROOT
+
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    for key, value in section.items():
+        raw[key] = {**raw.get(key, {}), **value}  # type: ignore[dict-item]
+    with pytest.raises(ConfigError) as error:
+        parse_config(raw, ROOT)
+    assert expected in str(error.value)
