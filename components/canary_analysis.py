@@ -29,6 +29,12 @@ which never stopped being champion, answers every request.
 promotion, and during a canary the champion is the good model. The decision and its reasons
 are recorded as tags on the challenger version (``ctpipe.canary_decision``,
 ``ctpipe.canary_reason``) and in a JSON result and a Markdown report.
+
+In an environment (``serving.environment``, see ``components.common.environments``) the two versions
+are that environment's (``staging-champion`` and ``staging-challenger`` in staging), the verdict is
+also recorded as ``ctpipe.env.<env>.canary_decision`` (what the gate into the next environment
+reads), and outside prod the canary ends with ``environments.conclude_canary``: prod's aliases are
+never moved by a staging or dev analysis.
 """
 
 from __future__ import annotations
@@ -40,7 +46,7 @@ import numpy as np
 import pandas as pd
 from pydantic import BaseModel, Field
 
-from components.common import tracking
+from components.common import environments, tracking
 from components.common.drift import population_stability_index
 from components.common.errors import DataError
 from components.common.inference_log import read_window
@@ -50,8 +56,6 @@ from components.common.logs import get_logger
 from components.common.registry import (
     CANARY_DECISION_TAG,
     CANARY_REASON_TAG,
-    CHALLENGER_ALIAS,
-    CHAMPION_ALIAS,
     close_canary,
     promote,
     redact_uri,
@@ -374,8 +378,14 @@ def _act(result: CanaryAnalysisResult, serving: ServingSpec, tracking_uri: str, 
     client = tracking.registry_client(tracking_uri)
     client.set_model_version_tag(name, version, CANARY_DECISION_TAG, result.decision)
     client.set_model_version_tag(name, version, CANARY_REASON_TAG, result.reason[:4000])
-    if result.decision == "promote":
+    env = serving.environment or environments.PROD
+    environments.record_canary_verdict(client, name, version, env, result.decision, result.reason)
+    if env != environments.PROD:
+        action = environments.conclude_canary(name, tracking_uri, env, version, result.decision)
+    elif result.decision == "promote":
         change = promote(name, tracking_uri, version)
+        if change.previous != change.current:
+            environments.stamp_entry(client, name, environments.PROD, version, change.previous, environments.utc_now())
         action = f"promoted version {version} to champion (was {change.previous}); it now takes all traffic"
     else:
         # Under the registry lock: traffic to 0 first (the server stops routing to it), then the alias.
@@ -428,7 +438,9 @@ def canary_analysis(
     start = end - pd.Timedelta(minutes=limits.window_minutes)
     client = tracking.registry_client(tracking_uri)
     aliases = {k: str(v) for k, v in (client.get_registered_model(serving.model_name).aliases or {}).items()}
-    champion_version, challenger_version = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
+    env = serving.environment or environments.PROD
+    champion_version = aliases.get(environments.serving_alias(env))
+    challenger_version = aliases.get(environments.challenger_alias(env))
     result = CanaryAnalysisResult(
         model_name=serving.model_name,
         decision="no_canary",

@@ -35,6 +35,7 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 
 from components.common import tracking
+from components.common.environments import PROD, challenger_alias, serving_alias
 from components.common.errors import DeployError, ModelNotFound
 from components.common.logs import get_logger
 from components.common.registry import (
@@ -72,6 +73,8 @@ class DeployResult(BaseModel):
     challenger_version: str | None
     canary_percent: int
     manifest_path: str | None = None
+    environment: str | None = None
+    namespace: str | None = None
     dry_run: bool = False
     message: str = ""
     skipped: str = ""
@@ -342,16 +345,29 @@ def _deploy_cluster(
     else:  # a dry run without a registry: as if the version were the only one
         state = TrafficState(champion_version=None, challenger_version=version, canary_percent=100)
         manifest = render_for_state(serving, state, tracking_uri, target)
+    env = serving.environment
     if version not in (state.challenger_version, state.champion_version):
+        if env is None:
+            raise DeployError(
+                f"version {version} of {serving.model_name!r} is neither the challenger nor the champion "
+                f"(challenger {state.challenger_version}, champion {state.champion_version}); register it first"
+            )
         raise DeployError(
-            f"version {version} of {serving.model_name!r} is neither the challenger nor the champion "
-            f"(challenger {state.challenger_version}, champion {state.champion_version}); register it first"
+            f"version {version} of {serving.model_name!r} is neither {env}'s challenger "
+            f"({challenger_alias(env)}: {state.challenger_version}) nor its champion "
+            f"({serving_alias(env)}: {state.champion_version})",
+            hint=f"Move it into {env} first: ctpipe promote --to {env} --canary --version {version}",
         )
+    # The environment's namespace (environments.ENV.namespace, set into serving.namespace by the config).
     seam = KServeSeam(namespace=serving.namespace, dry_run=target.dry_run)
     seam.apply(manifest, force=target.force)
-    manifest_path = scratch_folder(workspace) / "manifests" / f"{name}.yaml"
+    # One folder per environment: the staging and prod renderings of one model never overwrite each other.
+    folder = scratch_folder(workspace) / "manifests"
+    manifest_path = (folder / env if env is not None else folder) / f"{name}.yaml"
     write_text(manifest_path, yaml.safe_dump(manifest, sort_keys=False))
-    if serving.deployment_mode == "Standard" and not target.dry_run and state.challenger_version == version:
+    # The canary tags are prod's (the local server's split); KServe splits the other environments itself.
+    prod = env in (None, PROD)
+    if prod and serving.deployment_mode == "Standard" and not target.dry_run and state.challenger_version == version:
         # KServe splits by spec.canary; the tag records the share for promote, rollback and canary analysis.
         set_traffic(serving.model_name, tracking_uri, serving.canary_percent)
     endpoint = f"http://{name}-predictor.{serving.namespace}.svc.cluster.local"
@@ -372,6 +388,8 @@ def _deploy_cluster(
         challenger_version=state.challenger_version,
         canary_percent=state.canary_percent,
         manifest_path=str(manifest_path),
+        environment=env,
+        namespace=serving.namespace,
         dry_run=target.dry_run,
         message=message,
     )

@@ -34,6 +34,7 @@ from typing import Any
 from pydantic import BaseModel, Field
 
 from components.common import tracking
+from components.common.environments import ENVIRONMENTS, environments_of, since_tag, until_tag
 from components.common.errors import ConfigError, CtpipeError, ModelNotFound
 from components.common.holdout import HoldoutMetrics
 from components.common.logs import get_logger
@@ -494,13 +495,21 @@ def lineage(model_name: str, version: str, tracking_uri: str) -> Lineage:
         raise ModelNotFound(f"no registered model named {model_name!r}")
     model_version = get_version(client, model_name, str(version))
     tags = dict(model_version.tags or {})
-    aliases = sorted(alias for alias, v in aliases_of(client, model_name).items() if v == str(model_version.version))
+    all_aliases = aliases_of(client, model_name)
+    aliases = sorted(alias for alias, v in all_aliases.items() if v == str(model_version.version))
     model_details = {
         "blessed": tags.get(BLESSED_TAG, "missing"),
         "aliases": ",".join(aliases) or "none",
         "status": str(model_version.status),
         "source": str(model_version.source),
     }
+    # Which environments it serves in (dev -> staging -> prod are aliases: components.common.environments).
+    model_details["serves_in"] = ",".join(environments_of(all_aliases, str(model_version.version))) or "none"
+    for env in ENVIRONMENTS:
+        if tags.get(since_tag(env)):
+            model_details[f"{env}_since"] = tags[since_tag(env)]
+        if tags.get(until_tag(env)):
+            model_details[f"{env}_until"] = tags[until_tag(env)]
     if tags.get(PREVIOUS_CHAMPION_TAG):
         model_details["replaced_champion"] = tags[PREVIOUS_CHAMPION_TAG]
     run_id = model_version.run_id or tags.get(RUN_ID_TAG)

@@ -440,6 +440,13 @@ class ServingSpec(StrictModel):
         description="Kubernetes namespace of the InferenceService; default the CTPIPE_NAMESPACE variable (the "
         "CronJob sets it to its own namespace, the overlay's), else 'ctpipe'.",
     )
+    environment: Literal["dev", "staging", "prod"] | None = Field(
+        default=None,
+        description="The environment this configuration serves (docs/operations.md, environments): its "
+        "InferenceService follows that environment's aliases (dev-/staging-champion and -challenger; prod's are "
+        "champion and challenger), goes to environments.ENV.namespace unless serving.namespace is set, and its "
+        "canary analysis records its verdict for that environment. Empty: prod's aliases, as before environments.",
+    )
     max_batch_rows: int = Field(
         default=10_000,
         ge=1,
@@ -521,6 +528,16 @@ class ServingSpec(StrictModel):
             if not host or "/" in host or not port.isdigit() or not 1 <= int(port) <= 65535:
                 raise ValueError(f"egress[{index}]: expected host:port (port 1-65535), found {destination!r}")
         return value
+
+    @model_validator(mode="after")
+    def _routing_follows_prod(self) -> ServingSpec:
+        # ab, shadow and blue_green route inside the model server, which holds prod's champion and challenger.
+        if self.environment not in (None, "prod") and self.rollout.strategy != "canary":
+            raise ValueError(
+                f"rollout.strategy: expected 'canary' with environment {self.environment!r} (the server routes "
+                f"ab, shadow and blue_green between prod's aliases only), found {self.rollout.strategy!r}"
+            )
+        return self
 
 
 def parse_delay(text: str) -> timedelta:

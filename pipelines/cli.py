@@ -363,6 +363,16 @@ FORCE_HELP = (
 )
 
 
+def _sync_cluster(config: CtpipeConfig, force: bool) -> None:
+    """The pods follow the aliases; the InferenceService's traffic split follows them in one write."""
+    from components.common.feast import EntityLookup
+    from components.common.kserve.traffic import ClusterTarget, sync_inference_service
+
+    lookup = EntityLookup(dataset=config.dataset, feast=config.feast, workspace="")
+    target = ClusterTarget(image=config.infra.images.serving, entity_lookup=lookup, force=force)
+    sync_inference_service(config.serving, config.tracking_uri, target)
+
+
 def _alias_command(action: str) -> Callable[..., None]:
     def command(ctx: click.Context, as_json: bool, **kwargs: Any) -> None:
         from components.common import registry
@@ -371,14 +381,16 @@ def _alias_command(action: str) -> Callable[..., None]:
         force = kwargs.pop("force", False)
         func = registry.promote if action == "promote" else registry.rollback
         change = func(config.serving.model_name, config.tracking_uri, **kwargs)
-        if config.infra.profile == "cluster":
-            # The pods follow the aliases; the InferenceService's traffic split follows them in one write.
-            from components.common.feast import EntityLookup
-            from components.common.kserve.traffic import ClusterTarget, sync_inference_service
+        if change.previous != change.current and change.current is not None:
+            # `ctpipe status` says since when the champion serves in prod, as for `promote --to prod`.
+            from components.common import environments, tracking
 
-            lookup = EntityLookup(dataset=config.dataset, feast=config.feast, workspace="")
-            target = ClusterTarget(image=config.infra.images.serving, entity_lookup=lookup, force=force)
-            sync_inference_service(config.serving, config.tracking_uri, target)
+            client = tracking.registry_client(config.tracking_uri)
+            environments.stamp_entry(
+                client, change.name, environments.PROD, change.current, change.previous, environments.utc_now()
+            )
+        if config.infra.profile == "cluster":
+            _sync_cluster(config, force)
         if as_json:
             click.echo(change.model_dump_json())
         else:
@@ -389,20 +401,85 @@ def _alias_command(action: str) -> Callable[..., None]:
 
 @main.command("promote")
 @config_option
-@click.option("--version", help="Version to promote [default: the challenger].")
+@click.option("--version", help="Version to promote [default: the challenger; with --to, the previous environment's].")
+@click.option(
+    "--to",
+    "to",
+    type=click.Choice(["dev", "staging", "prod"]),
+    default=None,
+    help="Environment to promote into, through its gate (environments.ENV.requires) [default: the challenger "
+    "becomes champion, as before environments, with no gate].",
+)
+@click.option(
+    "--canary",
+    is_flag=True,
+    help="With --to: make the version the environment's challenger (its canary) instead of its serving version.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
 @click.option("--force", is_flag=True, help=FORCE_HELP)
 @click.pass_context
 @_friendly_errors
-def promote_command(ctx: click.Context, version: str | None, as_json: bool, force: bool) -> None:
+def promote_command(
+    ctx: click.Context, version: str | None, to: str | None, canary: bool, as_json: bool, force: bool
+) -> None:
     """Make the challenger (or --version) the champion; it then serves 100% of traffic.
+
+    With --to ENV, move ENV's alias instead (dev-champion, staging-champion, or champion for prod),
+    after checking ENV's gate: e.g. prod takes only a version whose staging canary passed.
 
     \b
     Examples:
       ctpipe promote                 # the current challenger
       ctpipe promote --version 7 --json
+      ctpipe promote --to staging    # the challenger starts serving in staging
+      ctpipe promote --to staging --canary --version 8   # a canary in staging
+      ctpipe promote --to prod       # staging's version, if it passed the gate
     """
-    _alias_command("promote")(ctx, as_json, version=version, force=force)
+    if to is None:
+        if canary:
+            raise click.UsageError("--canary needs --to ENV")
+        _alias_command("promote")(ctx, as_json, version=version, force=force)
+        return
+    from components.common.environments import PROD, promote_to
+
+    config = _config(ctx)
+    change = promote_to(
+        config.serving.model_name, config.tracking_uri, to, config.environments, version=version, canary=canary
+    )
+    if to == (config.serving.environment or PROD) and config.infra.profile == "cluster":
+        # The configured InferenceService follows this environment's aliases: its split follows the move.
+        # Another environment's pods follow their alias by themselves; its own configuration syncs its split.
+        _sync_cluster(config, force)
+    if as_json:
+        click.echo(change.model_dump_json())
+    else:
+        click.echo(
+            f"{change.name}@{change.alias} ({change.environment}): version {change.previous or '-'} → "
+            f"{change.current or '-'}"
+        )
+
+
+@main.command("status")
+@config_option
+@click.option("--json", "as_json", is_flag=True, help="Print machine-readable results.")
+@click.pass_context
+@_friendly_errors
+def status_command(ctx: click.Context, as_json: bool) -> None:
+    """Show which version serves in each environment (dev, staging, prod), since when, and its canary.
+
+    \b
+    Examples:
+      ctpipe status
+      ctpipe status --json
+    """
+    from components.common.environments import environment_status, status_text
+
+    config = _config(ctx)
+    rows = environment_status(config.serving.model_name, config.tracking_uri, config.environments)
+    if as_json:
+        click.echo(json.dumps([row.model_dump() for row in rows], indent=2))
+    else:
+        click.echo(status_text(config.serving.model_name, rows))
 
 
 @main.command("rollback")

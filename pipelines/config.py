@@ -20,6 +20,7 @@ from typing import Any, Literal
 from pydantic import Field, ValidationError, ValidationInfo, field_validator, model_validator
 
 from components.common import storage
+from components.common.environments import EnvironmentsSpec
 from components.common.errors import ConfigError
 from components.common.validation import read_config_mapping, validation_problems
 from components.specs import (
@@ -252,6 +253,11 @@ class CtpipeConfig(StrictModel):
     feast: FeastSpec = Field(default_factory=FeastSpec)
     schedule: ScheduleSpec = Field(default_factory=ScheduleSpec)
     infra: InfraSpec = Field(default_factory=InfraSpec)
+    environments: EnvironmentsSpec = Field(
+        default_factory=EnvironmentsSpec,
+        description="Environments dev -> staging -> prod: aliases of one registered model, each with its "
+        "namespace, kustomize overlay and the gate into it (ctpipe promote --to ENV, ctpipe status).",
+    )
 
     @model_validator(mode="after")
     def _cluster_state_is_shared(self) -> CtpipeConfig:
@@ -272,6 +278,19 @@ class CtpipeConfig(StrictModel):
             raise ValueError(
                 "infra.profile is 'cluster', where no folder is shared between pods: " + "; ".join(problems)
             )
+        return self
+
+    @model_validator(mode="after")
+    def _environment_namespace(self) -> CtpipeConfig:
+        """A configuration that names its environment deploys into that environment's namespace.
+
+        Only when ``serving.namespace`` is not set: an explicit namespace (or a configuration without
+        ``serving.environment``, as every one before environments) keeps what it had.
+        """
+        env = self.serving.environment
+        if env is not None and "namespace" not in self.serving.model_fields_set:
+            self.serving.namespace = self.environments.of(env).namespace
+            self.serving.model_fields_set.discard("namespace")  # still derived: a re-validation derives it again
         return self
 
     @property

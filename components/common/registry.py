@@ -9,6 +9,10 @@ Aliases, not stages (deprecated in MLflow 3), mark roles:
 - ``challenger``: the newest blessed version, waiting for promotion (e.g. after a canary);
 - ``champion``: the version that serves.
 
+These two are prod's. The environments dev and staging have their own pair of aliases on the same
+model (``staging-champion``, ``staging-challenger``, ...), moved by ``ctpipe promote --to ENV``
+through a gate: :mod:`components.common.environments`.
+
 Safety rules:
 
 - every version carries ``ctpipe.blessed`` (``true``/``false``) from the moment it is created,

@@ -120,3 +120,103 @@ def test_inference_log_maintain_applies_retention_and_compacts(tmp_path):
     assert len(read_window(log_dir)) == 3
     again = CliRunner().invoke(main, args)
     assert again.exit_code == 0 and "deleted 0 day(s)" in again.output and "compacted 0 day(s)" in again.output
+
+
+def _environments_config(tmp_path, requires):
+    """The repository's config on a sqlite registry of its own, with ``requires`` as prod's gate."""
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw.setdefault("infra", {})["tracking_uri"] = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    raw["infra"]["workspace"] = str(tmp_path / "workspace")
+    raw.setdefault("serving", {})["model_name"] = "churn-envs"
+    raw["environments"] = {"prod": {"namespace": "ctpipe-production", "requires": requires}}
+    path = tmp_path / "ctpipe.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    return path, raw["infra"]["tracking_uri"]
+
+
+def test_promote_to_staging_then_prod_through_the_gate_and_status(tmp_path):
+    from mlflow import MlflowClient
+
+    from components.common import registry
+    from components.common.environments import record_canary_verdict
+
+    path, uri = _environments_config(tmp_path, {"passed_previous": True, "canary_passed": True, "min_hours": 0})
+    client = MlflowClient(uri)
+    # Made the old way: a champion and a challenger, nothing else.
+    client.create_registered_model("churn-envs")
+    for number in (1, 2):
+        client.create_model_version("churn-envs", source=f"/nowhere/{number}", tags={registry.BLESSED_TAG: "true"})
+    client.set_registered_model_alias("churn-envs", "champion", "1")
+    client.set_registered_model_alias("churn-envs", "challenger", "2")
+    cli = ["--config", str(path)]
+
+    refused = CliRunner().invoke(main, [*cli, "promote", "--to", "prod", "--version", "2"])
+    assert refused.exit_code == 1
+    assert "refusing to promote model 'churn-envs' version 2 to prod" in refused.output
+    assert "expected tag ctpipe.env.staging.since, found none" in refused.output
+
+    staged = CliRunner().invoke(main, [*cli, "promote", "--to", "staging", "--json"])
+    assert staged.exit_code == 0, staged.output
+    assert json.loads(staged.stdout) == {
+        "name": "churn-envs",
+        "environment": "staging",
+        "alias": "staging-champion",
+        "previous": None,
+        "current": "2",
+    }
+    still = CliRunner().invoke(main, [*cli, "promote", "--to", "prod"])
+    assert still.exit_code == 1 and "expected ctpipe.env.staging.canary_decision='promote', found None" in still.output
+
+    record_canary_verdict(client, "churn-envs", "2", "staging", "promote", "all checks passed")
+    promoted = CliRunner().invoke(main, [*cli, "promote", "--to", "prod"])
+    assert promoted.exit_code == 0, promoted.output
+    assert "churn-envs@champion (prod): version 1 → 2" in promoted.output
+
+    status = CliRunner().invoke(main, [*cli, "status", "--json"])
+    assert status.exit_code == 0, status.output
+    rows = {row["environment"]: row for row in json.loads(status.stdout)}
+    assert (rows["prod"]["version"], rows["staging"]["version"], rows["dev"]["version"]) == ("2", "2", None)
+    assert rows["staging"]["canary"] == "v2: promote"
+    table = CliRunner().invoke(main, [*cli, "status"])
+    assert table.exit_code == 0
+    lines = table.output.splitlines()
+    assert lines[1].split()[:3] == ["environment", "version", "alias"]
+    assert lines[4].split()[:3] == ["prod", "2", "champion"]
+
+    lineage = CliRunner().invoke(main, [*cli, "lineage", "churn-envs", "2"])
+    assert lineage.exit_code == 0 and "serves_in=staging,prod" in lineage.output
+
+
+def test_plain_promote_keeps_its_old_behaviour_and_min_hours_refuses(tmp_path):
+    from mlflow import MlflowClient
+
+    from components.common import registry
+
+    path, uri = _environments_config(tmp_path, {"min_hours": 1})
+    client = MlflowClient(uri)
+    client.create_registered_model("churn-envs")
+    for number in (1, 2):
+        client.create_model_version("churn-envs", source=f"/nowhere/{number}", tags={registry.BLESSED_TAG: "true"})
+    client.set_registered_model_alias("churn-envs", "challenger", "2")
+    cli = ["--config", str(path)]
+    assert CliRunner().invoke(main, [*cli, "promote", "--to", "staging", "--version", "1"]).exit_code == 0
+    refused = CliRunner().invoke(main, [*cli, "promote", "--to", "prod", "--version", "1"])
+    assert refused.exit_code == 1 and "version 1 has been in staging for 0.00 h" in refused.output
+    assert "expected at least 1 h" in refused.output
+    # No --to: the challenger becomes champion with no gate, as before environments.
+    plain = CliRunner().invoke(main, [*cli, "promote"])
+    assert plain.exit_code == 0 and "churn-envs@champion: version - → 2" in plain.output
+    assert "ctpipe.env.prod.since" in client.get_model_version("churn-envs", "2").tags  # for `ctpipe status`
+    assert registry.aliases_of(client, "churn-envs") == {"champion": "2", "staging-champion": "1"}
+    canary = CliRunner().invoke(main, [*cli, "promote", "--to", "staging", "--canary", "--version", "2"])
+    assert canary.exit_code == 0 and "churn-envs@staging-challenger (staging): version - → 2" in canary.output
+    lonely = CliRunner().invoke(main, [*cli, "promote", "--canary"])
+    assert lonely.exit_code == 2 and "--canary needs --to ENV" in lonely.output
+
+
+def test_a_wrong_environments_section_names_the_field(tmp_path):
+    path, _ = _environments_config(tmp_path, {"min_hours": "soon"})
+    result = CliRunner().invoke(main, ["--config", str(path), "status"])
+    assert result.exit_code == 1
+    assert "environments.prod.requires.min_hours" in result.output
+    assert "soon" in result.output

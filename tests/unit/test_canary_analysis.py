@@ -85,7 +85,11 @@ def test_similar_challenger_is_promoted(registry: Registry, tmp_path: Path) -> N
     assert result.challenger.labeled >= 20 and result.challenger.accuracy is not None
     aliases = {k: str(v) for k, v in registry.client().get_registered_model("can-good").aliases.items()}
     assert aliases.get("champion") == "2" and "challenger" not in aliases
-    assert registry.client().get_model_version("can-good", "2").tags[CANARY_DECISION_TAG] == "promote"
+    tags = registry.client().get_model_version("can-good", "2").tags
+    assert tags[CANARY_DECISION_TAG] == "promote"
+    # Without serving.environment the canary is prod's: its verdict is prod's and the move is stamped.
+    assert tags["ctpipe.env.prod.canary_decision"] == "promote" and "ctpipe.env.prod.since" in tags
+    assert "ctpipe.env.prod.until" in registry.client().get_model_version("can-good", "1").tags
     assert json.loads((tmp_path / "result.json").read_text())["decision"] == "promote"
     assert "Decision: promote" in (tmp_path / "report.md").read_text()
 

@@ -168,3 +168,15 @@ def test_spark_applications_validate_and_run_as_their_accounts(rendered: dict[st
             }
         ]
         assert executor not in bindings and accounts[executor]["automountServiceAccountToken"] is False
+
+
+def test_each_environment_names_an_existing_overlay_and_its_namespace() -> None:
+    from components.common.environments import ENVIRONMENTS, EnvironmentsSpec
+
+    environments = EnvironmentsSpec()
+    with_overlay = {env: environments.of(env) for env in ENVIRONMENTS if environments.of(env).overlay}
+    assert sorted(with_overlay) == ["prod", "staging"]
+    for env, spec in with_overlay.items():
+        kustomization = REPO_ROOT / str(spec.overlay) / "kustomization.yaml"
+        assert kustomization.is_file(), f"environments.{env}.overlay: {spec.overlay} has no kustomization.yaml"
+        assert yaml.safe_load(kustomization.read_text())["namespace"] == spec.namespace, env

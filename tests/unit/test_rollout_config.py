@@ -40,6 +40,19 @@ def test_bad_rollout_settings_name_the_field_and_what_was_expected(rollout: dict
     assert field in message and found in message, message
 
 
+@pytest.mark.parametrize("strategy", ["ab", "shadow", "blue_green"])
+def test_routing_in_the_server_is_refused_outside_prod(strategy: str) -> None:
+    """The server routes between prod's aliases only; staging's config must say canary, and is told so."""
+    with pytest.raises(ValidationError) as caught:
+        ServingSpec.model_validate({"environment": "staging", "rollout": {"strategy": strategy}})
+    message = str(caught.value)
+    assert "rollout.strategy" in message and f"found {strategy!r}" in message and "'staging'" in message, message
+    assert (
+        ServingSpec.model_validate({"environment": "prod", "rollout": {"strategy": strategy}}).rollout.strategy
+        == strategy
+    )
+
+
 def test_server_command_line_refuses_a_bad_rollout() -> None:
     bad = subprocess.run(
         [

@@ -42,6 +42,7 @@ import re
 from typing import Any
 from urllib.parse import urlsplit
 
+from components.common import environments
 from components.common.errors import DeployError
 from components.common.feast import EntityLookup
 from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
@@ -240,8 +241,27 @@ def render_inference_service(
         raise DeployError(f"alias must be {CHAMPION_ALIAS!r} or {CHALLENGER_ALIAS!r}, got {alias!r}")
     secret = credentials_secret if credentials_secret is not None else serving.credentials_secret
 
-    def following(target_alias: str | None) -> dict[str, Any]:
-        """The predictor block of one traffic target: pods that serve and follow ``target_alias``."""
+    env = serving.environment or environments.PROD
+    if alias is None and env != environments.PROD:
+        # Pods that route themselves hold the champion and challenger aliases, which are prod's.
+        raise DeployError(
+            f"serving.rollout.strategy {serving.rollout.strategy!r} routes inside the model server, which follows "
+            f"prod's aliases only; found serving.environment {env!r}: use strategy 'canary' outside prod"
+        )
+
+    def following(role: str | None) -> dict[str, Any]:
+        """The predictor block of one traffic target: pods that serve and follow the alias of ``role``.
+
+        The role's alias in ``serving.environment``: ``staging-champion`` for the champion in staging;
+        prod's (and a configuration without an environment) are ``champion`` and ``challenger``. No role:
+        pods that hold both and route between them (``serving.rollout``).
+        """
+        if role is None:
+            target_alias = None
+        elif role == CHAMPION_ALIAS:
+            target_alias = environments.serving_alias(env)
+        else:
+            target_alias = environments.challenger_alias(env)
         return _predictor(serving, image, target_alias, tracking_uri, knative, secret, resources, entity_lookup)
 
     # With a canary, Standard keeps the champion in spec.predictor; in Knative the predictor is the new revision.

@@ -21,7 +21,7 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from components.common import tracking
+from components.common import environments, tracking
 from components.common.errors import DeployError
 from components.common.feast import EntityLookup
 from components.common.kserve.cluster import KServeSeam
@@ -54,7 +54,9 @@ class TrafficState(BaseModel):
 
 def traffic_state(serving: ServingSpec, aliases: dict[str, str]) -> TrafficState:
     """The split the aliases ask for (see the module docstring)."""
-    champion, challenger = aliases.get(CHAMPION_ALIAS), aliases.get(CHALLENGER_ALIAS)
+    # The aliases of serving.environment (prod's, champion and challenger, when it names none).
+    env = serving.environment or environments.PROD
+    champion, challenger = aliases.get(environments.serving_alias(env)), aliases.get(environments.challenger_alias(env))
     if challenger is None or challenger == champion:
         return TrafficState(champion_version=champion, challenger_version=None, canary_percent=0)
     if champion is None:
