@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.machinery
 import os
 import sys
 from collections.abc import Iterable, Iterator
@@ -24,10 +25,12 @@ os.environ.setdefault("DO_NOT_TRACK", "1")
 
 # pytest-xdist's workers run under execnet, whose __main__ has neither __spec__ nor __file__. pyspark's
 # connect package then takes itself for a doctest run and calls sys.exit(0) when Great Expectations
-# imports it (only to probe for Spark Connect); a file name makes the worker look like any script.
+# imports it (only to probe for Spark Connect). A spec named "__main__" tells it otherwise; it is also
+# the one main module that multiprocessing's spawn and forkserver children do not try to re-import
+# (a made-up __file__ would send them looking for that file).
 _MAIN = sys.modules["__main__"]
 if getattr(_MAIN, "__spec__", None) is None and not hasattr(_MAIN, "__file__"):
-    _MAIN.__file__ = "<pytest-xdist worker>"
+    _MAIN.__spec__ = importlib.machinery.ModuleSpec("__main__", None)
 
 SMALL_ROWS = 600
 ROOT = Path(__file__).resolve().parents[1]
