@@ -58,12 +58,10 @@ from components.common.registry import (
     aliases_of,
     blessing,
     get_version,
-    is_missing,
-    registered_model,
-    registry_lock,
     set_alias,
     suite_hash_of,
 )
+from components.common.registry_lease import is_missing, registered_model, registry_lock
 from components.common.registry_state import RegistryState, VersionState, renew_epoch
 from components.common.skips import log_skip
 

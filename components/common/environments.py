@@ -45,6 +45,7 @@ from pydantic import BaseModel, ConfigDict, Field, model_validator
 from components.common import registry, tracking
 from components.common.errors import CtpipeError, ModelNotFound
 from components.common.logs import get_logger
+from components.common.registry_lease import RegistryLock, registered_model, registry_lock
 
 log = get_logger("environments")
 
@@ -333,10 +334,10 @@ def promote_to(
     check_environment(env)
     gate = (environments or EnvironmentsSpec()).of(env).requires
     client = tracking.registry_client(tracking_uri)
-    if registry.registered_model(client, model_name) is None:
+    if registered_model(client, model_name) is None:
         raise ModelNotFound(f"no registered model named {model_name!r}")
     alias = challenger_alias(env) if canary else serving_alias(env)
-    with registry.registry_lock(client, model_name) as lock:
+    with registry_lock(client, model_name) as lock:
         # Everything is re-read under the lock: the gate is checked against what is written now.
         aliases = registry.aliases_of(client, model_name)
         chosen = str(version) if version is not None else _default_source(aliases, env)[0]
@@ -372,7 +373,7 @@ def _serve_locked(
     version: str,
     previous: str | None,
     stamp: dt.datetime,
-    lock: registry.RegistryLock,
+    lock: RegistryLock,
 ) -> None:
     """Point ``env``'s serving alias at ``version`` (the caller holds the lock) and stamp since/until."""
     if env == PROD:
@@ -415,7 +416,7 @@ def conclude_canary(
     if check_environment(env) == PROD:
         raise CtpipeError("prod's canary is concluded by registry.promote or registry.close_canary")
     client = tracking.registry_client(tracking_uri)
-    with registry.registry_lock(client, model_name) as lock:
+    with registry_lock(client, model_name) as lock:
         aliases = registry.aliases_of(client, model_name)
         lock.check()
         if decision == PASSED:
@@ -478,7 +479,7 @@ def environment_status(
     """
     specs = environments or EnvironmentsSpec()
     client = tracking.registry_client(tracking_uri)
-    model = registry.registered_model(client, model_name)
+    model = registered_model(client, model_name)
     if model is None:
         raise ModelNotFound(f"no registered model named {model_name!r}")
     aliases = {str(k): str(v) for k, v in (model.aliases or {}).items()}

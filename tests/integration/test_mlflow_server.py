@@ -275,7 +275,8 @@ def test_racing_promotions_and_rollbacks_keep_aliases_and_history_consistent(
     import json
     import time
 
-    from components.common.registry import HISTORY_TAG, LOCK_SUFFIX
+    from components.common.registry import HISTORY_TAG
+    from components.common.registry_lease import LOCK_SUFFIX
 
     workers, ops = 8, 4
     uri, name = mlflow_server.uri, f"race-{uuid.uuid4().hex[:6]}"

@@ -27,10 +27,10 @@ from components.common.registry import (
     RUN_ID_TAG,
     SUITE_HASH_TAG,
     promote,
-    registered_model,
     resolve_alias,
     rollback,
 )
+from components.common.registry_lease import registered_model
 from components.common.registry_state import (
     DETAIL_VERSIONS,
     EPOCH_TAG,
@@ -591,9 +591,9 @@ def _crash_worker(uri: str, name: str, model_uri: str, run_id: str, blessed: boo
     """
     import os
 
-    from components.common import registry
+    from components.common import registry_lease
 
-    registry.LOCK_LEASE_SECONDS = 6.0
+    registry_lease.LOCK_LEASE_SECONDS = 6.0
     calls = itertools.count(1)
     for method in _WRITES:
         original = getattr(MlflowClient, method)
@@ -621,7 +621,7 @@ def _assert_aliases_safe(uri: str, name: str) -> dict[str, str]:
 
 
 def test_racing_registrations_leave_the_newest_blessed_version_as_challenger(runs: Runs) -> None:
-    from components.common.registry import LOCK_SUFFIX
+    from components.common.registry_lease import LOCK_SUFFIX
 
     context = _processes()
     for round_ in range(2):

@@ -15,8 +15,8 @@ from typing import Any
 import pytest
 from mlflow import MlflowClient
 
-from components.common import registry
-from components.common.registry import (
+from components.common import registry_lease
+from components.common.registry_lease import (
     LOCK_SUFFIX,
     LockLost,
     registry_lock,
@@ -28,7 +28,7 @@ ROOT = Path(__file__).resolve().parents[2]
 _HOLD = """
 import sys, time
 from mlflow import MlflowClient
-from components.common.registry import registry_lock
+from components.common.registry_lease import registry_lock
 uri, name, lease, hold = sys.argv[1], sys.argv[2], float(sys.argv[3]), float(sys.argv[4])
 with registry_lock(MlflowClient(uri), name, lease_seconds=lease) as lock:
     print(f"held {time.time():.3f}", flush=True)
@@ -97,10 +97,10 @@ def test_a_stale_break_never_breaks_the_next_holders_lock(uri: str) -> None:
     client = MlflowClient(uri)
     lock_name = f"fence{LOCK_SUFFIX}"
     client.create_registered_model(lock_name, tags={"ctpipe.lock_holder": "h|1|dead1"})
-    assert registry._break(client, lock_name, "h|1|dead1", 1.0)
+    assert registry_lease._break(client, lock_name, "h|1|dead1", 1.0)
     with registry_lock(client, "fence", wait_seconds=5, lease_seconds=5) as lock:
         # A second contender that also saw the dead holder comes late: the fresh lock survives.
-        assert not registry._break(client, lock_name, "h|1|dead1", 1.0)
+        assert not registry_lease._break(client, lock_name, "h|1|dead1", 1.0)
         assert client.get_registered_model(lock_name).tags["ctpipe.lock_holder"] == lock.holder
         lock.check()
 
