@@ -54,8 +54,9 @@ def test_historical_retrieval(big, dataset_spec, tmp_path, record_bench):
     snapshot = pd.read_parquet(path)
     workspace = str(tmp_path / "ws")
     feast = FeastSpec()
-    _store_offline(_feature_rows(snapshot, spec, feast), spec, workspace)
-    store = feature_store(spec, feast, workspace)
+    entity_type = "int64"  # the generated customer ids; fetch_features infers it from the data the same way
+    _store_offline(_feature_rows(snapshot, spec, entity_type), spec, feast, workspace)
+    store = feature_store(spec, feast, workspace, entity_type)
     keys = snapshot[spec.key_columns]
     features = [f"{feature_view_name(spec)}:{c}" for c in spec.feature_columns]
     started = time.perf_counter()
