@@ -168,3 +168,62 @@ def test_canary_class_comparison_reports_the_class_mix_and_per_class_agreement()
     # Different requests (a random canary split): no pairs, no agreement.
     _, _, none = class_comparison(champion, challenger.assign(request_id=["p1", "p2", "p3", "p4"]))
     assert none is None
+
+
+def test_canary_analysis_of_two_multiclass_versions_compares_class_mixes_and_labels(
+    tmp_path: Path, champion: Champion
+) -> None:
+    from components.canary_analysis import canary_analysis
+    from components.specs import CanaryAnalysisSpec, ServingSpec
+
+    client = tracking.registry_client(champion.uri)
+    base = client.get_model_version_by_alias("segments", "champion")
+    challenger = client.create_model_version("segments", base.source, base.run_id, model_id=base.model_id)
+    client.set_registered_model_alias("segments", "challenger", challenger.version)
+    window, _ = multiclass_frame(windows=1, rows=400, seed=35)
+    features = champion.spec.feature_columns
+    proba = np.asarray(champion.model.predict_proba(window[features]))
+    names = probability_columns(SEGMENTS)
+    now = pd.Timestamp.now(tz="UTC")
+    for version, rows in ((base.version, window.iloc[:200]), (challenger.version, window.iloc[200:])):
+        served = proba[rows.index]
+        # The challenger always answers 'budget': its class mix differs from the champion's.
+        classes = np.asarray(SEGMENTS, dtype=object)[served.argmax(axis=1)] if version == base.version else "budget"
+        append_batch(
+            tmp_path / "log",
+            rows[features].assign(
+                request_id=[f"q{i}" for i in rows.index],
+                row=0,
+                timestamp=now - pd.Timedelta(minutes=5),
+                model_name="segments",
+                model_version=str(version),
+                model_alias="champion" if version == base.version else "challenger",
+                prediction=served.max(axis=1),
+                predicted_class=classes,
+                status="ok",
+                latency_ms=1.0,
+                **{name: served[:, index] for index, name in enumerate(names)},
+            ),
+        )
+    labels = pd.DataFrame({"request_id": [f"q{i}" for i in window.index], "row": 0, "segment": window["segment"]})
+    labels.to_parquet(tmp_path / "labels.parquet")
+    serving = ServingSpec(model_name="segments", canary_analysis=CanaryAnalysisSpec(min_requests=50, min_labeled=30))
+
+    result = canary_analysis(
+        serving,
+        champion.uri,
+        str(tmp_path / "log"),
+        str(tmp_path / "canary.json"),
+        str(tmp_path / "canary.md"),
+        labels_path=str(tmp_path / "labels.parquet"),
+        dataset=champion.spec,
+        act=False,
+    )
+
+    assert result.class_mix is not None and result.class_mix[str(challenger.version)] == {"budget": 1.0}
+    assert result.class_agreement is None  # a random split: no row was answered by both
+    assert result.decision == "rollback"
+    failed = {c.name for c in result.checks if not c.passed}
+    assert "prediction_psi" in failed and "accuracy" in failed
+    assert result.champion is not None and result.champion.accuracy is not None and result.champion.accuracy > 0.4
+    assert "| predicted class |" in (tmp_path / "canary.md").read_text()
