@@ -164,3 +164,51 @@ def test_another_dataset_needs_only_a_config_file(tmp_path, stop_server):
     tracking.configure(config.tracking_uri)
     version = MlflowClient().get_model_version_by_alias("other", "challenger")
     assert version.tags["ctpipe.blessed"] == "true"
+
+
+def test_a_multiclass_dataset_needs_only_a_config_file(tmp_path, stop_server):
+    """Five classes, macro and weighted thresholds: train, gate, register, infra-validate and deploy from config."""
+    from tests.data import MULTICLASS_CATEGORICAL, MULTICLASS_NUMERIC, SEGMENT, SEGMENTS, write_multiclass
+    from tests.helpers import free_port
+
+    stop_server(tmp_path)
+    source = tmp_path / "segments.parquet"
+    write_multiclass(source, windows=2, rows=800, seed=5)
+    raw = {
+        "dataset": {
+            "source": str(source),
+            "entity_column": "customer_id",
+            "timestamp_column": "event_timestamp",
+            "label_column": SEGMENT,
+            "numeric_features": MULTICLASS_NUMERIC,
+            "categorical_features": MULTICLASS_CATEGORICAL,
+            "task": "multiclass_classification",
+        },
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}},
+        "evaluation": {
+            "metrics": [
+                {"name": "f1_score", "average": "macro", "threshold": {"lower_bound": 0.3}},
+                {"name": "roc_auc_score", "average": "weighted", "threshold": {"lower_bound": 0.7}},
+                {"name": "log_loss"},
+            ],
+            "slice_column": "region",
+        },
+        "serving": {"model_name": "segments", "port": free_port()},
+        "infra": {"workspace": str(tmp_path)},
+    }
+    from pipelines.config import parse_config
+
+    config = parse_config(raw, tmp_path)
+    window = {"window_start": "2026-01-05T00:00:00+00:00", "window_end": "2026-01-12T00:00:00+00:00"}
+    report = run_pipeline("training", config, window, progress=None)
+    assert report.succeeded, report.error
+    assert report.outputs["blessed"] is True
+    tracking.configure(config.tracking_uri)
+    version = MlflowClient().get_model_version_by_alias("segments", "challenger")
+    assert version.tags["ctpipe.blessed"] == "true"
+    instance = pd.read_parquet(source).head(2)[MULTICLASS_NUMERIC + MULTICLASS_CATEGORICAL].to_dict(orient="records")
+    answer = requests.post(
+        f"http://127.0.0.1:{config.serving.port}/v1/models/segments:predict", json={"instances": instance}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["classes"] == SEGMENTS and len(answer.json()["probabilities"][0]) == len(SEGMENTS)
