@@ -1,5 +1,6 @@
 """Pipelines on kfp.local: caching and idempotent skips both ways, and a blocked validation that registers nothing."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -212,3 +213,23 @@ def test_a_multiclass_dataset_needs_only_a_config_file(tmp_path, stop_server):
     )
     assert answer.status_code == 200, answer.text
     assert answer.json()["classes"] == SEGMENTS and len(answer.json()["probabilities"][0]) == len(SEGMENTS)
+
+    # Promoted as canary analysis or `ctpipe promote` would, it monitors and scores the next window.
+    from components.common.registry import promote
+
+    promote("segments", config.tracking_uri)
+    assert MlflowClient().get_model_version_by_alias("segments", "champion").version == version.version
+    week2 = {"window_start": "2026-01-12T00:00:00+00:00", "window_end": "2026-01-19T00:00:00+00:00"}
+    monitored = run_pipeline("monitoring", config, week2, progress=None)
+    assert monitored.succeeded, monitored.error
+    result = json.loads(Path(monitored.outputs["result"]["path"]).read_text())
+    assert set(result["class_drift"]["probability_psi"]) == set(SEGMENTS), result["reasons"]
+    assert result["performance"]["f1_score_macro"] > 0.3
+    scored = run_pipeline("batch_scoring", config, week2, progress=None)
+    assert scored.succeeded, scored.error
+    predictions = pd.read_parquet(scored.outputs["Output"]["path"])
+    assert len(predictions) == 800
+    assert {f"proba_{name}" for name in ("budget", "family_plan", "premium", "pro_user", "student")} <= set(
+        predictions.columns
+    )
+    assert set(predictions["prediction"]) <= set(SEGMENTS)
