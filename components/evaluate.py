@@ -33,9 +33,9 @@ from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.model_input import prepare_features, require_columns
 from components.common.multiclass import (
+    call_metric,
     class_probabilities,
     confusion,
-    metric_arguments,
     per_class_metrics,
     score_input,
 )
@@ -107,7 +107,8 @@ def compute_metrics(model: Any, frame: pd.DataFrame, spec: DatasetSpec, metrics:
     spec's. Score metrics (``MetricSpec.uses_scores``) get the positive-class probability of a
     binary classifier and the ``[n, k]`` probability matrix of a multiclass one; label metrics
     get ``model.predict``. Regression metrics always get predictions. ``average``,
-    ``multi_class`` and ``labels`` are passed as ``multiclass.metric_arguments`` says.
+    ``multi_class`` and ``labels`` are passed as ``multiclass.metric_arguments`` says, and a
+    multiclass one-vs-rest ROC AUC averages over the classes the rows hold (``multiclass.call_metric``).
 
     Args:
         model: A fitted scikit-learn estimator or pipeline.
@@ -139,9 +140,8 @@ def compute_metrics(model: Any, frame: pd.DataFrame, spec: DatasetSpec, metrics:
     for metric in metrics:
         function = _metric_function(metric)
         given = scores if metric.uses_scores else predictions
-        arguments = metric_arguments(metric, function, spec.task, classes)
         try:
-            value = function(truth, given, **arguments)
+            value = call_metric(metric, function, truth, given, spec.task, classes)
         except ValueError as exc:
             raise DataError(f"metric {metric.name} cannot be computed on {len(frame)} row(s): {exc}") from exc
         try:

@@ -36,7 +36,7 @@ from components.common.imports import import_estimator
 from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
 from components.common.model_input import positive_scores, prepare_features, require_columns
-from components.common.multiclass import check_classes, check_covered
+from components.common.multiclass import check_classes, check_covered, present_class_roc_auc
 from components.common.registry import FEATURES_TAG, SUITE_HASH_TAG, TRAINING_SET_HASH_TAG
 from components.common.storage import read_table
 from components.common.suites import load_suite, suite_hash
@@ -194,7 +194,8 @@ def basic_metrics(model: Any, features: pd.DataFrame, labels: pd.Series, task: s
     """Evaluation-agnostic metrics: roc_auc/accuracy/log_loss, their macro variants, or rmse/mae/r2.
 
     A multiclass classifier gets accuracy, macro and weighted F1, log loss and the one-vs-rest
-    macro ROC AUC. Metrics that are undefined on the given rows (ROC AUC on one class) are left out.
+    macro ROC AUC (over the classes the rows hold). Metrics that are undefined on the given rows
+    (ROC AUC on one class) are left out.
     """
     from sklearn import metrics as skm
 
@@ -217,13 +218,11 @@ def basic_metrics(model: Any, features: pd.DataFrame, labels: pd.Series, task: s
             "f1_macro": float(skm.f1_score(y, predicted, average="macro", zero_division=0)),
             "f1_weighted": float(skm.f1_score(y, predicted, average="weighted", zero_division=0)),
         }
-        try:
-            result["log_loss"] = float(skm.log_loss(y, probabilities, labels=classes))
-            result["roc_auc_ovr_macro"] = float(
-                skm.roc_auc_score(y, probabilities, multi_class="ovr", average="macro", labels=classes)
-            )
-        except ValueError as exc:  # a class missing from the held-out rows leaves its one-vs-rest AUC undefined
-            log.info("metric left out", extra={"error": str(exc)[:200]})
+        result["log_loss"] = float(skm.log_loss(y, probabilities, labels=classes))
+        # Over the classes the held-out rows hold: a missing class's one-vs-rest AUC is undefined.
+        auc = present_class_roc_auc(y, probabilities, classes, "macro")
+        if not math.isnan(auc):
+            result["roc_auc_ovr_macro"] = auc
         return result
     predicted = np.asarray(model.predict(features), dtype=float)
     return {

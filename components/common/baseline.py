@@ -18,7 +18,7 @@ import pandas as pd
 from components.common.holdout import Baseline
 from components.common.imports import import_metric
 from components.common.logs import get_logger
-from components.common.multiclass import metric_arguments
+from components.common.multiclass import call_metric
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec
 
 log = get_logger("baseline")
@@ -63,7 +63,7 @@ def metric_values(
                 labels = np.asarray(model.predict(frame.loc[labelled, spec.feature_columns]))
             y_pred = labels
         try:
-            values[metric.short_name] = float(fn(y_true, y_pred, **metric_arguments(metric, fn, spec.task, classes)))
+            values[metric.short_name] = float(call_metric(metric, fn, y_true, y_pred, spec.task, classes))
         except ValueError as exc:  # e.g. ROC AUC with one class present
             log.warning("metric not computed", extra={"metric": metric.name, "error": str(exc)})
     return values

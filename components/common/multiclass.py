@@ -11,7 +11,8 @@ train, evaluate, monitoring, batch scoring and serving agree on them:
   its columns in ``classes_`` order.
 - **metrics**: a function with an ``average`` argument gets ``MetricSpec.average`` (macro by
   default on a multiclass task); a score metric gets ``multi_class="ovr"`` and ``labels`` (the
-  model's classes, which name the probability columns) where it takes them.
+  model's classes, which name the probability columns) where it takes them. A one-vs-rest ROC
+  AUC averages over the classes the rows hold (:func:`call_metric`).
 - **probability columns**: one per class, named ``proba_<class>`` (:func:`probability_columns`).
 """
 
@@ -148,6 +149,55 @@ def metric_arguments(metric: MetricSpec, function: Any, task: str, classes: Sequ
     return arguments
 
 
+def call_metric(
+    metric: MetricSpec, function: Any, truth: np.ndarray, given: np.ndarray, task: str, classes: Sequence[Any]
+) -> Any:
+    """Call ``function(truth, given)`` with :func:`metric_arguments`.
+
+    A one-vs-rest ROC AUC is undefined for a class the rows do not hold, and scikit-learn then
+    returns NaN for the whole average. On a multiclass task such classes are left out of the
+    average instead (:func:`present_class_roc_auc`), so a slice, or a window, that lacks a rare
+    class is still scored on the classes it has.
+
+    Raises:
+        ValueError: Whatever ``function`` raises on these rows.
+    """
+    arguments = metric_arguments(metric, function, task, classes)
+    if arguments.get("multi_class") == "ovr" and metric.function_name == "roc_auc_score":
+        missing = set(classes) - set(np.asarray(truth).tolist())
+        if missing:
+            return present_class_roc_auc(truth, given, classes, arguments.get("average") or DEFAULT_AVERAGE)
+    return function(truth, given, **arguments)
+
+
+def present_class_roc_auc(truth: np.ndarray, probabilities: np.ndarray, classes: Sequence[Any], average: str) -> float:
+    """One-vs-rest ROC AUC averaged over the classes ``truth`` holds (NaN with fewer than two).
+
+    Args:
+        truth: True classes.
+        probabilities: ``[n, k]`` probabilities, columns in ``classes`` order.
+        classes: The model's classes.
+        average: ``macro`` (mean), ``weighted`` (by each class's rows) or ``micro`` (all one-vs-rest
+            pairs pooled).
+
+    Returns:
+        The averaged AUC over the present classes.
+    """
+    from sklearn.metrics import roc_auc_score
+
+    truth = np.asarray(truth)
+    present = [index for index, label in enumerate(classes) if (truth == label).any()]
+    if len(present) < 2:
+        return float("nan")
+    hits = np.column_stack([truth == classes[index] for index in present])
+    scores = probabilities[:, present]
+    if average == "micro":
+        return float(roc_auc_score(hits.ravel(), scores.ravel()))
+    values = [float(roc_auc_score(hits[:, column], scores[:, column])) for column in range(len(present))]
+    weights = hits.sum(axis=0) if average == "weighted" else None
+    return float(np.average(values, weights=weights))
+
+
 def score_input(task: str, probabilities: np.ndarray) -> np.ndarray:
     """What a score metric gets: the positive-class column (binary) or the whole matrix (multiclass)."""
     return probabilities if task == "multiclass_classification" else probabilities[:, -1]
@@ -211,6 +261,7 @@ __all__ = [
     "DEFAULT_AVERAGE",
     "MIN_CLASSES",
     "PROBA_PREFIX",
+    "call_metric",
     "check_classes",
     "check_covered",
     "class_probabilities",
@@ -218,6 +269,7 @@ __all__ = [
     "confusion",
     "metric_arguments",
     "per_class_metrics",
+    "present_class_roc_auc",
     "probability_columns",
     "safe_name",
     "score_input",

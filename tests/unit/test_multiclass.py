@@ -9,9 +9,16 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.metrics import roc_auc_score
 
 from components.common.errors import ConfigError, DataError
-from components.common.multiclass import metric_arguments, per_class_metrics, probability_columns, safe_name
+from components.common.multiclass import (
+    metric_arguments,
+    per_class_metrics,
+    present_class_roc_auc,
+    probability_columns,
+    safe_name,
+)
 from components.common.tracking import load_sklearn_model
 from components.evaluate import EvaluationResult, evaluate
 from components.specs import ChangeThreshold, DatasetSpec, EvaluationSpec, MetricSpec, ModelSpec, ValueThreshold
@@ -133,7 +140,7 @@ def test_macro_and_weighted_metrics_per_class_results_and_the_gate(trained: Trai
         "accuracy_score",
     }
     frame = pd.read_parquet(trained.good.eval_path)
-    from sklearn.metrics import f1_score, roc_auc_score
+    from sklearn.metrics import f1_score
 
     model = load_sklearn_model(trained.good.model_uri, trained.uri)
     features = frame[trained.spec.feature_columns]
@@ -180,13 +187,15 @@ def test_slices_evaluate_with_the_averaged_metrics(trained: Trained) -> None:
     assert {c.slice for c in result.checks} == {None, *result.slices}
 
 
-def test_a_slice_where_one_vs_rest_auc_is_undefined_is_skipped_with_the_reason(trained: Trained) -> None:
+def test_a_slice_without_some_classes_gets_the_one_vs_rest_auc_of_the_classes_it_has(trained: Trained) -> None:
     frame = pd.read_parquet(trained.good.eval_path)
-    # A slice that holds every row of one class: the one-vs-rest AUC of that class is undefined there.
     frame["cohort"] = np.where(frame[SEGMENT] == "student", "only-students", "rest")
     path = trained.workspace / "cohort.parquet"
     frame.to_parquet(path)
-    evaluation = EvaluationSpec(metrics=[MetricSpec(name="roc_auc_score")], slice_column="cohort")
+    evaluation = EvaluationSpec(
+        metrics=[MetricSpec(name="roc_auc_score", average="weighted", threshold=ValueThreshold(lower_bound=0.6))],
+        slice_column="cohort",
+    )
     result = evaluate(
         trained.good.model_uri,
         str(path),
@@ -198,11 +207,30 @@ def test_a_slice_where_one_vs_rest_auc_is_undefined_is_skipped_with_the_reason(t
         str(trained.workspace / "cohort" / "r.html"),
     )
     assert "single label class" in result.skipped_slices["cohort=only-students"]
-    # The other rows lack 'student', so its one-vs-rest AUC, and the macro average, are undefined there.
-    assert result.skipped_slices["cohort=rest"].endswith(
-        "row(s) without class(es) ['student']: ['roc_auc_score'] undefined (one-vs-rest needs every class)"
+    # The other rows lack 'student': scikit-learn's average would be NaN; the four present classes count.
+    rest = frame[frame["cohort"] == "rest"]
+    model = load_sklearn_model(trained.good.model_uri, trained.uri)
+    proba = model.predict_proba(rest[trained.spec.feature_columns])
+    present = [i for i, c in enumerate(model.classes_) if c != "student"]
+    expected = np.average(
+        [roc_auc_score(rest[SEGMENT] == model.classes_[i], proba[:, i]) for i in present],
+        weights=[(rest[SEGMENT] == model.classes_[i]).sum() for i in present],
     )
-    assert result.slices == {} and result.blessed
+    assert result.slices["cohort=rest"]["roc_auc_score_weighted"] == pytest.approx(expected)
+    assert result.blessed, [c.reason for c in result.checks if not c.passed]
+
+
+def test_present_class_auc_equals_scikit_learn_when_every_class_is_there() -> None:
+    rng = np.random.default_rng(0)
+    classes = ["a", "b", "c", "d"]
+    truth = rng.choice(classes, 300)
+    proba = rng.dirichlet(np.ones(4), 300) + np.eye(4)[[classes.index(t) for t in truth]] * 0.3
+    proba /= proba.sum(axis=1, keepdims=True)
+    for average in ("macro", "weighted", "micro"):
+        assert present_class_roc_auc(truth, proba, classes, average) == pytest.approx(
+            roc_auc_score(truth, proba, multi_class="ovr", average=average, labels=classes)
+        )
+    assert np.isnan(present_class_roc_auc(np.array(["a"] * 5), proba[:5], classes, "macro"))
 
 
 # --- metric arguments and names ------------------------------------------------------------------
