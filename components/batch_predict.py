@@ -155,7 +155,10 @@ def batch_predict(
 
     Output columns: the entity and timestamp columns (named as in ``spec``), ``prediction``
     (class label for classifiers, value for regression), ``score`` (positive-class
-    probability for classifiers, null for regression), ``model_name``, ``model_version``,
+    probability for binary classifiers, the predicted class's probability for multiclass ones,
+    null for regression), for a multiclass classifier one ``proba_<class>`` column per class (the
+    class's text with other characters than letters, digits and ``_`` replaced by ``_``;
+    ``multiclass.probability_columns``), ``model_name``, ``model_version``,
     ``scored_at`` (one UTC timestamp for the whole job) and the ``date`` partition column
     (UTC date of the event timestamp).
 
@@ -229,7 +232,7 @@ def batch_predict(
             choice,
             model,
             features,
-            classifier=spec.task == "binary_classification",
+            classifier=spec.is_classification,
             string_labels=isinstance(prediction_type, T.StringType),
         )
         with (
@@ -464,7 +467,10 @@ def _score(
     from pyspark.sql import types as T
     from pyspark.sql.functions import ArrowUDFType, arrow_udf
 
-    returned = T.StructType([T.StructField("prediction", prediction_type), T.StructField("score", T.DoubleType())])
+    probabilities = [T.StructField(name, T.DoubleType()) for name in job.proba_columns]
+    returned = T.StructType(
+        [T.StructField("prediction", prediction_type), T.StructField("score", T.DoubleType()), *probabilities]
+    )
     body = functools.partial(batch_model.score_batches, shipped=shipped, job=job)
     with warnings.catch_warnings():
         # A partial has no type hints to tell the UDF's kind from, so the kind is given (which PySpark frowns at).
@@ -476,6 +482,7 @@ def _score(
         timestamp,
         F.col(f"{_SCORED}.prediction").alias("prediction"),
         F.col(f"{_SCORED}.score").alias("score"),
+        *[F.col(f"{_SCORED}.{name}").alias(name) for name in job.proba_columns],
         F.lit(model_name).alias("model_name"),
         F.lit(model_version).cast("string").alias("model_version"),
         F.lit(scored_at).cast("timestamp").alias("scored_at"),

@@ -11,6 +11,9 @@ that answered, its latency and its status. :func:`canary_analysis` reads the las
   differences below ``latency_slack_ms`` never fail (on loopback both are a few ms);
 - **prediction distribution** - PSI between the two versions' served values (same traffic
   split at random, so the inputs come from one distribution) at most ``max_prediction_psi``;
+  for multiclass versions (the log holds their ``predicted_class``) the PSI of the two
+  versions' predicted-class mix, reported per class with, where both answered the same rows
+  (shadow), the per-class agreement (:func:`class_comparison`);
 - **significance** (reported, not a gate) - per-version error rate, mean prediction and
   accuracy with a p-value each (:func:`significance_tests`): two-proportion z-tests, Mann-Whitney
   U on the scores, and for a shadow challenger, which scored the very requests the champion
@@ -47,7 +50,7 @@ import pandas as pd
 from pydantic import BaseModel, Field
 
 from components.common import environments, tracking
-from components.common.drift import population_stability_index
+from components.common.drift import categorical_psi, population_stability_index
 from components.common.errors import DataError
 from components.common.inference_log import read_window
 from components.common.io import write_json, write_text
@@ -120,6 +123,16 @@ class CanaryAnalysisResult(BaseModel):
     checks: list[CanaryCheck] = Field(default_factory=list)
     prediction_psi: float | None = None
     significance: list[SignificanceTest] = Field(default_factory=list)
+    class_mix: dict[str, dict[str, float]] | None = Field(
+        default=None,
+        description="Multiclass: version -> predicted class -> share of its answered rows; prediction_psi is then "
+        "the PSI of the two versions' class mix.",
+    )
+    class_agreement: dict[str, float] | None = Field(
+        default=None,
+        description="Multiclass, where both versions answered the same rows (shadow): champion's class -> share "
+        "of those rows where the challenger predicted the same class.",
+    )
     acted: bool = False
     action: str = ""
 
@@ -234,8 +247,7 @@ def significance_tests(
         hits = []
         for rows in (ok_a, ok_b):
             labeled = rows[rows[label_column].notna()]
-            predicted = (labeled["prediction"].to_numpy(dtype=float) >= 0.5).astype(int)
-            hits.append((int((predicted == labeled[label_column].to_numpy().astype(int)).sum()), len(labeled)))
+            hits.append((int(_hits(labeled, label_column).sum()), len(labeled)))
         (h_a, m_a), (h_b, m_b) = hits
         if m_a and m_b:
             z, p = two_proportion_z(h_a, m_a, h_b, m_b)
@@ -250,8 +262,49 @@ def _accuracy(rows: pd.DataFrame, labels: pd.DataFrame, label_column: str) -> tu
     joined = joined[joined[label_column].notna()]
     if joined.empty:
         return 0, None
-    predicted = (joined["prediction"].to_numpy(dtype=float) >= 0.5).astype(int)
-    return len(joined), float((predicted == joined[label_column].to_numpy().astype(int)).mean())
+    return len(joined), float(_hits(joined, label_column).mean())
+
+
+def _multiclass(rows: pd.DataFrame) -> bool:
+    """Whether a version's answered rows are a multiclass classifier's (the log has their ``predicted_class``)."""
+    return "predicted_class" in rows.columns and bool(rows["predicted_class"].notna().all()) and len(rows) > 0
+
+
+def _hits(rows: pd.DataFrame, label_column: str) -> np.ndarray:
+    """Per labelled row, whether the served answer was right.
+
+    A multiclass row's logged class is compared with the label as text; else a positive-class
+    probability of at least 0.5 stands for class 1.
+    """
+    if _multiclass(rows):
+        return np.asarray(rows["predicted_class"].astype(str).to_numpy() == rows[label_column].astype(str).to_numpy())
+    predicted = (rows["prediction"].to_numpy(dtype=float) >= 0.5).astype(int)
+    return np.asarray(predicted == rows[label_column].to_numpy().astype(int))
+
+
+def class_comparison(
+    champion: pd.DataFrame, challenger: pd.DataFrame
+) -> tuple[float, dict[str, pd.Series], dict[str, float] | None]:
+    """Multiclass: PSI of the two versions' predicted-class mix, the mixes, and the per-class agreement.
+
+    Args:
+        champion: The champion's answered rows (``request_id``, ``row``, ``predicted_class``).
+        challenger: The challenger's.
+
+    Returns:
+        The PSI (one bin per class), each side's class shares, and for rows both answered (a
+        shadow scores a copy of every request) the share of each champion class the challenger
+        predicted alike; None when no row was answered by both.
+    """
+    a, b = champion["predicted_class"].astype(str), challenger["predicted_class"].astype(str)
+    psi = categorical_psi(a, b)
+    mixes = {"champion": a.value_counts(normalize=True), "challenger": b.value_counts(normalize=True)}
+    paired = champion.merge(challenger, on=["request_id", "row"], suffixes=("_a", "_b"))
+    if paired.empty:
+        return psi, mixes, None
+    same = paired["predicted_class_a"].astype(str) == paired["predicted_class_b"].astype(str)
+    agreement = same.groupby(paired["predicted_class_a"].astype(str)).mean()
+    return psi, mixes, {str(k): float(v) for k, v in agreement.items()}
 
 
 def _read_labels(labels_path: str, dataset: DatasetSpec) -> pd.DataFrame:
@@ -362,6 +415,17 @@ def _report(result: CanaryAnalysisResult) -> str:
         lines += ["| check | passed | detail |", "|---|---|---|"]
         lines += [f"| {c.name} | {'yes' if c.passed else '**no**'} | {c.detail} |" for c in result.checks]
         lines.append("")
+    if result.class_mix is not None:
+        versions = list(result.class_mix)
+        classes = sorted({name for mix in result.class_mix.values() for name in mix})
+        agreement = result.class_agreement or {}
+        lines += [f"| predicted class | {' | '.join(f'share v{v}' for v in versions)} | agreement |"]
+        lines += ["|---|" + "---|" * len(versions) + "---|"]
+        for name in classes:
+            shares = " | ".join(f"{result.class_mix[v].get(name, 0.0):.2%}" for v in versions)
+            agreed = f"{agreement[name]:.2%}" if name in agreement else "-"
+            lines.append(f"| {name} | {shares} | {agreed} |")
+        lines.append("")
     if result.significance:
         lines += ["| metric | champion | challenger | test | p-value | significant |", "|---|---|---|---|---|---|"]
         for t in result.significance:
@@ -454,7 +518,17 @@ def canary_analysis(
         result.reason = f"no canary running: champion {champion_version}, challenger {challenger_version}"
     else:
         # Only the columns compared here: the log is scanned with the window as a filter.
-        used = ("request_id", "row", "timestamp", "model_name", "model_version", "prediction", "status", "latency_ms")
+        used = (
+            "request_id",
+            "row",
+            "timestamp",
+            "model_name",
+            "model_version",
+            "prediction",
+            "predicted_class",
+            "status",
+            "latency_ms",
+        )
         log = read_window(log_dir, start, end, serving.model_name, columns=used)
         for column in ("status", "latency_ms"):
             if column not in log.columns:
@@ -477,7 +551,18 @@ def canary_analysis(
                 v: rows.loc[rows["status"] == "ok", "prediction"].to_numpy(dtype=float)
                 for v, rows in by_version.items()
             }
-            psi = population_stability_index(scores[champion_version], scores[challenger_version], PSI_BINS)
+            answered = {v: rows[rows["status"] == "ok"] for v, rows in by_version.items()}
+            if all(_multiclass(rows) for rows in answered.values()):
+                # A class is what a multiclass version answers: compare the class mixes, not a score.
+                psi, mixes, result.class_agreement = class_comparison(
+                    answered[champion_version], answered[challenger_version]
+                )
+                result.class_mix = {
+                    version: {str(k): float(v) for k, v in mixes[role].items()}
+                    for role, version in (("champion", champion_version), ("challenger", challenger_version))
+                }
+            else:
+                psi = population_stability_index(scores[champion_version], scores[challenger_version], PSI_BINS)
             result.prediction_psi = psi
             has_labels = labels_path is not None and labels_path != ""
             if has_labels:

@@ -31,7 +31,14 @@ from components.common.errors import ConfigError, DataError, ModelNotFound
 from components.common.imports import import_metric
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
-from components.common.model_input import positive_scores, prepare_features, require_columns
+from components.common.model_input import prepare_features, require_columns
+from components.common.multiclass import (
+    call_metric,
+    class_probabilities,
+    confusion,
+    per_class_metrics,
+    score_input,
+)
 from components.common.storage import read_table
 from components.specs import DatasetSpec, EvaluationSpec, MetricSpec
 
@@ -77,6 +84,10 @@ class EvaluationResult(BaseModel):
     skipped_slices: dict[str, str] = Field(
         default_factory=dict, description="Slice ``column=value`` -> why it was not evaluated."
     )
+    per_class: dict[str, dict[str, float]] = Field(
+        default_factory=dict,
+        description="Multiclass: class -> the candidate's precision, recall, f1 and support on the held-out rows.",
+    )
 
 
 def _model_features(model: Any, spec: DatasetSpec) -> list[str]:
@@ -94,7 +105,10 @@ def compute_metrics(model: Any, frame: pd.DataFrame, spec: DatasetSpec, metrics:
 
     Features are the columns the model was fitted on (``feature_names_in_``), else the
     spec's. Score metrics (``MetricSpec.uses_scores``) get the positive-class probability of a
-    classifier; label metrics get ``model.predict``. Regression metrics always get predictions.
+    binary classifier and the ``[n, k]`` probability matrix of a multiclass one; label metrics
+    get ``model.predict``. Regression metrics always get predictions. ``average``,
+    ``multi_class`` and ``labels`` are passed as ``multiclass.metric_arguments`` says, and a
+    multiclass one-vs-rest ROC AUC averages over the classes the rows hold (``multiclass.call_metric``).
 
     Args:
         model: A fitted scikit-learn estimator or pipeline.
@@ -117,13 +131,17 @@ def compute_metrics(model: Any, frame: pd.DataFrame, spec: DatasetSpec, metrics:
     features = prepare_features(frame, spec, _model_features(model, spec))
     truth = frame[spec.label_column].to_numpy()
     predictions = np.asarray(model.predict(features))
-    scores = positive_scores(model, features) if spec.task == "binary_classification" else predictions
+    classes: list[Any] = []
+    scores = predictions
+    if spec.is_classification:
+        classes = np.asarray(model.classes_).tolist()
+        scores = score_input(spec.task, class_probabilities(model, features))
     result: dict[str, float] = {}
     for metric in metrics:
         function = _metric_function(metric)
         given = scores if metric.uses_scores else predictions
         try:
-            value = function(truth, given)
+            value = call_metric(metric, function, truth, given, spec.task, classes)
         except ValueError as exc:
             raise DataError(f"metric {metric.name} cannot be computed on {len(frame)} row(s): {exc}") from exc
         try:
@@ -131,7 +149,7 @@ def compute_metrics(model: Any, frame: pd.DataFrame, spec: DatasetSpec, metrics:
         except (TypeError, ValueError) as exc:
             raise ConfigError(
                 f"metric {metric.name} returned {type(value).__name__}, not one number; "
-                "pick an averaged variant (e.g. average='binary')"
+                "set its average (macro, weighted or micro) in the metric spec"
             ) from exc
     return result
 
@@ -281,14 +299,34 @@ def _evaluate_slices(
             rows = frame[keys == value]
             if len(rows) < max(slicing.min_rows, 2):
                 skipped[key] = f"{len(rows)} row(s); need at least {max(slicing.min_rows, 2)}"
-            elif spec.task == "binary_classification" and rows[spec.label_column].nunique() < 2:
+            elif spec.is_classification and rows[spec.label_column].nunique() < 2:
                 skipped[key] = f"{len(rows)} row(s) with a single label class; ranking metrics are undefined"
             if key in skipped:
                 log.info("slice skipped", extra={"slice": key, "why": skipped[key]})
                 continue
-            candidate_slices[key] = compute_metrics(candidate_model, rows, spec, slicing.metrics)
-            if champion_model is not None:
-                champion_slices[key] = compute_metrics(champion_model, rows, spec, slicing.metrics)
+            try:
+                candidate_slices[key] = compute_metrics(candidate_model, rows, spec, slicing.metrics)
+                if champion_model is not None:
+                    champion_slices[key] = compute_metrics(champion_model, rows, spec, slicing.metrics)
+            except DataError as exc:
+                if spec.task != "multiclass_classification":
+                    raise
+                skipped[key] = f"{len(rows)} row(s): {exc}"[:300]
+            if spec.task == "multiclass_classification" and key not in skipped:
+                undefined = sorted(name for name, value in candidate_slices[key].items() if math.isnan(value))
+                if undefined:
+                    missing = sorted(set(map(str, candidate_model.classes_)) - set(map(str, rows[spec.label_column])))
+                    skipped[key] = (
+                        f"{len(rows)} row(s) without class(es) {missing[:10]}: {undefined} undefined "
+                        "(one-vs-rest needs every class)"
+                    )
+            if key in skipped:
+                # A slice often lacks some classes, where a one-vs-rest ROC AUC is undefined: it is
+                # reported as skipped, as a single-class slice is, rather than failing the gate.
+                candidate_slices.pop(key, None)
+                champion_slices.pop(key, None)
+                log.info("slice skipped", extra={"slice": key, "why": skipped[key]})
+                continue
             checks.extend(make_checks(slicing.metrics, candidate_slices[key], champion_slices.get(key), value, column))
     return candidate_slices, champion_slices, skipped, checks
 
@@ -391,9 +429,15 @@ def evaluate(
     if champion_model is not None:
         outputs["champion"] = _outputs(champion_model, frame, spec)
     curves: dict[str, Any] = {}
+    per_class: dict[str, dict[str, float]] = {}
     if spec.task == "binary_classification" and len(np.unique(truth)) == 2:
         scores, predicted = outputs["candidate"]
         curves = classification_curves(truth, scores, predicted, list(candidate_model.classes_))
+    elif spec.task == "multiclass_classification":
+        classes = np.asarray(candidate_model.classes_).tolist()
+        predicted = outputs["candidate"][1]
+        curves = {"confusion_matrix": confusion(truth, predicted, classes)}
+        per_class = per_class_metrics(truth, predicted, classes)
 
     result = EvaluationResult(
         blessed=all(check.passed for check in checks),
@@ -405,6 +449,7 @@ def evaluate(
         slices=slices,
         curves=curves,
         skipped_slices=skipped,
+        per_class=per_class,
     )
     # Through the JSON encoder so NaN and infinity become null and the file stays valid JSON.
     write_json(blessing_path, json.loads(result.model_dump_json()))
@@ -425,11 +470,15 @@ def evaluate(
 
 
 def _outputs(model: Any, frame: pd.DataFrame, spec: DatasetSpec) -> tuple[np.ndarray, np.ndarray]:
-    """(scores, predictions): positive-class probability and label, or prediction twice for regression."""
+    """(scores, predictions) of a model on ``frame``.
+
+    The positive-class probability (binary) or the probability matrix (multiclass) and the
+    label; the prediction twice for regression.
+    """
     features = prepare_features(frame, spec, _model_features(model, spec))
     predicted = np.asarray(model.predict(features))
-    if spec.task == "binary_classification":
-        return positive_scores(model, features), predicted
+    if spec.is_classification:
+        return score_input(spec.task, class_probabilities(model, features)), predicted
     return predicted.astype(float), predicted
 
 
@@ -503,6 +552,22 @@ def _residual_plots(truth: np.ndarray, outputs: dict[str, tuple[np.ndarray, np.n
     return f'<div class="grid">{report.figure(scatter_fig)}{report.figure(hist_fig)}</div>'
 
 
+def multiclass_sections(result: EvaluationResult) -> list[tuple[str, str]]:
+    """Per-class metrics and the confusion matrix of a multiclass candidate, as report sections."""
+    per_class = [
+        {"class": label, **{name: _fmt(value) for name, value in values.items() if name != "support"}}
+        | {"support": int(values["support"])}
+        for label, values in result.per_class.items()
+    ]
+    matrix = result.curves["confusion_matrix"]
+    cm = pd.DataFrame(matrix["matrix"], columns=[f"predicted {label}" for label in matrix["labels"]])
+    cm.insert(0, "actual", matrix["labels"])
+    return [
+        ("Per-class metrics (candidate)", report.table(per_class)),
+        ("Confusion matrix (candidate; rows: actual class)", report.table(cm)),
+    ]
+
+
 def render_report(
     result: EvaluationResult,
     evaluation: EvaluationSpec,
@@ -547,6 +612,8 @@ def render_report(
         cm = pd.DataFrame(matrix["matrix"], columns=[f"predicted {label}" for label in matrix["labels"]])
         cm.insert(0, "actual", matrix["labels"])
         sections.append(("Confusion matrix (candidate)", report.table(cm)))
+    elif spec.task == "multiclass_classification" and "confusion_matrix" in result.curves:
+        sections += multiclass_sections(result)
     elif spec.task == "regression":
         sections.append(("Residuals", _residual_plots(truth, outputs)))
     if evaluation.all_slices:

@@ -137,6 +137,39 @@ def _predictions_ok(values: Any, rows: int) -> str:
     return f"non-finite or non-numeric predictions: {bad[:3]}" if bad else ""
 
 
+def _v1_values(body: dict[str, Any], rows: int) -> tuple[list[Any], str]:
+    """The numbers a V1 answer holds (a multiclass answer's probabilities, flattened) and what is wrong with it."""
+    predictions = body.get("predictions", [])
+    probabilities = body.get("probabilities")
+    if probabilities is None:
+        return predictions, _predictions_ok(predictions, rows)
+    # Multiclass: one class per row, and one row of k probabilities summing to 1.
+    if not isinstance(predictions, list) or len(predictions) != rows:
+        return [], f"expected {rows} predicted classes, got {predictions!r:.80}"
+    width = len(body.get("classes") or [])
+    if not isinstance(probabilities, list) or any(not isinstance(r, list) or len(r) != width for r in probabilities):
+        return [], f"expected {rows} rows of {width} probabilities, got {probabilities!r:.80}"
+    flat = [v for row in probabilities for v in row]
+    problem = _predictions_ok(flat, rows * width)
+    if not problem and any(not math.isclose(sum(row), 1.0, abs_tol=1e-6) for row in probabilities):
+        problem = "class probabilities of a row do not sum to 1"
+    return flat, problem
+
+
+def _v2_values(outputs: list[dict[str, Any]], rows: int) -> tuple[Any, str]:
+    """The numbers a V2 answer holds (``predict_proba`` of a multiclass model) and what is wrong with it."""
+    by_name = {output.get("name"): output for output in outputs}
+    proba = by_name.get("predict_proba")
+    if proba is None:
+        values = outputs[0].get("data")
+        return values, _predictions_ok(values, rows)
+    values = proba.get("data")
+    shape = proba.get("shape") or [rows, 0]
+    if len(shape) != 2 or shape[0] != rows:
+        return values, f"predict_proba has shape {shape}; expected [{rows}, k]"
+    return values, _predictions_ok(values, rows * int(shape[1]))
+
+
 def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataFrame) -> list[InfraCheck]:
     import requests
 
@@ -154,8 +187,7 @@ def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataF
         checks.append(InfraCheck(name="v1_predict", passed=False, detail=f"HTTP {v1.status_code}: {v1.text[:300]}"))
     else:
         body = v1.json()
-        v1_predictions = body.get("predictions", [])
-        problem = _predictions_ok(v1_predictions, len(rows))
+        v1_predictions, problem = _v1_values(body, len(rows))
         if not problem and str(body.get("model_version")) != version:
             problem = f"answered by version {body.get('model_version')}, not {version}"
         checks.append(InfraCheck(name="v1_predict", passed=not problem, detail=problem or f"{len(rows)} rows answered"))
@@ -173,9 +205,7 @@ def _check_requests(endpoint: str, model_name: str, version: str, rows: pd.DataF
     if v2.status_code != 200:
         checks.append(InfraCheck(name="v2_infer", passed=False, detail=f"HTTP {v2.status_code}: {v2.text[:300]}"))
     else:
-        outputs = v2.json().get("outputs") or [{}]
-        values = outputs[0].get("data")
-        problem = _predictions_ok(values, len(rows))
+        values, problem = _v2_values(v2.json().get("outputs") or [{}], len(rows))
         if (
             not problem
             and v1_predictions

@@ -58,6 +58,8 @@ from components.common.holdout import Baseline
 from components.common.io import write_json, write_text
 from components.common.labels import LabelJoin, join_late_labels, join_latest_label
 from components.common.logs import get_logger
+from components.common.multiclass import class_probabilities, probability_columns
+from components.common.multiclass_drift import ClassDrift, class_drift
 from components.common.storage import read_table
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec
 
@@ -96,6 +98,11 @@ class MonitorResult(BaseModel):
         default=None, description="Where the reference values of live performance came from (with a model)."
     )
     labels: LabelJoin | None = Field(default=None, description="How labels from monitoring.labels_source matched.")
+    class_drift: ClassDrift | None = Field(
+        default=None,
+        description="Multiclass: drift of the predicted-class mix and of each class's probability; "
+        "prediction_psi is the largest of them.",
+    )
 
 
 # --- statistics --------------------------------------------------------------------------
@@ -202,6 +209,7 @@ def _importances(model: Any, reference: pd.DataFrame, spec: DatasetSpec) -> dict
         labelled = labelled.sample(IMPORTANCE_SAMPLE, random_state=RANDOM_SEED)
     y = labelled[spec.label_column]
     binary = spec.task == "binary_classification" and y.nunique() == 2
+    # Accuracy for multiclass too: a one-vs-rest AUC is undefined on a sample that lacks a class.
     scoring = "r2" if spec.task == "regression" else ("roc_auc" if binary else "accuracy")
     result = permutation_importance(
         model,
@@ -281,7 +289,9 @@ def monitor(
     reference, reference_columns = _read_columns(reference_path, wanted, dictionary)
     served: np.ndarray | None = None
     if monitoring.current_source == "inference_log":
-        current, served = _read_inference_log(current_path, window_start, window_end, spec)
+        current, served = _read_inference_log(
+            current_path, window_start, window_end, spec, every_column=spec.task == "multiclass_classification"
+        )
         current_columns = [str(name) for name in current.columns]
     else:
         keys = [spec.entity_column] if labels_path else []
@@ -334,23 +344,33 @@ def monitor(
     prediction_psi = None
     performance: dict[str, float] | None = None
     prediction_plot: Histograms | None = None
+    classes_drift: ClassDrift | None = None
     if model is not None:
-        ref_scores = _scores(model, reference, spec)
-        cur_scores = served if served is not None else _scores(model, current, spec)
-        ref_sorted, cur_sorted = sorted_sample(ref_scores), sorted_sample(cur_scores)
-        prediction_psi = psi_sorted(ref_sorted, cur_sorted, monitoring.bins)
-        prediction_plot = density_histograms(ref_sorted, cur_sorted, max(20, 3 * monitoring.bins))
+        what = ""
+        if spec.task == "multiclass_classification":
+            ref_scores = class_probabilities(model, reference[spec.feature_columns])
+            cur_scores = _served_probabilities(model, current, spec, served is not None, reasons)
+            classes_drift = class_drift(list(model.classes_), ref_scores, cur_scores, monitoring.bins)
+            prediction_psi, measured_what = classes_drift.worst
+            what = f" on {measured_what}"
+        else:
+            ref_scores = _scores(model, reference, spec)
+            cur_scores = served if served is not None else _scores(model, current, spec)
+            ref_sorted, cur_sorted = sorted_sample(ref_scores), sorted_sample(cur_scores)
+            prediction_psi = psi_sorted(ref_sorted, cur_sorted, monitoring.bins)
+            prediction_plot = density_histograms(ref_sorted, cur_sorted, max(20, 3 * monitoring.bins))
         if prediction_psi >= monitoring.prediction_psi_retrain:
             severities.append("retrain")
             reasons.append(
-                f"Predictions drifted: PSI {prediction_psi:.3f} >= {monitoring.prediction_psi_retrain} -> retrain."
+                f"Predictions drifted: PSI {prediction_psi:.3f}{what} >= "
+                f"{monitoring.prediction_psi_retrain} -> retrain."
             )
         elif prediction_psi >= monitoring.psi_warn:
             severities.append("warn")
-            reasons.append(f"Predictions drifted: PSI {prediction_psi:.3f} >= {monitoring.psi_warn} -> warn.")
+            reasons.append(f"Predictions drifted: PSI {prediction_psi:.3f}{what} >= {monitoring.psi_warn} -> warn.")
         labelled = int(current[spec.label_column].notna().sum()) if spec.label_column in current.columns else 0
         if metrics and labelled and baseline is not None:
-            predicted = None if served is None else _served_labels(model, served, spec)
+            predicted = None if served is None else _served_labels(model, served, spec, cur_scores)
             live = metric_values(metrics, model, current, spec, cur_scores, predicted)
             performance, perf_severities, perf_reasons = judge_performance(
                 metrics, live, labelled, baseline, monitoring
@@ -389,6 +409,7 @@ def monitor(
         rows_current=len(current),
         baseline=baseline,
         labels=labels,
+        class_drift=classes_drift,
     )
     write_json(result_path, result.model_dump(mode="json"))
     write_text(report_path, _report(result, monitoring, measured, prediction_plot))
@@ -425,9 +446,12 @@ def _champion(model_uri: str, tracking_uri: str | None) -> tuple[Any, Baseline]:
 
 
 def _read_inference_log(
-    log_dir: str, start: str | None, end: str | None, spec: DatasetSpec
+    log_dir: str, start: str | None, end: str | None, spec: DatasetSpec, every_column: bool = False
 ) -> tuple[pd.DataFrame, np.ndarray]:
     """The requests answered in the window (failed ones dropped) and their served predictions.
+
+    ``every_column`` reads every column of the log: a multiclass version's ``proba_<class>``
+    columns are named by classes only the model, loaded later, knows.
 
     Only the columns monitoring uses are read (the log is scanned with the window as a filter, so
     memory follows the window's rows and these columns). A feature the server's
@@ -445,7 +469,8 @@ def _read_inference_log(
         "status",
         "model_alias",
     ]
-    frame = inference_log.read_window(log_dir, start or None, end or None, columns=[c for c in columns if c])
+    wanted = None if every_column else [c for c in columns if c]
+    frame = inference_log.read_window(log_dir, start or None, end or None, columns=wanted)
     protection = frame.attrs.get("protection") or {}
     features = set(spec.feature_columns)
     unmeasurable = {name: how for how in ("excluded", "hashed") for name in protection.get(how, []) if name in features}
@@ -471,8 +496,35 @@ def _read_inference_log(
     return frame, pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(dtype=float)
 
 
-def _served_labels(model: Any, served: np.ndarray, spec: DatasetSpec) -> np.ndarray:
-    """Labels the served predictions stand for: a positive-class probability above 0.5 is ``classes_[1]``."""
+def _served_probabilities(
+    model: Any, current: pd.DataFrame, spec: DatasetSpec, from_log: bool, reasons: list[str]
+) -> np.ndarray:
+    """A multiclass model's ``[n, k]`` probabilities on the current rows.
+
+    As served (the log's ``proba_<class>`` columns) when every row has them, else the model's own
+    on the window's features.
+    """
+    names = probability_columns(list(model.classes_))
+    if from_log and all(name in current.columns for name in names):
+        served = current[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
+        if not np.isnan(served).any():
+            return served
+    if from_log:
+        reasons.append(
+            f"The inference log lacks served probability columns {names} for some rows (another version's "
+            "classes?); prediction drift uses the model's own probabilities on the logged features."
+        )
+    return class_probabilities(model, current[spec.feature_columns])
+
+
+def _served_labels(model: Any, served: np.ndarray, spec: DatasetSpec, scores: np.ndarray) -> np.ndarray:
+    """Labels the served predictions stand for.
+
+    A positive-class probability above 0.5 is ``classes_[1]``; a multiclass row's label is its most
+    probable class (in ``scores``, the served probabilities).
+    """
+    if spec.task == "multiclass_classification":
+        return np.asarray(model.classes_)[np.argmax(scores, axis=1)]
     if spec.task != "binary_classification":
         return served
     classes = np.asarray(model.classes_)
@@ -552,8 +604,21 @@ def _report(
             for k, v in result.performance.items()
         ]
         sections.append(("Performance", report.table(rows)))
+    if result.class_drift is not None:
+        mix = result.class_drift
+        rows = [
+            {
+                "class": name,
+                "reference share": mix.reference_share[name],
+                "current share": mix.current_share[name],
+                "probability PSI": mix.probability_psi[name],
+            }
+            for name in mix.probability_psi
+        ]
+        title = f"Predicted classes (class-mix PSI {mix.class_psi:.3f}, chi-square p-value {mix.class_p_value:.3g})"
+        sections.append((title, report.table(rows)))
     images = []
-    if result.prediction_psi is not None:
+    if result.prediction_psi is not None and result.class_drift is None:
         images.append(_numeric_plot(f"prediction (PSI {result.prediction_psi:.3f})", prediction_plot))
     for drift in sorted(result.features, key=lambda f: -f.psi)[:MAX_PLOTS]:
         name = drift.feature if len(drift.feature) <= NAME_CHARS else f"{drift.feature[: NAME_CHARS - 1]}\u2026"

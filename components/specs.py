@@ -21,7 +21,11 @@ from components.common.imports import ALLOWED_MODULES_ENV, import_estimator, imp
 from components.common.schedule import parse_duration, parse_time
 from components.common.storage import check_location
 
-TaskType = Literal["binary_classification", "regression"]
+TaskType = Literal["binary_classification", "multiclass_classification", "regression"]
+#: Tasks whose label is a class (a classifier with ``predict_proba`` is trained).
+CLASSIFICATION_TASKS = ("binary_classification", "multiclass_classification")
+#: How a per-class metric (precision, recall, F1, ROC AUC...) is averaged over the classes.
+Average = Literal["macro", "weighted", "micro"]
 
 
 class StrictModel(BaseModel):
@@ -85,7 +89,11 @@ class DatasetSpec(StrictModel):
     label_column: str = Field(description="Column to predict.")
     numeric_features: list[str] = Field(default_factory=list, description="Numeric feature columns.")
     categorical_features: list[str] = Field(default_factory=list, description="Categorical (string) feature columns.")
-    task: TaskType = Field(default="binary_classification", description="Kind of prediction task.")
+    task: TaskType = Field(
+        default="binary_classification",
+        description="Kind of prediction task: binary_classification (exactly 2 classes), "
+        "multiclass_classification (3 or more classes; docs/multiclass.md) or regression.",
+    )
     validation: ValidationSpec = Field(default_factory=ValidationSpec)
 
     @field_validator("source")
@@ -104,6 +112,11 @@ class DatasetSpec(StrictModel):
                 raise ValueError(f"column {column!r} is named more than once in the dataset spec")
             seen.add(column)
         return self
+
+    @property
+    def is_classification(self) -> bool:
+        """Whether the label is a class (binary or multiclass), so the model has ``predict_proba``."""
+        return self.task in CLASSIFICATION_TASKS
 
     @property
     def feature_columns(self) -> list[str]:
@@ -132,8 +145,8 @@ class SearchSpec(StrictModel):
     folds: int = Field(default=3, ge=2, le=20, description="Time-ordered cross-validation folds.")
     scoring: str | None = Field(
         default=None,
-        description="scikit-learn scorer name; default 'roc_auc' (classification) or "
-        "'neg_root_mean_squared_error' (regression).",
+        description="scikit-learn scorer name; default 'roc_auc' (binary classification), 'f1_macro' "
+        "(multiclass classification) or 'neg_root_mean_squared_error' (regression).",
     )
 
     @field_validator("space")
@@ -205,6 +218,13 @@ class MetricSpec(StrictModel):
         default="auto",
         description="Pass predicted labels or scores (probabilities) to the metric; 'auto' picks by name.",
     )
+    average: Average | None = Field(
+        default=None,
+        description="How a per-class metric is averaged over the classes: macro, weighted or micro; passed as "
+        "the metric's 'average' argument (ROC AUC of a multiclass task: one-vs-rest). Null: the function's own "
+        "default on a binary task, macro on a multiclass task. Set, the metric is reported as <name>_<average>, "
+        "e.g. f1_score_weighted.",
+    )
     threshold: ValueThreshold | None = None
     change: ChangeThreshold | None = None
 
@@ -221,24 +241,29 @@ class MetricSpec(StrictModel):
         return value
 
     @property
-    def short_name(self) -> str:
-        """Name without the module, used as the metric's key in reports."""
+    def function_name(self) -> str:
+        """Name of the metric function without its module, e.g. ``f1_score``."""
         return self.name.rpartition(".")[2]
+
+    @property
+    def short_name(self) -> str:
+        """The metric's key in results and reports: the function name, plus ``_<average>`` when one is set."""
+        return self.function_name if self.average is None else f"{self.function_name}_{self.average}"
 
     @property
     def higher_is_better(self) -> bool:
         """Direction by scikit-learn's naming convention unless the change threshold says otherwise."""
         if self.change is not None and self.change.direction is not None:
             return self.change.direction == "higher_is_better"
-        return not self.short_name.endswith(("_loss", "_error", "_deviance"))
+        return not self.function_name.endswith(("_loss", "_error", "_deviance"))
 
     @property
     def uses_scores(self) -> bool:
         """Whether the metric wants scores (probabilities) rather than labels."""
         if self.input != "auto":
             return self.input == "score"
-        score_metrics = ("roc_auc", "average_precision", "log_loss", "brier_score")
-        return self.short_name.startswith(score_metrics)
+        score_metrics = ("roc_auc", "average_precision", "log_loss", "brier_score", "top_k_accuracy")
+        return self.function_name.startswith(score_metrics)
 
 
 class SliceSpec(StrictModel):

@@ -36,6 +36,7 @@ from components.common.imports import import_estimator
 from components.common.io import frame_sha256, write_parquet
 from components.common.logs import get_logger
 from components.common.model_input import positive_scores, prepare_features, require_columns
+from components.common.multiclass import check_classes, check_covered, present_class_roc_auc
 from components.common.registry import FEATURES_TAG, SUITE_HASH_TAG, TRAINING_SET_HASH_TAG
 from components.common.storage import read_table
 from components.common.suites import load_suite, suite_hash
@@ -176,31 +177,25 @@ def build_pipeline(spec: DatasetSpec, model: ModelSpec) -> Pipeline:
     return Pipeline([("preprocess", preprocess), ("estimator", estimator)])
 
 
-def _check_label(frame: pd.DataFrame, spec: DatasetSpec, what: str) -> None:
+def _check_label(frame: pd.DataFrame, spec: DatasetSpec, what: str) -> list[Any]:
+    """Check the label column for the task; the classes of a classification label, else ``[]``."""
     labels = frame[spec.label_column]
     missing = int(labels.isna().sum())
     if missing:
         raise DataError(f"{what}: label column {spec.label_column!r} has {missing} missing value(s)")
-    if spec.task == "binary_classification":
-        classes = sorted(labels.unique().tolist(), key=str)
-        if len(classes) < 2:
-            raise DataError(
-                f"{what}: label column {spec.label_column!r} has a single class {classes}; "
-                "a classifier needs both classes to learn from"
-            )
-        if len(classes) > 2:
-            raise DataError(
-                f"{what}: label column {spec.label_column!r} has {len(classes)} classes "
-                f"{classes[:10]}; task is binary_classification"
-            )
-    elif not pd.api.types.is_numeric_dtype(labels):
+    if spec.is_classification:
+        return check_classes(labels, spec.task, spec.label_column, what)
+    if not pd.api.types.is_numeric_dtype(labels):
         raise DataError(f"{what}: label column {spec.label_column!r} is {labels.dtype}; regression needs numbers")
+    return []
 
 
 def basic_metrics(model: Any, features: pd.DataFrame, labels: pd.Series, task: str) -> dict[str, float]:
-    """Evaluation-agnostic metrics: roc_auc/accuracy/log_loss or rmse/mae/r2.
+    """Evaluation-agnostic metrics: roc_auc/accuracy/log_loss, their macro variants, or rmse/mae/r2.
 
-    Metrics that are undefined on the given rows (ROC AUC on one class) are left out.
+    A multiclass classifier gets accuracy, macro and weighted F1, log loss and the one-vs-rest
+    macro ROC AUC (over the classes the rows hold). Metrics that are undefined on the given rows
+    (ROC AUC on one class) are left out.
     """
     from sklearn import metrics as skm
 
@@ -213,6 +208,21 @@ def basic_metrics(model: Any, features: pd.DataFrame, labels: pd.Series, task: s
             classes = list(model.classes_)
             result["roc_auc"] = float(skm.roc_auc_score(y, scores))
             result["log_loss"] = float(skm.log_loss(y, scores, labels=classes))
+        return result
+    if task == "multiclass_classification":
+        probabilities = np.asarray(model.predict_proba(features), dtype=float)
+        predicted = model.predict(features)
+        classes = list(model.classes_)
+        result = {
+            "accuracy": float(skm.accuracy_score(y, predicted)),
+            "f1_macro": float(skm.f1_score(y, predicted, average="macro", zero_division=0)),
+            "f1_weighted": float(skm.f1_score(y, predicted, average="weighted", zero_division=0)),
+        }
+        result["log_loss"] = float(skm.log_loss(y, probabilities, labels=classes))
+        # Over the classes the held-out rows hold: a missing class's one-vs-rest AUC is undefined.
+        auc = present_class_roc_auc(y, probabilities, classes, "macro")
+        if not math.isnan(auc):
+            result["roc_auc_ovr_macro"] = auc
         return result
     predicted = np.asarray(model.predict(features), dtype=float)
     return {
@@ -251,7 +261,8 @@ def search_params(
     """
     from sklearn.model_selection import GridSearchCV, ParameterGrid, RandomizedSearchCV, TimeSeriesSplit
 
-    scoring = search.scoring or ("roc_auc" if spec.task == "binary_classification" else "neg_root_mean_squared_error")
+    default_scoring = {"binary_classification": "roc_auc", "multiclass_classification": "f1_macro"}
+    scoring = search.scoring or default_scoring.get(spec.task, "neg_root_mean_squared_error")
     grid = {f"estimator__{key}": values for key, values in search.space.items()}
     unknown = sorted(set(search.space) - set(build_pipeline(spec, model).named_steps["estimator"].get_params()))
     if unknown:
@@ -354,7 +365,9 @@ def train(
         Run id, model URI, row counts, held-out metrics and the feature columns.
 
     Raises:
-        DataError: Columns are missing, labels are missing or single-class, or the suite file is missing.
+        DataError: Columns are missing, labels are missing, the label's classes do not fit the task
+            (``multiclass.check_classes``), a multiclass class appears only in the evaluation rows, or
+            the suite file is missing.
         ConfigError: The estimator rejects its parameters.
     """
     import mlflow
@@ -371,7 +384,10 @@ def train(
     _check_label(frame, spec, what)
 
     train_frame, eval_frame = split_by_time(frame, spec, model.eval_fraction)
-    _check_label(train_frame, spec, f"{what} (training split, older {len(train_frame)} rows)")
+    train_what = f"{what} (training split, older {len(train_frame)} rows)"
+    train_classes = _check_label(train_frame, spec, train_what)
+    if spec.task == "multiclass_classification":
+        check_covered(train_classes, eval_frame[spec.label_column], spec.label_column, what)
     write_parquet(eval_output_path, eval_frame)
 
     x_train = prepare_features(train_frame, spec)
@@ -386,7 +402,7 @@ def train(
     metrics = basic_metrics(pipeline, x_eval, eval_frame[spec.label_column], spec.task)
     fitted = time.perf_counter()
 
-    is_classifier = spec.task == "binary_classification"
+    is_classifier = spec.is_classification
     output = pipeline.predict_proba(x_train.head(100)) if is_classifier else pipeline.predict(x_train.head(100))
     signature = infer_signature(x_train.head(100), output)
 

@@ -55,6 +55,18 @@ def write_classification_metrics(artifact: Any, curves: dict[str, Any]) -> None:
     write_json(artifact.path, curves)
 
 
+def per_class_values(per_class: dict[str, dict[str, float]]) -> dict[str, float]:
+    """``candidate_class_<class>_<metric>`` for precision, recall and f1 of every class (class names sanitised)."""
+    from components.common.multiclass import safe_name
+
+    return {
+        f"candidate_class_{safe_name(label)}_{name}": value
+        for label, values in per_class.items()
+        for name, value in values.items()
+        if name != "support"
+    }
+
+
 def ensure_file(artifact: Any, placeholder: str = "") -> None:
     """Give an optional output a file so kfp.local can cache the task."""
     if not Path(artifact.path).exists():

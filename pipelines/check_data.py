@@ -10,8 +10,8 @@ sections declare:
 - the entity column holds integers or strings, and what ``feast.entity_type`` says when it is set;
 - numeric features are numbers, the timestamp column is timestamps (or strings, which ingest parses);
 - the label fits ``dataset.task``: class labels (integers, booleans or strings) for
-  ``binary_classification``, numbers for ``regression``. That it has exactly two classes
-  needs every row, so it is left to training.
+  ``binary_classification`` and ``multiclass_classification``, numbers for ``regression``. How
+  many classes it has (exactly two, or at least three) needs every row, so it is left to training.
 """
 
 from __future__ import annotations
@@ -202,12 +202,12 @@ def check_schema(types: dict[str, pa.DataType], dataset: DatasetSpec, feast: Fea
     label = types.get(dataset.label_column)
     if label is None:
         return
-    if dataset.task == "binary_classification":
+    if dataset.is_classification:
         plain = label.value_type if pa.types.is_dictionary(label) else label
         if not (pa.types.is_integer(plain) or pa.types.is_boolean(plain) or _is_text(plain)):
             check.problems.append(
                 f"dataset.label_column: column {dataset.label_column!r} has type {label}; expected class labels "
-                "(integers, booleans or strings) for dataset.task 'binary_classification'"
+                f"(integers, booleans or strings) for dataset.task {dataset.task!r}"
             )
     elif not (_is_number(label) or pa.types.is_boolean(label)):
         check.problems.append(

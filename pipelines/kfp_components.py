@@ -306,7 +306,7 @@ def evaluate(
     """Score candidate and champion on the same held-out data; returns whether the candidate is blessed."""
     from components.evaluate import evaluate as run_evaluate
     from components.specs import DatasetSpec, EvaluationSpec
-    from pipelines.artifacts import attach, write_classification_metrics, write_metrics
+    from pipelines.artifacts import attach, per_class_values, write_classification_metrics, write_metrics
 
     result = run_evaluate(
         trained_model.metadata["model_uri"],
@@ -321,6 +321,8 @@ def evaluate(
     values = {f"candidate_{k}": v for k, v in result.candidate.items()}
     values.update({f"champion_{k}": v for k, v in (result.champion or {}).items()})
     failed = [c.reason for c in result.checks if not c.passed]
+    # Multiclass: the candidate's per-class precision, recall and F1 show in the KFP UI's metrics table.
+    values.update(per_class_values(result.per_class))
     # The metric values ride on the blessing too, so run summaries can show them.
     attach(blessing, {"blessed": result.blessed, "failed_checks": failed, **values})
     write_metrics(metrics, values)

@@ -13,6 +13,8 @@ credentials:
   (:meth:`serving.model.CtpipeModel.infer_v1` and ``infer_v2``). They take an optional bearer
   token.
 - ``/v2/health/ready`` answers 503 while no version is loaded (kserve's answers ready always).
+- ``GET /v2/models/<name>`` (metadata) keeps each output's ``parameters`` (a multiclass model's
+  class names), which kserve's response model drops.
 - ``/v2/repository/...`` (load, unload) answers 404 unless an admin token is configured, and
   401 without that token.
 - Every 4xx is answered ``{"error": message}`` (the message is capped) and logged as one line
@@ -255,6 +257,20 @@ def add_routes(app: Any, model: CtpipeModel, settings: HttpSettings) -> ThreadPo
             return rejected(503, f"model {model.name!r} has no version to serve in the registry", route)
         return _json(200, {"name": model.name, "load": True})
 
+    async def metadata(model_name: str) -> Response:
+        # kserve's own route answers through a response model whose tensors have no parameters, which
+        # would drop a multiclass model's class names (serving.answers.output_types); this one keeps them.
+        if model_name != model.name:
+            return rejected(404, _not_here(model_name, model.name), "metadata")
+        body = {
+            "name": model.name,
+            "versions": None,
+            "platform": "",
+            "inputs": model.get_input_types(),
+            "outputs": model.get_output_types(),
+        }
+        return _json(200, body)
+
     async def server_ready() -> Response:
         # kserve's own answer is always "ready"; this one is ready only while a version is loaded.
         if model.ready:
@@ -266,6 +282,7 @@ def add_routes(app: Any, model: CtpipeModel, settings: HttpSettings) -> ThreadPo
     app.add_api_route("/v1/models/{model_name}:predict", v1_predict, methods=["POST"], tags=["ctpipe"])
     app.add_api_route("/v2/models/{model_name}/infer", v2_infer, methods=["POST"], tags=["ctpipe"])
     app.add_api_route("/v2/repository/{rest:path}", repository, methods=["GET", "POST"], tags=["ctpipe"])
+    app.add_api_route("/v2/models/{model_name}", metadata, methods=["GET"], tags=["ctpipe"])
     # Starlette takes the first route that matches: ours go in front of kserve's.
     ours = app.router.routes[routes_before:]
     del app.router.routes[routes_before:]

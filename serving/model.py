@@ -51,6 +51,7 @@ from components.common.registry import (
     redact_uri,
 )
 from components.specs import RolloutSpec
+from serving.answers import output_types, served_values, v1_answer, v2_outputs
 from serving.decoding import (
     ENTITY_IDS_KEY,
     MAX_BATCH_ROWS,
@@ -392,11 +393,11 @@ class CtpipeModel(Model):
         return [{"name": f.name, "datatype": OIP_DATATYPE[f.kind], "shape": [-1]} for f in serving.features]
 
     def get_output_types(self) -> list[dict[str, Any]]:
-        """The single output: ``score`` for classifiers, ``prediction`` otherwise."""
+        """``score`` (binary classifiers) or ``prediction``; ``predict`` and ``predict_proba`` (multiclass)."""
         serving = self._state.champion or self._state.challenger
         if serving is None:
             return []
-        return [{"name": serving.output, "datatype": "FP64", "shape": [-1]}]
+        return output_types(serving)
 
     def _rows_for_entities(self, ids: Any, what: str) -> tuple[dict[str, Any], list[Any]]:
         """Fetch the online features of ``ids`` from Feast in one call, as a V1 body (:func:`entity_rows`)."""
@@ -450,7 +451,7 @@ class CtpipeModel(Model):
             route_key = payload[ENTITY_IDS_KEY][0] if payload[ENTITY_IDS_KEY] else None
         alias, serving, scores, request_id = self._score(columns, request_id, route_key)
         return {
-            "predictions": scores.tolist(),
+            **v1_answer(serving, scores),
             "model_version": serving.version,
             "model_alias": alias,
             "request_id": request_id,
@@ -509,20 +510,12 @@ class CtpipeModel(Model):
             values_of_ids = ids.values() if ids is not None else None
             route_key = values_of_ids[0] if isinstance(values_of_ids, list) and values_of_ids else None
         alias, serving, scores, request_id = self._score(columns, request_id, route_key)
-        values = np.asarray(scores, dtype="float64")
         return {
             "model_name": self.name,
             "model_version": serving.version,
             "id": request_id,
             "parameters": {"model_alias": alias, "model_version": serving.version},
-            "outputs": [
-                {
-                    "name": serving.output,
-                    "datatype": "FP64",
-                    "shape": list(values.shape),
-                    "data": values.ravel().tolist(),
-                }
-            ],
+            "outputs": v2_outputs(serving, scores),
         }
 
     def _score(
@@ -557,14 +550,14 @@ class CtpipeModel(Model):
             seconds = time.perf_counter() - started
             observe(self.name, serving.version, alias, "error", seconds)
             if columns is not None:
-                self._log(request_id, serving.version, alias, columns, None, seconds, "error", entity_ids)
+                self._log(request_id, serving, alias, columns, None, seconds, "error", entity_ids)
             if isinstance(exc, InferenceError):
                 raise
             raise InferenceError(f"model version {serving.version} failed: {type(exc).__name__}: {exc}") from None
         self._served[serving.version] += 1
         seconds = time.perf_counter() - started
-        observe(self.name, serving.version, alias, "ok", seconds, scores)
-        self._log(request_id, serving.version, alias, columns, scores, seconds, "ok", entity_ids)
+        observe(self.name, serving.version, alias, "ok", seconds, served_values(serving, scores))
+        self._log(request_id, serving, alias, columns, scores, seconds, "ok", entity_ids)
         if route.shadow is not None:
             self._queue_shadow(route, columns_for, columns, entity_ids, request_id)
         return alias, serving, scores, request_id
@@ -598,7 +591,7 @@ class CtpipeModel(Model):
                 if own is not None:
                     self._log(
                         request_id,
-                        shadow.version,
+                        shadow,
                         SHADOW_ALIAS,
                         own,
                         scores,
@@ -616,7 +609,7 @@ class CtpipeModel(Model):
     def _log(
         self,
         request_id: str,
-        version: str,
+        serving: LoadedVersion,
         alias: str,
         columns: Columns,
         scores: np.ndarray | None,
@@ -631,10 +624,11 @@ class CtpipeModel(Model):
                 request_id=request_id,
                 timestamp=time.time(),
                 model_name=self.name,
-                model_version=version,
+                model_version=serving.version,
                 model_alias=alias,
                 features=columns,
                 predictions=None if scores is None else np.asarray(scores, dtype="float64"),
+                classes=serving.classes,
                 latency_ms=seconds * 1000,
                 status=status,
                 entity_column=self.entity_lookup.dataset.entity_column if self.entity_lookup else None,

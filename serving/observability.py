@@ -32,6 +32,7 @@ from prometheus_client import Counter, Histogram
 
 from components.common.inference_log import append_batch, protect
 from components.common.logs import get_logger
+from components.common.multiclass import probability_columns
 from components.common.storage import redact
 
 logger = get_logger("serving.observability")
@@ -108,11 +109,39 @@ class LoggedRequest:
     status: str
     entity_column: str | None = None
     entity_ids: list[Any] | None = None
+    #: A multiclass version's classes: ``predictions`` is then its ``[n, k]`` probability matrix.
+    classes: tuple[Any, ...] = ()
 
     @property
     def rows(self) -> int:
         """Rows the request carried."""
         return len(next(iter(self.features.values()))) if self.features else 0
+
+
+def multiclass_columns(group: list[LoggedRequest], classes: tuple[Any, ...]) -> dict[str, np.ndarray]:
+    """A multiclass version's logged answer, as columns.
+
+    ``prediction`` (the top probability), ``predicted_class`` (as text) and one ``proba_<class>``
+    column per class (``multiclass.probability_columns``); null where the request failed.
+    """
+    matrix = np.concatenate(
+        [
+            np.asarray(r.predictions, dtype="float64").reshape(r.rows, len(classes))
+            if r.predictions is not None
+            else np.full((r.rows, len(classes)), np.nan)
+            for r in group
+        ]
+    )
+    answered = ~np.isnan(matrix).any(axis=1)
+    top = np.argmax(np.nan_to_num(matrix, nan=-1.0), axis=1)
+    names = np.asarray([str(c) for c in classes], dtype=object)
+    columns: dict[str, np.ndarray] = {
+        "prediction": np.asarray(np.where(answered, matrix.max(axis=1), np.nan)),
+        "predicted_class": np.asarray(np.where(answered, names[top], None)),
+    }
+    for index, name in enumerate(probability_columns(classes)):
+        columns[name] = matrix[:, index]
+    return columns
 
 
 def log_frame(records: list[LoggedRequest]) -> pd.DataFrame:
@@ -121,12 +150,12 @@ def log_frame(records: list[LoggedRequest]) -> pd.DataFrame:
     Requests answered by versions with different features land in different column groups,
     concatenated once at the end (a missing feature is null for the others' rows).
     """
-    groups: dict[tuple[tuple[str, ...], str | None], list[LoggedRequest]] = {}
+    groups: dict[tuple[tuple[str, ...], str | None, tuple[Any, ...]], list[LoggedRequest]] = {}
     for record in records:
         entity = record.entity_column if record.entity_ids is not None else None
-        groups.setdefault((tuple(record.features), entity), []).append(record)
+        groups.setdefault((tuple(record.features), entity, record.classes), []).append(record)
     frames = []
-    for (features, entity), group in groups.items():
+    for (features, entity, classes), group in groups.items():
         counts = np.fromiter((r.rows for r in group), dtype="int64", count=len(group))
 
         def each(values: list[Any], counts: np.ndarray = counts) -> np.ndarray:
@@ -145,14 +174,17 @@ def log_frame(records: list[LoggedRequest]) -> pd.DataFrame:
             columns[entity] = np.concatenate([np.asarray(r.entity_ids, dtype=object) for r in group])
         for name in features:
             columns[name] = np.concatenate([r.features[name] for r in group])
-        columns["prediction"] = np.concatenate(
-            [
-                np.asarray(r.predictions, dtype="float64").reshape(-1)
-                if r.predictions is not None
-                else np.full(r.rows, np.nan)
-                for r in group
-            ]
-        )
+        if classes:
+            columns.update(multiclass_columns(group, classes))
+        else:
+            columns["prediction"] = np.concatenate(
+                [
+                    np.asarray(r.predictions, dtype="float64").reshape(-1)
+                    if r.predictions is not None
+                    else np.full(r.rows, np.nan)
+                    for r in group
+                ]
+            )
         columns["latency_ms"] = np.repeat([r.latency_ms for r in group], counts)
         columns["status"] = each([r.status for r in group])
         frames.append(pd.DataFrame(columns))

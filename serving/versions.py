@@ -42,6 +42,22 @@ class LoadedVersion:
     onnx: OnnxScorer | None = field(default=None, repr=False, compare=False)
     runtime_reason: str = ""
     runtime_decided: bool = True
+    #: A multiclass classifier's classes (``classes_``, the order of its probability columns); empty
+    #: for a binary classifier and a regressor, whose answer is one value per row.
+    classes: tuple[Any, ...] = ()
+
+    @property
+    def multiclass(self) -> bool:
+        """Whether :meth:`score` returns an ``[n, k]`` probability matrix (more than two classes)."""
+        return len(self.classes) > 2
+
+    def predicted_classes(self, probabilities: np.ndarray) -> list[Any]:
+        """The class of each row of a multiclass probability matrix.
+
+        The most probable class, ties to the first, as scikit-learn's ``predict`` (an argmax over
+        ``predict_proba``).
+        """
+        return [self.classes[index] for index in np.argmax(probabilities, axis=1).tolist()]
 
     @property
     def runtime(self) -> str:
@@ -92,6 +108,7 @@ def load_version(client: Any, name: str, version: str) -> LoadedVersion:
         mlflow_model = MlflowModel.load(local)
         features = features_of(mlflow_model, sk_model)
         output = output_kind(sk_model)
+        classes = tuple(np.asarray(getattr(sk_model, "classes_", ())).tolist()) if output == "score" else ()
         runtime = tags.get(SERVING_RUNTIME_TAG)
         onnx = None
         if runtime == "onnx":
@@ -111,6 +128,7 @@ def load_version(client: Any, name: str, version: str) -> LoadedVersion:
             onnx=onnx,
             runtime_reason=reason,
             runtime_decided=runtime is not None,
+            classes=classes if len(classes) > 2 else (),
         )
         example = mlflow_model.load_input_example(local) if mlflow_model.saved_input_example_info else None
         if isinstance(example, pd.DataFrame) and len(example):

@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from components.specs import DatasetSpec
-from tests.data import Drift, Window, churn_spec, write_churn
+from tests.data import Drift, Window, churn_spec, write_churn, write_multiclass
 
 # Spark workers and kfp.local subprocesses must use this interpreter, not whatever is on PATH.
 os.environ.setdefault("PYSPARK_PYTHON", sys.executable)
@@ -120,6 +120,14 @@ def churn_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Win
     """Three weekly windows of 600 rows, with covariate and concept drift from window 2 on. Read-only."""
     path = tmp_path_factory.mktemp("data") / "churn.parquet"
     windows = write_churn(path, windows=3, rows=SMALL_ROWS, seed=3, drift=Drift(start=2))
+    return path, windows
+
+
+@pytest.fixture(scope="session")
+def multiclass_data(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Window]]:
+    """Three weekly windows of 600 rows with a five-class label (``tests.data.multiclass_frame``). Read-only."""
+    path = tmp_path_factory.mktemp("data") / "segments.parquet"
+    windows = write_multiclass(path, windows=3, rows=SMALL_ROWS, seed=5)
     return path, windows
 
 

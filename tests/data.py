@@ -157,3 +157,115 @@ def churn_spec(source: str | Path) -> DatasetSpec:
         categorical_features=list(CATEGORICAL_FEATURES),
         task="binary_classification",
     )
+
+
+# --- multiclass data --------------------------------------------------------------------------
+#
+# Five customer segments predicted from five numeric and two categorical features. Two class
+# names hold characters a column name cannot ("family plan", "pro-user"), so batch scoring's
+# probability columns and the served class names are tested on them. ``noise`` has no effect.
+
+SEGMENT = "segment"
+SEGMENTS = ["budget", "family plan", "premium", "pro-user", "student"]
+MULTICLASS_NUMERIC = ["age", "income", "usage_hours", "devices", "noise"]
+MULTICLASS_CATEGORICAL = ["region", "channel"]
+CHANNELS = ["web", "store", "phone"]
+# Feature -> (centre, unit): fixed standard units, so a shifted feature moves the class mix.
+_SEGMENT_UNITS = {"age": (40.0, 12.0), "income": (45.0, 15.0), "usage_hours": (10.0, 7.0), "devices": (2.0, 1.4)}
+# Class -> log-odds weight per standard unit of each feature (features not listed: 0).
+_SEGMENT_WEIGHTS = {
+    "budget": {"income": -1.6, "usage_hours": -0.5},
+    "family plan": {"devices": 1.8, "age": 0.6},
+    "premium": {"income": 2.0, "age": 0.4},
+    "pro-user": {"usage_hours": 2.0, "income": 0.5},
+    "student": {"age": -2.2, "income": -0.6},
+}
+
+
+def _segment_features(rng: np.random.Generator, rows: int) -> pd.DataFrame:
+    return pd.DataFrame(
+        {
+            "age": np.clip(rng.normal(40.0, 12.0, rows), 16, 90),
+            "income": np.clip(rng.normal(45.0, 15.0, rows), 5, None),
+            "usage_hours": rng.gamma(2.0, 5.0, rows),
+            "devices": rng.poisson(2.0, rows).astype(float),
+            "noise": rng.normal(0.0, 1.0, rows),
+            "region": rng.choice(REGIONS, rows),
+            "channel": rng.choice(CHANNELS, rows),
+        }
+    )
+
+
+def _segments(rng: np.random.Generator, features: pd.DataFrame) -> np.ndarray:
+    logits = np.zeros((len(features), len(SEGMENTS)))
+    for index, segment in enumerate(SEGMENTS):
+        for name, weight in _SEGMENT_WEIGHTS[segment].items():
+            centre, unit = _SEGMENT_UNITS[name]
+            logits[:, index] += weight * (features[name].to_numpy() - centre) / unit
+    probabilities = np.exp(logits - logits.max(axis=1, keepdims=True))
+    probabilities /= probabilities.sum(axis=1, keepdims=True)
+    drawn = (probabilities.cumsum(axis=1) < rng.random((len(features), 1))).sum(axis=1)
+    return np.asarray(SEGMENTS, dtype=object)[np.minimum(drawn, len(SEGMENTS) - 1)]
+
+
+def multiclass_frame(
+    windows: int = 3, rows: int = 600, seed: int = 5, shift: dict[str, float] | None = None, shift_start: int = 2
+) -> tuple[pd.DataFrame, list[Window]]:
+    """``windows`` weekly windows of ``rows`` customers with a five-class ``segment`` label, sorted by time.
+
+    Args:
+        windows: Number of weekly windows.
+        rows: Customers (rows) per window.
+        seed: Random seed; the same seed gives the same data.
+        shift: Feature -> shift of its mean in standard deviations, from window ``shift_start`` on
+            (the class mix moves with it), or None for stationary data.
+        shift_start: First (1-based) window with the shift.
+
+    Returns:
+        The data and its windows.
+    """
+    rng = np.random.default_rng(seed)
+    parts, bounds = [], []
+    for number in range(1, windows + 1):
+        start = START + (number - 1) * WEEK
+        features = _segment_features(rng, rows)
+        for name, sigmas in (shift or {}).items() if number >= shift_start else ():
+            features[name] += sigmas * features[name].std(ddof=0)
+        label = _segments(rng, features)
+        stamps = start + pd.to_timedelta(rng.choice(WEEK // pd.Timedelta(milliseconds=1), rows, replace=False), "ms")
+        parts.append(
+            pd.concat(
+                [
+                    pd.DataFrame({ENTITY: np.arange(1, rows + 1, dtype="int64"), TIMESTAMP: stamps.as_unit("ns")}),
+                    features[MULTICLASS_NUMERIC].round(3),
+                    features[MULTICLASS_CATEGORICAL],
+                    pd.DataFrame({SEGMENT: label}),
+                ],
+                axis=1,
+            )
+        )
+        bounds.append(Window(number, start.isoformat(), (start + WEEK).isoformat(), rows))
+    frame = pd.concat(parts, ignore_index=True).sort_values([TIMESTAMP, ENTITY], ignore_index=True)
+    return frame, bounds
+
+
+def write_multiclass(path: str | Path, windows: int = 3, rows: int = 600, seed: int = 5) -> list[Window]:
+    """Write :func:`multiclass_frame` as one Parquet file (its parent folders created) and return its windows."""
+    frame, bounds = multiclass_frame(windows, rows, seed)
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
+    return bounds
+
+
+def multiclass_spec(source: str | Path) -> DatasetSpec:
+    """A dataset spec describing data written by :func:`write_multiclass` at ``source``."""
+    return DatasetSpec(
+        source=str(source),
+        entity_column=ENTITY,
+        timestamp_column=TIMESTAMP,
+        label_column=SEGMENT,
+        numeric_features=list(MULTICLASS_NUMERIC),
+        categorical_features=list(MULTICLASS_CATEGORICAL),
+        task="multiclass_classification",
+    )

@@ -18,6 +18,7 @@ import pandas as pd
 from components.common.holdout import Baseline
 from components.common.imports import import_metric
 from components.common.logs import get_logger
+from components.common.multiclass import call_metric
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec
 
 log = get_logger("baseline")
@@ -41,6 +42,8 @@ def metric_values(
 ) -> dict[str, float]:
     """Each metric on the labelled rows of ``frame``, called like evaluation calls it (labels or scores).
 
+    A multiclass model's scores are its ``[n, k]`` probabilities, with the same metric arguments.
+
     ``predicted`` holds already predicted labels for every row of ``frame`` (served ones);
     without it the model predicts them.
     """
@@ -50,6 +53,7 @@ def metric_values(
     if y_true.size == 0:
         return values
     labels = None if predicted is None else np.asarray(predicted)[labelled]
+    classes = np.asarray(model.classes_).tolist() if spec.is_classification else []
     for metric in metrics:
         fn = import_metric(metric.import_path, f"metric {metric.name!r}")
         if metric.uses_scores:
@@ -59,7 +63,7 @@ def metric_values(
                 labels = np.asarray(model.predict(frame.loc[labelled, spec.feature_columns]))
             y_pred = labels
         try:
-            values[metric.short_name] = float(fn(y_true, y_pred))
+            values[metric.short_name] = float(call_metric(metric, fn, y_true, y_pred, spec.task, classes))
         except ValueError as exc:  # e.g. ROC AUC with one class present
             log.warning("metric not computed", extra={"metric": metric.name, "error": str(exc)})
     return values

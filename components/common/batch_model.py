@@ -15,7 +15,9 @@ What is shipped is a broadcast of bytes (the ONNX file, or the model's cloudpick
 keyed by the SHA-256 of those bytes, for every batch of every later job with the same model.
 
 Each batch arrives as ``pyarrow`` arrays, one per feature, and leaves as a struct array of
-``prediction`` and ``score``: no pandas conversion for ONNX, and for scikit-learn a DataFrame of
+``prediction`` and ``score`` (and, for a multiclass classifier, one ``proba_<class>`` field per
+class, named by ``multiclass.probability_columns``; ``score`` is then the probability of the
+predicted class): no pandas conversion for ONNX, and for scikit-learn a DataFrame of
 the feature columns only (the entity and timestamp columns stay in the JVM).
 """
 
@@ -69,6 +71,8 @@ class ScoringJob:
     # ONNX only: the graph's inputs as the server describes them, what it outputs, the classes in label order.
     onnx_features: tuple[Feature, ...] = ()
     classes: tuple[Any, ...] = ()
+    # Multiclass only: the probability column of each class, in ``classes`` order.
+    proba_columns: tuple[str, ...] = ()
 
 
 def model_features(model: Any, spec: DatasetSpec, model_uri: str) -> list[str]:
@@ -94,7 +98,8 @@ def prediction_type(model: Any, spec: DatasetSpec, model_uri: str) -> DataType:
     """Spark type of the ``prediction`` column, checking the model fits the task.
 
     Raises:
-        ConfigError: A binary classification task with a model that is not a two-class classifier.
+        ConfigError: A classification task with a model that is not a classifier, or whose number of
+            classes does not fit the task (2 for binary, at least 3 for multiclass).
     """
     from pyspark.sql import types as T
 
@@ -102,12 +107,15 @@ def prediction_type(model: Any, spec: DatasetSpec, model_uri: str) -> DataType:
         return T.DoubleType()
     classes = getattr(model, "classes_", None)
     if not hasattr(model, "predict_proba") or classes is None:
+        raise ConfigError(f"model {model_uri} has no predict_proba/classes_; task {spec.task} needs a classifier")
+    if spec.task == "binary_classification" and len(classes) != 2:
         raise ConfigError(
-            f"model {model_uri} has no predict_proba/classes_; task binary_classification needs a classifier"
+            f"model {model_uri} has {len(classes)} classes {list(classes)[:10]}; expected 2 for binary_classification"
         )
-    if len(classes) != 2:
+    if spec.task == "multiclass_classification" and len(classes) < 3:
         raise ConfigError(
-            f"model {model_uri} has {len(classes)} classes {list(classes)}; expected 2 for binary_classification"
+            f"model {model_uri} has {len(classes)} classes {list(classes)}; expected at least 3 for "
+            "multiclass_classification"
         )
     dtype = np.asarray(classes).dtype
     if np.issubdtype(dtype, np.bool_):
@@ -192,7 +200,7 @@ def _verified_onnx(
     # The server's loader: the file must have the SHA-256 recorded at registration, and inputs that fit.
     scorer = OnnxScorer.from_file(path, tags.get(ONNX_SHA256_TAG, ""), graph_features, output)
     misfits = _misfits(graph_features, spec, features)
-    if spec.task == "binary_classification" and output != "score":
+    if spec.is_classification and output != "score":
         misfits.append("the model gives no probabilities")
     if misfits:
         return RuntimeChoice("sklearn", f"ONNX does not fit the job: {'; '.join(misfits)}", _pickled(model))
@@ -236,6 +244,8 @@ def scoring_job(
         classifier: Whether the job predicts a class and its probability (else a value, score null).
         string_labels: Whether the labels are written as strings.
     """
+    from components.common.multiclass import probability_columns
+
     classes = tuple(np.asarray(getattr(model, "classes_", ())).tolist()) if classifier else ()
     return ScoringJob(
         runtime=choice.runtime,
@@ -245,6 +255,7 @@ def scoring_job(
         string_labels=string_labels,
         onnx_features=choice.onnx_features,
         classes=classes,
+        proba_columns=tuple(probability_columns(classes)) if len(classes) > 2 else (),
     )
 
 
@@ -278,7 +289,7 @@ def _load_cached(shipped: Broadcast[bytes], job: ScoringJob) -> Any:
 
 
 def predict_with_proba(model: Any, frame: pd.DataFrame) -> tuple[np.ndarray, np.ndarray]:
-    """Class labels and positive-class probabilities from a single ``predict_proba`` call.
+    """Class labels and positive-class probabilities from a single ``predict_proba`` call (binary).
 
     The label is the class with the highest probability (ties go to the first class), which
     is what scikit-learn's classifiers' ``predict`` returns; computing it from the
@@ -309,15 +320,31 @@ def score_batches(
     model = _load_cached(shipped, job)
     with _thread_limit(job):
         for columns in batches:
-            if job.runtime == "onnx":
-                prediction, score = _onnx_scores(model, columns, job)
+            if job.proba_columns:
+                proba = _probabilities(model, columns, job)
+                top = np.argmax(proba, axis=1)  # the label rule of predict_with_proba
+                prediction, score = np.asarray(job.classes)[top], proba[np.arange(len(proba)), top]
+                extra = [pa.array(proba[:, index], type=pa.float64()) for index in range(proba.shape[1])]
+            elif job.runtime == "onnx":
+                (prediction, score), extra = _onnx_scores(model, columns, job), []
             else:
-                prediction, score = _sklearn_scores(model, columns, job)
+                (prediction, score), extra = _sklearn_scores(model, columns, job), []
             # from_pandas: a NaN becomes null, as it did when batches went through pandas (regression scores).
             yield pa.StructArray.from_arrays(
-                [_prediction_array(prediction, job), pa.array(score, type=pa.float64(), from_pandas=True)],
-                names=["prediction", "score"],
+                [_prediction_array(prediction, job), pa.array(score, type=pa.float64(), from_pandas=True), *extra],
+                names=["prediction", "score", *job.proba_columns],
             )
+
+
+def _probabilities(model: Any, columns: tuple[pa.Array, ...], job: ScoringJob) -> np.ndarray:
+    """A multiclass batch's ``[n, k]`` probabilities, columns in ``job.classes`` order, from either runtime."""
+    if job.runtime == "onnx":
+        feeds = {name: _values(array, unicode=True) for name, array in zip(job.features, columns, strict=True)}
+        return np.asarray(model.outputs(feeds)["probabilities"], dtype=np.float64)
+    import pandas as pd
+
+    frame = pd.DataFrame({name: _values(array) for name, array in zip(job.features, columns, strict=True)})
+    return np.asarray(model.predict_proba(frame), dtype=np.float64)
 
 
 def _prediction_array(prediction: np.ndarray, job: ScoringJob) -> pa.Array:

@@ -12,7 +12,9 @@ one object), so a reader never sees half a batch; a reader may see some of the f
 batch that spans several dates, which is a valid state of a log read as "what is there now". Columns: ``request_id``,
 ``timestamp`` (UTC), ``model_name``, ``model_version``, the request's feature columns under
 their own names (and the entity column when the request named entities), ``prediction``
-(the served value: positive-class probability for binary classifiers, else the prediction).
+(the served value: positive-class probability for binary classifiers, else the prediction;
+for a multiclass classifier the probability of the predicted class, with ``predicted_class``
+(the class as text) and one ``proba_<class>`` column per class, ``multiclass.probability_columns``).
 Optional: ``latency_ms`` (server-side time for the request) and ``status`` (``ok``, or
 ``error`` for a request the model failed on: a 5xx, with ``prediction`` null), which canary
 analysis uses to compare versions.

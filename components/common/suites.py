@@ -190,7 +190,7 @@ def infer_suite(reference: pd.DataFrame, spec: DatasetSpec, tolerance: float | N
         null_rate = min(1.0, float(reference[column].isna().mean()) * (1.0 + tolerance))
         add(gx.expectations.ExpectColumnValuesToNotBeNull(column=column, mostly=_floor(1.0 - null_rate)), "warning")
 
-    is_classifier = spec.task == "binary_classification"
+    is_classifier = spec.is_classification
     ranged = [*spec.numeric_features, *([] if is_classifier else [spec.label_column])]
     for column in ranged:
         values = pd.to_numeric(reference[column], errors="coerce")

@@ -1,5 +1,6 @@
 """Pipelines on kfp.local: caching and idempotent skips both ways, and a blocked validation that registers nothing."""
 
+import json
 from pathlib import Path
 
 import pandas as pd
@@ -164,3 +165,71 @@ def test_another_dataset_needs_only_a_config_file(tmp_path, stop_server):
     tracking.configure(config.tracking_uri)
     version = MlflowClient().get_model_version_by_alias("other", "challenger")
     assert version.tags["ctpipe.blessed"] == "true"
+
+
+def test_a_multiclass_dataset_needs_only_a_config_file(tmp_path, stop_server):
+    """Five classes, macro and weighted thresholds: train, gate, register, infra-validate and deploy from config."""
+    from tests.data import MULTICLASS_CATEGORICAL, MULTICLASS_NUMERIC, SEGMENT, SEGMENTS, write_multiclass
+    from tests.helpers import free_port
+
+    stop_server(tmp_path)
+    source = tmp_path / "segments.parquet"
+    write_multiclass(source, windows=2, rows=800, seed=5)
+    raw = {
+        "dataset": {
+            "source": str(source),
+            "entity_column": "customer_id",
+            "timestamp_column": "event_timestamp",
+            "label_column": SEGMENT,
+            "numeric_features": MULTICLASS_NUMERIC,
+            "categorical_features": MULTICLASS_CATEGORICAL,
+            "task": "multiclass_classification",
+        },
+        "model": {"estimator": "sklearn.linear_model.LogisticRegression", "params": {"max_iter": 1000}},
+        "evaluation": {
+            "metrics": [
+                {"name": "f1_score", "average": "macro", "threshold": {"lower_bound": 0.3}},
+                {"name": "roc_auc_score", "average": "weighted", "threshold": {"lower_bound": 0.7}},
+                {"name": "log_loss"},
+            ],
+            "slice_column": "region",
+        },
+        "serving": {"model_name": "segments", "port": free_port()},
+        "infra": {"workspace": str(tmp_path)},
+    }
+    from pipelines.config import parse_config
+
+    config = parse_config(raw, tmp_path)
+    window = {"window_start": "2026-01-05T00:00:00+00:00", "window_end": "2026-01-12T00:00:00+00:00"}
+    report = run_pipeline("training", config, window, progress=None)
+    assert report.succeeded, report.error
+    assert report.outputs["blessed"] is True
+    tracking.configure(config.tracking_uri)
+    version = MlflowClient().get_model_version_by_alias("segments", "challenger")
+    assert version.tags["ctpipe.blessed"] == "true"
+    instance = pd.read_parquet(source).head(2)[MULTICLASS_NUMERIC + MULTICLASS_CATEGORICAL].to_dict(orient="records")
+    answer = requests.post(
+        f"http://127.0.0.1:{config.serving.port}/v1/models/segments:predict", json={"instances": instance}, timeout=10
+    )
+    assert answer.status_code == 200, answer.text
+    assert answer.json()["classes"] == SEGMENTS and len(answer.json()["probabilities"][0]) == len(SEGMENTS)
+
+    # Promoted as canary analysis or `ctpipe promote` would, it monitors and scores the next window.
+    from components.common.registry import promote
+
+    promote("segments", config.tracking_uri)
+    assert MlflowClient().get_model_version_by_alias("segments", "champion").version == version.version
+    week2 = {"window_start": "2026-01-12T00:00:00+00:00", "window_end": "2026-01-19T00:00:00+00:00"}
+    monitored = run_pipeline("monitoring", config, week2, progress=None)
+    assert monitored.succeeded, monitored.error
+    result = json.loads(Path(monitored.outputs["result"]["path"]).read_text())
+    assert set(result["class_drift"]["probability_psi"]) == set(SEGMENTS), result["reasons"]
+    assert result["performance"]["f1_score_macro"] > 0.3
+    scored = run_pipeline("batch_scoring", config, week2, progress=None)
+    assert scored.succeeded, scored.error
+    predictions = pd.read_parquet(scored.outputs["Output"]["path"])
+    assert len(predictions) == 800
+    assert {f"proba_{name}" for name in ("budget", "family_plan", "premium", "pro_user", "student")} <= set(
+        predictions.columns
+    )
+    assert set(predictions["prediction"]) <= set(SEGMENTS)

@@ -411,3 +411,36 @@ def test_string_labels_and_regression_scores(logistic: SavedModel, churn_frame: 
     assert table.schema.field("prediction").type == pa.float64()
     np.testing.assert_allclose(table.column("prediction").to_pylist(), model.predict(rows), rtol=1e-12)
     assert table.column("score").null_count == len(rows)  # no score for a regressor: null, not NaN
+
+
+def test_a_multiclass_model_writes_the_class_and_one_probability_column_per_class(
+    multiclass_data: tuple[Path, list], tmp_path: Path
+) -> None:
+    from components.common.multiclass import probability_columns
+    from tests.data import SEGMENTS, multiclass_spec
+
+    frame = pd.read_parquet(multiclass_data[0])
+    spec = multiclass_spec("unused.parquet")
+    x = prepare_features(frame, spec)
+    model = build_pipeline(
+        spec, ModelSpec(estimator="sklearn.linear_model.LogisticRegression", params={"max_iter": 1000})
+    ).fit(x, frame[spec.label_column])
+    onnx = compile_onnx(model, spec_features(spec))
+    saved = SavedModel(model, _save(model, x, tmp_path / "model", spec, onnx), onnx, spec, x.dropna().iloc[:300])
+    names = probability_columns(SEGMENTS)
+    assert names == ["proba_budget", "proba_family_plan", "proba_premium", "proba_pro_user", "proba_student"]
+    expected = model.predict_proba(saved.rows)
+    runtimes = set()
+    for tags in ({}, saved.tags()):
+        choice = choose_runtime(model, saved.folder, tags, spec, saved.features)
+        runtimes.add(choice.runtime)
+        job = scoring_job(choice, model, saved.features, classifier=True, string_labels=True)
+        assert job.proba_columns == tuple(names)
+        table = _score(saved.rows, saved, job, SimpleNamespace(value=choice.payload), batch=100)
+        assert table.column_names == ["prediction", "score", *names]
+        atol = 0.0 if choice.runtime == "sklearn" else PARITY_TOLERANCE
+        probabilities = np.column_stack([table.column(name).to_numpy() for name in names])
+        np.testing.assert_allclose(probabilities, expected, rtol=0, atol=atol, err_msg=choice.runtime)
+        assert table.column("prediction").to_pylist() == list(model.predict(saved.rows))
+        np.testing.assert_allclose(table.column("score").to_numpy(), expected.max(axis=1), rtol=0, atol=atol)
+    assert runtimes == {"sklearn", "onnx"}

@@ -419,3 +419,39 @@ def test_reject_reasons_quote_awkward_column_names(spark: Any) -> None:
         "seen at is not a timestamp; it's is null; a`b is not numeric; c\\d is null",
         "it's is infinite; a`b is NaN",
     ]
+
+
+def test_a_multiclass_model_writes_the_class_its_probability_and_one_column_per_class(
+    spark: Any, multiclass_data: tuple[Path, Any], tmp_path: Path
+) -> None:
+    from sklearn.compose import make_column_transformer
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import OneHotEncoder, StandardScaler
+
+    from components.common.multiclass import probability_columns
+    from tests.data import MULTICLASS_CATEGORICAL, MULTICLASS_NUMERIC, SEGMENT, SEGMENTS, multiclass_spec
+
+    source = multiclass_data[0]
+    frame = pd.read_parquet(source).sort_values([ENTITY, TIMESTAMP], kind="stable").reset_index(drop=True)
+    features = MULTICLASS_NUMERIC + MULTICLASS_CATEGORICAL
+    encoder = make_column_transformer(
+        (OneHotEncoder(handle_unknown="ignore"), MULTICLASS_CATEGORICAL), (StandardScaler(), MULTICLASS_NUMERIC)
+    )
+    model = make_pipeline(encoder, LogisticRegression(max_iter=1000)).fit(frame[features], frame[SEGMENT])
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    _register(model, uri, "segments", alias="champion")
+    out = tmp_path / "predictions"
+
+    result = batch_predict(
+        str(source), multiclass_spec(source), "models:/segments@champion", uri, str(out), spark=spark
+    )
+
+    scored = _read_output(out)
+    names = probability_columns(SEGMENTS)
+    assert result.rows == len(frame) == len(scored)
+    assert list(scored.columns[:7]) == [ENTITY, TIMESTAMP, "prediction", "score", *names[:3]]
+    expected = model.predict_proba(frame[features])
+    np.testing.assert_allclose(scored[names].to_numpy(), expected, rtol=0, atol=1e-12)
+    assert scored["prediction"].tolist() == model.predict(frame[features]).tolist()
+    np.testing.assert_allclose(scored["score"].to_numpy(), expected.max(axis=1), rtol=0, atol=1e-12)

@@ -124,3 +124,25 @@ def test_missing_source_is_one_error_line(tmp_path):
     with pytest.raises(DataError, match=r"not a readable Parquet file"):
         (tmp_path / "junk.parquet").write_text("not parquet")
         source_schema(str(tmp_path / "junk.parquet"))
+
+
+def test_a_multiclass_config_accepts_text_classes_and_names_a_float_label(tmp_path, multiclass_data):
+    from tests.data import multiclass_spec
+
+    source = multiclass_data[0]
+    raw = yaml.safe_load(_config_file(tmp_path, source).read_text())
+    raw["dataset"] = multiclass_spec(source).model_dump(mode="json")
+    raw["evaluation"]["metrics"] = [{"name": "f1_score", "average": "macro", "threshold": {"lower_bound": 0.3}}]
+    path = tmp_path / "multiclass.yaml"
+    path.write_text(yaml.safe_dump(raw))
+    result = _check(path)
+    assert result.exit_code == 0, result.output
+
+    floats = tmp_path / "floats.parquet"
+    pd.read_parquet(source).assign(segment=lambda f: f["age"]).to_parquet(floats)
+    raw["dataset"]["source"] = str(floats)
+    check = check_data(parse_config(raw, tmp_path))
+    assert check.problems == [
+        "dataset.label_column: column 'segment' has type double; expected class labels "
+        "(integers, booleans or strings) for dataset.task 'multiclass_classification'"
+    ]
