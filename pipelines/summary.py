@@ -28,12 +28,22 @@ def key_facts(metadata: dict[str, Any]) -> list[str]:
     """
     lines = []
     candidate = {k[len("candidate_") :]: v for k, v in metadata.items() if k.startswith("candidate_")}
-    if candidate:
+    # A multiclass blessing also has precision, recall and F1 per class (class_<c>_<metric>): the
+    # configured metrics come first, then one line of per-class F1; the report has the whole table.
+    per_class_f1 = {
+        name[len("class_") : -len("_f1")]: value
+        for name, value in candidate.items()
+        if name.startswith("class_") and name.endswith("_f1")
+    }
+    headline = {name: value for name, value in candidate.items() if not name.startswith("class_")}
+    if headline:
         pairs = []
-        for name, value in candidate.items():
+        for name, value in headline.items():
             champion = metadata.get(f"champion_{name}")
             pairs.append(f"{name} {value:.4g}" + (f" (champion {champion:.4g})" if champion is not None else ""))
         lines.append("metrics: " + "; ".join(pairs))
+    if per_class_f1:
+        lines.append("f1 per class: " + "; ".join(f"{c} {per_class_f1[c]:.3g}" for c in sorted(per_class_f1)))
     lines.extend(f"failed check: {reason}" for reason in metadata.get("failed_checks") or [])
     missing = int(metadata.get("missing_entities") or 0)  # KFP metadata numbers come back as floats
     if missing:

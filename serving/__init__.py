@@ -14,9 +14,24 @@ embedded profile and in the serving image alike:
 - ``serving.server``: runs kserve's REST app on a chosen host (127.0.0.1 by default); the
   ``python -m serving.server`` entry point.
 - ``serving.observability``: Prometheus metrics and the inference log writer.
+- ``serving.routing``: which loaded version answers a request (canary, sticky A/B, shadow,
+  blue-green); ``serving.versions``: loading a registered version; ``serving.answers``: the
+  V1 / V2 answer of each task (classes and probabilities for multiclass).
 
 What starts and stops a server process (``components.common.server_process``), renders its
 InferenceService and talks to KServe (``components.common.kserve``) lives in ``components``:
 imports run one way, components <- serving <- pipelines, and this package imports only
 ``components.common`` and ``components.specs``.
 """
+
+import sys as _sys
+
+# kserve's model_server parses sys.argv with its own argparse parser when kserve is first imported,
+# and argparse takes abbreviations: `ctpipe --config ctpipe.yaml serve` read as kserve's
+# --configure_logging and exited. Import it once here, before any module of this package does, with
+# only the program name in sys.argv; ctpipe passes kserve its settings as arguments, never argv.
+_argv, _sys.argv = _sys.argv, _sys.argv[:1]
+try:
+    import kserve  # noqa: F401
+finally:
+    _sys.argv = _argv

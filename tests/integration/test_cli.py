@@ -1,4 +1,5 @@
 import json
+from pathlib import Path
 
 import click
 import pytest
@@ -80,6 +81,26 @@ def test_bad_config_is_one_line_and_a_hint(tmp_path):
         assert "model.estimatr: unknown key" in result.output
         assert "hint:" in result.output
         assert "Traceback" not in result.output
+
+
+def test_serve_stop_as_a_real_process_with_config_first(tmp_path):
+    """`ctpipe --config F serve --stop` as users type it: kserve's import-time argv parser must not see --config.
+
+    CliRunner leaves sys.argv alone, so only a real process shows what kserve's parser does with it.
+    """
+    import subprocess
+    import sys
+
+    raw = yaml.safe_load((ROOT / "ctpipe.yaml").read_text())
+    raw["infra"]["workspace"] = str(tmp_path / "ws")
+    config = tmp_path / "ctpipe.yaml"
+    config.write_text(yaml.safe_dump(raw))
+    ctpipe = str(Path(sys.executable).with_name("ctpipe"))
+    done = subprocess.run(
+        [ctpipe, "--config", str(config), "serve", "--stop"], capture_output=True, text=True, timeout=120, cwd=tmp_path
+    )
+    assert done.returncode == 0, done.stderr
+    assert "no local model server was running" in done.stdout
 
 
 def test_data_generate(tmp_path):

@@ -57,6 +57,24 @@ def test_summary_shows_metrics_against_the_champion_failed_checks_and_decisions(
     assert "result: decision: retrain (support_calls PSI 1.9)" in text
 
 
+def test_a_multiclass_blessing_shows_its_metrics_then_one_line_of_f1_per_class():
+    out = io.StringIO()
+    blessing = {
+        "blessed": True,
+        "candidate_class_pro-user_precision": 0.5,
+        "candidate_f1_score_macro": 0.81234,
+        "candidate_class_pro-user_f1": 0.75,
+        "candidate_class_basic_f1": 0.9,
+        "candidate_class_basic_recall": 0.95,
+        "champion_f1_score_macro": 0.8,
+    }
+    print_run(_report(blessing), out)
+    text = out.getvalue()
+    assert "metrics: f1_score_macro 0.8123 (champion 0.8)\n" in text
+    assert "f1 per class: basic 0.9; pro-user 0.75\n" in text
+    assert "precision" not in text and "recall" not in text
+
+
 def test_summary_shows_entity_rows_left_out_for_missing_features():
     out = io.StringIO()
     report = _report({"warnings": []})
