@@ -16,8 +16,10 @@ the demo can change without moving the tests' thresholds. What the tests rely on
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -117,22 +119,32 @@ def churn_frame(
         for name, sigmas in drift.shift.items() if drift is not None and drifting else ():
             features[name] += sigmas * features[name].std(ddof=0)
         label = _churn(rng, features, drift.price if drift is not None and drifting else 1.0)
-        stamps = start + pd.to_timedelta(rng.choice(WEEK // pd.Timedelta(milliseconds=1), rows, replace=False), "ms")
-        numeric = features[NUMERIC_FEATURES].round(3)
-        parts.append(
-            pd.concat(
-                [
-                    pd.DataFrame({ENTITY: np.arange(1, rows + 1, dtype="int64"), TIMESTAMP: stamps.as_unit("ns")}),
-                    numeric,
-                    features[CATEGORICAL_FEATURES],
-                    pd.DataFrame({LABEL: label}),
-                ],
-                axis=1,
-            )
-        )
+        parts.append(_window_table(rng, start, features, NUMERIC_FEATURES, CATEGORICAL_FEATURES, {LABEL: label}))
         bounds.append(Window(number, start.isoformat(), (start + WEEK).isoformat(), rows))
     frame = pd.concat(parts, ignore_index=True).sort_values([TIMESTAMP, ENTITY], ignore_index=True)
     return frame, bounds
+
+
+def _window_table(
+    rng: np.random.Generator,
+    start: pd.Timestamp,
+    features: pd.DataFrame,
+    numeric: Sequence[str],
+    categorical: Sequence[str],
+    label: dict[str, Any],
+) -> pd.DataFrame:
+    """One window's rows: entity ids 1..n at distinct random times of the week, the features, the label."""
+    rows = len(features)
+    stamps = start + pd.to_timedelta(rng.choice(WEEK // pd.Timedelta(milliseconds=1), rows, replace=False), "ms")
+    keys = pd.DataFrame({ENTITY: np.arange(1, rows + 1, dtype="int64"), TIMESTAMP: stamps.as_unit("ns")})
+    return pd.concat([keys, features[list(numeric)].round(3), features[list(categorical)], pd.DataFrame(label)], axis=1)
+
+
+def _write(frame: pd.DataFrame, path: str | Path) -> None:
+    """Write ``frame`` as one Parquet file, its parent folders created."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    frame.to_parquet(path, index=False)
 
 
 def write_churn(
@@ -140,9 +152,7 @@ def write_churn(
 ) -> list[Window]:
     """Write :func:`churn_frame` as one Parquet file (its parent folders created) and return its windows."""
     frame, bounds = churn_frame(windows, rows, seed, drift)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    _write(frame, path)
     return bounds
 
 
@@ -232,18 +242,7 @@ def multiclass_frame(
         for name, sigmas in (shift or {}).items() if number >= shift_start else ():
             features[name] += sigmas * features[name].std(ddof=0)
         label = _segments(rng, features)
-        stamps = start + pd.to_timedelta(rng.choice(WEEK // pd.Timedelta(milliseconds=1), rows, replace=False), "ms")
-        parts.append(
-            pd.concat(
-                [
-                    pd.DataFrame({ENTITY: np.arange(1, rows + 1, dtype="int64"), TIMESTAMP: stamps.as_unit("ns")}),
-                    features[MULTICLASS_NUMERIC].round(3),
-                    features[MULTICLASS_CATEGORICAL],
-                    pd.DataFrame({SEGMENT: label}),
-                ],
-                axis=1,
-            )
-        )
+        parts.append(_window_table(rng, start, features, MULTICLASS_NUMERIC, MULTICLASS_CATEGORICAL, {SEGMENT: label}))
         bounds.append(Window(number, start.isoformat(), (start + WEEK).isoformat(), rows))
     frame = pd.concat(parts, ignore_index=True).sort_values([TIMESTAMP, ENTITY], ignore_index=True)
     return frame, bounds
@@ -252,9 +251,7 @@ def multiclass_frame(
 def write_multiclass(path: str | Path, windows: int = 3, rows: int = 600, seed: int = 5) -> list[Window]:
     """Write :func:`multiclass_frame` as one Parquet file (its parent folders created) and return its windows."""
     frame, bounds = multiclass_frame(windows, rows, seed)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    frame.to_parquet(path, index=False)
+    _write(frame, path)
     return bounds
 
 
