@@ -2,6 +2,7 @@
 
 import json
 from pathlib import Path
+from typing import Any
 
 import pandas as pd
 import pytest
@@ -155,6 +156,15 @@ def test_another_dataset_needs_only_a_config_file(tmp_path, stop_server):
         "serving": {"model_name": "other", "port": base.serving.port},
         "infra": {"workspace": str(tmp_path)},
     }
+    _train_a_blessed_challenger(raw, tmp_path)
+
+
+def _train_a_blessed_challenger(raw: dict, tmp_path: Path) -> tuple[CtpipeConfig, Any]:
+    """Run training on the first window of a config given as a mapping; its version must be the blessed challenger.
+
+    Returns:
+        The parsed config and the challenger's model version.
+    """
     from pipelines.config import parse_config
 
     config = parse_config(raw, tmp_path)
@@ -163,8 +173,9 @@ def test_another_dataset_needs_only_a_config_file(tmp_path, stop_server):
     assert report.succeeded, report.error
     assert report.outputs["blessed"] is True
     tracking.configure(config.tracking_uri)
-    version = MlflowClient().get_model_version_by_alias("other", "challenger")
+    version = MlflowClient().get_model_version_by_alias(config.serving.model_name, "challenger")
     assert version.tags["ctpipe.blessed"] == "true"
+    return config, version
 
 
 def test_a_multiclass_dataset_needs_only_a_config_file(tmp_path, stop_server):
@@ -197,16 +208,7 @@ def test_a_multiclass_dataset_needs_only_a_config_file(tmp_path, stop_server):
         "serving": {"model_name": "segments", "port": free_port()},
         "infra": {"workspace": str(tmp_path)},
     }
-    from pipelines.config import parse_config
-
-    config = parse_config(raw, tmp_path)
-    window = {"window_start": "2026-01-05T00:00:00+00:00", "window_end": "2026-01-12T00:00:00+00:00"}
-    report = run_pipeline("training", config, window, progress=None)
-    assert report.succeeded, report.error
-    assert report.outputs["blessed"] is True
-    tracking.configure(config.tracking_uri)
-    version = MlflowClient().get_model_version_by_alias("segments", "challenger")
-    assert version.tags["ctpipe.blessed"] == "true"
+    config, version = _train_a_blessed_challenger(raw, tmp_path)
     instance = pd.read_parquet(source).head(2)[MULTICLASS_NUMERIC + MULTICLASS_CATEGORICAL].to_dict(orient="records")
     answer = requests.post(
         f"http://127.0.0.1:{config.serving.port}/v1/models/segments:predict", json={"instances": instance}, timeout=10
