@@ -53,44 +53,21 @@ def test_routing_in_the_server_is_refused_outside_prod(strategy: str) -> None:
     )
 
 
+def _server_refuses(*extra: str) -> subprocess.CompletedProcess[str]:
+    """Start ``python -m serving.server`` for a model with ``extra`` flags; it must exit before serving."""
+    return subprocess.run(
+        [sys.executable, "-m", "serving.server", "--model-name", "m", "--tracking-uri", "sqlite:///x.db", *extra],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+
+
 def test_server_command_line_refuses_a_bad_rollout() -> None:
-    bad = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--model-name",
-            "m",
-            "--tracking-uri",
-            "sqlite:///x.db",
-            "--rollout",
-            '{"strategy": "sticky"}',
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    bad = _server_refuses("--rollout", '{"strategy": "sticky"}')
     assert bad.returncode == 2 and "--rollout is not a valid serving.rollout" in bad.stderr and "strategy" in bad.stderr
-    both = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "serving.server",
-            "--model-name",
-            "m",
-            "--tracking-uri",
-            "sqlite:///x.db",
-            "--rollout",
-            '{"strategy": "ab"}',
-            "--alias",
-            "champion",
-        ],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
+    both = _server_refuses("--rollout", '{"strategy": "ab"}', "--alias", "champion")
     assert both.returncode == 2 and "excludes --alias" in both.stderr
 
 
