@@ -27,7 +27,6 @@ write is idempotent; the cluster's object is not known without reading it).
 from __future__ import annotations
 
 import contextlib
-import functools
 import time
 from typing import TYPE_CHECKING, Any, Literal
 from urllib.parse import urlsplit
@@ -177,6 +176,33 @@ def _server_status(endpoint: str) -> dict[str, Any] | None:
     return status if isinstance(status, dict) else None
 
 
+def _local_result(serving: ServingSpec, champion: str | None, version: str) -> DeployResult:
+    """The embedded deployment that serves challenger ``version`` next to ``champion``, without a message yet.
+
+    Both the idempotent skip (:func:`already_deployed`) and a real deploy (:func:`_deploy_local`)
+    describe the same target, so the effective share is decided here once: with no champion the
+    challenger is all there is and serves 100% of requests, whatever ``serving.canary_percent`` says.
+
+    Args:
+        serving: The serving spec (model name, host, port, canary percent).
+        champion: The version the ``champion`` alias points to, or None when there is none.
+        version: The challenger version being deployed.
+
+    Returns:
+        The result with ``message`` and ``skipped`` empty; callers fill them with ``model_copy``.
+    """
+    from components.common.server_process import endpoint_url
+
+    return DeployResult(
+        mode="local",
+        endpoint=endpoint_url(serving.host, serving.port),
+        model_name=serving.model_name,
+        champion_version=champion,
+        challenger_version=version,
+        canary_percent=100 if champion is None else serving.canary_percent,
+    )
+
+
 def already_deployed(
     state: RegistryState, version: str, serving: ServingSpec, tracking_uri: str
 ) -> DeployResult | None:
@@ -187,8 +213,6 @@ def already_deployed(
     serves this champion and this challenger at the effective share, with the runtime infra
     validation chose, and has failed to load neither.
     """
-    from components.common.server_process import endpoint_url
-
     name = serving.model_name
     held = state.version(version)
     if not state.exists or state.aliases.get(CHALLENGER_ALIAS) != version or held is None:
@@ -198,8 +222,8 @@ def already_deployed(
     if state.tags.get(CANARY_TAG) != str(serving.canary_percent) or state.tags.get(CANARY_VERSION_TAG) != version:
         return None
     champion = state.aliases.get(CHAMPION_ALIAS)
-    effective = 100 if champion is None else serving.canary_percent
-    endpoint = endpoint_url(serving.host, serving.port)
+    in_place = _local_result(serving, champion, version)
+    endpoint, effective = in_place.endpoint, in_place.canary_percent
     status = _server_status(endpoint)
     if status is None or status.get("pinned_version"):
         return None
@@ -222,16 +246,7 @@ def already_deployed(
         f"the server at {endpoint} (pid {status.get('pid')}) already serves challenger version {version} "
         f"at {effective}% ({share}), as the registry asks"
     )
-    return DeployResult(
-        mode="local",
-        endpoint=endpoint,
-        model_name=name,
-        champion_version=champion,
-        challenger_version=version,
-        canary_percent=effective,
-        message=reason,
-        skipped=reason,
-    )
+    return in_place.model_copy(update={"message": reason, "skipped": reason})
 
 
 def _deploy_local(
@@ -243,7 +258,7 @@ def _deploy_local(
     dry_run: bool,
     entity_lookup: EntityLookup | None,
 ) -> DeployResult:
-    from components.common.server_process import endpoint_url, start_local_server
+    from components.common.server_process import start_local_server
 
     name = serving.model_name
     client = tracking.registry_client(tracking_uri)
@@ -256,27 +271,16 @@ def _deploy_local(
             f"{challenger if challenger is not None else 'no version'}); register it as the challenger first"
         )
     check_infra_blessing(client, name, version)
-    effective = 100 if champion is None else serving.canary_percent
+    planned = _local_result(serving, champion, version)
+    effective = planned.canary_percent
     if champion is None:
         message = f"no champion yet: challenger version {version} serves 100% of requests"
     else:
         message = f"challenger version {version} gets {effective}% of requests, champion version {champion} the rest"
 
-    endpoint = endpoint_url(serving.host, serving.port)
-    local_result = functools.partial(
-        DeployResult,
-        mode="local",
-        endpoint=endpoint,
-        model_name=name,
-        champion_version=champion,
-        challenger_version=version,
-        canary_percent=effective,
-    )
     if dry_run:  # checked the registry; change nothing
-        return local_result(
-            dry_run=True,
-            message=f"dry run: would set {CANARY_TAG}={serving.canary_percent}, start or reuse the server; {message}",
-        )
+        plan = f"dry run: would set {CANARY_TAG}={serving.canary_percent}, start or reuse the server; {message}"
+        return planned.model_copy(update={"dry_run": True, "message": plan})
     deadline = time.monotonic() + timeout
     set_traffic(name, tracking_uri, serving.canary_percent)
     try:
@@ -290,8 +294,8 @@ def _deploy_local(
         if isinstance(exc, DeployError):
             raise
         raise DeployError(f"deploying version {version} of {name!r} failed: {type(exc).__name__}: {exc}") from exc
-    result = local_result(
-        message=message + (" (server reused)" if server.reused else f" (server started, pid {server.pid})"),
+    result = planned.model_copy(
+        update={"message": message + (" (server reused)" if server.reused else f" (server started, pid {server.pid})")}
     )
     logger.info("deployed", extra={"result": result.model_dump()})
     return result
