@@ -11,9 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.servers.process import ServerProcess, ensure_debian_package, unavailable
+from tests.servers.process import ServerProcess, ensure_debian_package, start_and_wait, unavailable
 
 DOCKER_STORAGE_DRIVERS = ("overlay2", "fuse-overlayfs", "vfs")
+
+
+class _NotReady(RuntimeError):
+    """One dockerd configuration did not come up; the message is the tail of its log."""
 
 
 def containers_cache() -> Path:
@@ -77,17 +81,25 @@ class DockerDaemon:
                 except pytest.skip.Exception:
                     continue
             for bridge in (True, False):
-                server = self._start(cache, log_dir, driver, bridge)
-                if self._ready(server):
-                    self.server, self.storage_driver, self.bridge = server, driver, bridge
-                    self._owner.write_text(f"{server.popen.pid}\n")
-                    return
-                attempts.append(f"--storage-driver={driver} bridge={bridge}:\n{server.log_tail(8)}")
-                server.stop()
+                try:  # start_and_wait stops a dockerd that does not come up, before the next attempt
+                    server = start_and_wait(
+                        f"dockerd ({driver})",
+                        self._args(cache, driver, bridge),
+                        log_dir / f"dockerd-{driver}.log",
+                        port=None,  # it listens on its unix socket only
+                        ready=self._ready,
+                    )
+                except _NotReady as exc:
+                    attempts.append(f"--storage-driver={driver} bridge={bridge}:\n{exc}")
+                    continue
+                self.server, self.storage_driver, self.bridge = server, driver, bridge
+                self._owner.write_text(f"{server.popen.pid}\n")
+                return
         self._release()
         raise RuntimeError("dockerd did not start with any storage driver:\n" + "\n".join(attempts))
 
-    def _start(self, cache: Path, log_dir: Path, driver: str, bridge: bool) -> ServerProcess:
+    def _args(self, cache: Path, driver: str, bridge: bool) -> list[str]:
+        """The dockerd command line for one attempt (and no socket left from the attempt before)."""
         self.socket.unlink(missing_ok=True)
         args = [
             self.dockerd,
@@ -104,13 +116,18 @@ class DockerDaemon:
         ]
         if not bridge:
             args.append("--bridge=none")
-        return ServerProcess(f"dockerd ({driver})", args, log_dir / f"dockerd-{driver}.log")
+        return args
 
-    def _ready(self, server: ServerProcess, timeout: float = 60.0) -> bool:
+    def _ready(self, server: ServerProcess, timeout: float = 60.0) -> None:
+        """Wait until ``server`` answers on its socket and can store a layer.
+
+        Raises:
+            _NotReady: It exited, did not answer in ``timeout`` seconds, or could not import a layer.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             if server.popen.poll() is not None:
-                return False
+                break
             if self.socket.exists() and self.docker("version", check=False).returncode == 0:
                 # A storage driver can start yet fail at the first layer: prove it with an import.
                 probe = subprocess.run(
@@ -120,9 +137,11 @@ class DockerDaemon:
                     capture_output=True,
                     check=False,
                 )
-                return probe.returncode == 0
+                if probe.returncode == 0:
+                    return
+                break
             time.sleep(0.3)
-        return False
+        raise _NotReady(server.log_tail(8))
 
     @property
     def env(self) -> dict[str, str]:

@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from tests.servers.process import ServerProcess, free_port, wait_for_port
+from tests.servers.process import ServerProcess, free_port, start_and_wait, wait_for_port
 
 # The one place the versions are pinned. Both resolve through the Go module proxy with the Go
 # toolchain these modules ask for (go 1.26).
@@ -497,7 +497,7 @@ class Etcd:
         self.port, peer_port = free_port(), free_port()
         self.url = f"http://127.0.0.1:{self.port}"
         peer = f"http://127.0.0.1:{peer_port}"
-        self.process = ServerProcess(
+        self.process = start_and_wait(
             "etcd",
             [
                 str(binary),
@@ -514,15 +514,12 @@ class Etcd:
                 "--log-level=warn",
             ],
             folder / "etcd.log",
+            port=self.port,
+            timeout=timeout,
+            ready=lambda process: self._wait_healthy(process, timeout),
         )
-        try:
-            wait_for_port(self.port, process=self.process, timeout=timeout)
-            self._wait_healthy(timeout)
-        except BaseException:
-            self.process.stop()
-            raise
 
-    def _wait_healthy(self, timeout: float) -> None:
+    def _wait_healthy(self, process: ServerProcess, timeout: float) -> None:
         deadline = time.monotonic() + timeout
         last = ""
         while time.monotonic() < deadline:
@@ -534,7 +531,7 @@ class Etcd:
             except (OSError, ValueError) as exc:
                 last = str(exc)
             time.sleep(0.3)
-        raise TimeoutError(f"etcd did not turn healthy in {timeout:.0f}s ({last})\n{self.process.log_tail()}")
+        raise TimeoutError(f"etcd did not turn healthy in {timeout:.0f}s ({last})\n{process.log_tail()}")
 
     def stop(self) -> None:
         """Stop the etcd this object started."""

@@ -8,7 +8,7 @@ import signal
 import time
 from pathlib import Path
 
-from tests.servers.process import ServerProcess, free_port, wait_for_port
+from tests.servers.process import ServerProcess, free_port, start_and_wait
 
 
 class MlflowServer:
@@ -37,15 +37,14 @@ class MlflowServer:
         """
         import sys
 
-        import requests
-
         self.port = free_port()
         self.base = base
         self.artifacts = base / "mlflow-artifacts"
         if artifacts_destination is None:
             self.artifacts.mkdir(parents=True, exist_ok=True)
         self.artifacts_destination = artifacts_destination or str(self.artifacts)
-        self.process = ServerProcess(
+        self.uri = f"http://127.0.0.1:{self.port}"
+        self.process = start_and_wait(
             "mlflow server",
             [
                 sys.executable,
@@ -69,9 +68,15 @@ class MlflowServer:
             env={"MLFLOW_ENABLE_TELEMETRY": "false", "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false", **(env or {})},
             # A default ./mlartifacts (or mlruns/) would land in base, never in the caller's directory.
             cwd=base,
+            port=self.port,
+            timeout=180,
+            ready=self._wait_healthy,
         )
-        self.uri = f"http://127.0.0.1:{self.port}"
-        wait_for_port(self.port, timeout=180, process=self.process)
+
+    def _wait_healthy(self, process: ServerProcess) -> None:
+        """Its port opens before the app behind it answers: wait (60 s at most) until ``/health`` does."""
+        import requests
+
         deadline = time.monotonic() + 60
         while True:
             try:
@@ -79,8 +84,8 @@ class MlflowServer:
                     return
             except requests.RequestException:
                 pass
-            if time.monotonic() > deadline or self.process.popen.poll() is not None:
-                raise TimeoutError(f"mlflow server at {self.uri} is not healthy:\n{self.process.log_tail()}")
+            if time.monotonic() > deadline or process.popen.poll() is not None:
+                raise TimeoutError(f"mlflow server at {self.uri} is not healthy:\n{process.log_tail()}")
             time.sleep(0.5)
 
     def stop(self) -> None:

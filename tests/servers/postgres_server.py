@@ -8,7 +8,7 @@ import subprocess
 import time
 from pathlib import Path
 
-from tests.servers.process import ServerProcess, ensure_debian_package, free_port, unavailable, wait_for_port
+from tests.servers.process import ensure_debian_package, free_port, start_and_wait, unavailable
 
 
 class PostgresServer:
@@ -51,7 +51,11 @@ class PostgresServer:
         if init.returncode != 0:
             unavailable(f"initdb failed (exit {init.returncode}): {init.stderr.strip()[-500:]}")
         self.port = free_port()
-        self.process = ServerProcess(
+        self.user = user
+        self.uri = f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
+        # SQLAlchemy (MLflow's store) defaults to psycopg 3 for postgresql://; name the installed driver.
+        self.sqlalchemy_uri = self.uri.replace("postgresql://", "postgresql+psycopg2://", 1)
+        self.process = start_and_wait(
             "postgres",
             [
                 postgres,
@@ -68,13 +72,10 @@ class PostgresServer:
             ],
             base / "postgres.log",
             user=self.os_user,
+            port=self.port,
+            # Creating the database also waits for the end of startup (the port opens before it).
+            ready=lambda _: self._create_database(user, database),
         )
-        wait_for_port(self.port, process=self.process)
-        self.user = user
-        self.uri = f"postgresql://{user}@127.0.0.1:{self.port}/{database}"
-        # SQLAlchemy (MLflow's store) defaults to psycopg 3 for postgresql://; name the installed driver.
-        self.sqlalchemy_uri = self.uri.replace("postgresql://", "postgresql+psycopg2://", 1)
-        self._create_database(user, database)
 
     def _create_database(self, user: str, database: str) -> None:
         import psycopg2

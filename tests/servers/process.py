@@ -1,4 +1,8 @@
-"""What every test server shares: installing it from Debian, a free port, starting and stopping its process."""
+"""What every test server shares: installing it from Debian, a free port, starting and stopping its process.
+
+A server module starts its process with :func:`start_and_wait`, which returns only once the
+server answers and otherwise stops what it started, and stops it with :meth:`ServerProcess.stop`.
+"""
 
 from __future__ import annotations
 
@@ -8,7 +12,7 @@ import signal
 import socket
 import subprocess
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 
 import pytest
@@ -158,3 +162,55 @@ class ServerProcess:
             except ProcessLookupError:
                 pass
         self._log.close()
+
+
+def start_and_wait(
+    name: str,
+    args: Sequence[str],
+    log_path: Path,
+    *,
+    port: int | None,
+    timeout: float = 60.0,
+    ready: Callable[[ServerProcess], object] | None = None,
+    stop_timeout: float = 20.0,
+    env: dict[str, str] | None = None,
+    cwd: Path | None = None,
+    user: str | None = None,
+) -> ServerProcess:
+    """Start ``args`` as a :class:`ServerProcess` and return it once it answers.
+
+    It answers when something accepts TCP connections on ``127.0.0.1:port`` within ``timeout``
+    seconds, and then ``ready(process)`` returns. If either fails (or the test run is interrupted),
+    the process is stopped before the error goes on: a server that never became ready must not
+    outlive the test that started it.
+
+    Args:
+        name: What it is, for messages.
+        args: The command line.
+        log_path: Where its stdout and stderr go.
+        port: The port on 127.0.0.1 the server listens on; None to rely on ``ready`` alone.
+        timeout: Seconds to wait for the port.
+        ready: A further check after the port opened (a health probe); it raises, with the log
+            tail in its message, when the server never answers it.
+        stop_timeout: Seconds :meth:`ServerProcess.stop` waits after SIGTERM when it must stop it.
+        env: Extra environment variables.
+        cwd: Working directory.
+        user: Run as this user.
+
+    Returns:
+        The running process.
+
+    Raises:
+        TimeoutError: Nothing listened on ``port`` in time, or the process exited first; the
+            message has its log tail. Whatever ``ready`` raises goes on unchanged.
+    """
+    process = ServerProcess(name, args, log_path, env=env, cwd=cwd, user=user)
+    try:
+        if port is not None:
+            wait_for_port(port, process=process, timeout=timeout)
+        if ready is not None:
+            ready(process)
+    except BaseException:
+        process.stop(timeout=stop_timeout)
+        raise
+    return process

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from tests.servers.process import ServerProcess, ensure_debian_package, wait_for_port
+from tests.servers.process import ensure_debian_package, start_and_wait
 
 
 class RedisServer:
@@ -20,7 +20,7 @@ class RedisServer:
         binary = ensure_debian_package("redis-server", "redis-server")
         folder.mkdir(parents=True, exist_ok=True)
         self.port = port
-        self.process = ServerProcess(
+        self.process = start_and_wait(
             "redis-server",
             # No snapshots, no append-only file: nothing outlives the test session.
             [
@@ -38,12 +38,9 @@ class RedisServer:
             ],
             folder / "redis.log",
             cwd=folder,
+            port=port,
+            timeout=30,
         )
-        try:
-            wait_for_port(port, process=self.process, timeout=30)
-        except TimeoutError:
-            self.process.stop()
-            raise
 
     @property
     def connection_string(self) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 import requests
 import yaml
 
-from tests.servers.process import ServerProcess, ensure_debian_package, wait_for_port
+from tests.servers.process import ensure_debian_package, start_and_wait
 
 # The manifest types a pushed image may have; the registry answers with the one it stored.
 MANIFEST_TYPES = (
@@ -44,14 +44,14 @@ class RegistryServer:
             "http": {"addr": f"127.0.0.1:{port}", "headers": {"X-Content-Type-Options": ["nosniff"]}},
         }
         (folder / "config.yml").write_text(yaml.safe_dump(config))
-        self.process = ServerProcess(
-            "docker-registry", [binary, "serve", str(folder / "config.yml")], folder / "registry.log", cwd=folder
+        self.process = start_and_wait(
+            "docker-registry",
+            [binary, "serve", str(folder / "config.yml")],
+            folder / "registry.log",
+            cwd=folder,
+            port=port,
+            timeout=30,
         )
-        try:
-            wait_for_port(port, process=self.process, timeout=30)
-        except TimeoutError:
-            self.process.stop()
-            raise
 
     @property
     def address(self) -> str:

@@ -19,9 +19,12 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.servers.process import ServerProcess, free_port, unavailable, wait_for_port
+from tests.servers.process import ServerProcess, free_port, start_and_wait, unavailable
 
 REGION = "us-east-1"
+# weed's graceful stop waits 15 s for its own gRPC streams; its data is thrown away, so after 2 s
+# ServerProcess.stop kills its process group.
+STOP_TIMEOUT = 2.0
 
 
 def weed_binary() -> str:
@@ -109,14 +112,20 @@ class S3Server:
             "-s3.port.lance=0",
             *(f"-{name.replace('.grpc', '.port.grpc')}={port}" for name, port in ports.items()),
         ]
-        self.process = ServerProcess("weed server -s3", args, base / "seaweedfs.log", cwd=self.root)
+        self.bucket = bucket
         try:
-            wait_for_port(self.port, process=self.process, timeout=timeout)
-            self._wait_until_it_answers(timeout)
-            self.bucket = bucket
-            self.create_bucket(bucket)
+            self.process = start_and_wait(
+                "weed server -s3",
+                args,
+                base / "seaweedfs.log",
+                cwd=self.root,
+                port=self.port,
+                timeout=timeout,
+                ready=lambda process: self._wait_until_ready(process, timeout),
+                stop_timeout=STOP_TIMEOUT,
+            )
         except BaseException:
-            self.stop()
+            self._remove_files()  # start_and_wait stopped the process; its data and sockets are left
             raise
 
     @property
@@ -151,25 +160,28 @@ class S3Server:
         if not fs.exists(name):
             fs.mkdir(name)
 
-    def _wait_until_it_answers(self, timeout: float) -> None:
-        """The S3 port opens before the filer behind it is ready: wait for a signed request to succeed."""
+    def _wait_until_ready(self, process: ServerProcess, timeout: float) -> None:
+        """The S3 port opens before the filer behind it is ready: wait for a signed request, then create the bucket."""
         deadline = time.monotonic() + timeout
         while True:
             try:
                 self.client().ls("")
-                return
+                break
             except Exception as exc:  # connection refused, 5xx while the filer starts
-                if time.monotonic() > deadline or self.process.popen.poll() is not None:
+                if time.monotonic() > deadline or process.popen.poll() is not None:
                     raise TimeoutError(
-                        f"SeaweedFS at {self.endpoint} does not answer S3 requests: {exc}\n{self.process.log_tail()}"
+                        f"SeaweedFS at {self.endpoint} does not answer S3 requests: {exc}\n{process.log_tail()}"
                     ) from exc
                 time.sleep(0.3)
+        self.create_bucket(self.bucket)
 
     def stop(self) -> None:
         """Stop the server this object started and remove its data and sockets."""
-        # weed's graceful stop waits 15 s for its own gRPC streams; its data is thrown away, so after 2 s
-        # ServerProcess.stop kills its process group.
-        self.process.stop(timeout=2)
+        self.process.stop(timeout=STOP_TIMEOUT)
+        self._remove_files()
+
+    def _remove_files(self) -> None:
+        """Remove the data folder and the gRPC sockets of this server (and of no other)."""
         for port in self._grpc_ports:  # weed names these after its ports, under the system temp dir
             for kind in ("master", "volume", "filer", "s3"):
                 with contextlib.suppress(OSError):

@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.servers.process import ServerProcess, free_port, unavailable, wait_for_port
+from tests.servers.process import ServerProcess, free_port, start_and_wait, unavailable, wait_for_port
 
 
 class SparkStandaloneCluster:
@@ -43,7 +43,7 @@ class SparkStandaloneCluster:
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[ServerProcess] = []
         try:
-            master = ServerProcess(
+            master = start_and_wait(
                 "spark-master",
                 [
                     str(spark_class),
@@ -52,10 +52,11 @@ class SparkStandaloneCluster:
                 ],
                 root / "master.log",
                 env=env,
+                port=self.port,
+                # The workers' registration is read from the web UI's JSON status below.
+                ready=lambda process: wait_for_port(self.webui_port, process=process),
             )
             self.processes.append(master)
-            wait_for_port(self.port, process=master)
-            wait_for_port(self.webui_port, process=master)
             for index in range(workers):
                 work_dir = root / f"worker-{index}"
                 work_dir.mkdir(parents=True, exist_ok=True)
