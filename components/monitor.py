@@ -75,6 +75,11 @@ MAX_PLOTS = 12
 MAX_CATEGORIES = 15
 # A feature name in a plot title is cut to this many characters (the features table has it whole).
 NAME_CHARS = 32
+# Why a feature the inference log protects (components.common.inference_log.protect) cannot be measured.
+_PROTECTED_WHY = {
+    "excluded": "excluded from the inference log by serving.inference_log.exclude",
+    "hashed": "hashed in the inference log by serving.inference_log.hash (its values are digests)",
+}
 # Table locations read as Parquet, as storage.read_table reads them (KFP artifact paths have no suffix).
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq", ""})
 
@@ -102,6 +107,11 @@ class MonitorResult(BaseModel):
         default=None,
         description="Multiclass: drift of the predicted-class mix and of each class's probability; "
         "prediction_psi is the largest of them.",
+    )
+    unmeasured: dict[str, str] = Field(
+        default_factory=dict,
+        description="Features whose drift was not measured, each with why (e.g. excluded from the inference log "
+        "by serving.inference_log.exclude); they have no entry in features.",
     )
 
 
@@ -165,12 +175,13 @@ def _feature_drift(
     spec: DatasetSpec,
     monitoring: MonitoringSpec,
     importances: dict[str, float] | None,
+    columns: list[str],
 ) -> tuple[list[FeatureDrift], dict[str, NumericDrift | CategoricalDrift]]:
-    """Each feature's drift and severity, most severe first, and the measurements its plot is drawn from."""
+    """Each of ``columns``' drift and severity, most severe first, and the measurements its plot is drawn from."""
     # Finer plot bins than the PSI's quantile bins, to show the shape.
     plot_bins = max(20, 3 * monitoring.bins)
     spec_numeric = set(spec.numeric_features)
-    measured = measure_features(reference, current, spec.feature_columns, spec_numeric, monitoring.bins, plot_bins)
+    measured = measure_features(reference, current, columns, spec_numeric, monitoring.bins, plot_bins)
     features: list[FeatureDrift] = []
     for name, drift in measured.items():
         importance = None if importances is None else importances[name]
@@ -254,7 +265,9 @@ def monitor(
     With ``monitoring.current_source`` ``"inference_log"``, ``current_path`` is the serving
     inference log folder (layout in :mod:`components.common.inference_log`): the requests
     answered in ``[window_start, window_end)`` are the current data, and their served
-    predictions (not a re-scoring) are compared with the model's scores on the reference.
+    predictions (not a re-scoring) are compared with the model's scores on the reference. A feature
+    the log excludes or hashes (``serving.inference_log``) is not measured: the result's
+    ``unmeasured``, its reasons, the report and the log say which and why.
 
     Args:
         reference_path: Reference table (the champion's training reference), CSV or Parquet.
@@ -279,6 +292,7 @@ def monitor(
 
     Raises:
         DataError: A table is missing, unreadable, empty or lacks a feature (or join) column.
+        DataError: The inference log excludes or hashes every feature (``serving.inference_log``).
     """
     watch = _Stopwatch()
     late = monitoring.labels_source
@@ -288,8 +302,10 @@ def monitor(
     dictionary = [] if model_uri else list(spec.categorical_features)
     reference, reference_columns = _read_columns(reference_path, wanted, dictionary)
     served: np.ndarray | None = None
+    # Features whose drift cannot be measured from the current data, each with why; the rest are measured.
+    unmeasured: dict[str, str] = {}
     if monitoring.current_source == "inference_log":
-        current, served = _read_inference_log(
+        current, served, unmeasured = _read_inference_log(
             current_path, window_start, window_end, spec, every_column=spec.task == "multiclass_classification"
         )
         current_columns = [str(name) for name in current.columns]
@@ -309,7 +325,8 @@ def monitor(
     elif labels_path:
         current = join_latest_label(current, current_path, labels_path, spec, served=served is not None)
     for path, found in ((reference_path, reference_columns), (current_path, current_columns)):
-        missing = [c for c in spec.feature_columns if c not in found]
+        # An excluded feature is missing from the log on purpose (and reported as unmeasured), not by mistake.
+        missing = [c for c in spec.feature_columns if c not in found and not (path == current_path and c in unmeasured)]
         if missing:
             raise DataError(
                 f"{path}: missing feature column(s) {missing}; expected {spec.feature_columns}, found {found}"
@@ -323,6 +340,7 @@ def monitor(
     baseline: Baseline | None = None
     importances: dict[str, float] | None = None
     reasons: list[str] = [] if labels is None else [labels.sentence()]
+    reasons += [f"Drift of '{name}' is not measured: {why}." for name, why in unmeasured.items()]
     severities: list[Severity] = []
     if model_uri:
         model, baseline = _champion(model_uri, tracking_uri)
@@ -334,7 +352,8 @@ def monitor(
             reasons.append(f"Reference has no labels ('{spec.label_column}'); drift is not weighted by importance.")
         watch.lap("model")
 
-    features, measured = _feature_drift(reference, current, spec, monitoring, importances)
+    columns = [name for name in spec.feature_columns if name not in unmeasured]
+    features, measured = _feature_drift(reference, current, spec, monitoring, importances, columns)
     watch.lap("statistics")
     for drift in features:
         if drift.severity != "ok" or drift.psi >= monitoring.psi_retrain:
@@ -349,7 +368,9 @@ def monitor(
         what = ""
         if spec.task == "multiclass_classification":
             ref_scores = class_probabilities(model, reference[spec.feature_columns])
-            cur_scores = _served_probabilities(model, current, spec, served is not None, reasons)
+            cur_scores = _served_probabilities(
+                model, current, spec, current_path if served is not None else None, reasons, unmeasured
+            )
             classes_drift = class_drift(list(model.classes_), ref_scores, cur_scores, monitoring.bins)
             prediction_psi, measured_what = classes_drift.worst
             what = f" on {measured_what}"
@@ -410,6 +431,7 @@ def monitor(
         baseline=baseline,
         labels=labels,
         class_drift=classes_drift,
+        unmeasured=unmeasured,
     )
     write_json(result_path, result.model_dump(mode="json"))
     write_text(report_path, _report(result, monitoring, measured, prediction_plot))
@@ -419,6 +441,7 @@ def monitor(
         extra={
             "decision": decision,
             "reasons": reasons,
+            "unmeasured": unmeasured,
             "result_path": str(result_path),
             "seconds": {phase: round(spent, 3) for phase, spent in watch.seconds.items()},
         },
@@ -447,8 +470,8 @@ def _champion(model_uri: str, tracking_uri: str | None) -> tuple[Any, Baseline]:
 
 def _read_inference_log(
     log_dir: str, start: str | None, end: str | None, spec: DatasetSpec, every_column: bool = False
-) -> tuple[pd.DataFrame, np.ndarray]:
-    """The requests answered in the window (failed ones dropped) and their served predictions.
+) -> tuple[pd.DataFrame, np.ndarray, dict[str, str]]:
+    """The requests answered in the window (failed ones dropped), their served predictions, and what is unmeasurable.
 
     ``every_column`` reads every column of the log: a multiclass version's ``proba_<class>``
     columns are named by classes only the model, loaded later, knows.
@@ -456,7 +479,15 @@ def _read_inference_log(
     Only the columns monitoring uses are read (the log is scanned with the window as a filter, so
     memory follows the window's rows and these columns). A feature the server's
     ``serving.inference_log`` settings exclude or hash is not in the log as its raw value, so its
-    drift cannot be measured: that is an error naming the feature and the ways out.
+    drift cannot be measured. Protecting personal data is deliberate, so such features are
+    returned with the reason (to be skipped and reported) and the others are measured.
+
+    Returns:
+        The rows, their served predictions, and ``{feature: why its drift cannot be measured}``.
+
+    Raises:
+        DataError: Every monitored feature is excluded or hashed (nothing is left to measure), or
+            the window has no answered requests.
     """
     from components.common import inference_log
 
@@ -472,14 +503,21 @@ def _read_inference_log(
     wanted = None if every_column else [c for c in columns if c]
     frame = inference_log.read_window(log_dir, start or None, end or None, columns=wanted)
     protection = frame.attrs.get("protection") or {}
-    features = set(spec.feature_columns)
-    unmeasurable = {name: how for how in ("excluded", "hashed") for name in protection.get(how, []) if name in features}
-    if unmeasurable:
+    protected = {
+        name: how for how in ("excluded", "hashed") for name in protection.get(how, []) if name in spec.feature_columns
+    }
+    if protected and set(protected) == set(spec.feature_columns):
         raise DataError(
-            f"{log_dir}: feature(s) {unmeasurable} are excluded from or hashed in the inference log "
-            "(serving.inference_log), so their drift cannot be measured from it; use monitoring.current_source "
-            "'snapshot', or drop them from dataset.feature_columns, or stop protecting them if they are not "
-            "personal data"
+            f"{log_dir}: every monitored feature is excluded from or hashed in the inference log "
+            f"(serving.inference_log.exclude / .hash): {protected}, so no feature drift can be measured from it; "
+            "expected at least one feature stored as its raw value. Use monitoring.current_source 'snapshot', "
+            "or stop protecting the features that are not personal data"
+        )
+    unmeasured = {name: _PROTECTED_WHY[how] for name, how in protected.items()}
+    if unmeasured:
+        log.warning(
+            "features not measured for drift",
+            extra={"inference_log": log_dir, "unmeasured": unmeasured},
         )
     if "status" in frame.columns:
         frame = frame[frame["status"].fillna("ok") == "ok"]
@@ -493,23 +531,38 @@ def _read_inference_log(
             f"{log_dir}: the inference log has no answered requests in [{start or 'start'}, {end or 'now'}); "
             "expected at least one row to compare"
         )
-    return frame, pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(dtype=float)
+    return frame, pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(dtype=float), unmeasured
 
 
 def _served_probabilities(
-    model: Any, current: pd.DataFrame, spec: DatasetSpec, from_log: bool, reasons: list[str]
+    model: Any,
+    current: pd.DataFrame,
+    spec: DatasetSpec,
+    log_dir: str | None,
+    reasons: list[str],
+    unmeasured: dict[str, str],
 ) -> np.ndarray:
     """A multiclass model's ``[n, k]`` probabilities on the current rows.
 
     As served (the log's ``proba_<class>`` columns) when every row has them, else the model's own
-    on the window's features.
+    on the window's features. ``log_dir`` is the inference log the rows come from (None: a snapshot).
+
+    Raises:
+        DataError: The model must score the rows but some of its features are not in the log as
+            their values (``unmeasured``).
     """
     names = probability_columns(list(model.classes_))
-    if from_log and all(name in current.columns for name in names):
+    if log_dir is not None and all(name in current.columns for name in names):
         served = current[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
         if not np.isnan(served).any():
             return served
-    if from_log:
+    if unmeasured:
+        # Scoring digests (or nothing) in place of the values would give a prediction drift that means nothing.
+        raise DataError(
+            f"{log_dir}: the inference log lacks served probability columns {names} for some rows, and the "
+            f"model cannot score the logged features instead: {unmeasured}; expected every row to have {names}"
+        )
+    if log_dir is not None:
         reasons.append(
             f"The inference log lacks served probability columns {names} for some rows (another version's "
             "classes?); prediction drift uses the model's own probabilities on the logged features."
@@ -593,6 +646,9 @@ def _report(
         for f in result.features
     ]
     sections.append(("Features", report.table(rows, escape=False)))
+    if result.unmeasured:
+        rows = [{"feature": name, "why": why} for name, why in result.unmeasured.items()]
+        sections.append(("Features not measured", report.table(rows)))
     if result.performance:
         # reference_<metric> values come only from the version's holdout record (components.common.holdout).
         rows = [

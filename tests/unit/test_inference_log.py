@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import shutil
 import time
 from pathlib import Path
@@ -113,7 +114,7 @@ spec = DatasetSpec(
     numeric_features=[f"f{i}" for i in range(8)],
 )
 started = time.perf_counter()
-frame, served = _read_inference_log(log_dir, "2026-01-02T13:00:00Z", "2026-01-02T14:00:00Z", spec)
+frame, served, _ = _read_inference_log(log_dir, "2026-01-02T13:00:00Z", "2026-01-02T14:00:00Z", spec)
 seconds = time.perf_counter() - started
 assert frame["timestamp"].min() >= pd.Timestamp("2026-01-02T13:00:00Z")
 assert frame["timestamp"].max() < pd.Timestamp("2026-01-02T14:00:00Z")
@@ -241,19 +242,49 @@ def test_the_writer_never_stores_excluded_columns_and_stores_hashed_ones_as_keye
         InferenceLogWriter(tmp_path, "churn", hash_columns=["customer_id"])
 
 
-def test_monitoring_names_the_features_the_log_protects(tmp_path: Path) -> None:
+def test_monitoring_skips_the_features_the_log_protects_and_reads_the_others(tmp_path: Path) -> None:
     from components.monitor import _read_inference_log
     from components.specs import DatasetSpec
 
-    append_batch(tmp_path, protect(_batch(["2026-01-02T01:00:00Z"]), hash_columns=["tenure_months"], key=b"k"))
+    batch = _batch(["2026-01-02T01:00:00Z", "2026-01-02T02:00:00Z"]).assign(email="ann@example.com", age=[30, 40])
+    append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
+    spec = DatasetSpec(
+        source="x.parquet",
+        entity_column="id",
+        timestamp_column="ts",
+        label_column="y",
+        numeric_features=["tenure_months", "age"],
+        categorical_features=["email"],
+    )
+    frame, served, unmeasured = _read_inference_log(str(tmp_path), None, None, spec)
+    assert unmeasured == {
+        "email": "excluded from the inference log by serving.inference_log.exclude",
+        "tenure_months": "hashed in the inference log by serving.inference_log.hash (its values are digests)",
+    }
+    assert list(frame["age"]) == [30, 40] and list(served) == pytest.approx([0.0, 0.1])
+    assert "email" not in frame.columns
+
+
+def test_monitoring_refuses_a_log_that_protects_every_feature(tmp_path: Path) -> None:
+    from components.monitor import _read_inference_log
+    from components.specs import DatasetSpec
+
+    batch = _batch(["2026-01-02T01:00:00Z"]).assign(email="ann@example.com")
+    append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
     spec = DatasetSpec(
         source="x.parquet",
         entity_column="id",
         timestamp_column="ts",
         label_column="y",
         numeric_features=["tenure_months"],
+        categorical_features=["email"],
     )
-    with pytest.raises(DataError, match=r"\{'tenure_months': 'hashed'\}.*current_source 'snapshot'"):
+    expected = (
+        rf"{re.escape(str(tmp_path))}: every monitored feature is excluded from or hashed in the inference log "
+        r"\(serving\.inference_log\.exclude / \.hash\): \{'email': 'excluded', 'tenure_months': 'hashed'\}"
+        r".*current_source 'snapshot'"
+    )
+    with pytest.raises(DataError, match=expected):
         _read_inference_log(str(tmp_path), None, None, spec)
 
 

@@ -357,9 +357,19 @@ def test_missing_feature_column_is_named(
 # --- the serving inference log as the current data ----------------------------------------
 
 
-def _log_requests(log_dir: Path, window: pd.DataFrame, served: np.ndarray, start: pd.Timestamp) -> None:
-    """Log ``window`` as the model server would: one request per row, a minute apart, via the shared writer."""
-    from components.common.inference_log import append_batch
+def _log_requests(
+    log_dir: Path,
+    window: pd.DataFrame,
+    served: np.ndarray,
+    start: pd.Timestamp,
+    exclude: tuple[str, ...] = (),
+    hash_columns: tuple[str, ...] = (),
+) -> None:
+    """Log ``window`` as the model server would: one request per row, a minute apart, via the shared writer.
+
+    ``exclude`` and ``hash_columns`` protect columns as ``serving.inference_log.exclude`` / ``hash`` do.
+    """
+    from components.common.inference_log import append_batch, protect
 
     frame = window.drop(columns=[LABEL, TIMESTAMP]).assign(
         request_id=[f"r{i}" for i in range(len(window))],
@@ -372,8 +382,8 @@ def _log_requests(log_dir: Path, window: pd.DataFrame, served: np.ndarray, start
     )
     # Two batches, as a server flushes them; the second one spans the next UTC date.
     half = len(frame) // 2
-    append_batch(log_dir, frame.iloc[:half])
-    append_batch(log_dir, frame.iloc[half:])
+    for batch in (frame.iloc[:half], frame.iloc[half:]):
+        append_batch(log_dir, protect(batch, exclude, hash_columns, key=b"test-key"))
 
 
 def _monitor_log(
@@ -459,6 +469,55 @@ def test_inference_log_as_current_uses_served_predictions_and_joins_ground_truth
     assert window.rows_current == 100
     assert window.performance is not None
     assert window.performance["roc_auc_score"] == pytest.approx(roc_auc_score(current[LABEL][:100], served[:100]))
+
+
+def test_inference_log_that_protects_features_measures_the_others_and_says_which_were_not(
+    tmp_path: Path,
+    stationary: tuple[pd.DataFrame, pd.DataFrame],
+    dataset_spec: DatasetSpec,
+    champion: dict[str, str],
+    capsys: pytest.CaptureFixture[str],
+) -> None:
+    """Personal data left out of the log on purpose costs its own drift measurement, nothing else."""
+    from sklearn.metrics import roc_auc_score
+
+    from components.monitor import _scores
+
+    reference, current = stationary
+    model = tracking.load_sklearn_model(champion["model_uri"], champion["uri"])
+    served = model.predict_proba(current[FEATURES])[:, 1]
+    _log_requests(
+        tmp_path / "inference_log",
+        current,
+        served,
+        pd.Timestamp("2026-02-01T12:00:00Z"),
+        exclude=("region",),
+        hash_columns=("tenure_months",),
+    )
+
+    result = _monitor_log(tmp_path, reference, current, dataset_spec, champion)
+
+    expected = {
+        "region": "excluded from the inference log by serving.inference_log.exclude",
+        "tenure_months": "hashed in the inference log by serving.inference_log.hash (its values are digests)",
+    }
+    assert result.unmeasured == expected
+    assert sorted(f.feature for f in result.features) == sorted(set(FEATURES) - set(expected))
+    assert result.decision == "ok", result.reasons
+    for name, why in expected.items():
+        assert f"Drift of '{name}' is not measured: {why}." in result.reasons
+    # Prediction drift and live performance use the served scores, as without protection.
+    assert result.prediction_psi == pytest.approx(
+        population_stability_index(_scores(model, reference, dataset_spec), served, bins=10)
+    )
+    assert result.performance is not None
+    assert result.performance["roc_auc_score"] == pytest.approx(roc_auc_score(current[LABEL], served))
+    assert json.loads((tmp_path / "result.json").read_text())["unmeasured"] == expected
+    page = (tmp_path / "report.html").read_text()
+    assert "Features not measured" in page and all(why in page for why in expected.values())
+    lines = [json.loads(line) for line in capsys.readouterr().err.splitlines() if line.startswith("{")]
+    decisions = [line for line in lines if line.get("msg") == "monitoring decision"]
+    assert decisions and decisions[-1]["unmeasured"] == expected
 
 
 def test_inference_log_with_drifted_requests_or_wrong_served_scores_asks_for_retraining(
