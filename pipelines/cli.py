@@ -591,7 +591,7 @@ def inference_log_maintain(
       ctpipe inference-log maintain --log-dir s3://bucket/inference_log --no-compact
     """
     from components.common.inference_log import maintain
-    from components.specs import InferenceLogSpec
+    from components.serving_spec import InferenceLogSpec
 
     config = _config(ctx)
     if retention_days is None:

@@ -139,7 +139,7 @@ def current_champion(serving: str, tracking_uri: str) -> NamedTuple(  # type: ig
     from components.common.registry import CHAMPION_ALIAS
     from components.common.registry_state import read_state
     from components.common.teardown import freeze_for_exit
-    from components.specs import ServingSpec
+    from components.serving_spec import ServingSpec
 
     model_name = ServingSpec.model_validate_json(serving).model_name
     # One read for both: the champion is the one the state shows (an aliased version is always detailed).
@@ -406,7 +406,7 @@ def deploy(
     from components.common.registry_state import RegistryState
     from components.common.teardown import freeze_for_exit
     from components.deploy import deploy as run_deploy
-    from components.specs import ServingSpec
+    from components.serving_spec import ServingSpec
     from pipelines.artifacts import markdown_table
 
     spec = ServingSpec.model_validate_json(serving)
@@ -551,7 +551,8 @@ def infra_validate(
     from components.common.registry_state import RegistryState, read_state
     from components.common.teardown import freeze_for_exit
     from components.infra_validate import infra_validate as run_infra_validate
-    from components.specs import DatasetSpec, ServingSpec
+    from components.serving_spec import ServingSpec
+    from components.specs import DatasetSpec
     from pipelines.artifacts import attach, markdown_table
 
     spec = ServingSpec.model_validate_json(serving)
@@ -595,7 +596,8 @@ def canary_analysis(
     from components.canary_analysis import canary_analysis as run_canary_analysis
     from components.common.feast import EntityLookup
     from components.common.kserve.traffic import ClusterTarget
-    from components.specs import DatasetSpec, ServingSpec
+    from components.serving_spec import ServingSpec
+    from components.specs import DatasetSpec
     from pipelines.artifacts import attach
 
     cluster = None
@@ -627,7 +629,7 @@ def maintain_inference_log(serving: str, inference_log_dir: str, result: Output[
     from components.common import storage
     from components.common.inference_log import maintain
     from components.common.io import write_json
-    from components.specs import InferenceLogSpec, ServingSpec
+    from components.serving_spec import InferenceLogSpec, ServingSpec
     from pipelines.artifacts import attach
 
     settings = InferenceLogSpec.of(ServingSpec.model_validate_json(serving).inference_log)
