@@ -64,7 +64,8 @@ from components.common.registry import (
     redact_uri,
 )
 from components.common.storage import read_table
-from components.specs import DatasetSpec, ServingSpec
+from components.serving_spec import ServingSpec
+from components.specs import DatasetSpec
 
 logger = get_logger("canary_analysis")
 

@@ -57,7 +57,7 @@ from components.common.skips import log_skip
 if TYPE_CHECKING:
     from components.common.feast import EntityLookup
     from components.common.kserve.traffic import ClusterTarget
-    from components.specs import ServingSpec
+    from components.serving_spec import ServingSpec
 
 logger = get_logger("deploy")
 

@@ -60,7 +60,8 @@ from components.common.skips import log_skip
 if TYPE_CHECKING:
     import pandas as pd
 
-    from components.specs import DatasetSpec, ServingSpec
+    from components.serving_spec import ServingSpec
+    from components.specs import DatasetSpec
 
 logger = get_logger("infra_validate")
 

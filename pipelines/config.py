@@ -1,10 +1,10 @@
 """The ctpipe configuration file: one YAML document validated with pydantic.
 
 ``ctpipe.yaml`` at the repository root is the default; ``--config`` names another. The
-file is made of the component specs (``components/specs.py``) plus the infrastructure
-profile, which says where MLflow, Feast, Spark, KFP and the images live. Relative paths
-in the file are resolved against the file's folder, so the same file works from any
-working directory.
+file is made of the component specs (``components/specs.py`` and, for the ``serving``
+section, ``components/serving_spec.py``) plus the infrastructure profile, which says where
+MLflow, Feast, Spark, KFP and the images live. Relative paths in the file are resolved
+against the file's folder, so the same file works from any working directory.
 """
 
 from __future__ import annotations
@@ -23,6 +23,7 @@ from components.common import storage
 from components.common.environments import EnvironmentsSpec
 from components.common.errors import ConfigError
 from components.common.validation import read_config_mapping, validation_problems
+from components.serving_spec import ServingSpec
 from components.specs import (
     DatasetSpec,
     EvaluationSpec,
@@ -30,7 +31,6 @@ from components.specs import (
     ModelSpec,
     MonitoringSpec,
     ScheduleSpec,
-    ServingSpec,
     StrictModel,
 )
 
@@ -381,7 +381,7 @@ def load_config(path: str | os.PathLike[str] | None = None) -> CtpipeConfig:
 def _type_name(annotation: Any) -> str:
     generic = getattr(annotation, "__args__", None)
     text = str(annotation) if generic else getattr(annotation, "__name__", str(annotation))
-    for noise in ("typing.", "components.specs.", "pipelines.config."):
+    for noise in ("typing.", "components.specs.", "components.serving_spec.", "pipelines.config."):
         text = text.replace(noise, "")
     return text.replace("NoneType", "None")
 
@@ -393,7 +393,7 @@ def reference_markdown() -> str:
     lines = [
         "# Configuration reference",
         "",
-        "Generated from `pipelines/config.py` and `components/specs.py` "
+        "Generated from `pipelines/config.py`, `components/specs.py` and `components/serving_spec.py` "
         "(`python -m pipelines.docgen`); do not edit by hand.",
         "Unknown keys are errors. Relative paths are resolved against the configuration file's folder.",
         "",

@@ -21,7 +21,7 @@ embedded profile and in the serving image alike:
 What starts and stops a server process (``components.common.server_process``), renders its
 InferenceService and talks to KServe (``components.common.kserve``) lives in ``components``:
 imports run one way, components <- serving <- pipelines, and this package imports only
-``components.common`` and ``components.specs``.
+``components.common`` and the specs (``components.specs``, ``components.serving_spec``).
 """
 
 import sys as _sys

@@ -46,7 +46,7 @@ from kserve.protocol.infer_type import InferRequest
 
 from components.common.feast import EntityLookup
 from components.common.model_input import Feature, FeatureKind
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from serving.observability import BODIES_DECODED
 
 MAX_BATCH_ROWS = ServingSpec.model_fields["max_batch_rows"].default

@@ -50,7 +50,7 @@ from components.common.registry import (
     SERVING_RUNTIME_TAG,
     redact_uri,
 )
-from components.specs import RolloutSpec
+from components.serving_spec import RolloutSpec
 from serving.answers import output_types, served_values, v1_answer, v2_outputs
 from serving.decoding import (
     ENTITY_IDS_KEY,

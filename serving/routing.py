@@ -39,7 +39,7 @@ from prometheus_client import Counter
 
 from components.common.logs import get_logger
 from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
-from components.specs import RolloutSpec
+from components.serving_spec import RolloutSpec
 
 if TYPE_CHECKING:
     from serving.model import LoadedVersion

@@ -40,7 +40,7 @@ from components.common.server_process import (
     GRACEFUL_SHUTDOWN_SECONDS,
     SERVING_TOKEN_ENV,
 )
-from components.specs import INFERENCE_LOG_HASH_KEY_ENV, RolloutSpec, ServingSpec
+from components.serving_spec import INFERENCE_LOG_HASH_KEY_ENV, RolloutSpec, ServingSpec
 from serving.http import HttpSettings, add_routes
 from serving.observability import InferenceLogWriter
 

@@ -34,7 +34,7 @@ from components.common.feast import EntityLookup
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
 from components.common.registry import STATUS_ROUTE, redact_uri
-from components.specs import InferenceLogSpec, RolloutSpec, ServingSpec
+from components.serving_spec import InferenceLogSpec, RolloutSpec, ServingSpec
 
 logger = get_logger("server_process")
 

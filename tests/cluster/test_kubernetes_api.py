@@ -25,7 +25,7 @@ import pytest
 import yaml
 
 from components.common.kserve.manifests import render_inference_service
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.servers import ensure_debian_package
 from tests.servers.kubernetes import FIELD_MANAGER, KubeApiServer, server_side_apply
 

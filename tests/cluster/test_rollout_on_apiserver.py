@@ -22,7 +22,7 @@ from components.common.kserve.cluster import KServeSeam
 from components.common.kserve.rollout import OWNED_ANNOTATION
 from components.common.kserve.traffic import ClusterTarget, render_for_state, sync_inference_service, traffic_state
 from components.common.registry import BLESSED_TAG
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import followed_alias, kserve_container
 from tests.servers.kubernetes import KubeApiServer
 from tests.serving_helpers import Registry, build_registry

@@ -12,7 +12,7 @@ import requests
 from components.canary_analysis import canary_analysis
 from components.common.registry import CANARY_DECISION_TAG, CANARY_TAG, CANARY_VERSION_TAG
 from components.common.server_process import start_local_server, stop_local_server
-from components.specs import CanaryAnalysisSpec, ServingSpec
+from components.serving_spec import CanaryAnalysisSpec, ServingSpec
 from tests.helpers import free_port
 from tests.serving_helpers import POLL, Registry, build_registry, instances, make_frame
 from tests.serving_helpers import wait_for_log as wait_for_logged

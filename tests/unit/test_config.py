@@ -133,7 +133,7 @@ def test_configuration_reference_is_generated_and_complete():
 
 def test_the_serving_namespace_defaults_to_the_cronjobs_own(monkeypatch, tmp_path):
     """The CronJob sets CTPIPE_NAMESPACE to its namespace (the overlay's); a namespace in the config wins."""
-    from components.specs import NAMESPACE_ENV, ServingSpec
+    from components.serving_spec import NAMESPACE_ENV, ServingSpec
 
     cronjob = yaml.safe_load((Path(__file__).resolve().parents[2] / "manifests/base/cronjob.yaml").read_text())
     (container,) = cronjob["spec"]["jobTemplate"]["spec"]["template"]["spec"]["containers"]

@@ -15,7 +15,7 @@ from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG, set_traff
 from components.common.registry_state import read_state
 from components.common.server_process import stop_local_server
 from components.deploy import DeployResult, deploy, wait_for_serving
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import free_port
 from tests.serving_helpers import GOOD, Registry, build_registry
 

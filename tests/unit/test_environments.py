@@ -240,7 +240,7 @@ def test_the_staging_canary_decides_in_staging_and_the_prod_gate_reads_it(
     uri: str, tmp_path: Path, shift: float, decision: str
 ):
     from components.canary_analysis import canary_analysis
-    from components.specs import CanaryAnalysisSpec, ServingSpec
+    from components.serving_spec import CanaryAnalysisSpec, ServingSpec
 
     client = make_model(uri, "churn", ["true", "true", "true"], {"champion": 1})
     clock = Clock()

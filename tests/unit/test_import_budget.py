@@ -52,8 +52,9 @@ HEAVY = frozenset(
 _DATA = frozenset({"numpy", "pandas", "pyarrow", "cloudpickle"})  # pandas brings the others
 # What importing each module may load. Empty: a light module, imported by tasks that run on every
 # re-run. The others load what their step's work needs, and nothing more (MLflow stays inside the
-# functions everywhere). components.specs loads pandas through components.common.storage, so every
-# module that needs a spec at run time imports it inside its functions.
+# functions everywhere). components.specs and components.serving_spec load pandas through
+# components.common.storage, so every module that needs a spec at run time imports it inside its
+# functions.
 ALLOWED: dict[str, frozenset[str]] = {
     "components.register": frozenset(),
     "components.infra_validate": frozenset(),
@@ -66,6 +67,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "components.common.teardown": frozenset(),
     "components.common.tracking": frozenset(),
     "components.specs": _DATA,
+    "components.serving_spec": _DATA,
     "components.validate": _DATA,
     "components.fetch_features": _DATA,
     "components.evaluate": _DATA,
@@ -88,6 +90,7 @@ OWN_BUDGET_SECONDS: dict[str, float] = {
     "components.common.teardown": 0.25,
     "components.common.tracking": 0.25,
     "components.specs": 0.25,
+    "components.serving_spec": 0.25,
     "components.validate": 0.3,
     "components.fetch_features": 0.25,
     "components.evaluate": 0.25,

@@ -186,7 +186,7 @@ def test_monitoring_reads_a_window_of_a_log_larger_than_its_memory_cap(tmp_path:
 def test_settings_accept_a_bool_or_a_mapping() -> None:
     from pydantic import ValidationError
 
-    from components.specs import InferenceLogSpec, ServingSpec
+    from components.serving_spec import InferenceLogSpec, ServingSpec
 
     assert ServingSpec(inference_log=False).inference_log == InferenceLogSpec(enabled=False)
     assert not ServingSpec(inference_log=False).inference_log and ServingSpec().inference_log

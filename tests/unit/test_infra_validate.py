@@ -21,7 +21,8 @@ from components.common.server_process import start_local_server, stop_local_serv
 from components.deploy import deploy, wait_for_serving
 from components.infra_validate import already_infra_blessed, infra_validate
 from components.register import register
-from components.specs import DatasetSpec, ServingSpec
+from components.serving_spec import ServingSpec
+from components.specs import DatasetSpec
 from tests.helpers import float32_sensitive_model, free_port
 from tests.serving_helpers import FEATURES, GOOD, POLL, Registry, build_registry
 

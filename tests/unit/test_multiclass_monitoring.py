@@ -174,7 +174,7 @@ def test_canary_analysis_of_two_multiclass_versions_compares_class_mixes_and_lab
     tmp_path: Path, champion: Champion
 ) -> None:
     from components.canary_analysis import canary_analysis
-    from components.specs import CanaryAnalysisSpec, ServingSpec
+    from components.serving_spec import CanaryAnalysisSpec, ServingSpec
 
     client = tracking.registry_client(champion.uri)
     base = client.get_model_version_by_alias("segments", "champion")

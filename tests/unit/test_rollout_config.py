@@ -9,7 +9,7 @@ import pytest
 from pydantic import ValidationError
 
 from components.common.server_process import serving_args
-from components.specs import RolloutSpec, ServingSpec
+from components.serving_spec import RolloutSpec, ServingSpec
 from tests.helpers import ROOT
 
 

@@ -47,7 +47,7 @@ from components.common.errors import DeployError
 from components.common.feast import EntityLookup
 from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS
 from components.common.server_process import ENTITY_LOOKUP_ENV, serving_args
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 
 API_VERSION = "serving.kserve.io/v1beta1"
 DEPLOYMENT_MODE_ANNOTATION = "serving.kserve.io/deploymentMode"

@@ -27,7 +27,7 @@ from components.common.feast import EntityLookup
 from components.common.kserve.cluster import KServeSeam
 from components.common.kserve.manifests import render_inference_service
 from components.common.registry import CHALLENGER_ALIAS, CHAMPION_ALIAS, require_registered_model
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 
 
 class ClusterTarget(BaseModel):

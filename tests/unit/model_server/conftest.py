@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from components.common.server_process import LocalServer, start_local_server, stop_local_server
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import free_port
 from tests.serving_helpers import MAX_ROWS, POLL, Registry, ServerFactory, build_registry
 

@@ -21,7 +21,7 @@ import pytest
 import requests
 import yaml
 
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import ROOT, free_port, kserve_crd_validator
 from tests.serving_helpers import Registry, columnar, instances, wait_until
 
@@ -204,7 +204,7 @@ def test_the_rendered_pod_routes_by_the_configured_rollout(registry: Registry, t
     """serving.rollout reaches the pod: one target without --alias, routing sticky A/B itself."""
     from components.common.kserve.traffic import ClusterTarget, render_for_state, traffic_state
     from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG
-    from components.specs import RolloutSpec
+    from components.serving_spec import RolloutSpec
 
     name = "podab"
     registry.create(name, ["a", "b"], {"champion": 1, "challenger": 2})

@@ -16,7 +16,7 @@ import requests
 
 from components.common.errors import DeployError
 from components.common.server_process import LocalServer, start_local_server, stop_local_server
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import ROOT, free_port
 from tests.serving_helpers import FEATURES, GOOD, POLL, Registry, columnar, instances, status, v1, v2, wait_for_log
 

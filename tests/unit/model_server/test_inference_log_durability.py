@@ -15,7 +15,7 @@ import requests
 
 from components.common import server_process
 from components.common.inference_log import read_window
-from components.specs import INFERENCE_LOG_HASH_KEY_ENV
+from components.serving_spec import INFERENCE_LOG_HASH_KEY_ENV
 from serving.server import main as server_main
 from tests.serving_helpers import Registry, ServerFactory, instances, v1
 
@@ -108,7 +108,7 @@ def test_server_refuses_to_start_when_hashing_without_a_key(
 
 
 def test_serving_settings_become_the_servers_protection_flags() -> None:
-    from components.specs import ServingSpec
+    from components.serving_spec import ServingSpec
 
     spec = ServingSpec(inference_log={"exclude": ["email"], "hash": ["customer_id"], "hash_key_env": "MY_KEY"})
     args = server_process.serving_args(spec)

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from components.common.errors import DeployError
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import kserve_crd_validator
 
 

@@ -15,7 +15,8 @@ import requests
 from components.common import tracking
 from components.common.multiclass import probability_columns
 from components.common.server_process import LocalServer, start_local_server, stop_local_server
-from components.specs import ModelSpec, ServingSpec
+from components.serving_spec import ServingSpec
+from components.specs import ModelSpec
 from components.train import TrainResult, train
 from tests.data import SEGMENTS, multiclass_spec
 from tests.helpers import free_port

@@ -18,7 +18,8 @@ import requests
 from components.common.registry import SERVING_RUNTIME_TAG
 from components.infra_validate import infra_validate
 from components.register import register
-from components.specs import DatasetSpec, ServingSpec
+from components.serving_spec import ServingSpec
+from components.specs import DatasetSpec
 from tests.serving_helpers import (
     FEATURES,
     POLL,

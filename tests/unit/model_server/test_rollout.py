@@ -17,7 +17,7 @@ import pytest
 from components.common.errors import DeployError
 from components.common.kserve import rollout
 from components.common.kserve.traffic import ClusterTarget, render_for_state, traffic_state
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import followed_alias, kserve_container, kserve_crd_validator
 
 TRACKING = "http://mlflow.ctpipe-system.svc:5000"

@@ -15,7 +15,7 @@ import requests
 from components.common.errors import DeployError
 from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG, INFRA_BLESSED_TAG, LIVE_VERSION_TAG
 from components.common.server_process import LocalServer
-from components.specs import CanaryAnalysisSpec, ServingSpec
+from components.serving_spec import CanaryAnalysisSpec, ServingSpec
 from serving.routing import BUCKETS, sticky_bucket
 from tests.serving_helpers import Registry, ServerFactory, instances, make_frame, status, v1, wait_for_log, wait_until
 
@@ -214,7 +214,7 @@ def test_shadow_queue_never_blocks_and_counts_drops() -> None:
 def test_routing_rules_without_a_server() -> None:
     import random
 
-    from components.specs import RolloutSpec
+    from components.serving_spec import RolloutSpec
     from serving.routing import RoutingState
     from serving.versions import LoadedVersion
 

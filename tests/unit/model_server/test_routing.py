@@ -14,7 +14,7 @@ import requests
 from components.common.errors import DeployError
 from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG
 from components.common.server_process import start_local_server
-from components.specs import ServingSpec
+from components.serving_spec import ServingSpec
 from tests.helpers import free_port
 from tests.serving_helpers import GOOD, Registry, ServerFactory, instances, status, v1, wait_until
 

@@ -10,7 +10,8 @@ import requests
 from components.common.feast import _ENTITY_TYPES, EntityLookup, _online_store, online_features
 from components.common.server_process import start_local_server, stop_local_server
 from components.fetch_features import build_training_set
-from components.specs import DatasetSpec, FeastSpec, ServingSpec
+from components.serving_spec import ServingSpec
+from components.specs import DatasetSpec, FeastSpec
 from tests.helpers import free_port
 from tests.serving_helpers import FEATURES, POLL, Registry, make_frame
 
@@ -75,7 +76,7 @@ def test_server_answers_entity_id_requests_with_string_ids(tmp_path: Path, regis
 
 def test_sticky_ab_keys_on_the_entity_id_when_no_header_is_configured(tmp_path: Path, registry: Registry) -> None:
     from components.common.registry import CANARY_TAG, CANARY_VERSION_TAG
-    from components.specs import RolloutSpec
+    from components.serving_spec import RolloutSpec
     from serving.routing import BUCKETS, sticky_bucket
 
     spec, feast, workspace, rows = _string_entity_store(tmp_path)
