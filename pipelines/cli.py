@@ -398,5 +398,20 @@ def config_command(ctx: click.Context, check_data: bool) -> None:
     click.echo(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
 
 
+def run() -> None:
+    """The ``ctpipe`` program: :func:`main`, then an exit that does not walk every object it imported.
+
+    A command that loaded MLflow, scikit-learn or kfp would otherwise spend a second or more after
+    its last line of output in the interpreter's final garbage collection
+    (components.common.teardown). Tests call :func:`main` in-process and never freeze their heap.
+    """
+    from components.common.teardown import freeze_for_exit
+
+    try:
+        main(prog_name=Path(sys.argv[0]).name)
+    finally:  # click ends every command with SystemExit
+        freeze_for_exit()
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main(prog_name=Path(sys.argv[0]).name)
+    run()

@@ -55,12 +55,17 @@ def _type_name(kfp_type: str) -> str:
 
 
 def core_function(wrapper: Callable[..., Any]) -> Callable[..., Any] | None:
-    """The plain function in ``components/`` a KFP wrapper calls: the one named like the wrapper, else the first."""
+    """The plain function in ``components/`` a KFP wrapper calls: the one named like the wrapper, else the first.
+
+    ``freeze_for_exit``, which every wrapper calls last, is the task process's teardown, not its work.
+    """
+    from components.common.teardown import freeze_for_exit
+
     found = [
         getattr(importlib.import_module(module_name), name, None)
         for module_name, name in _CORE_IMPORT.findall(inspect.getsource(wrapper))
     ]
-    functions = [func for func in found if inspect.isfunction(func)]
+    functions = [func for func in found if inspect.isfunction(func) and func is not freeze_for_exit]
     same_name = [func for func in functions if func.__name__ == wrapper.__name__]
     chosen = same_name or functions
     return chosen[0] if chosen else None

@@ -138,6 +138,7 @@ def ingest(
     ``source_fingerprint`` (size, mtime and hash of the source, computed by the caller) is
     part of the cache key, so a changed source file is never served from cache.
     """
+    from components.common.teardown import freeze_for_exit
     from components.ingest import ingest as run_ingest
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
@@ -147,6 +148,7 @@ def ingest(
     )
     attach(snapshot, result)
     snapshot.metadata["source_fingerprint"] = source_fingerprint
+    freeze_for_exit()
     return result.content_hash
 
 
@@ -173,6 +175,7 @@ def validate(
     import pandas as pd
 
     from components.common.suites import save_suite, suite_for_run
+    from components.common.teardown import freeze_for_exit
     from components.specs import DatasetSpec
     from components.validate import validate as run_validate
     from pipelines.artifacts import attach, ensure_file
@@ -201,6 +204,7 @@ def validate(
     report.metadata["warnings"] = [o.message for o in outcome.warnings]
     report.metadata["quarantined_rows"] = outcome.quarantined_rows
     ensure_file(quarantine)
+    freeze_for_exit()
     return suite_hash
 
 
@@ -208,6 +212,7 @@ def fetch_features(
     snapshot: Input[Dataset], dataset: str, feast: str, workspace: str, training_set: Output[Dataset]
 ) -> int:
     """Point-in-time training set from Feast; materializes the online store. Returns missing entities."""
+    from components.common.teardown import freeze_for_exit
     from components.fetch_features import build_training_set
     from components.specs import DatasetSpec, FeastSpec
     from pipelines.artifacts import attach
@@ -220,6 +225,7 @@ def fetch_features(
         training_set.path,
     )
     attach(training_set, result)
+    freeze_for_exit()
     return result.missing_entities
 
 
@@ -240,6 +246,7 @@ def train(
     """Train the scikit-learn pipeline and log it to MLflow with lineage tags; returns the model URI."""
     from components.common.io import write_json
     from components.common.registry import lineage_tags
+    from components.common.teardown import freeze_for_exit
     from components.specs import DatasetSpec, ModelSpec
     from components.train import train as run_train
     from pipelines.artifacts import attach, write_metrics
@@ -258,6 +265,7 @@ def train(
     write_json(trained_model.path, result.model_dump(mode="json"))
     attach(trained_model, result)
     write_metrics(metrics, result.metrics)
+    freeze_for_exit()
     return result.model_uri
 
 
@@ -274,6 +282,7 @@ def evaluate(
     curves: Output[ClassificationMetrics],
 ) -> bool:
     """Score candidate and champion on the same held-out data; returns whether the candidate is blessed."""
+    from components.common.teardown import freeze_for_exit
     from components.evaluate import evaluate as run_evaluate
     from components.specs import DatasetSpec, EvaluationSpec
     from pipelines.artifacts import attach, per_class_values, write_classification_metrics, write_metrics
@@ -297,6 +306,7 @@ def evaluate(
     attach(blessing, {"blessed": result.blessed, "failed_checks": failed, **values})
     write_metrics(metrics, values)
     write_classification_metrics(curves, result.curves)
+    freeze_for_exit()
     return result.blessed
 
 
@@ -311,6 +321,7 @@ def batch_predict(
 ) -> int:
     """Score a snapshot with Spark using a fixed model version; returns the rows scored."""
     from components.batch_predict import batch_predict as run_batch_predict
+    from components.common.teardown import freeze_for_exit
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
 
@@ -324,6 +335,7 @@ def batch_predict(
         model_version,
     )
     attach(predictions, result)
+    freeze_for_exit()
     return result.rows
 
 
@@ -358,6 +370,7 @@ def monitor(
     import tempfile
 
     from components.common import tracking
+    from components.common.teardown import freeze_for_exit
     from components.ingest import ingest as run_ingest
     from components.monitor import monitor as run_monitor
     from components.specs import DatasetSpec, EvaluationSpec, MonitoringSpec
@@ -399,16 +412,19 @@ def monitor(
         values["prediction_psi"] = outcome.prediction_psi
     values.update({f"live_{k}": v for k, v in (outcome.performance or {}).items()})
     write_metrics(metrics, values)
+    freeze_for_exit()
     return outcome.decision
 
 
 def notify(pipeline: str, reports_dir: str, status: PipelineTaskFinalStatus, summary: Output[Markdown]) -> str:
     """Exit handler: write the run's Markdown summary, also when the run failed; posts nothing."""
+    from components.common.teardown import freeze_for_exit
     from components.notify import run_summary
 
     result = run_summary(
         pipeline, status.state, status.pipeline_job_resource_name, status.error_message or "", summary.path, reports_dir
     )
+    freeze_for_exit()
     return result.state
 
 

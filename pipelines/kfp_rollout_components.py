@@ -219,6 +219,7 @@ def canary_analysis(
     from components.canary_analysis import canary_analysis as run_canary_analysis
     from components.common.feast import EntityLookup
     from components.common.kserve.traffic import ClusterTarget
+    from components.common.teardown import freeze_for_exit
     from components.serving_spec import ServingSpec
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
@@ -238,6 +239,7 @@ def canary_analysis(
         cluster=cluster,
     )
     attach(result, {"decision": outcome.decision, "reason": outcome.reason, "action": outcome.action})
+    freeze_for_exit()
     return outcome.decision
 
 
@@ -252,6 +254,7 @@ def maintain_inference_log(serving: str, inference_log_dir: str, result: Output[
     from components.common import storage
     from components.common.inference_log import maintain
     from components.common.io import write_json
+    from components.common.teardown import freeze_for_exit
     from components.serving_spec import InferenceLogSpec, ServingSpec
     from pipelines.artifacts import attach
 
@@ -262,4 +265,5 @@ def maintain_inference_log(serving: str, inference_log_dir: str, result: Output[
         outcome = maintain(inference_log_dir, settings.retention_days)
     write_json(result.path, outcome)
     attach(result, outcome)
+    freeze_for_exit()
     return f"deleted {len(outcome['pruned_days'])} day(s), compacted {len(outcome['compacted_days'])} day(s)"

@@ -10,6 +10,8 @@ flake) and checks, against a generous budget, the time spent in ctpipe's own mod
 
 from __future__ import annotations
 
+import ast
+import dataclasses
 import re
 import subprocess
 import sys
@@ -189,3 +191,47 @@ def test_the_check_sees_a_heavy_import_and_who_made_it() -> None:
     )
     assert nested.heavy == {"mlflow": "components.register"}
     assert nested.own_seconds == pytest.approx(0.002)
+
+
+def _wrappers() -> list[tuple[str, ast.FunctionDef]]:
+    """Every task wrapper of ``Components``, with the module it is defined in."""
+    from pipelines.kfp_components import Components
+
+    found: list[tuple[str, ast.FunctionDef]] = []
+    for module in ("kfp_components", "kfp_rollout_components"):
+        tree = ast.parse((ROOT / "pipelines" / f"{module}.py").read_text())
+        found += [(module, node) for node in tree.body if isinstance(node, ast.FunctionDef)]
+    names = {node.name for _, node in found}
+    missing = {f.name for f in dataclasses.fields(Components)} - names
+    assert not missing, f"wrappers not found in pipelines/kfp_*components.py: {missing}"
+    return [(module, node) for module, node in found if node.name in {f.name for f in dataclasses.fields(Components)}]
+
+
+def test_every_task_wrapper_freezes_the_heap_right_before_it_returns() -> None:
+    # The exit of a process that imported MLflow, scikit-learn or Great Expectations walks every live
+    # object (components.common.teardown): seconds per task, for nothing. So each wrapper calls
+    # freeze_for_exit() once in its body, and after that call come only its returns.
+    late = []
+    for module, node in _wrappers():
+        calls = [
+            i
+            for i, statement in enumerate(node.body)
+            if isinstance(statement, ast.Expr)
+            and isinstance(statement.value, ast.Call)
+            and getattr(statement.value.func, "id", "") == "freeze_for_exit"
+        ]
+        tail = node.body[calls[-1] + 1 :] if calls else []
+        if not calls or not tail or not all(_only_returns(statement) for statement in tail):
+            late.append(f"pipelines/{module}.py: {node.name}")
+        elif sum(isinstance(n, ast.Return) for n in ast.walk(node)) != sum(
+            isinstance(n, ast.Return) for statement in tail for n in ast.walk(statement)
+        ):
+            late.append(f"pipelines/{module}.py: {node.name} (returns before freeze_for_exit())")
+    assert not late, f"these wrappers do not end with freeze_for_exit() and then their returns: {late}"
+
+
+def _only_returns(statement: ast.stmt) -> bool:
+    """A ``return``, or an ``if`` whose branches hold nothing but returns."""
+    if isinstance(statement, ast.Return):
+        return True
+    return isinstance(statement, ast.If) and all(_only_returns(s) for s in [*statement.body, *statement.orelse])
