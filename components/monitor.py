@@ -291,8 +291,8 @@ def monitor(
         The decision, human-readable reasons and the per-feature measurements.
 
     Raises:
-        DataError: A table is missing, unreadable, empty or lacks a feature (or join) column.
-        DataError: The inference log excludes or hashes every feature (``serving.inference_log``).
+        DataError: A table is missing, unreadable, empty or lacks a feature (or join) column, or the
+            inference log excludes or hashes every feature (``serving.inference_log``).
     """
     watch = _Stopwatch()
     late = monitoring.labels_source

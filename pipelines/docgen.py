@@ -19,6 +19,7 @@ import importlib
 import inspect
 import re
 import sys
+import textwrap
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -44,7 +45,10 @@ def split_docstring(func: Callable[..., Any]) -> tuple[str, dict[str, str]]:
             current = sections.setdefault(match.group(1), [])
         else:
             current.append(line)
-    return "\n".join(body).strip(), {name: inspect.cleandoc("\n".join(lines)) for name, lines in sections.items()}
+    # dedent, not cleandoc: cleandoc treats the first line apart, so the continuation of a section's
+    # only entry would lose the indent that marks it as a continuation.
+    texts = {name: textwrap.dedent("\n".join(lines)).strip() for name, lines in sections.items()}
+    return "\n".join(body).strip(), texts
 
 
 def _type_name(kfp_type: str) -> str:

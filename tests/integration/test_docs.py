@@ -4,7 +4,7 @@ import dataclasses
 import subprocess
 import sys
 
-from pipelines.docgen import components_markdown
+from pipelines.docgen import components_markdown, core_function, split_docstring
 from pipelines.docgen import main as docgen
 from pipelines.kfp_components import Components
 from tests.helpers import ROOT
@@ -21,6 +21,26 @@ def test_component_reference_covers_every_component_and_its_failure_modes():
     # Documented from the plain functions' docstrings, not written by hand.
     assert "Plain function: `components.validate.validate(" in page
     assert "**Failure modes**" in page and "`ValidationFailed`" in page
+
+
+def test_each_wrapper_is_documented_by_its_step_and_a_wrapped_entry_stays_one_bullet():
+    from pipelines import kfp_components
+
+    # Every wrapper ends with freeze_for_exit(); the plain function is still the step's own.
+    assert core_function(kfp_components.fingerprint_source).__name__ == "source_fingerprint"
+
+    def only_entry_wrapped():
+        """Summary.
+
+        Raises:
+            ValueError: A reason that is long enough
+                to go on over a second line.
+        """
+
+    _, sections = split_docstring(only_entry_wrapped)
+    assert sections["Raises"] == "ValueError: A reason that is long enough\n    to go on over a second line."
+    page = components_markdown()
+    assert "- `DataError`: The source is missing or unreadable, lacks the timestamp column or has unparseable" in page
 
 
 def test_mkdocs_builds_strict(tmp_path):
