@@ -8,6 +8,7 @@ import re
 import shutil
 import time
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pandas as pd
 import pytest
@@ -15,6 +16,9 @@ import pytest
 from components.common.errors import DataError
 from components.common.inference_log import append_batch, compact, maintain, protect, prune, read_window
 from serving.observability import InferenceLogWriter, LoggedRequest
+
+if TYPE_CHECKING:
+    from components.specs import DatasetSpec
 
 
 def _batch(stamps: list[str], version: str = "1") -> pd.DataFrame:
@@ -242,20 +246,26 @@ def test_the_writer_never_stores_excluded_columns_and_stores_hashed_ones_as_keye
         InferenceLogWriter(tmp_path, "churn", hash_columns=["customer_id"])
 
 
-def test_monitoring_skips_the_features_the_log_protects_and_reads_the_others(tmp_path: Path) -> None:
-    from components.monitor import _read_inference_log
+def _email_spec(numeric: list[str]) -> DatasetSpec:
+    """A spec of ``_batch``'s columns with ``numeric`` features and a personal-data one, ``email``."""
     from components.specs import DatasetSpec
 
-    batch = _batch(["2026-01-02T01:00:00Z", "2026-01-02T02:00:00Z"]).assign(email="ann@example.com", age=[30, 40])
-    append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
-    spec = DatasetSpec(
+    return DatasetSpec(
         source="x.parquet",
         entity_column="id",
         timestamp_column="ts",
         label_column="y",
-        numeric_features=["tenure_months", "age"],
+        numeric_features=numeric,
         categorical_features=["email"],
     )
+
+
+def test_monitoring_skips_the_features_the_log_protects_and_reads_the_others(tmp_path: Path) -> None:
+    from components.monitor import _read_inference_log
+
+    batch = _batch(["2026-01-02T01:00:00Z", "2026-01-02T02:00:00Z"]).assign(email="ann@example.com", age=[30, 40])
+    append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
+    spec = _email_spec(["tenure_months", "age"])
     frame, served, unmeasured = _read_inference_log(str(tmp_path), None, None, spec)
     assert unmeasured == {
         "email": "excluded from the inference log by serving.inference_log.exclude",
@@ -267,18 +277,10 @@ def test_monitoring_skips_the_features_the_log_protects_and_reads_the_others(tmp
 
 def test_monitoring_refuses_a_log_that_protects_every_feature(tmp_path: Path) -> None:
     from components.monitor import _read_inference_log
-    from components.specs import DatasetSpec
 
     batch = _batch(["2026-01-02T01:00:00Z"]).assign(email="ann@example.com")
     append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
-    spec = DatasetSpec(
-        source="x.parquet",
-        entity_column="id",
-        timestamp_column="ts",
-        label_column="y",
-        numeric_features=["tenure_months"],
-        categorical_features=["email"],
-    )
+    spec = _email_spec(["tenure_months"])
     expected = (
         rf"{re.escape(str(tmp_path))}: every monitored feature is excluded from or hashed in the inference log "
         r"\(serving\.inference_log\.exclude / \.hash\): \{'email': 'excluded', 'tenure_months': 'hashed'\}"
