@@ -399,14 +399,16 @@ def config_command(ctx: click.Context, check_data: bool) -> None:
 
 
 def run() -> None:
-    """The ``ctpipe`` program: :func:`main`, then an exit that does not walk every object it imported.
+    """The ``ctpipe`` program: :func:`main` with rare collections, then an exit that does not walk the heap.
 
-    A command that loaded MLflow, scikit-learn or kfp would otherwise spend a second or more after
-    its last line of output in the interpreter's final garbage collection
-    (components.common.teardown). Tests call :func:`main` in-process and never freeze their heap.
+    A command that loads MLflow, scikit-learn or kfp would otherwise spend a third longer in its
+    imports and a second or more after its last line of output in the interpreter's final garbage
+    collection (components.common.process_lifetime). Tests call :func:`main` in-process and keep
+    the collector as it is.
     """
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import collect_rarely, freeze_for_exit
 
+    collect_rarely()
     try:
         main(prog_name=Path(sys.argv[0]).name)
     finally:  # click ends every command with SystemExit

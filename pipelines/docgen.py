@@ -61,15 +61,16 @@ def _type_name(kfp_type: str) -> str:
 def core_function(wrapper: Callable[..., Any]) -> Callable[..., Any] | None:
     """The plain function in ``components/`` a KFP wrapper calls: the one named like the wrapper, else the first.
 
-    ``freeze_for_exit``, which every wrapper calls last, is the task process's teardown, not its work.
+    ``collect_rarely`` and ``freeze_for_exit``, which every wrapper calls first and last, tune the
+    task's process, and are not its work.
     """
-    from components.common.teardown import freeze_for_exit
+    from components.common import process_lifetime
 
     found = [
         getattr(importlib.import_module(module_name), name, None)
         for module_name, name in _CORE_IMPORT.findall(inspect.getsource(wrapper))
     ]
-    functions = [func for func in found if inspect.isfunction(func) and func is not freeze_for_exit]
+    functions = [func for func in found if inspect.isfunction(func) and func.__module__ != process_lifetime.__name__]
     same_name = [func for func in functions if func.__name__ == wrapper.__name__]
     chosen = same_name or functions
     return chosen[0] if chosen else None

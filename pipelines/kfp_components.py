@@ -88,12 +88,15 @@ def schedule_window(
     Never cached: the time is an input that moves outside the pipeline. Ingest is keyed on the
     bounds it returns, so runs for the same window still share ingest's cache entry.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     # No placeholder may be spelled out in this function: KFP ships its source in the task's
     # command, and kfp.local tries to resolve every placeholder it finds there.
     from collections import namedtuple
 
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.schedule import run_windows
-    from components.common.teardown import freeze_for_exit
     from components.specs import ScheduleSpec
 
     spec = ScheduleSpec.model_validate_json(schedule)
@@ -117,7 +120,10 @@ def fingerprint_source(source: str, declared: str) -> str:
     ``declared`` (an object version or ETag the caller knows) is used as is; empty means
     hash the source's content now.
     """
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
+    from components.common.process_lifetime import freeze_for_exit
     from components.ingest import source_fingerprint
 
     fingerprint = declared or source_fingerprint(source)
@@ -138,7 +144,10 @@ def ingest(
     ``source_fingerprint`` (size, mtime and hash of the source, computed by the caller) is
     part of the cache key, so a changed source file is never served from cache.
     """
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
+    from components.common.process_lifetime import freeze_for_exit
     from components.ingest import ingest as run_ingest
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
@@ -170,12 +179,15 @@ def validate(
     ``data_docs`` is Great Expectations' Data Docs page of the same run, every expectation
     with its observed values. Raises on blocking failures, which stops the pipeline before training.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     import os
 
     import pandas as pd
 
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.suites import save_suite, suite_for_run
-    from components.common.teardown import freeze_for_exit
     from components.specs import DatasetSpec
     from components.validate import validate as run_validate
     from pipelines.artifacts import attach, ensure_file
@@ -212,7 +224,10 @@ def fetch_features(
     snapshot: Input[Dataset], dataset: str, feast: str, workspace: str, training_set: Output[Dataset]
 ) -> int:
     """Point-in-time training set from Feast; materializes the online store. Returns missing entities."""
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
+    from components.common.process_lifetime import freeze_for_exit
     from components.fetch_features import build_training_set
     from components.specs import DatasetSpec, FeastSpec
     from pipelines.artifacts import attach
@@ -244,9 +259,12 @@ def train(
     metrics: Output[Metrics],
 ) -> str:
     """Train the scikit-learn pipeline and log it to MLflow with lineage tags; returns the model URI."""
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from components.common.io import write_json
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.registry import lineage_tags
-    from components.common.teardown import freeze_for_exit
     from components.specs import DatasetSpec, ModelSpec
     from components.train import train as run_train
     from pipelines.artifacts import attach, write_metrics
@@ -282,7 +300,10 @@ def evaluate(
     curves: Output[ClassificationMetrics],
 ) -> bool:
     """Score candidate and champion on the same held-out data; returns whether the candidate is blessed."""
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
+    from components.common.process_lifetime import freeze_for_exit
     from components.evaluate import evaluate as run_evaluate
     from components.specs import DatasetSpec, EvaluationSpec
     from pipelines.artifacts import attach, per_class_values, write_classification_metrics, write_metrics
@@ -320,8 +341,11 @@ def batch_predict(
     predictions: Output[Dataset],
 ) -> int:
     """Score a snapshot with Spark using a fixed model version; returns the rows scored."""
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from components.batch_predict import batch_predict as run_batch_predict
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import freeze_for_exit
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
 
@@ -366,11 +390,14 @@ def monitor(
     inference_log`` the requests the server answered in the window are the current data and
     the window's snapshot supplies the labels.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     import os
     import tempfile
 
     from components.common import tracking
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import freeze_for_exit
     from components.ingest import ingest as run_ingest
     from components.monitor import monitor as run_monitor
     from components.specs import DatasetSpec, EvaluationSpec, MonitoringSpec
@@ -418,7 +445,10 @@ def monitor(
 
 def notify(pipeline: str, reports_dir: str, status: PipelineTaskFinalStatus, summary: Output[Markdown]) -> str:
     """Exit handler: write the run's Markdown summary, also when the run failed; posts nothing."""
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
+    from components.common.process_lifetime import freeze_for_exit
     from components.notify import run_summary
 
     result = run_summary(

@@ -33,12 +33,15 @@ def current_champion(serving: str, tracking_uri: str) -> NamedTuple(  # type: ig
     (components.common.registry_state): register, infra validation and deploy decide from it
     whether they have anything to do, and register's and infra validation's cache is keyed on it.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from collections import namedtuple
 
     from components.common.errors import ModelNotFound
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.registry import CHAMPION_ALIAS
     from components.common.registry_state import read_state
-    from components.common.teardown import freeze_for_exit
     from components.serving_spec import ServingSpec
 
     model_name = ServingSpec.model_validate_json(serving).model_name
@@ -78,13 +81,16 @@ def register(
     registered so be left alone; ``registry_state_after`` is the state it leaves, for infra validation.
     Cache this task only with ``registry_state`` wired so; without it, turn its caching off.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from collections import namedtuple
 
     from components.common.holdout import HoldoutMetrics
     from components.common.io import write_text
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.registry import PIPELINE_RUN_TAG, lineage_tags
     from components.common.registry_state import RegistryState, read_state
-    from components.common.teardown import freeze_for_exit
     from components.register import register as run_register
     from pipelines.artifacts import markdown_table
 
@@ -126,10 +132,13 @@ def deploy(
     ``registry_state`` (as infra validation left it) lets a canary already open, on a local server
     that answers so, be left alone. Never cached: the server can stop without the registry changing.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from components.common.feast import EntityLookup
     from components.common.io import write_text
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.registry_state import RegistryState
-    from components.common.teardown import freeze_for_exit
     from components.deploy import deploy as run_deploy
     from components.serving_spec import ServingSpec
     from pipelines.artifacts import markdown_table
@@ -170,9 +179,12 @@ def infra_validate(
     infra-blessed skip the sandbox; ``registry_state_after`` is the state it leaves, for deploy.
     Cache this task only with ``registry_state`` wired so; without it, turn its caching off.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from components.common.io import write_text
+    from components.common.process_lifetime import freeze_for_exit
     from components.common.registry_state import RegistryState, read_state
-    from components.common.teardown import freeze_for_exit
     from components.infra_validate import infra_validate as run_infra_validate
     from components.serving_spec import ServingSpec
     from components.specs import DatasetSpec
@@ -216,10 +228,13 @@ def canary_analysis(
 
     In the cluster profile the InferenceService's traffic then follows the new aliases.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from components.canary_analysis import canary_analysis as run_canary_analysis
     from components.common.feast import EntityLookup
     from components.common.kserve.traffic import ClusterTarget
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import freeze_for_exit
     from components.serving_spec import ServingSpec
     from components.specs import DatasetSpec
     from pipelines.artifacts import attach
@@ -251,10 +266,13 @@ def maintain_inference_log(serving: str, inference_log_dir: str, result: Output[
     while the server writes and monitoring reads (docs/monitoring.md). Never cached: it depends on
     the date and on what the server wrote since.
     """
+    from components.common.process_lifetime import collect_rarely
+
+    collect_rarely()
     from components.common import storage
     from components.common.inference_log import maintain
     from components.common.io import write_json
-    from components.common.teardown import freeze_for_exit
+    from components.common.process_lifetime import freeze_for_exit
     from components.serving_spec import InferenceLogSpec, ServingSpec
     from pipelines.artifacts import attach
 

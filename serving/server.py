@@ -33,6 +33,7 @@ from typing import Any
 
 from components.common.feast import EntityLookup
 from components.common.logs import JsonFormatter, get_logger
+from components.common.process_lifetime import collect_rarely
 from components.common.registry import STATUS_ROUTE, redact_uri
 from components.common.server_process import (
     ADMIN_TOKEN_ENV,
@@ -178,6 +179,8 @@ def serve(
         log_hash_key: The key of those digests (from the environment).
         rollout: The rollout strategy (``serving.rollout``); default a random canary.
     """
+    # Until _settle_garbage_collector: loading the model imports MLflow, scikit-learn and onnxruntime.
+    collect_rarely()
     http = http or HttpSettings(max_request_bytes=_MAX_BYTES)
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
     # kserve's own response class triggers this on every request; nothing to act on here.

@@ -66,7 +66,7 @@ ALLOWED: dict[str, frozenset[str]] = {
     "components.common.registry": frozenset(),
     "components.common.registry_state": frozenset(),
     "components.common.skips": frozenset(),
-    "components.common.teardown": frozenset(),
+    "components.common.process_lifetime": frozenset(),
     "components.common.tracking": frozenset(),
     "components.specs": _DATA,
     "components.serving_spec": _DATA,
@@ -89,7 +89,7 @@ OWN_BUDGET_SECONDS: dict[str, float] = {
     "components.common.registry": 0.25,
     "components.common.registry_state": 0.25,
     "components.common.skips": 0.25,
-    "components.common.teardown": 0.25,
+    "components.common.process_lifetime": 0.25,
     "components.common.tracking": 0.25,
     "components.specs": 0.25,
     "components.serving_spec": 0.25,
@@ -207,19 +207,40 @@ def _wrappers() -> list[tuple[str, ast.FunctionDef]]:
     return [(module, node) for module, node in found if node.name in {f.name for f in dataclasses.fields(Components)}]
 
 
+def _calls_to(body: list[ast.stmt], name: str) -> list[int]:
+    """Where in ``body`` a statement is a bare call of ``name()``."""
+    return [
+        i
+        for i, statement in enumerate(body)
+        if isinstance(statement, ast.Expr)
+        and isinstance(statement.value, ast.Call)
+        and getattr(statement.value.func, "id", "") == name
+    ]
+
+
+def test_every_task_wrapper_collects_rarely_from_its_first_statement_on() -> None:
+    # A task's imports are most of its start-up, and the collector's default thresholds make them a
+    # third slower (components.common.process_lifetime): nothing may be imported before the call.
+    early = []
+    for module, node in _wrappers():
+        body = node.body[1:] if ast.get_docstring(node) else node.body
+        calls = _calls_to(body, "collect_rarely")
+        before = body[: calls[0]] if calls else body
+        imports_first = [
+            s for s in before if not (isinstance(s, ast.ImportFrom) and s.names[0].name == "collect_rarely")
+        ]
+        if not calls or imports_first:
+            early.append(f"pipelines/{module}.py: {node.name}")
+    assert not early, f"these wrappers do not start with collect_rarely(): {early}"
+
+
 def test_every_task_wrapper_freezes_the_heap_right_before_it_returns() -> None:
     # The exit of a process that imported MLflow, scikit-learn or Great Expectations walks every live
-    # object (components.common.teardown): seconds per task, for nothing. So each wrapper calls
+    # object (components.common.process_lifetime): seconds per task, for nothing. So each wrapper calls
     # freeze_for_exit() once in its body, and after that call come only its returns.
     late = []
     for module, node in _wrappers():
-        calls = [
-            i
-            for i, statement in enumerate(node.body)
-            if isinstance(statement, ast.Expr)
-            and isinstance(statement.value, ast.Call)
-            and getattr(statement.value.func, "id", "") == "freeze_for_exit"
-        ]
+        calls = _calls_to(node.body, "freeze_for_exit")
         tail = node.body[calls[-1] + 1 :] if calls else []
         if not calls or not tail or not all(_only_returns(statement) for statement in tail):
             late.append(f"pipelines/{module}.py: {node.name}")
