@@ -20,11 +20,12 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
-
-import pandas as pd
+from typing import TYPE_CHECKING, Any
 
 from components.common.logs import get_logger
+
+if TYPE_CHECKING:  # pandas is imported where a frame is hashed: a task that only reads a spec never loads it
+    import pandas as pd
 
 log = get_logger("io")
 
@@ -363,6 +364,8 @@ def file_sha256(path: str | os.PathLike[str]) -> str:
 
 def frame_sha256(frame: pd.DataFrame) -> str:
     """Content hash of a DataFrame: column names, dtypes and values, independent of the index."""
+    import pandas as pd
+
     digest = hashlib.sha256()
     digest.update(json.dumps([(str(c), str(t)) for c, t in frame.dtypes.items()]).encode())
     digest.update(pd.util.hash_pandas_object(frame, index=False).to_numpy().tobytes())

@@ -42,13 +42,14 @@ import tempfile
 import threading
 from collections.abc import Iterator
 from pathlib import Path, PurePosixPath
-from typing import IO, Any
+from typing import IO, TYPE_CHECKING, Any
 from urllib.parse import unquote, urlsplit, urlunsplit
-
-import pandas as pd
 
 from components.common import io as local_io
 from components.common.errors import DataError, StorageError
+
+if TYPE_CHECKING:  # imported by the functions that read or write tables: the specs import this module
+    import pandas as pd
 
 LOCAL_PROTOCOLS = frozenset({"", "file", "local"})
 # Environment variables the object-store SDKs read credentials, endpoints and regions from.
@@ -370,6 +371,8 @@ def read_table(location: str | os.PathLike[str]) -> pd.DataFrame:
         DataError: Nothing is there, the file is empty, or it is not a readable table.
         StorageError: The store refused the request or cannot be reached.
     """
+    import pandas as pd
+
     shown = redact(location)
     remote = is_remote(location)
     fs, path = filesystem(location)
@@ -398,6 +401,8 @@ def read_table(location: str | os.PathLike[str]) -> pd.DataFrame:
 
 def read_parquet(location: str | os.PathLike[str]) -> pd.DataFrame:
     """Read one Parquet file or object that is known to exist (no checks beyond the read itself)."""
+    import pandas as pd
+
     if not is_remote(location):
         return pd.read_parquet(local_path(location))
     fs, path = filesystem(location)
