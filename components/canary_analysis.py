@@ -274,13 +274,24 @@ def _multiclass(rows: pd.DataFrame) -> bool:
 def _hits(rows: pd.DataFrame, label_column: str) -> np.ndarray:
     """Per labelled row, whether the served answer was right.
 
-    A multiclass row's logged class is compared with the label as text; else a positive-class
-    probability of at least 0.5 stands for class 1.
+    A multiclass row's logged class is compared with the label as class text (:func:`_class_text`);
+    else a positive-class probability of at least 0.5 stands for class 1.
     """
     if _multiclass(rows):
-        return np.asarray(rows["predicted_class"].astype(str).to_numpy() == rows[label_column].astype(str).to_numpy())
+        return _class_text(rows["predicted_class"]) == _class_text(rows[label_column])
     predicted = (rows["prediction"].to_numpy(dtype=float) >= 0.5).astype(int)
     return np.asarray(predicted == rows[label_column].to_numpy().astype(int))
+
+
+def _class_text(values: pd.Series) -> np.ndarray:
+    """Class values as text, an integral float written as the integer: ``3.0`` and ``3`` are class ``"3"``.
+
+    Integer classes come back as floats wherever a column has a gap (a label table with a missing
+    label, a join that left rows without one), while the log holds the class the model answered.
+    """
+    return np.asarray(
+        [str(int(value)) if isinstance(value, float) and value.is_integer() else str(value) for value in values]
+    )
 
 
 def class_comparison(

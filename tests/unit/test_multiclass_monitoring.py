@@ -158,6 +158,17 @@ def test_class_drift_by_hand() -> None:
     assert same.class_psi == pytest.approx(0.0) and max(same.probability_psi.values()) == pytest.approx(0.0)
 
 
+def test_canary_accuracy_matches_integer_classes_whose_labels_were_read_as_floats() -> None:
+    from components.canary_analysis import _hits
+
+    # Digits-like classes: the log holds the class the model answered (an int, or its text); a label
+    # column with a gap is read back as floats, so 3 arrives as 3.0.
+    rows = pd.DataFrame({"predicted_class": [3, 7, 1, "8"], "digit": [3.0, 7.0, 2.0, 8.0], "prediction": 0.9})
+    assert _hits(rows, "digit").tolist() == [True, True, False, True]
+    named = pd.DataFrame({"predicted_class": ["x", "y"], "segment": ["x", "z"], "prediction": 0.9})
+    assert _hits(named, "segment").tolist() == [True, False]
+
+
 def test_canary_class_comparison_reports_the_class_mix_and_per_class_agreement() -> None:
     champion = pd.DataFrame({"request_id": ["q1", "q2", "q3", "q4"], "row": 0, "predicted_class": ["x", "x", "y", "z"]})
     challenger = champion.assign(predicted_class=["x", "y", "y", "z"])
