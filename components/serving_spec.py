@@ -132,8 +132,8 @@ class InferenceLogSpec(StrictModel):
     )
     exclude: list[str] = Field(
         default_factory=list,
-        description="Request columns never stored (personal data the log must not hold); monitoring cannot "
-        "measure the drift of an excluded feature.",
+        description="Request columns never stored (personal data the log must not hold); monitoring skips the "
+        "drift of an excluded (or hashed) feature and lists it as not measured.",
     )
     hash: list[str] = Field(
         default_factory=list,
