@@ -198,14 +198,14 @@ def _wrappers() -> list[tuple[str, ast.FunctionDef]]:
     """Every task wrapper of ``Components``, with the module it is defined in."""
     from pipelines.kfp_components import Components
 
+    wanted = {field.name for field in dataclasses.fields(Components)}
     found: list[tuple[str, ast.FunctionDef]] = []
     for module in ("kfp_components", "kfp_rollout_components"):
         tree = ast.parse((ROOT / "pipelines" / f"{module}.py").read_text())
-        found += [(module, node) for node in tree.body if isinstance(node, ast.FunctionDef)]
-    names = {node.name for _, node in found}
-    missing = {f.name for f in dataclasses.fields(Components)} - names
+        found += [(module, node) for node in tree.body if isinstance(node, ast.FunctionDef) and node.name in wanted]
+    missing = wanted - {node.name for _, node in found}
     assert not missing, f"wrappers not found in pipelines/kfp_*components.py: {missing}"
-    return [(module, node) for module, node in found if node.name in {f.name for f in dataclasses.fields(Components)}]
+    return found
 
 
 def _calls_to(body: list[ast.stmt], name: str) -> list[int]:
