@@ -27,6 +27,8 @@ from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import Any
 
+from tests.servers.process import free_ports
+
 MLSERVER_VERSION = "1.7.1"
 #: MLServer 1.7.1's inference workers die at start with uvloop 0.22+ ("There is no current event loop",
 #: SeldonIO/MLServer#2286); the last uvloop they work with.
@@ -123,14 +125,6 @@ def write_sklearn_model(model: Any, repository: Path, name: str, version: str) -
     return folder
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
 @dataclass
 class MLServerProcess:
     """An ``mlserver start`` process this benchmark started (its own session, so its workers stop with it)."""
@@ -203,11 +197,12 @@ def start_mlserver(
         ReferenceServerError: The server exits, or the model is not ready within ``timeout``.
     """
     host = "127.0.0.1"
+    http_port, grpc_port, metrics_port = free_ports(3)
     settings: dict[str, Any] = {
         "host": host,
-        "http_port": _free_port(),
-        "grpc_port": _free_port(),
-        "metrics_port": _free_port(),
+        "http_port": http_port,
+        "grpc_port": grpc_port,
+        "metrics_port": metrics_port,
         "debug": False,
         "metrics_dir": str(repository / ".metrics"),
         "environments_dir": str(repository / ".envs"),

@@ -27,8 +27,7 @@ from components.common import storage
 from components.specs import DatasetSpec
 from pipelines.spark_application import MAIN_APPLICATION_FILE
 from tests.data import ENTITY, TIMESTAMP
-from tests.helpers import free_port
-from tests.servers import DockerDaemon
+from tests.servers import DockerDaemon, free_ports
 from tests.unit.test_batch_predict import FEATURES, _fit, _register
 
 pytestmark = [pytest.mark.containers, pytest.mark.server]
@@ -70,7 +69,7 @@ def test_spark_cluster_in_the_image_scores_s3_to_s3(
     source, output = f"{s3_prefix}/input.parquet", f"{s3_prefix}/predictions"
     storage.write_parquet(source, churn_frame)
 
-    master_port, master_ui = free_port(), free_port()
+    master_port, master_ui, worker_port, worker_ui = free_ports(4)
     master_url = f"spark://127.0.0.1:{master_port}"
     # What spark-submit mounts in a driver pod: the properties naming the master (here the standalone one).
     (shared / "spark.properties").write_text(f"spark.master={master_url}\nspark.driver.host=127.0.0.1\n")
@@ -100,7 +99,7 @@ def test_spark_cluster_in_the_image_scores_s3_to_s3(
             image,
             "spark-class",
             "org.apache.spark.deploy.worker.Worker",
-            *("--host", "127.0.0.1", "--port", str(free_port()), "--webui-port", str(free_port())),
+            *("--host", "127.0.0.1", "--port", str(worker_port), "--webui-port", str(worker_ui)),
             # A work folder relative to the image's WORKDIR (the non-root user's home, writable by it).
             *("--cores", "2", "--memory", "1g", "--work-dir", "spark-work", master_url),
         )

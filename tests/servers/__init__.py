@@ -14,7 +14,14 @@ from tests.servers.debian_base import DEBIAN_BASE_PACKAGES, DEBIAN_BASE_SUITE, a
 from tests.servers.dockerd import DOCKER_STORAGE_DRIVERS, DockerDaemon, containers_cache, debian_docker_cli
 from tests.servers.mlflow_server import MlflowServer
 from tests.servers.postgres_server import PostgresServer
-from tests.servers.process import ServerProcess, ensure_debian_package, free_port, unavailable, wait_for_port
+from tests.servers.process import (
+    ServerProcess,
+    ensure_debian_package,
+    free_port,
+    free_ports,
+    unavailable,
+    wait_for_port,
+)
 from tests.servers.redis_server import RedisServer
 from tests.servers.registry_server import RegistryServer
 from tests.servers.s3_server import S3Server, weed_binary
@@ -38,6 +45,7 @@ __all__ = [
     "debian_docker_cli",
     "ensure_debian_package",
     "free_port",
+    "free_ports",
     "unavailable",
     "wait_for_port",
     "weed_binary",

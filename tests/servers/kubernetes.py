@@ -46,7 +46,7 @@ from typing import Any
 
 import yaml
 
-from tests.servers.process import ServerProcess, free_port, start_and_wait, wait_for_port
+from tests.servers.process import ServerProcess, free_port, free_ports, start_and_wait, wait_for_port
 
 # The one place the versions are pinned. Both resolve through the Go module proxy with the Go
 # toolchain these modules ask for (go 1.26).
@@ -494,7 +494,7 @@ class Etcd:
         """
         binary = binary or build(etcd_program())
         folder.mkdir(parents=True, exist_ok=True)
-        self.port, peer_port = free_port(), free_port()
+        self.port, peer_port = free_ports(2)
         self.url = f"http://127.0.0.1:{self.port}"
         peer = f"http://127.0.0.1:{peer_port}"
         self.process = start_and_wait(

@@ -7,6 +7,7 @@ server answers and otherwise stops what it started, and stops it with :meth:`Ser
 from __future__ import annotations
 
 import os
+import random
 import shutil
 import signal
 import socket
@@ -76,10 +77,55 @@ def ensure_debian_package(command: str, package: str, search_dirs: Sequence[str]
 
 
 def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
+    """A TCP port on 127.0.0.1 that nothing listens on right now (see :func:`free_ports`)."""
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct TCP ports on 127.0.0.1 that nothing is bound to right now.
+
+    Two things made a port chosen by binding port 0 collide with a server's own bind:
+    the kernel may hand the same ephemeral port to two calls in a row (a SeaweedFS server
+    got one port for its volume server and its filer's gRPC), and an outgoing connection
+    of any process may take an ephemeral port before the server binds it. So every port
+    is held until all are chosen, and they are drawn at random from below the kernel's
+    ephemeral range, where no outgoing connection lands.
+
+    Raises:
+        RuntimeError: ``count`` free ports were not found.
+    """
+    low = _ephemeral_range_start()
+    pool = range(_PORT_FLOOR, low) if low - _PORT_FLOOR >= 1000 else None  # else let the kernel choose
+    held: list[socket.socket] = []
+    try:
+        for _attempt in range(50 * count):
+            if len(held) == count:
+                break
+            sock = socket.socket()
+            try:
+                sock.bind(("127.0.0.1", random.choice(pool) if pool else 0))
+            except OSError:  # bound by something else, or lingering in TIME_WAIT
+                sock.close()
+                continue
+            held.append(sock)
+        if len(held) < count:
+            raise RuntimeError(f"found {len(held)} free ports on 127.0.0.1, needed {count}")
+        return [int(sock.getsockname()[1]) for sock in held]
+    finally:
+        for sock in held:
+            sock.close()
+
+
+# Below this are well-known and registered services' ports.
+_PORT_FLOOR = 20000
+
+
+def _ephemeral_range_start() -> int:
+    """The first port of the kernel's range for outgoing connections (Linux; 32768 elsewhere)."""
+    try:
+        return int(Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()[0])
+    except (OSError, ValueError, IndexError):
+        return 32768
 
 
 def wait_for_port(

@@ -19,7 +19,7 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from tests.servers.process import ServerProcess, free_port, start_and_wait, unavailable
+from tests.servers.process import ServerProcess, free_ports, start_and_wait, unavailable
 
 REGION = "us-east-1"
 # weed's graceful stop waits 15 s for its own gRPC streams; its data is thrown away, so after 2 s
@@ -88,9 +88,8 @@ class S3Server:
         )
         config.chmod(0o600)
         # Every port explicit: weed's defaults (9333, 8888, 8333, http port + 10000 for gRPC) may be taken.
-        ports = {
-            f"{kind}.{what}": free_port() for kind in ("master", "volume", "filer", "s3") for what in ("port", "grpc")
-        }
+        names = [f"{kind}.{what}" for kind in ("master", "volume", "filer", "s3") for what in ("port", "grpc")]
+        ports = dict(zip(names, free_ports(len(names)), strict=True))
         self.port = ports["s3.port"]
         self._grpc_ports = [port for name, port in ports.items() if name.endswith(".grpc")]
         args = [

@@ -7,7 +7,7 @@ import shutil
 import time
 from pathlib import Path
 
-from tests.servers.process import ServerProcess, free_port, start_and_wait, unavailable, wait_for_port
+from tests.servers.process import ServerProcess, free_ports, start_and_wait, unavailable, wait_for_port
 
 
 class SparkStandaloneCluster:
@@ -39,7 +39,8 @@ class SparkStandaloneCluster:
             unavailable("java is not installed; Spark needs Java 17+")
 
         env = {"SPARK_LOCAL_IP": "127.0.0.1", "SPARK_LOG_DIR": str(root / "logs"), "SPARK_NO_DAEMONIZE": "1"}
-        self.port, self.webui_port = free_port(), free_port()
+        # The master's two ports and each worker's two, drawn together so that no two are the same.
+        self.port, self.webui_port, *worker_ports = free_ports(2 + 2 * workers)
         self.url = f"spark://127.0.0.1:{self.port}"
         self.processes: list[ServerProcess] = []
         try:
@@ -66,7 +67,8 @@ class SparkStandaloneCluster:
                         [
                             str(spark_class),
                             "org.apache.spark.deploy.worker.Worker",
-                            *("--host", "127.0.0.1", "--port", str(free_port()), "--webui-port", str(free_port())),
+                            *("--host", "127.0.0.1", "--port", str(worker_ports[2 * index])),
+                            *("--webui-port", str(worker_ports[2 * index + 1])),
                             *("--cores", str(cores), "--memory", memory, "--work-dir", str(work_dir), self.url),
                         ],
                         root / f"worker-{index}.log",
