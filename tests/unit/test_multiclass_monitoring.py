@@ -11,8 +11,9 @@ import pytest
 
 from components.canary_analysis import class_comparison
 from components.common import tracking
+from components.common.errors import DataError
 from components.common.holdout import HoldoutMetrics
-from components.common.inference_log import append_batch
+from components.common.inference_log import append_batch, protect
 from components.common.multiclass import probability_columns
 from components.common.multiclass_drift import class_drift
 from components.common.registry import HOLDOUT_METRICS_TAG
@@ -114,24 +115,35 @@ def test_a_shift_that_moves_the_class_mix_asks_for_retraining_and_says_where(
     assert "predicted-class distribution" in predictions[0] or "probability of class" in predictions[0]
 
 
-def test_the_inference_log_served_probabilities_are_what_is_compared(tmp_path: Path, champion: Champion) -> None:
-    reference, _ = multiclass_frame(windows=1, rows=1500, seed=31)
-    window, _ = multiclass_frame(windows=1, rows=600, seed=34)
-    features = champion.spec.feature_columns
-    # Served answers that all say 'budget' (as a broken version would): the log's columns must be used.
-    served = np.tile(np.eye(len(SEGMENTS))[0], (len(window), 1))
+def _log_window(
+    log_dir: Path,
+    window: pd.DataFrame,
+    features: list[str],
+    served: np.ndarray | None,
+    hash_columns: tuple[str, ...] = (),
+) -> None:
+    """Log ``window`` as the model server would, with the ``served`` probabilities (None: without those columns)."""
     names = probability_columns(SEGMENTS)
+    probabilities = {} if served is None else {name: served[:, index] for index, name in enumerate(names)}
     logged = window[features].assign(
         request_id=[f"r{i}" for i in range(len(window))],
         timestamp=pd.Timestamp.now(tz="UTC") - pd.to_timedelta(np.arange(len(window)), unit="s"),
         model_name="segments",
         model_version="1",
-        prediction=served.max(axis=1),
+        prediction=1.0,
         predicted_class="budget",
         status="ok",
-        **{name: served[:, index] for index, name in enumerate(names)},
+        **probabilities,
     )
-    append_batch(tmp_path / "inference_log", logged)
+    append_batch(log_dir, protect(logged, hash_columns=hash_columns, key=b"test-key"))
+
+
+def test_the_inference_log_served_probabilities_are_what_is_compared(tmp_path: Path, champion: Champion) -> None:
+    reference, _ = multiclass_frame(windows=1, rows=1500, seed=31)
+    window, _ = multiclass_frame(windows=1, rows=600, seed=34)
+    # Served answers that all say 'budget' (as a broken version would): the log's columns must be used.
+    served = np.tile(np.eye(len(SEGMENTS))[0], (len(window), 1))
+    _log_window(tmp_path / "inference_log", window, champion.spec.feature_columns, served)
 
     result = _monitor(
         tmp_path,
@@ -144,6 +156,40 @@ def test_the_inference_log_served_probabilities_are_what_is_compared(tmp_path: P
     assert result.class_drift is not None
     assert result.class_drift.current_share["budget"] == 1.0
     assert result.decision == "retrain"
+
+
+def test_a_log_without_served_probabilities_whose_features_are_hashed_is_refused(
+    tmp_path: Path, champion: Champion
+) -> None:
+    """The model would have to score digests in place of a hashed feature's values: refused, never measured."""
+    reference, _ = multiclass_frame(windows=1, rows=1500, seed=31)
+    window, _ = multiclass_frame(windows=1, rows=300, seed=35)
+    hashed = champion.spec.numeric_features[0]
+    log_dir = tmp_path / "inference_log"
+    _log_window(log_dir, window, champion.spec.feature_columns, served=None, hash_columns=(hashed,))
+
+    with pytest.raises(DataError) as raised:
+        _monitor(tmp_path, champion, reference, str(log_dir), monitoring=MonitoringSpec(current_source="inference_log"))
+
+    message = str(raised.value)
+    assert str(log_dir) in message and "lacks served probability columns" in message
+    assert f"'{hashed}'" in message and "hashed" in message
+    assert not (tmp_path / "result.json").exists()
+
+    # The same log with the served probabilities is measured, the hashed feature listed as not measured.
+    served = champion.model.predict_proba(window[champion.spec.feature_columns])  # type: ignore[attr-defined]
+    other = tmp_path / "served"
+    other.mkdir()
+    _log_window(other / "inference_log", window, champion.spec.feature_columns, served, hash_columns=(hashed,))
+    result = _monitor(
+        other,
+        champion,
+        reference,
+        str(other / "inference_log"),
+        monitoring=MonitoringSpec(current_source="inference_log"),
+    )
+    assert set(result.unmeasured) == {hashed}
+    assert hashed not in {f.feature for f in result.features}
 
 
 def test_class_drift_by_hand() -> None:
