@@ -28,6 +28,7 @@ from pydantic import BaseModel, Field
 
 from components.common import report, tracking
 from components.common.errors import ConfigError, DataError, ModelNotFound
+from components.common.holdout import score_quantiles
 from components.common.imports import import_metric
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
@@ -87,6 +88,11 @@ class EvaluationResult(BaseModel):
     per_class: dict[str, dict[str, float]] = Field(
         default_factory=dict,
         description="Multiclass: class -> the candidate's precision, recall, f1 and support on the held-out rows.",
+    )
+    score_quantiles: list[float] | None = Field(
+        default=None,
+        description="Binary and regression: the candidate's scores on the held-out rows at 101 quantiles; "
+        "register records them on the version as the reference of prediction drift.",
     )
 
 
@@ -450,6 +456,7 @@ def evaluate(
         curves=curves,
         skipped_slices=skipped,
         per_class=per_class,
+        score_quantiles=None if spec.task == "multiclass_classification" else score_quantiles(outputs["candidate"][0]),
     )
     # Through the JSON encoder so NaN and infinity become null and the file stays valid JSON.
     write_json(blessing_path, json.loads(result.model_dump_json()))

@@ -22,8 +22,9 @@ The decision is the worst of the individual severities:
 - with fewer than ``min_rows`` current rows the decision is capped at ``warn``.
 
 The reference table (the champion's training rows, or a reference window) stays the reference
-*distribution* for feature and prediction drift, and the sample permutation importance is
-measured on.
+*distribution* for feature drift, and the sample permutation importance is measured on. Prediction
+drift compares with the scores evaluation recorded on the version's held-out rows, when it did:
+the model's scores of rows it was trained on are more confident than of rows it has not seen.
 
 Everything is vectorised, and each numeric feature is sorted once per side for its PSI, KS test
 and plot (:mod:`components.common.drift`): a million rows by twenty features take under 2 s on two
@@ -58,8 +59,9 @@ from components.common.holdout import Baseline
 from components.common.io import write_json, write_text
 from components.common.labels import LabelJoin, join_late_labels, join_latest_label
 from components.common.logs import get_logger
-from components.common.multiclass import class_probabilities, probability_columns
+from components.common.multiclass import class_probabilities
 from components.common.multiclass_drift import ClassDrift, class_drift
+from components.common.served_window import read_served_window, served_labels, served_probabilities
 from components.common.storage import read_table
 from components.specs import DatasetSpec, MetricSpec, MonitoringSpec
 
@@ -75,11 +77,6 @@ MAX_PLOTS = 12
 MAX_CATEGORIES = 15
 # A feature name in a plot title is cut to this many characters (the features table has it whole).
 NAME_CHARS = 32
-# Why a feature the inference log protects (components.common.inference_log.protect) cannot be measured.
-_PROTECTED_WHY = {
-    "excluded": "excluded from the inference log by serving.inference_log.exclude",
-    "hashed": "hashed in the inference log by serving.inference_log.hash (its values are digests)",
-}
 # Table locations read as Parquet, as storage.read_table reads them (KFP artifact paths have no suffix).
 _PARQUET_SUFFIXES = frozenset({".parquet", ".pq", ""})
 
@@ -112,6 +109,11 @@ class MonitorResult(BaseModel):
         default_factory=dict,
         description="Features whose drift was not measured, each with why (e.g. excluded from the inference log "
         "by serving.inference_log.exclude); they have no entry in features.",
+    )
+    prediction_reference: str | None = Field(
+        default=None,
+        description="What prediction drift compared the current scores with: the version's holdout scores, "
+        "or the model's scores on the reference rows when none are recorded (with a model).",
     )
 
 
@@ -211,6 +213,22 @@ def _scores(model: Any, frame: pd.DataFrame, spec: DatasetSpec) -> np.ndarray:
     return np.asarray(model.predict(frame[spec.feature_columns]), dtype=float)
 
 
+def _reference_scores(
+    model: Any, reference: pd.DataFrame, spec: DatasetSpec, baseline: Baseline | None
+) -> tuple[np.ndarray, str]:
+    """Prediction drift's reference scores, and what they are in one phrase.
+
+    The holdout scores recorded on the version when there are any (quantiles: a sample of
+    equally likely scores); else the model's own scores on the reference rows.
+    """
+    if baseline is not None and baseline.score_quantiles:
+        return (
+            np.asarray(baseline.score_quantiles, dtype=float),
+            f"the scores evaluation measured on the {baseline.rows} held-out rows of {baseline.model}",
+        )
+    return _scores(model, reference, spec), "the model's scores on the reference rows (no holdout scores recorded)"
+
+
 def _importances(model: Any, reference: pd.DataFrame, spec: DatasetSpec) -> dict[str, float] | None:
     """Permutation importance on a seeded labelled reference sample, clipped at 0 and normalised to sum 1."""
     from sklearn.inspection import permutation_importance
@@ -305,7 +323,7 @@ def monitor(
     # Features whose drift cannot be measured from the current data, each with why; the rest are measured.
     unmeasured: dict[str, str] = {}
     if monitoring.current_source == "inference_log":
-        current, served, unmeasured = _read_inference_log(
+        current, served, unmeasured = read_served_window(
             current_path, window_start, window_end, spec, every_column=spec.task == "multiclass_classification"
         )
         current_columns = [str(name) for name in current.columns]
@@ -364,18 +382,20 @@ def monitor(
     performance: dict[str, float] | None = None
     prediction_plot: Histograms | None = None
     classes_drift: ClassDrift | None = None
+    prediction_reference: str | None = None
     if model is not None:
         what = ""
         if spec.task == "multiclass_classification":
+            prediction_reference = "the model's class probabilities on the reference rows"
             ref_scores = class_probabilities(model, reference[spec.feature_columns])
-            cur_scores = _served_probabilities(
+            cur_scores = served_probabilities(
                 model, current, spec, current_path if served is not None else None, reasons, unmeasured
             )
             classes_drift = class_drift(list(model.classes_), ref_scores, cur_scores, monitoring.bins)
             prediction_psi, measured_what = classes_drift.worst
             what = f" on {measured_what}"
         else:
-            ref_scores = _scores(model, reference, spec)
+            ref_scores, prediction_reference = _reference_scores(model, reference, spec, baseline)
             cur_scores = served if served is not None else _scores(model, current, spec)
             ref_sorted, cur_sorted = sorted_sample(ref_scores), sorted_sample(cur_scores)
             prediction_psi = psi_sorted(ref_sorted, cur_sorted, monitoring.bins)
@@ -391,7 +411,7 @@ def monitor(
             reasons.append(f"Predictions drifted: PSI {prediction_psi:.3f}{what} >= {monitoring.psi_warn} -> warn.")
         labelled = int(current[spec.label_column].notna().sum()) if spec.label_column in current.columns else 0
         if metrics and labelled and baseline is not None:
-            predicted = None if served is None else _served_labels(model, served, spec, cur_scores)
+            predicted = None if served is None else served_labels(model, served, spec, cur_scores)
             live = metric_values(metrics, model, current, spec, cur_scores, predicted)
             performance, perf_severities, perf_reasons = judge_performance(
                 metrics, live, labelled, baseline, monitoring
@@ -432,6 +452,7 @@ def monitor(
         labels=labels,
         class_drift=classes_drift,
         unmeasured=unmeasured,
+        prediction_reference=prediction_reference,
     )
     write_json(result_path, result.model_dump(mode="json"))
     write_text(report_path, _report(result, monitoring, measured, prediction_plot))
@@ -466,123 +487,6 @@ def _champion(model_uri: str, tracking_uri: str | None) -> tuple[Any, Baseline]:
     # Only models:/ URIs of the configured registry, unpickled after the SHA-256 check.
     model = tracking.load_registered_model(pinned, tracking_uri)
     return model, read_baseline(pinned, client)
-
-
-def _read_inference_log(
-    log_dir: str, start: str | None, end: str | None, spec: DatasetSpec, every_column: bool = False
-) -> tuple[pd.DataFrame, np.ndarray, dict[str, str]]:
-    """The requests answered in the window (failed ones dropped), their served predictions, and what is unmeasurable.
-
-    ``every_column`` reads every column of the log: a multiclass version's ``proba_<class>``
-    columns are named by classes only the model, loaded later, knows.
-
-    Only the columns monitoring uses are read (the log is scanned with the window as a filter, so
-    memory follows the window's rows and these columns). A feature the server's
-    ``serving.inference_log`` settings exclude or hash is not in the log as its raw value, so its
-    drift cannot be measured. Protecting personal data is deliberate, so such features are
-    returned with the reason (to be skipped and reported) and the others are measured.
-
-    Returns:
-        The rows, their served predictions, and ``{feature: why its drift cannot be measured}``.
-
-    Raises:
-        DataError: Every monitored feature is excluded or hashed (nothing is left to measure), or
-            the window has no answered requests.
-    """
-    from components.common import inference_log
-
-    columns = [
-        *spec.feature_columns,
-        spec.entity_column,
-        spec.label_column,
-        spec.timestamp_column,
-        "prediction",
-        "status",
-        "model_alias",
-    ]
-    wanted = None if every_column else [c for c in columns if c]
-    frame = inference_log.read_window(log_dir, start or None, end or None, columns=wanted)
-    protection = frame.attrs.get("protection") or {}
-    protected = {
-        name: how for how in ("excluded", "hashed") for name in protection.get(how, []) if name in spec.feature_columns
-    }
-    if protected and set(protected) == set(spec.feature_columns):
-        raise DataError(
-            f"{log_dir}: every monitored feature is excluded from or hashed in the inference log "
-            f"(serving.inference_log.exclude / .hash): {protected}, so no feature drift can be measured from it; "
-            "expected at least one feature stored as its raw value. Use monitoring.current_source 'snapshot', "
-            "or stop protecting the features that are not personal data"
-        )
-    unmeasured = {name: _PROTECTED_WHY[how] for name, how in protected.items()}
-    if unmeasured:
-        log.warning(
-            "features not measured for drift",
-            extra={"inference_log": log_dir, "unmeasured": unmeasured},
-        )
-    if "status" in frame.columns:
-        frame = frame[frame["status"].fillna("ok") == "ok"]
-    if "model_alias" in frame.columns:
-        # A shadow's answers were never served: monitoring measures the traffic and what it was answered.
-        frame = frame[frame["model_alias"].fillna("") != "shadow"]
-    frame = frame.drop(columns=["model_alias"], errors="ignore")
-    frame = frame[frame["prediction"].notna()].reset_index(drop=True)
-    if frame.empty:
-        raise DataError(
-            f"{log_dir}: the inference log has no answered requests in [{start or 'start'}, {end or 'now'}); "
-            "expected at least one row to compare"
-        )
-    return frame, pd.to_numeric(frame["prediction"], errors="coerce").to_numpy(dtype=float), unmeasured
-
-
-def _served_probabilities(
-    model: Any,
-    current: pd.DataFrame,
-    spec: DatasetSpec,
-    log_dir: str | None,
-    reasons: list[str],
-    unmeasured: dict[str, str],
-) -> np.ndarray:
-    """A multiclass model's ``[n, k]`` probabilities on the current rows.
-
-    As served (the log's ``proba_<class>`` columns) when every row has them, else the model's own
-    on the window's features. ``log_dir`` is the inference log the rows come from (None: a snapshot).
-
-    Raises:
-        DataError: The model must score the rows but some of its features are not in the log as
-            their values (``unmeasured``).
-    """
-    names = probability_columns(list(model.classes_))
-    if log_dir is not None and all(name in current.columns for name in names):
-        served = current[names].apply(pd.to_numeric, errors="coerce").to_numpy(dtype=float)
-        if not np.isnan(served).any():
-            return served
-    if unmeasured:
-        # Scoring digests (or nothing) in place of the values would give a prediction drift that means nothing.
-        raise DataError(
-            f"{log_dir}: the inference log lacks served probability columns {names} for some rows, and the "
-            f"model cannot score the logged features instead: {unmeasured}; expected every row to have {names}"
-        )
-    if log_dir is not None:
-        reasons.append(
-            f"The inference log lacks served probability columns {names} for some rows (another version's "
-            "classes?); prediction drift uses the model's own probabilities on the logged features."
-        )
-    return class_probabilities(model, current[spec.feature_columns])
-
-
-def _served_labels(model: Any, served: np.ndarray, spec: DatasetSpec, scores: np.ndarray) -> np.ndarray:
-    """Labels the served predictions stand for.
-
-    A positive-class probability above 0.5 is ``classes_[1]``; a multiclass row's label is its most
-    probable class (in ``scores``, the served probabilities).
-    """
-    if spec.task == "multiclass_classification":
-        return np.asarray(model.classes_)[np.argmax(scores, axis=1)]
-    if spec.task != "binary_classification":
-        return served
-    classes = np.asarray(model.classes_)
-    # Ties go to the first class, as with predict_proba's argmax in scikit-learn's predict.
-    return np.where(served > 0.5, classes[1], classes[0])
 
 
 # --- report ------------------------------------------------------------------------------
@@ -631,6 +535,8 @@ def _report(
     )
     if result.baseline is not None:
         summary += f" Live-performance reference: {html.escape(result.baseline.note)}."
+    if result.prediction_reference is not None:
+        summary += f" Prediction-drift reference: {html.escape(result.prediction_reference)}."
     sections = [("Reasons", "<ul>" + "".join(f"<li>{html.escape(r)}</li>" for r in result.reasons) + "</ul>")]
     rows = [
         {

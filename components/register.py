@@ -4,8 +4,8 @@ A version is created once per training run, carrying ``ctpipe.blessed`` from the
 exists; a blessed one becomes ``challenger`` under the registry lock. The alias rules and
 the operations that move aliases (``promote``, ``rollback``) are in
 :mod:`components.common.registry`. With evaluate's result, the version also records the metrics
-evaluation measured on its holdout (``ctpipe.holdout_metrics``), the baseline the monitor compares
-live performance with (:mod:`components.common.holdout`).
+and scores evaluation measured on its holdout (``ctpipe.holdout_metrics``), the baseline the monitor
+compares live performance and prediction drift with (:mod:`components.common.holdout`).
 
 Each version is also compiled to ONNX (:mod:`components.common.compiled_model`): ``model.onnx``
 is logged among the logged model's artifacts, so ``models:/NAME/VERSION`` downloads it with the
@@ -338,8 +338,8 @@ def register(
         lineage: Extra version tags: data snapshot hash, suite hash, config hash, pipeline run, git commit...
         known_state: The model's registry state read earlier in the run; None to read everything now.
         holdout: What evaluation measured on the run's held-out rows, recorded as the version tag
-            ``ctpipe.holdout_metrics``: the monitor's baseline for live performance
-            (:mod:`components.common.holdout`). None records nothing (the monitor then has no baseline).
+            ``ctpipe.holdout_metrics``: the monitor's baseline for live performance and prediction
+            drift (:mod:`components.common.holdout`). None records nothing (the monitor then has no baseline).
 
     Returns:
         The version, whether it was created now, its aliases, and ``skipped`` when nothing changed.

@@ -14,10 +14,17 @@ on the version's held-out rows:
   kfp.local, an MLflow server on a cluster), and the record follows the version through
   promotion and rollback: the monitoring pipeline needs no new input.
 
+The same record carries the reference of **prediction drift** (binary classification and
+regression): the candidate's scores on the held-out rows at 101 quantiles. Scores of the rows a
+model was trained on are more confident than its scores of unseen rows (a forest's training-row
+probabilities sit near 0 and 1), so comparing live scores with them shows drift where there is
+none; the holdout's scores are what the model gives rows it has not seen.
+
 A version registered before ctpipe recorded it has no tag: the result says so, and live metrics
 are then compared only with their absolute thresholds (``evaluation.metrics[].threshold``), never
 with a baseline, so a missing record cannot raise a false retraining alarm; the record comes with
-the next version the training pipeline registers.
+the next version the training pipeline registers. Without recorded scores, prediction drift
+compares with the model's scores on the reference rows, and the result says so.
 
 Light on purpose (no pandas, no MLflow at import): ``register`` imports it and must start fast.
 """
@@ -33,17 +40,30 @@ from pydantic import BaseModel, Field
 
 from components.common.registry import HOLDOUT_METRICS_TAG
 
+# Quantiles of the holdout scores recorded: 0%, 1%, ..., 100% (about 1 KB of tag).
+SCORE_QUANTILES = 101
+_SCORES_FIELD = Field(
+    default=None,
+    description="The candidate's scores on the held-out rows (binary: positive-class probability; regression: "
+    f"the prediction) at {SCORE_QUANTILES} evenly spaced quantiles, 0% to 100%; prediction drift's reference. "
+    "None for multiclass models and versions evaluated before ctpipe recorded them.",
+)
+
 
 class HoldoutMetrics(BaseModel):
     """What evaluation measured on a candidate's held-out rows; recorded on its registered version."""
 
     metrics: dict[str, float] = Field(description="Metric short name -> value on the holdout.")
     rows: int = Field(ge=0, description="Held-out rows the metrics were computed on.")
+    score_quantiles: list[float] | None = _SCORES_FIELD
 
     def to_tag(self) -> str:
         """The tag value: compact JSON with sorted keys, so registering again writes the same string."""
         finite = {name: float(value) for name, value in self.metrics.items() if math.isfinite(value)}
-        return json.dumps({"metrics": finite, "rows": self.rows}, sort_keys=True, separators=(",", ":"))
+        record: dict[str, Any] = {"metrics": finite, "rows": self.rows}
+        if self.score_quantiles:
+            record["score_quantiles"] = self.score_quantiles
+        return json.dumps(record, sort_keys=True, separators=(",", ":"))
 
     @classmethod
     def from_evaluation(cls, path: str) -> HoldoutMetrics:
@@ -57,7 +77,11 @@ class HoldoutMetrics(BaseModel):
         try:
             payload = json.loads(Path(path).read_text())
             candidate = payload["candidate"]
-            return cls(metrics={k: float(v) for k, v in candidate.items() if v is not None}, rows=payload["rows"])
+            return cls(
+                metrics={k: float(v) for k, v in candidate.items() if v is not None},
+                rows=payload["rows"],
+                score_quantiles=payload.get("score_quantiles"),
+            )
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             raise DataError(
                 f"{path}: not an evaluation result; expected JSON with 'candidate' (metric -> value) and 'rows', "
@@ -75,6 +99,23 @@ class Baseline(BaseModel):
     rows: int | None = Field(default=None, description="Held-out rows behind the metrics.")
     model: str | None = Field(default=None, description="The registered version, models:/NAME/VERSION.")
     note: str = Field(description="Where the reference values came from, in one sentence for reports.")
+    score_quantiles: list[float] | None = _SCORES_FIELD
+
+
+def score_quantiles(scores: Any) -> list[float] | None:
+    """The finite ``scores`` at :data:`SCORE_QUANTILES` evenly spaced quantiles, to 6 significant digits.
+
+    Each quantile is a score some row had (``inverted_cdf``), so a model whose scores pile up on
+    one value (a forest's 0.0) keeps that pile's share. None when no score is finite.
+    """
+    import numpy as np
+
+    values = np.asarray(scores, dtype=float).ravel()
+    values = values[np.isfinite(values)]
+    if values.size == 0:
+        return None
+    points = np.quantile(values, np.linspace(0.0, 1.0, SCORE_QUANTILES), method="inverted_cdf")
+    return [float(f"{value:.6g}") for value in points]
 
 
 def read_baseline(model_uri: str, client: Any) -> Baseline:
@@ -116,6 +157,7 @@ def read_baseline(model_uri: str, client: Any) -> Baseline:
         source="holdout",
         metrics=record.metrics,
         rows=record.rows,
+        score_quantiles=record.score_quantiles,
         model=model_uri,
         note=f"holdout metrics of {model_uri} as evaluation measured them on {record.rows} held-out rows "
         f"(version tag {HOLDOUT_METRICS_TAG})",

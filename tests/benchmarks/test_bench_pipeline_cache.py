@@ -8,7 +8,8 @@ records both re-runs, each task's seconds and status, and why every task that di
 
 A task that does little should start and finish in at most 1.5 s. The one that reads the registry
 (``current-champion``) imports MLflow to do so, so the result also records, from the same run, what
-importing MLflow alone costs a fresh interpreter: the floor of any task that talks to the registry.
+importing MLflow alone costs a fresh interpreter: the floor of any task that talks to the registry;
+and, per step module, the seconds ctpipe's own modules add to its import.
 """
 
 import subprocess
@@ -21,6 +22,7 @@ import pytest
 from pipelines.runner import RunReport, run_pipeline, window_params
 from tests.benchmarks.conftest import bench_rows
 from tests.helpers import small_config
+from tests.importtime import ROOT, import_report
 
 pytestmark = pytest.mark.bench
 
@@ -51,6 +53,16 @@ def _fresh_interpreter_seconds(code: str) -> float:
         subprocess.run([sys.executable, "-c", code], check=True)
         times.append(time.perf_counter() - started)
     return min(times)
+
+
+def _own_import_seconds() -> dict[str, float]:
+    """Per step module, the best of three sums of ctpipe's own modules' self times in ``-X importtime``."""
+    modules = sorted(
+        f"components.{path.stem}" for path in (ROOT / "components").glob("*.py") if path.stem != "__init__"
+    )
+    return {
+        module: round(min(import_report(f"import {module}").own_seconds for _ in range(3)), 3) for module in modules
+    }
 
 
 def test_cold_vs_cached_training_run(tmp_path, stop_server, record_bench):
@@ -91,5 +103,7 @@ def test_cold_vs_cached_training_run(tmp_path, stop_server, record_bench):
             # The floor under a task that reads the registry, and under any task at all.
             "python_start_seconds": round(_fresh_interpreter_seconds("pass"), 2),
             "python_import_mlflow_seconds": round(_fresh_interpreter_seconds("import mlflow"), 2),
+            # What ctpipe's own modules add to each step module's import (their self times, best of three).
+            "own_import_seconds": _own_import_seconds(),
         },
     )

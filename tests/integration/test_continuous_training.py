@@ -10,6 +10,7 @@ import pytest
 from components.common import registry, tracking
 from components.common.inference_log import append_batch
 from components.ingest import ingest
+from pipelines.demo_data import generate
 from pipelines.retrain import retrain_on_drift
 from pipelines.runner import parse_at, run_pipeline, scheduled_params, window_params
 from tests.helpers import small_config
@@ -44,7 +45,8 @@ def test_drift_retrains_on_the_newer_window_and_no_drift_skips_training(champion
     client = tracking.registry_client(config.tracking_uri)
     before = {v.version for v in client.search_model_versions(f"name='{config.serving.model_name}'")}
 
-    # The champion's own window: no drift, so training is skipped and nothing is registered.
+    # The champion's own window: no feature drift, so training is skipped and nothing is registered. (Its
+    # scores of its own training rows are more confident than of its holdout: prediction PSI gives warn.)
     calm = run_pipeline("continuous_training", config, window_params(config, 1), progress=None)
     assert calm.succeeded, calm.error
     statuses = {t.name: t.status for t in calm.tasks}
@@ -131,8 +133,10 @@ def test_monitoring_inside_continuous_training_reads_the_inference_log_of_the_wi
     spec, name = config.dataset, config.serving.model_name
     window = window_params(config, 2)
     start = pd.Timestamp(window["window_start"])
-    frame = pd.read_parquet(spec.source)
-    calm = frame[pd.to_datetime(frame[spec.timestamp_column], utc=True) < start].reset_index(drop=True)
+    # New customers from the distribution the champion was trained on, but none of its training rows: a
+    # model scores its own training rows more confidently than new ones (prediction drift would say so).
+    generate(tmp_path / "fresh.parquet", windows=1, rows_per_window=800, seed=41)
+    calm = pd.read_parquet(tmp_path / "fresh.parquet")
     champion = registry.resolve_alias(name, "champion", config.tracking_uri)
     served = tracking.load_sklearn_model(champion.model_uri, config.tracking_uri).predict_proba(
         calm[spec.feature_columns]

@@ -11,12 +11,13 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
 from components.common import tracking
 from components.common.errors import CtpipeError, DataError
-from components.common.holdout import HoldoutMetrics
+from components.common.holdout import SCORE_QUANTILES, HoldoutMetrics
 from components.common.registry import CHAMPION_ALIAS, HOLDOUT_METRICS_TAG, get_version, promote
 from components.common.registry_state import read_state
 from components.evaluate import EvaluationResult, compute_metrics, evaluate
@@ -24,7 +25,7 @@ from components.monitor import MonitorResult, monitor
 from components.register import register
 from components.specs import DatasetSpec, EvaluationSpec, MetricSpec, ModelSpec, MonitoringSpec
 from components.train import TrainResult, train
-from tests.data import churn_spec, write_churn
+from tests.data import Drift, churn_spec, write_churn
 
 METRICS = [MetricSpec(name="roc_auc_score"), MetricSpec(name="accuracy_score"), MetricSpec(name="log_loss")]
 NAME = "churn"
@@ -87,8 +88,67 @@ def test_the_version_records_what_evaluate_measured_on_the_holdout(champion: Cha
 
     tags = get_version(registry_client(champion.uri), NAME, champion.version).tags
     record = json.loads(tags[HOLDOUT_METRICS_TAG])
-    assert record == {"metrics": champion.evaluation.candidate, "rows": champion.trained.eval_rows}
+    quantiles = champion.evaluation.score_quantiles
+    assert record == {
+        "metrics": champion.evaluation.candidate,
+        "rows": champion.trained.eval_rows,
+        "score_quantiles": quantiles,
+    }
     assert record["rows"] == champion.evaluation.rows == 300
+    # The positive-class probabilities of the 300 held-out rows, at 0%, 1%, ..., 100%.
+    model = tracking.load_registered_model(f"models:/{NAME}/{champion.version}", champion.uri)
+    holdout = pd.read_parquet(champion.trained.eval_path)
+    scores = np.sort(model.predict_proba(holdout[champion.spec.feature_columns])[:, 1])
+    assert quantiles is not None and len(quantiles) == SCORE_QUANTILES
+    assert quantiles[0] == pytest.approx(scores[0], rel=1e-5) and quantiles[-1] == pytest.approx(scores[-1], rel=1e-5)
+    assert quantiles[50] == pytest.approx(scores[149], rel=1e-5)  # inverted CDF: the 150th of 300 scores
+    assert quantiles == sorted(quantiles)
+
+
+def test_prediction_drift_compares_with_the_holdout_scores_not_the_training_rows(
+    champion: Champion, tmp_path: Path
+) -> None:
+    """The over-fitted model scores its training rows more confidently than any new rows; the holdout it does not."""
+    from components.common.drift import population_stability_index
+
+    model = tracking.load_registered_model(f"models:/{NAME}/{champion.version}", champion.uri)
+    features = champion.spec.feature_columns
+    write_churn(tmp_path / "current.parquet", windows=1, rows=1200, seed=34)
+    current = model.predict_proba(pd.read_parquet(tmp_path / "current.parquet")[features])[:, 1]
+    training = model.predict_proba(pd.read_parquet(champion.reference)[features])[:, 1]
+    bins, warn = MonitoringSpec().bins, MonitoringSpec().psi_warn
+    # The premise: against the training rows' scores a window from the same distribution looks drifted.
+    assert population_stability_index(training, current, bins) >= warn
+
+    result = _monitor(champion, tmp_path / "current.parquet", tmp_path)
+
+    assert result.prediction_reference == (
+        f"the scores evaluation measured on the 300 held-out rows of models:/{NAME}/{champion.version}"
+    )
+    holdout = np.asarray(champion.evaluation.score_quantiles)
+    assert result.prediction_psi == pytest.approx(population_stability_index(holdout, current, bins))
+    assert result.prediction_psi is not None and result.prediction_psi < warn
+    assert not any(reason.startswith("Predictions drifted") for reason in result.reasons), result.reasons
+    assert (
+        "Prediction-drift reference: the scores evaluation measured on the 300 held-out rows"
+        in (tmp_path / "report.html").read_text()
+    )
+
+    # Drifted requests still show against the holdout scores.
+    write_churn(
+        tmp_path / "drifted.parquet", windows=1, rows=1200, seed=35, drift=Drift(start=1, shift={"support_calls": 2.0})
+    )
+    (tmp_path / "drifted").mkdir()
+    drifted = _monitor(champion, tmp_path / "drifted.parquet", tmp_path / "drifted")
+    assert drifted.prediction_psi is not None and drifted.prediction_psi >= MonitoringSpec().prediction_psi_retrain
+    assert any(reason.startswith("Predictions drifted") for reason in drifted.reasons), drifted.reasons
+
+    # A version without recorded scores falls back to the model's scores on the reference rows, and says so.
+    run = champion.trained
+    unscored = register(run.model_uri, run.run_id, "churn-unscored", True, champion.uri)
+    fallback = _monitor(champion, tmp_path / "current.parquet", tmp_path, f"models:/churn-unscored/{unscored.version}")
+    assert fallback.prediction_reference == "the model's scores on the reference rows (no holdout scores recorded)"
+    assert fallback.prediction_psi == pytest.approx(population_stability_index(training, current, bins))
 
 
 def test_the_reference_metric_is_the_holdout_metric_and_a_window_as_good_does_not_retrain(
@@ -122,8 +182,6 @@ def test_the_reference_metric_is_the_holdout_metric_and_a_window_as_good_does_no
     assert "Live-performance reference: holdout metrics of models:/churn/" in page
 
     # Against a reference window the model was not trained on (T-2 in a scheduled run), the window is all ok.
-    # (Against the training rows, the over-fitted model's scores are more extreme than on any new rows, so
-    # prediction PSI flags the window whatever the labels say: docs/monitoring.md, "Baselines".)
     write_churn(tmp_path / "earlier.parquet", windows=1, rows=1200, seed=33)
     earlier = monitor(
         str(tmp_path / "earlier.parquet"),

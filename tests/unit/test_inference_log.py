@@ -94,7 +94,7 @@ import resource, sys, time
 import pandas as pd
 
 from components.common.inference_log import read_window
-from components.monitor import _read_inference_log
+from components.common.served_window import read_served_window
 from components.specs import DatasetSpec
 
 
@@ -118,7 +118,7 @@ spec = DatasetSpec(
     numeric_features=[f"f{i}" for i in range(8)],
 )
 started = time.perf_counter()
-frame, served, _ = _read_inference_log(log_dir, "2026-01-02T13:00:00Z", "2026-01-02T14:00:00Z", spec)
+frame, served, _ = read_served_window(log_dir, "2026-01-02T13:00:00Z", "2026-01-02T14:00:00Z", spec)
 seconds = time.perf_counter() - started
 assert frame["timestamp"].min() >= pd.Timestamp("2026-01-02T13:00:00Z")
 assert frame["timestamp"].max() < pd.Timestamp("2026-01-02T14:00:00Z")
@@ -261,12 +261,12 @@ def _email_spec(numeric: list[str]) -> DatasetSpec:
 
 
 def test_monitoring_skips_the_features_the_log_protects_and_reads_the_others(tmp_path: Path) -> None:
-    from components.monitor import _read_inference_log
+    from components.common.served_window import read_served_window
 
     batch = _batch(["2026-01-02T01:00:00Z", "2026-01-02T02:00:00Z"]).assign(email="ann@example.com", age=[30, 40])
     append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
     spec = _email_spec(["tenure_months", "age"])
-    frame, served, unmeasured = _read_inference_log(str(tmp_path), None, None, spec)
+    frame, served, unmeasured = read_served_window(str(tmp_path), None, None, spec)
     assert unmeasured == {
         "email": "excluded from the inference log by serving.inference_log.exclude",
         "tenure_months": "hashed in the inference log by serving.inference_log.hash (its values are digests)",
@@ -276,7 +276,7 @@ def test_monitoring_skips_the_features_the_log_protects_and_reads_the_others(tmp
 
 
 def test_monitoring_refuses_a_log_that_protects_every_feature(tmp_path: Path) -> None:
-    from components.monitor import _read_inference_log
+    from components.common.served_window import read_served_window
 
     batch = _batch(["2026-01-02T01:00:00Z"]).assign(email="ann@example.com")
     append_batch(tmp_path, protect(batch, exclude=["email"], hash_columns=["tenure_months"], key=b"k"))
@@ -287,7 +287,7 @@ def test_monitoring_refuses_a_log_that_protects_every_feature(tmp_path: Path) ->
         r".*current_source 'snapshot'"
     )
     with pytest.raises(DataError, match=expected):
-        _read_inference_log(str(tmp_path), None, None, spec)
+        read_served_window(str(tmp_path), None, None, spec)
 
 
 # -- dropped rows ----------------------------------------------------------------------------
