@@ -87,7 +87,7 @@ class SparkStandaloneCluster:
                 try:
                     with urllib.request.urlopen(f"http://127.0.0.1:{self.webui_port}/json/", timeout=2) as response:
                         alive = int(json.load(response).get("aliveworkers", 0))
-                except OSError:
+                except (OSError, ValueError):  # not listening yet, or HTML until the master is elected leader
                     alive = 0
                 if alive >= workers:
                     break
