@@ -28,7 +28,7 @@ from pydantic import BaseModel, Field
 
 from components.common import report, tracking
 from components.common.errors import ConfigError, DataError, ModelNotFound
-from components.common.holdout import score_quantiles
+from components.common.holdout import SCORE_QUANTILES, score_quantiles
 from components.common.imports import import_metric
 from components.common.io import write_json, write_text
 from components.common.logs import get_logger
@@ -91,8 +91,8 @@ class EvaluationResult(BaseModel):
     )
     score_quantiles: list[float] | None = Field(
         default=None,
-        description="Binary and regression: the candidate's scores on the held-out rows at 101 quantiles; "
-        "register records them on the version as the reference of prediction drift.",
+        description="Binary and regression: the candidate's scores on the held-out rows at "
+        f"{SCORE_QUANTILES} quantiles; register records them on the version as the reference of prediction drift.",
     )
 
 

@@ -115,6 +115,12 @@ def test_a_shift_that_moves_the_class_mix_asks_for_retraining_and_says_where(
     assert "predicted-class distribution" in predictions[0] or "probability of class" in predictions[0]
 
 
+def _monitor_log(folder: Path, champion: Champion, reference: pd.DataFrame) -> MonitorResult:
+    """Monitor the inference log in ``folder / "inference_log"`` (``monitoring.current_source: inference_log``)."""
+    log_dir = str(folder / "inference_log")
+    return _monitor(folder, champion, reference, log_dir, monitoring=MonitoringSpec(current_source="inference_log"))
+
+
 def _log_window(
     log_dir: Path,
     window: pd.DataFrame,
@@ -145,13 +151,7 @@ def test_the_inference_log_served_probabilities_are_what_is_compared(tmp_path: P
     served = np.tile(np.eye(len(SEGMENTS))[0], (len(window), 1))
     _log_window(tmp_path / "inference_log", window, champion.spec.feature_columns, served)
 
-    result = _monitor(
-        tmp_path,
-        champion,
-        reference,
-        str(tmp_path / "inference_log"),
-        monitoring=MonitoringSpec(current_source="inference_log"),
-    )
+    result = _monitor_log(tmp_path, champion, reference)
 
     assert result.class_drift is not None
     assert result.class_drift.current_share["budget"] == 1.0
@@ -169,7 +169,7 @@ def test_a_log_without_served_probabilities_whose_features_are_hashed_is_refused
     _log_window(log_dir, window, champion.spec.feature_columns, served=None, hash_columns=(hashed,))
 
     with pytest.raises(DataError) as raised:
-        _monitor(tmp_path, champion, reference, str(log_dir), monitoring=MonitoringSpec(current_source="inference_log"))
+        _monitor_log(tmp_path, champion, reference)
 
     message = str(raised.value)
     assert str(log_dir) in message and "lacks served probability columns" in message
@@ -181,13 +181,7 @@ def test_a_log_without_served_probabilities_whose_features_are_hashed_is_refused
     other = tmp_path / "served"
     other.mkdir()
     _log_window(other / "inference_log", window, champion.spec.feature_columns, served, hash_columns=(hashed,))
-    result = _monitor(
-        other,
-        champion,
-        reference,
-        str(other / "inference_log"),
-        monitoring=MonitoringSpec(current_source="inference_log"),
-    )
+    result = _monitor_log(other, champion, reference)
     assert set(result.unmeasured) == {hashed}
     assert hashed not in {f.feature for f in result.features}
 
